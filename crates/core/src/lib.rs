@@ -1,0 +1,15 @@
+//! The bottom layer of marina: the pieces every other crate shares.
+//!
+//! - [`Error`]: the one error type. Every layer returns it; the server turns it into the one
+//!   JSON error body (`{"success": false, "code", "message", "data"}`) at a single edge.
+//! - [`body`]: the boxed HTTP body type that flows between layers, so that a static file, a
+//!   worker's streamed response and an API's JSON all travel the same way.
+//! - [`units`]: durations (`"30s"`, a number = seconds) and sizes (`"10mb"`), parsed the way
+//!   Buntime manifests write them.
+
+pub mod body;
+pub mod error;
+pub mod units;
+
+pub use body::Body;
+pub use error::{Error, Result};
