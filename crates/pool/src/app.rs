@@ -1,0 +1,52 @@
+//! One resolved app version: what the registry hands to dispatch.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::manifest::AppConfig;
+
+/// How an app version is run. Chosen from its manifest and entrypoint (DESIGN.md, worker kinds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WorkerKind {
+    /// The entrypoint is `.html`: files served by the runtime itself.
+    Static,
+    /// The entrypoint is `.ts`/`.js`/`.mjs`/`.cjs`: a Bun or Node process running the host shim.
+    Js,
+    /// The manifest has `command`: any program listening on the `PORT` it is given.
+    Process,
+}
+
+impl WorkerKind {
+    /// The lower-case name used in the API and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerKind::Static => "static",
+            WorkerKind::Js => "js",
+            WorkerKind::Process => "process",
+        }
+    }
+}
+
+/// An app version ready to dispatch to: where it lives, its typed config and its kind.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// The app name, as addressed in the URL (`todo` in `/todo@1/...`).
+    pub name: String,
+    /// The resolved version: a semver string such as `1.2.3`, or `latest`.
+    pub version: String,
+    /// The app version's directory (absolute).
+    pub dir: PathBuf,
+    /// The absolute path of the entrypoint file (inside `dir`).
+    pub entrypoint: PathBuf,
+    /// How it runs.
+    pub kind: WorkerKind,
+    /// The typed manifest (defaults applied).
+    pub config: Arc<AppConfig>,
+}
+
+impl App {
+    /// The pool key, `name@version`.
+    pub fn key(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+}

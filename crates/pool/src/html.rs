@@ -1,0 +1,1 @@
+//! `injectBase` / `envPrefix` injection into HTML responses (buntime.md §3.6).

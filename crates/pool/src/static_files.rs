@@ -1,0 +1,1 @@
+//! The `static` worker kind: files served by the runtime itself.

@@ -1,0 +1,1 @@
+//! The worker pool: `js` and `process` workers and their lifecycle.
