@@ -1,1 +1,48 @@
-fn main() {}
+//! The `marina` binary: a thin layer of commands over the server, pool and store crates.
+//!
+//! Exit codes: 0 success, 1 a failure while running, 2 bad configuration or usage (the message
+//! names the variable or flag, quotes the value and says what was expected).
+
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// One binary that hosts many web apps behind a built-in gateway.
+#[derive(Parser, Debug)]
+#[command(name = "marina", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve every app in the worker dirs (HTTP/1.1 and HTTP/2 on one port).
+    Serve(Box<serve::ServeArgs>),
+    /// Check app manifests: one app dir, or a worker dir full of apps; exits 1 on any error.
+    Check {
+        /// An app directory or a worker directory.
+        dir: std::path::PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout with exit 0, usage errors to stderr with exit 2.
+            let _ = e.print();
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => serve::run(*args),
+        Command::Check { dir } => {
+            let report = marina_pool::check::check_dir(&dir);
+            print!("{report}");
+            if report.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+        }
+    }
+}
