@@ -1,0 +1,248 @@
+//! Forwarding to one upstream (a worker's Unix socket or loopback port) over HTTP/1.1.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use marina_core::body::{self, Body};
+use parking_lot::Mutex;
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::headers::{is_upgrade, strip_hop_by_hop};
+use crate::limit::BodyTooLarge;
+
+/// Where an upstream listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A Unix domain socket path (JS workers).
+    Unix(PathBuf),
+    /// A TCP address, normally on 127.0.0.1 (process workers).
+    Tcp(SocketAddr),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Unix(p) => write!(f, "unix:{}", p.display()),
+            Target::Tcp(a) => write!(f, "http://{a}"),
+        }
+    }
+}
+
+/// Why a forward failed.
+#[derive(Debug)]
+pub enum ProxyError {
+    /// The upstream could not be reached at all.
+    Connect(io::Error),
+    /// The exchange failed after connecting (upstream closed, reset, bad response, or the
+    /// request body failed — see [`ProxyError::is_body_too_large`]).
+    Upstream(hyper::Error),
+}
+
+impl ProxyError {
+    /// Whether the failure was the request body going over its size limit.
+    pub fn is_body_too_large(&self) -> bool {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = match self {
+            ProxyError::Connect(_) => return false,
+            ProxyError::Upstream(e) => Some(e),
+        };
+        while let Some(e) = cur {
+            if e.is::<BodyTooLarge>() {
+                return true;
+            }
+            cur = e.source();
+        }
+        false
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyError::Connect(e) => write!(f, "could not connect: {e}"),
+            ProxyError::Upstream(e) => {
+                write!(f, "{e}")?;
+                let mut cur = std::error::Error::source(e);
+                while let Some(inner) = cur {
+                    write!(f, ": {inner}")?;
+                    cur = inner.source();
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ProxyError {}
+
+/// Idle keep-alive connections kept per upstream; more than this are closed when they free up.
+const MAX_IDLE: usize = 64;
+
+/// An upstream with a pool of keep-alive HTTP/1.1 connections.
+///
+/// The pool is a plain vector of idle senders: a request takes one (or dials), and a small task
+/// puts the sender back once hyper says the connection can take the next request, i.e. after
+/// the response body has been read to its end. That keeps the hot path at one lock and no
+/// per-request dial, which is most of the cost of proxying to a local worker.
+pub struct Upstream {
+    target: Target,
+    idle: Arc<Mutex<Vec<SendRequest<Body>>>>,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream").field("target", &self.target).field("idle", &self.idle.lock().len()).finish()
+    }
+}
+
+impl Upstream {
+    /// An upstream with no connections yet.
+    pub fn new(target: Target) -> Self {
+        Self { target, idle: Arc::new(Mutex::new(Vec::new())) }
+    }
+
+    /// Where it listens.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Opens and closes one connection: used to tell when a worker has started listening.
+    pub async fn probe(&self) -> io::Result<()> {
+        match &self.target {
+            Target::Unix(p) => UnixStream::connect(p).await.map(drop),
+            Target::Tcp(a) => TcpStream::connect(a).await.map(drop),
+        }
+    }
+
+    /// Drops every idle connection (the upstream is going away).
+    pub fn close_idle(&self) {
+        self.idle.lock().clear();
+    }
+
+    async fn connect(&self, upgrades: bool) -> Result<SendRequest<Body>, ProxyError> {
+        async fn handshake<T>(io: T, upgrades: bool) -> Result<SendRequest<Body>, ProxyError>
+        where
+            T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+        {
+            let (sender, conn) =
+                http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(ProxyError::Upstream)?;
+            if upgrades {
+                tokio::spawn(async move {
+                    let _ = conn.with_upgrades().await;
+                });
+            } else {
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            Ok(sender)
+        }
+        match &self.target {
+            Target::Unix(p) => handshake(UnixStream::connect(p).await.map_err(ProxyError::Connect)?, upgrades).await,
+            Target::Tcp(a) => {
+                let s = TcpStream::connect(a).await.map_err(ProxyError::Connect)?;
+                let _ = s.set_nodelay(true);
+                handshake(s, upgrades).await
+            }
+        }
+    }
+
+    fn take_idle(&self) -> Option<SendRequest<Body>> {
+        let mut idle = self.idle.lock();
+        while let Some(s) = idle.pop() {
+            if s.is_ready() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn recycle(&self, mut sender: SendRequest<Body>) {
+        let idle = self.idle.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                let mut idle = idle.lock();
+                if idle.len() < MAX_IDLE {
+                    idle.push(sender);
+                }
+            }
+        });
+    }
+
+    async fn send_pooled(&self, mut req: Request<Body>) -> Result<Response<hyper::body::Incoming>, ProxyError> {
+        while let Some(mut sender) = self.take_idle() {
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    self.recycle(sender);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never written: the connection had closed meanwhile; try the next one.
+                    Some(back) => req = back,
+                    None => return Err(ProxyError::Upstream(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect(false).await?;
+        let resp = sender.send_request(req).await.map_err(ProxyError::Upstream)?;
+        self.recycle(sender);
+        Ok(resp)
+    }
+
+    /// Forwards `req` (its URI already the upstream path and query) and returns the upstream's
+    /// response with its body streaming.
+    ///
+    /// Hop-by-hop headers are removed both ways; repeated headers (several `Set-Cookie`) are
+    /// kept as they are. A protocol upgrade (WebSocket) goes over a dedicated connection and,
+    /// when the upstream answers 101, the client's and upstream's upgraded streams are spliced
+    /// together in a background task; the client side's `OnUpgrade` must be in `req`'s
+    /// extensions (hyper's server puts it there).
+    pub async fn forward(&self, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+        let upgrade = is_upgrade(req.headers());
+        strip_hop_by_hop(req.headers_mut(), upgrade);
+        if !req.headers().contains_key(header::HOST) {
+            req.headers_mut().insert(header::HOST, HeaderValue::from_static("localhost"));
+        }
+        *req.version_mut() = Version::HTTP_11;
+        if upgrade {
+            return self.forward_upgrade(req).await;
+        }
+        let mut resp = self.send_pooled(req).await?;
+        strip_hop_by_hop(resp.headers_mut(), false);
+        Ok(resp.map(body::boxed))
+    }
+
+    async fn forward_upgrade(&self, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+        let client_side = hyper::upgrade::on(&mut req);
+        let mut sender = self.connect(true).await?;
+        let mut resp = sender.send_request(req).await.map_err(ProxyError::Upstream)?;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                let (client, upstream) = tokio::join!(client_side, upstream_side);
+                match (client, upstream) {
+                    (Ok(client), Ok(upstream)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut upstream = TokioIo::new(upstream);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                    (c, u) => tracing::debug!(
+                        client_ok = c.is_ok(),
+                        upstream_ok = u.is_ok(),
+                        "upgrade did not complete on both sides"
+                    ),
+                }
+            });
+            strip_hop_by_hop(resp.headers_mut(), true);
+        } else {
+            strip_hop_by_hop(resp.headers_mut(), false);
+        }
+        Ok(resp.map(body::boxed))
+    }
+}
