@@ -1,0 +1,229 @@
+//! The server over real HTTP on loopback: internal API bodies, request ids, version routing,
+//! bad manifests isolated to their app, HTTP/2, the API prefix.
+
+use std::path::Path;
+use std::time::Duration;
+
+use marina_server::{RawConfig, RuntimeConfig, Server};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+struct Running {
+    base: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    _state: tempfile::TempDir,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task).await.expect("server stops").unwrap();
+    }
+}
+
+async fn start(worker_dir: &Path, tweak: impl FnOnce(&mut RawConfig)) -> Running {
+    let state = tempfile::tempdir().unwrap();
+    let mut raw = RawConfig {
+        port: Some("0".into()),
+        worker_dirs: Some(worker_dir.display().to_string()),
+        state_dir: Some(state.path().display().to_string()),
+        node_env: Some("test".into()),
+        ..RawConfig::default()
+    };
+    tweak(&mut raw);
+    let config = RuntimeConfig::from_raw(&raw, Path::new("/")).unwrap();
+    let server = Server::bind(config).await.expect("server binds");
+    let base = format!("http://{}", server.local_addr());
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    Running { base, stop: Some(tx), task, _state: state }
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// Two versions of a static app, a simple one, and one with a broken manifest.
+fn apps() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for v in ["1.0.0", "1.4.2", "2.0.0"] {
+        write(&root.join(format!("site/{v}/index.html")), &format!("<html><head></head><body>site {v}</body></html>"));
+    }
+    write(&root.join("flat@3.1.0/index.html"), "<html><body>flat 3.1.0</body></html>");
+    write(&root.join("plain/manifest.yaml"), "entrypoint: index.html\n");
+    write(&root.join("plain/index.html"), "<html><body>plain</body></html>");
+    write(&root.join("broken/manifest.yaml"), "entrypoint: index.html\nttl: 5x\n");
+    write(&root.join("broken/index.html"), "<html></html>");
+    dir
+}
+
+async fn get(url: &str) -> reqwest::Response {
+    reqwest::get(url).await.unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+#[tokio::test]
+async fn health_bodies_match_buntime() {
+    let dir = apps();
+    let srv = start(dir.path(), |_| {}).await;
+    let v = env!("CARGO_PKG_VERSION");
+    for (path, status) in [("/api/health", "healthy"), ("/api/health/live", "live"), ("/api/health/ready", "ready")] {
+        let resp = get(&format!("{}{path}", srv.base)).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        assert_eq!(resp.json::<Value>().await.unwrap(), json!({"ok": true, "status": status, "version": v}));
+    }
+    let wk: Value = get(&format!("{}/.well-known/buntime", srv.base)).await.json().await.unwrap();
+    assert_eq!(wk, json!({"api": "/api", "version": v}));
+    for path in ["/api/plugins", "/api/plugins/loaded"] {
+        assert_eq!(get(&format!("{}{path}", srv.base)).await.json::<Value>().await.unwrap(), json!([]));
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn apps_lists_every_app_with_versions() {
+    let dir = apps();
+    let srv = start(dir.path(), |_| {}).await;
+    let list: Vec<Value> = get(&format!("{}/api/apps", srv.base)).await.json().await.unwrap();
+    let find = |name: &str| list.iter().find(|a| a["name"] == name).cloned().unwrap_or_else(|| panic!("{name} in {list:?}"));
+    let mut site: Vec<String> =
+        find("site")["versions"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    site.sort();
+    assert_eq!(site, ["1.0.0", "1.4.2", "2.0.0"]);
+    assert_eq!(find("flat")["versions"], json!(["3.1.0"]));
+    assert_eq!(find("plain")["versions"], json!(["latest"]));
+    assert!(find("site")["path"].as_str().unwrap().starts_with('/'));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_get_the_json_error_and_a_request_id() {
+    let dir = apps();
+    let srv = start(dir.path(), |_| {}).await;
+    let resp = get(&format!("{}/api/nothing", srv.base)).await;
+    assert_eq!(resp.status(), 404);
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 7);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body, json!({"success": false, "code": "NOT_FOUND", "message": "no API route GET /api/nothing"}));
+
+    let resp = get(&format!("{}/no-such-app/x", srv.base)).await;
+    assert_eq!(resp.status(), 404);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "APP_NOT_FOUND");
+
+    let client = reqwest::Client::new();
+    let resp = client.get(format!("{}/api/health", srv.base)).header("x-request-id", "trace-abc.1").send().await.unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "trace-abc.1");
+    let resp = client.post(format!("{}/api/health", srv.base)).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.json::<Value>().await.unwrap()["code"], "METHOD_NOT_ALLOWED");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn versions_are_chosen_from_the_url() {
+    let dir = apps();
+    let srv = start(dir.path(), |_| {}).await;
+    let cases = [
+        ("/site/", "site 2.0.0"),
+        ("/site@1/", "site 1.4.2"),
+        ("/site@1.0/", "site 1.0.0"),
+        ("/site@%5E1.0.0/", "site 1.4.2"),
+        ("/site@~1.4.0/", "site 1.4.2"),
+        ("/site@1.0.0/", "site 1.0.0"),
+        ("/flat/", "flat 3.1.0"),
+        ("/plain/", "plain"),
+    ];
+    for (path, want) in cases {
+        let resp = get(&format!("{}{path}", srv.base)).await;
+        assert_eq!(resp.status(), 200, "{path}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains(want), "{path}: {text}");
+    }
+    for path in ["/site@3/", "/site@latest/", "/.hidden/"] {
+        assert_eq!(get(&format!("{}{path}", srv.base)).await.status(), 404, "{path}");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_manifest_breaks_only_its_app() {
+    let dir = apps();
+    let srv = start(dir.path(), |_| {}).await;
+    let resp = get(&format!("{}/broken/", srv.base)).await;
+    assert_eq!(resp.status(), 500);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "APP_MANIFEST_INVALID");
+    let text = body.to_string();
+    assert!(text.contains("manifest.yaml"), "{text}");
+    assert!(text.contains("ttl"), "{text}");
+    assert_eq!(get(&format!("{}/plain/", srv.base)).await.status(), 200);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn workers_lists_static_apps_after_use() {
+    let dir = apps();
+    let srv = start(dir.path(), |_| {}).await;
+    for _ in 0..3 {
+        assert_eq!(get(&format!("{}/site@1/", srv.base)).await.status(), 200);
+    }
+    let body: Value = get(&format!("{}/api/workers", srv.base)).await.json().await.unwrap();
+    let w = body["workers"].as_array().unwrap().iter().find(|w| w["key"] == "site@1.4.2").cloned().expect("site@1.4.2 listed");
+    assert_eq!(w["kind"], "static");
+    assert_eq!(w["requests"], 3);
+    assert_eq!(w["errors"], 0);
+    assert!(w["avgLatencyMs"].as_f64().unwrap() >= 0.0);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn api_prefix_moves_the_api() {
+    let dir = apps();
+    let srv = start(dir.path(), |r| r.api_prefix = Some("/_".into())).await;
+    assert_eq!(get(&format!("{}/_/api/health", srv.base)).await.status(), 200);
+    let wk: Value = get(&format!("{}/.well-known/buntime", srv.base)).await.json().await.unwrap();
+    assert_eq!(wk["api"], "/_/api");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn http2_cleartext_on_the_same_port() {
+    let dir = apps();
+    let srv = start(dir.path(), |_| {}).await;
+    let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let resp = client.get(format!("{}/api/health", srv.base)).send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let resp = client.get(format!("{}/site/", srv.base)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn apps_added_on_disk_are_served_without_restart() {
+    let dir = apps();
+    let srv = start(dir.path(), |_| {}).await;
+    assert_eq!(get(&format!("{}/newcomer/", srv.base)).await.status(), 404);
+    write(&dir.path().join("newcomer/index.html"), "<html><body>new</body></html>");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if get(&format!("{}/newcomer/", srv.base)).await.status() == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "new app not picked up within 5 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    srv.stop().await;
+}
