@@ -1,1 +1,541 @@
 //! App discovery in the worker dirs and version resolution (buntime.md §2.1).
+//!
+//! Apps live in the worker dirs (`RUNTIME_WORKER_DIRS`), in three layouts that may be mixed:
+//!
+//! | layout | example | version |
+//! |---|---|---|
+//! | flat | `todo@1.2.3/`, `todo@latest/` | after the `@` |
+//! | nested | `todo/1.2.3/`, `todo/latest/` | the subfolder |
+//! | simple | `todo/` holding a manifest, `package.json` or an `index.*` file | `latest` |
+//!
+//! A folder name that is neither `latest` nor a canonical semver (`1.2.3`, `1.0.0-beta.1`; not
+//! `v1.2.3` or `1.2`) is not a version and is skipped. A `todo/` folder that has version
+//! subfolders is nested, never also simple. Every worker dir is scanned; when two give the same
+//! `name@version`, the first dir wins.
+//!
+//! Resolving the URL segment `name[@range]`: no range (or an empty one) → the `latest` folder if
+//! there is one, else the highest semver (prereleases included, as `semver.rsort` does);
+//! `@latest` → only the `latest` folder; any other range → node-semver `maxSatisfying` with
+//! `includePrerelease`, `latest` never matching a range. Segments starting with `.` and the name
+//! `api` are never apps.
+//!
+//! **Decisions where Buntime is quirky.** A `package.json` `version` does *not* override the
+//! folder's version: the version an app runs as is the one the URL addressed, so pool keys,
+//! `x-base` and listings always agree. A disabled app (`enabled: false`) still *resolves* (so a
+//! request to it is not mistaken for another route) but [`Registry::load`] answers 404
+//! `APP_DISABLED`.
+//!
+//! **Caching.** Resolution runs on every request, so the directory scan and each app version's
+//! parsed manifest are cached. A cache entry is dropped when [`Registry::watch`]'s notify watcher
+//! sees a relevant change (a folder added/removed/renamed near the top of a worker dir, or a
+//! manifest, `.env`, `package.json` or `index.*` file changing), and in any case after
+//! [`DEFAULT_CACHE_TTL`] (1 s, Buntime's resolver TTL), so a missed event heals quickly. The only
+//! blocking file-system work on the hot path is that rescan, at most once per TTL.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use nodejs_semver::{Range, Version};
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use marina_core::Error;
+
+use crate::app::{App, WorkerKind};
+use crate::manifest::{self, AppConfig, MANIFEST_FILES};
+
+/// How long a directory scan or a loaded app stays valid without a change event.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_millis(1000);
+
+/// The entrypoints tried, in order, when the manifest names none (or names a missing file).
+pub const DEFAULT_ENTRYPOINTS: [&str; 4] = ["index.html", "index.ts", "index.js", "index.mjs"];
+
+/// Longest URL segment considered for resolution; longer ones are not apps.
+const MAX_SEGMENT_LEN: usize = 256;
+
+/// A URL segment resolved to one app version on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Resolved {
+    /// The app name (`todo`).
+    pub name: String,
+    /// `latest` or a canonical semver (`1.2.3`).
+    pub version: String,
+    /// The app version's directory (absolute).
+    pub dir: PathBuf,
+}
+
+/// One app in `GET /api/apps`: `{"name", "path", "versions"}` as Buntime answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppListing {
+    /// The app name.
+    pub name: String,
+    /// Where the app was first found: `<worker dir>/<name>` for nested and simple apps, the
+    /// first version folder for flat ones.
+    pub path: PathBuf,
+    /// `latest` first (when present), then semver versions, highest first.
+    pub versions: Vec<String>,
+}
+
+/// The app registry: discovery, resolution and a cache of loaded app versions.
+pub struct Registry {
+    dirs: Vec<PathBuf>,
+    cache_ttl: Duration,
+    /// Bumped by the watcher (or [`Registry::invalidate`]); caches from an older generation are stale.
+    generation: Arc<AtomicU64>,
+    index: RwLock<Option<Cached<Arc<Index>>>>,
+    apps: Mutex<HashMap<PathBuf, Cached<Result<Arc<App>, ErrorParts>>>>,
+}
+
+struct Cached<T> {
+    at: Instant,
+    generation: u64,
+    value: T,
+}
+
+/// An [`Error`] kept in the cache (the error type is not `Clone`).
+#[derive(Clone)]
+struct ErrorParts {
+    status: StatusCode,
+    code: String,
+    message: String,
+    data: Option<Value>,
+}
+
+impl ErrorParts {
+    fn of(e: &Error) -> Self {
+        Self { status: e.status(), code: e.code().to_string(), message: e.message().to_string(), data: e.data().cloned() }
+    }
+
+    fn to_error(&self) -> Error {
+        let e = Error::new(self.status, self.code.clone(), self.message.clone());
+        match &self.data {
+            Some(d) => e.with_data(d.clone()),
+            None => e,
+        }
+    }
+}
+
+/// Every app found in the worker dirs.
+#[derive(Debug, Default)]
+struct Index {
+    apps: BTreeMap<String, AppEntry>,
+}
+
+#[derive(Debug)]
+struct AppEntry {
+    path: PathBuf,
+    latest: Option<PathBuf>,
+    /// Highest first.
+    versions: Vec<(Version, PathBuf)>,
+}
+
+/// Keeps the file watcher of [`Registry::watch`] alive; dropping it stops watching.
+pub struct WatchHandle {
+    _watcher: notify::RecommendedWatcher,
+    /// The worker dirs actually watched (those that existed when watching started).
+    pub watched: Vec<PathBuf>,
+}
+
+impl std::fmt::Debug for WatchHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchHandle").field("watched", &self.watched).finish()
+    }
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("dirs", &self.dirs).field("cache_ttl", &self.cache_ttl).finish()
+    }
+}
+
+/// Whether `name` may be an app name: not empty, not starting with `.`, not `api`, and a
+/// single path segment.
+pub fn is_app_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name != "api"
+        && !name.contains(['/', '\\', '\0', '@'])
+}
+
+/// `Some(version)` when `s` is a canonical semver a folder may be named after.
+pub fn folder_version(s: &str) -> Option<Version> {
+    // nodejs-semver is loose (`v1.2.3`, `=1.2.3`, ` 1.2.3`); folders must be canonical so that a
+    // version has exactly one folder name.
+    let v = Version::parse(s).ok()?;
+    (v.to_string() == s).then_some(v)
+}
+
+fn is_simple_app_dir(dir: &Path) -> bool {
+    MANIFEST_FILES.iter().chain(["package.json"].iter()).chain(DEFAULT_ENTRYPOINTS.iter()).any(|f| dir.join(f).is_file())
+}
+
+fn sorted_dir_names(dir: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut names: Vec<String> = rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+    names.sort();
+    names
+}
+
+impl Index {
+    fn scan(dirs: &[PathBuf]) -> Index {
+        let mut index = Index::default();
+        for wd in dirs {
+            for entry in sorted_dir_names(wd) {
+                let path = wd.join(&entry);
+                if entry.starts_with('.') || !path.is_dir() {
+                    continue;
+                }
+                if let Some((name, version)) = entry.split_once('@') {
+                    if !is_app_name(name) {
+                        continue;
+                    }
+                    if version == "latest" {
+                        index.add(name, path.clone(), None, path);
+                    } else if let Some(v) = folder_version(version) {
+                        index.add(name, path.clone(), Some(v), path);
+                    }
+                    continue;
+                }
+                if !is_app_name(&entry) {
+                    continue;
+                }
+                let mut nested = false;
+                for sub in sorted_dir_names(&path) {
+                    let sub_path = path.join(&sub);
+                    if !sub_path.is_dir() {
+                        continue;
+                    }
+                    if sub == "latest" {
+                        index.add(&entry, path.clone(), None, sub_path);
+                        nested = true;
+                    } else if let Some(v) = folder_version(&sub) {
+                        index.add(&entry, path.clone(), Some(v), sub_path);
+                        nested = true;
+                    }
+                }
+                if !nested && is_simple_app_dir(&path) {
+                    index.add(&entry, path.clone(), None, path);
+                }
+            }
+        }
+        index
+    }
+
+    /// Record one version; the first one seen (first worker dir) wins.
+    fn add(&mut self, name: &str, app_path: PathBuf, version: Option<Version>, dir: PathBuf) {
+        let entry = self
+            .apps
+            .entry(name.to_string())
+            .or_insert_with(|| AppEntry { path: app_path, latest: None, versions: Vec::new() });
+        match version {
+            None => {
+                entry.latest.get_or_insert(dir);
+            }
+            Some(v) => {
+                if let Err(pos) = entry.versions.binary_search_by(|(x, _)| v.cmp(x)) {
+                    entry.versions.insert(pos, (v, dir));
+                }
+            }
+        }
+    }
+}
+
+impl AppEntry {
+    fn pick(&self, range: Option<&str>) -> Option<(String, &PathBuf)> {
+        let latest = || self.latest.as_ref().map(|d| ("latest".to_string(), d));
+        let highest = || self.versions.first().map(|(v, d)| (v.to_string(), d));
+        match range.map(str::trim) {
+            None | Some("") => latest().or_else(highest),
+            Some("latest") => latest(),
+            Some(r) => {
+                let range = Range::parse(r).ok()?;
+                // `versions` is sorted highest first, so the first match is the max satisfying.
+                self.versions
+                    .iter()
+                    .find(|(v, _)| range.satisfies_with_prerelease(v, true))
+                    .map(|(v, d)| (v.to_string(), d))
+            }
+        }
+    }
+}
+
+impl Registry {
+    /// A registry over `dirs`, in priority order. Relative dirs are made absolute against the
+    /// current directory. Nothing is read until the first call.
+    pub fn new(dirs: Vec<PathBuf>) -> Registry {
+        let dirs = dirs.into_iter().map(|d| std::path::absolute(&d).unwrap_or(d)).collect();
+        Registry {
+            dirs,
+            cache_ttl: DEFAULT_CACHE_TTL,
+            generation: Arc::new(AtomicU64::new(0)),
+            index: RwLock::new(None),
+            apps: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Change how long caches live without a change event (default [`DEFAULT_CACHE_TTL`]).
+    pub fn with_cache_ttl(mut self, ttl: Duration) -> Registry {
+        self.cache_ttl = ttl;
+        self
+    }
+
+    /// The worker dirs, absolute, in priority order.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// Drop every cache now (after an upload or removal through the API, for instance).
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    fn fresh<T>(&self, c: &Cached<T>, generation: u64) -> bool {
+        c.generation == generation && c.at.elapsed() < self.cache_ttl
+    }
+
+    fn index(&self) -> Arc<Index> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(c) = self.index.read().as_ref() {
+            if self.fresh(c, generation) {
+                return c.value.clone();
+            }
+        }
+        let index = Arc::new(Index::scan(&self.dirs));
+        *self.index.write() = Some(Cached { at: Instant::now(), generation, value: index.clone() });
+        index
+    }
+
+    /// Resolve a URL segment (`todo`, `todo@1`, `todo@^1.2.0`, `todo@latest`; already
+    /// percent-decoded) to an app version, or `None` when no app or version matches.
+    pub fn resolve(&self, segment: &str) -> Option<Resolved> {
+        if segment.len() > MAX_SEGMENT_LEN {
+            return None;
+        }
+        let (name, range) = match segment.split_once('@') {
+            Some((n, r)) => (n, Some(r)),
+            None => (segment, None),
+        };
+        if !is_app_name(name) {
+            return None;
+        }
+        let index = self.index();
+        let (version, dir) = index.apps.get(name)?.pick(range)?;
+        Some(Resolved { name: name.to_string(), version, dir: dir.clone() })
+    }
+
+    /// Every app and its versions, sorted by name: the body of `GET /api/apps`.
+    pub fn list(&self) -> Vec<AppListing> {
+        self.index()
+            .apps
+            .iter()
+            .map(|(name, e)| AppListing {
+                name: name.clone(),
+                path: e.path.clone(),
+                versions: e
+                    .latest
+                    .iter()
+                    .map(|_| "latest".to_string())
+                    .chain(e.versions.iter().map(|(v, _)| v.to_string()))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Every `(name, version, dir)` known, for checks and listings.
+    pub fn all_versions(&self) -> Vec<Resolved> {
+        let index = self.index();
+        let mut out = Vec::new();
+        for (name, e) in &index.apps {
+            if let Some(d) = &e.latest {
+                out.push(Resolved { name: name.clone(), version: "latest".into(), dir: d.clone() });
+            }
+            for (v, d) in &e.versions {
+                out.push(Resolved { name: name.clone(), version: v.to_string(), dir: d.clone() });
+            }
+        }
+        out
+    }
+
+    /// The app version ready to dispatch to: manifest read and validated, entrypoint resolved,
+    /// worker kind chosen. Cached like resolution.
+    ///
+    /// # Errors
+    /// 500 `APP_MANIFEST_INVALID` (bad manifest), 404 `APP_DISABLED` (`enabled: false`), 500
+    /// `APP_ENTRYPOINT_NOT_FOUND` / `APP_ENTRYPOINT_OUTSIDE` / `APP_ENTRYPOINT_UNSUPPORTED`.
+    pub fn load(&self, resolved: &Resolved) -> Result<Arc<App>, Error> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(c) = self.apps.lock().get(&resolved.dir) {
+            let same = match &c.value {
+                Ok(app) => app.name == resolved.name && app.version == resolved.version,
+                Err(_) => true,
+            };
+            if same && self.fresh(c, generation) {
+                return c.value.clone().map_err(|e| e.to_error());
+            }
+        }
+        let result = build_app(resolved).map(Arc::new);
+        let cached = result.as_ref().map(Arc::clone).map_err(ErrorParts::of);
+        let mut apps = self.apps.lock();
+        // Forget entries for dirs that have gone stale, so removed apps do not pile up.
+        apps.retain(|_, c| c.generation == generation);
+        apps.insert(resolved.dir.clone(), Cached { at: Instant::now(), generation, value: cached });
+        result
+    }
+
+    /// Watch the worker dirs (recursively, with `notify`) and drop caches when something
+    /// relevant changes. Worker dirs that do not exist yet are not watched; the cache TTL still
+    /// picks up their apps.
+    ///
+    /// # Errors
+    /// 500 `WATCH_FAILED` when no watcher can be created at all (watching a single dir failing
+    /// is only logged).
+    pub fn watch(self: &Arc<Self>) -> Result<WatchHandle, Error> {
+        use notify::{EventKind, RecursiveMode, Watcher};
+        let generation = self.generation.clone();
+        let dirs = self.dirs.clone();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+            Ok(ev) => {
+                if !matches!(ev.kind, EventKind::Access(_))
+                    && (ev.paths.is_empty() || ev.paths.iter().any(|p| is_relevant_change(&dirs, p)))
+                {
+                    generation.fetch_add(1, Ordering::Release);
+                }
+            }
+            Err(_) => {
+                generation.fetch_add(1, Ordering::Release);
+            }
+        })
+        .map_err(|e| {
+            Error::new(StatusCode::INTERNAL_SERVER_ERROR, "WATCH_FAILED", format!("cannot watch the worker dirs for changes: {e}"))
+                .with_source(e)
+        })?;
+        let mut watched = Vec::new();
+        for d in &self.dirs {
+            if !d.is_dir() {
+                continue;
+            }
+            match watcher.watch(d, RecursiveMode::Recursive) {
+                Ok(()) => watched.push(d.clone()),
+                Err(e) => tracing::warn!(dir = %d.display(), error = %e, "cannot watch worker dir; changes are seen within the cache TTL"),
+            }
+        }
+        // Anything that happened before the watch began must not be hidden by a cache.
+        self.invalidate();
+        Ok(WatchHandle { _watcher: watcher, watched })
+    }
+}
+
+/// Whether a changed path can change discovery or a loaded app: a folder near the top of a
+/// worker dir (app, flat version, nested version), or a manifest / `.env` / `package.json` /
+/// `index.*` file anywhere.
+fn is_relevant_change(dirs: &[PathBuf], path: &Path) -> bool {
+    let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("");
+    if MANIFEST_FILES.contains(&file) || file == ".env" || file == "package.json" || file.starts_with("index.") {
+        return true;
+    }
+    dirs.iter().any(|d| path.strip_prefix(d).is_ok_and(|rel| rel.components().count() <= 2))
+}
+
+fn build_app(resolved: &Resolved) -> Result<App, Error> {
+    let loaded = manifest::load(&resolved.dir)?;
+    for w in &loaded.warnings {
+        tracing::warn!(app = %resolved.name, version = %resolved.version, "{w}");
+    }
+    let config = loaded.config;
+    if !config.enabled {
+        let file = loaded.source.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
+        return Err(Error::new(
+            StatusCode::NOT_FOUND,
+            "APP_DISABLED",
+            format!("app {}@{} is disabled (`enabled: false` in {file})", resolved.name, resolved.version),
+        )
+        .with_data(json!({ "app": resolved.name, "version": resolved.version })));
+    }
+    let (entrypoint, kind) = resolve_entrypoint(&resolved.dir, &config)?;
+    Ok(App {
+        name: resolved.name.clone(),
+        version: resolved.version.clone(),
+        dir: resolved.dir.clone(),
+        entrypoint,
+        kind,
+        config: Arc::new(config),
+    })
+}
+
+/// The entrypoint file of the app in `dir` (buntime.md §2.2) and the worker kind it implies.
+///
+/// The manifest's `entrypoint` is used when that file exists; otherwise the first existing of
+/// [`DEFAULT_ENTRYPOINTS`]. With `command` the kind is always `Process` and the entrypoint is
+/// informational (the app dir itself when no file is found). Unlike Buntime, a missing
+/// entrypoint is an error here, not a worker that fails later.
+///
+/// # Errors
+/// 500 `APP_ENTRYPOINT_NOT_FOUND`, `APP_ENTRYPOINT_OUTSIDE` (the file resolves, through `..` or
+/// a symlink, outside the app dir) or `APP_ENTRYPOINT_UNSUPPORTED` (an extension no worker
+/// kind runs).
+pub fn resolve_entrypoint(dir: &Path, config: &AppConfig) -> Result<(PathBuf, WorkerKind), Error> {
+    let configured = config.entrypoint.as_deref().filter(|e| dir.join(e).is_file());
+    if let Some(e) = config.entrypoint.as_deref().filter(|_| configured.is_none()) {
+        tracing::warn!(dir = %dir.display(), entrypoint = e, "the manifest's entrypoint does not exist; trying index.*");
+    }
+    let found = configured.or_else(|| DEFAULT_ENTRYPOINTS.iter().copied().find(|f| dir.join(f).is_file()));
+    let Some(rel) = found else {
+        if config.command.is_some() {
+            return Ok((dir.to_path_buf(), WorkerKind::Process));
+        }
+        let tried = config
+            .entrypoint
+            .iter()
+            .map(String::as_str)
+            .chain(DEFAULT_ENTRYPOINTS)
+            .map(|f| format!("`{f}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(Error::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "APP_ENTRYPOINT_NOT_FOUND",
+            format!("app dir {} has no entrypoint: none of {tried} exists", dir.display()),
+        )
+        .with_data(json!({ "dir": dir.display().to_string() })));
+    };
+    let path = dir.join(rel);
+    let outside = || {
+        Error::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "APP_ENTRYPOINT_OUTSIDE",
+            format!("entrypoint {rel:?} resolves outside the app dir {}", dir.display()),
+        )
+        .with_data(json!({ "dir": dir.display().to_string(), "entrypoint": rel }))
+    };
+    // `..` or a symlink may lead out of the dir: only the real paths can tell.
+    let (Ok(real_dir), Ok(real_path)) = (dir.canonicalize(), path.canonicalize()) else {
+        return Err(outside());
+    };
+    if !real_path.starts_with(&real_dir) {
+        return Err(outside());
+    }
+    if config.command.is_some() {
+        return Ok((path, WorkerKind::Process));
+    }
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let kind = match ext.as_str() {
+        "html" | "htm" => WorkerKind::Static,
+        "ts" | "js" | "mjs" | "cjs" => WorkerKind::Js,
+        _ => {
+            return Err(Error::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "APP_ENTRYPOINT_UNSUPPORTED",
+                format!(
+                    "entrypoint {rel:?} cannot be run: expected a .html file (static), a .ts/.js/.mjs/.cjs file (js), or a `command` in the manifest to run the app as a process"
+                ),
+            )
+            .with_data(json!({ "dir": dir.display().to_string(), "entrypoint": rel })));
+        }
+    };
+    Ok((path, kind))
+}
