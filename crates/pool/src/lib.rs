@@ -9,6 +9,7 @@
 //! - [`worker`]: the `js` and `process` worker kinds and their lifecycle (the pool).
 
 pub mod app;
+pub mod check;
 pub mod html;
 pub mod manifest;
 pub mod registry;
