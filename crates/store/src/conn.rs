@@ -1,0 +1,365 @@
+//! The two drivers behind one leased connection.
+//!
+//! SQLite: one `rusqlite::Connection` per database behind an async mutex; every call moves the
+//! lock guard into `spawn_blocking`, so the async runtime never waits on disk. PostgreSQL: a
+//! `deadpool-postgres` pool; the schema is chosen per connection with `search_path` in the
+//! startup options, so every pooled connection of an app's store sees only that app's schema.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use http::StatusCode;
+use marina_core::Error;
+use rusqlite::types::ValueRef;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+
+use crate::sql;
+use crate::url::redact;
+use crate::value::{Row, Value};
+
+/// How long SQLite waits for another writer before failing with `SQLITE_BUSY`.
+pub(crate) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long opening a PostgreSQL connection may take.
+const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many PostgreSQL connections one store keeps at most.
+const PG_POOL_SIZE: usize = 16;
+
+pub(crate) enum Backend {
+    Sqlite { conn: Arc<Mutex<rusqlite::Connection>>, path: Option<PathBuf> },
+    Postgres { pool: Pool, schema: String, url: String },
+}
+
+/// One connection leased from a store, exclusively, until dropped.
+pub(crate) enum Conn {
+    /// `None` only while a call is running on the blocking pool, or after it was lost there.
+    Sqlite(Option<OwnedMutexGuard<rusqlite::Connection>>),
+    Postgres(deadpool_postgres::Object),
+}
+
+pub(crate) fn sql_error(message: impl Into<String>, sql: &str) -> Error {
+    let shown: String = sql.chars().take(300).collect();
+    Error::new(StatusCode::INTERNAL_SERVER_ERROR, "SQL_ERROR", message).with_data(serde_json::json!({ "sql": shown }))
+}
+
+fn unavailable(message: String) -> Error {
+    Error::unavailable("DATABASE_UNAVAILABLE", message)
+}
+
+pub(crate) fn open_sqlite(path: Option<&Path>) -> Result<rusqlite::Connection, Error> {
+    let conn = match path {
+        Some(p) => {
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    unavailable(format!("cannot create the directory '{}' for the SQLite database: {e}", dir.display()))
+                })?;
+            }
+            rusqlite::Connection::open(p)
+        }
+        None => rusqlite::Connection::open_in_memory(),
+    };
+    let shown = path.map_or_else(|| ":memory:".to_string(), |p| p.display().to_string());
+    let conn = conn.map_err(|e| unavailable(format!("cannot open the SQLite database '{shown}': {e}")))?;
+    conn.busy_timeout(SQLITE_BUSY_TIMEOUT)
+        .and_then(|_| conn.pragma_update(None, "foreign_keys", "ON"))
+        .and_then(|_| if path.is_some() { conn.pragma_update(None, "journal_mode", "WAL") } else { Ok(()) })
+        .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
+        .map_err(|e| unavailable(format!("cannot configure the SQLite database '{shown}': {e}")))?;
+    Ok(conn)
+}
+
+pub(crate) async fn open_postgres(url: &str, schema: &str) -> Result<Backend, Error> {
+    let shown = redact(url);
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+        Error::bad_request("DATABASE_URL_INVALID", format!("invalid DATABASE_URL '{shown}': {e}"))
+    })?;
+    if matches!(config.get_ssl_mode(), tokio_postgres::config::SslMode::Require) {
+        return Err(Error::bad_request(
+            "DATABASE_TLS_UNSUPPORTED",
+            format!("DATABASE_URL '{shown}' asks for sslmode=require, but this marina build has no TLS for PostgreSQL yet; use sslmode=disable or prefer on a trusted network"),
+        ));
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(PG_CONNECT_TIMEOUT);
+    }
+    // The schema comes from `app_ident` or a constant: only [a-z0-9_], safe in options.
+    let options = match config.get_options() {
+        Some(o) if !o.is_empty() => format!("{o} -c search_path={schema}"),
+        _ => format!("-c search_path={schema}"),
+    };
+    config.options(&options);
+    let manager = Manager::from_config(config, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let pool = Pool::builder(manager)
+        .max_size(PG_POOL_SIZE)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(30)))
+        .create_timeout(Some(PG_CONNECT_TIMEOUT + Duration::from_secs(1)))
+        .build()
+        .map_err(|e| Error::internal(format!("cannot build the PostgreSQL pool for '{shown}': {e}")))?;
+    let backend = Backend::Postgres { pool, schema: schema.to_string(), url: shown };
+    // Connect now, so an unreachable server is reported at start, not at the first request.
+    let conn = backend.conn().await?;
+    let Conn::Postgres(client) = &conn else { unreachable!("a PostgreSQL backend leases PostgreSQL connections") };
+    let create = format!("CREATE SCHEMA IF NOT EXISTS {}", sql::quote_ident(schema));
+    if let Err(e) = client.batch_execute(&create).await {
+        // Two processes creating the schema at once: one loses the race on the catalog's
+        // unique index, and the schema exists either way.
+        let raced = e.code().is_some_and(|c| *c == tokio_postgres::error::SqlState::UNIQUE_VIOLATION);
+        if !raced {
+            return Err(pg_error(&e, &create));
+        }
+    }
+    drop(conn);
+    Ok(backend)
+}
+
+impl Backend {
+    pub(crate) async fn conn(&self) -> Result<Conn, Error> {
+        match self {
+            Backend::Sqlite { conn, .. } => {
+                let mut c = Conn::Sqlite(Some(conn.clone().lock_owned().await));
+                // A caller dropped mid-transaction (a cancelled request) leaves the transaction
+                // open on the shared connection; close it before anyone else uses it.
+                c.blocking("", |conn| {
+                    if !conn.is_autocommit() {
+                        conn.execute_batch("ROLLBACK").map_err(|e| sql_error(e.to_string(), "ROLLBACK"))?;
+                    }
+                    Ok(())
+                })
+                .await?;
+                Ok(c)
+            }
+            Backend::Postgres { pool, url, .. } => pool.get().await.map(Conn::Postgres).map_err(|e| {
+                let cause = match &e {
+                    deadpool_postgres::PoolError::Backend(pe) => pg_cause(pe),
+                    other => other.to_string(),
+                };
+                unavailable(format!("cannot connect to PostgreSQL at '{url}': {cause}"))
+            }),
+        }
+    }
+}
+
+/// The most useful text of a driver error: the server's message when there is one, otherwise
+/// the error and its chain (tokio-postgres hides the I/O cause behind "error connecting").
+fn pg_cause(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({}): {}", db.severity(), db.code().code(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+pub(crate) fn pg_error(e: &tokio_postgres::Error, sql: &str) -> Error {
+    if e.as_db_error().is_none() && e.is_closed() {
+        return unavailable(format!("the PostgreSQL connection closed: {}", pg_cause(e)));
+    }
+    sql_error(pg_cause(e), sql)
+}
+
+impl Conn {
+    /// Run `f` with the SQLite connection on the blocking pool.
+    async fn blocking<R: Send + 'static>(
+        &mut self,
+        _what: &str,
+        f: impl FnOnce(&mut rusqlite::Connection) -> Result<R, Error> + Send + 'static,
+    ) -> Result<R, Error> {
+        let Conn::Sqlite(slot) = self else { unreachable!("blocking() is only called on SQLite connections") };
+        let mut guard = slot
+            .take()
+            .ok_or_else(|| Error::internal("the SQLite connection was lost by an earlier interrupted call"))?;
+        let (guard, result) = tokio::task::spawn_blocking(move || {
+            let r = f(&mut guard);
+            (guard, r)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("an SQLite call panicked or was cancelled: {e}")))?;
+        *slot = Some(guard);
+        result
+    }
+
+    pub(crate) fn is_sqlite(&self) -> bool {
+        matches!(self, Conn::Sqlite(_))
+    }
+
+    /// Run a script of one or more statements without parameters.
+    pub(crate) async fn batch(&mut self, script: &str) -> Result<(), Error> {
+        match self {
+            Conn::Sqlite(_) => {
+                let script = script.to_string();
+                self.blocking("batch", move |c| c.execute_batch(&script).map_err(|e| sql_error(e.to_string(), &script)))
+                    .await
+            }
+            Conn::Postgres(client) => client.batch_execute(script).await.map_err(|e| pg_error(&e, script)),
+        }
+    }
+
+    /// Run one statement; the number of rows it changed.
+    pub(crate) async fn execute(&mut self, stmt: &str, params: &[Value]) -> Result<u64, Error> {
+        match self {
+            Conn::Sqlite(_) => {
+                let stmt = sql::to_sqlite_placeholders(stmt);
+                let params = params.to_vec();
+                self.blocking("execute", move |c| {
+                    let n = c
+                        .execute(&stmt, rusqlite::params_from_iter(params.iter().map(SqliteParam)))
+                        .map_err(|e| sql_error(e.to_string(), &stmt))?;
+                    Ok(n as u64)
+                })
+                .await
+            }
+            Conn::Postgres(client) => {
+                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+                client.execute(stmt, &refs).await.map_err(|e| pg_error(&e, stmt))
+            }
+        }
+    }
+
+    /// Run one query; all its rows.
+    pub(crate) async fn query(&mut self, stmt: &str, params: &[Value]) -> Result<Vec<Row>, Error> {
+        match self {
+            Conn::Sqlite(_) => {
+                let stmt = sql::to_sqlite_placeholders(stmt);
+                let params = params.to_vec();
+                self.blocking("query", move |c| sqlite_query(c, &stmt, &params)).await
+            }
+            Conn::Postgres(client) => {
+                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+                let rows = client.query(stmt, &refs).await.map_err(|e| pg_error(&e, stmt))?;
+                let Some(first) = rows.first() else { return Ok(Vec::new()) };
+                let columns: Arc<[String]> = first.columns().iter().map(|c| c.name().to_string()).collect();
+                rows.iter().map(|r| pg_row(r, &columns, stmt)).collect()
+            }
+        }
+    }
+}
+
+fn sqlite_query(c: &rusqlite::Connection, stmt: &str, params: &[Value]) -> Result<Vec<Row>, Error> {
+    let err = |e: rusqlite::Error| sql_error(e.to_string(), stmt);
+    let mut prepared = c.prepare(stmt).map_err(err)?;
+    let columns: Arc<[String]> = prepared.column_names().into_iter().map(str::to_string).collect();
+    let n = columns.len();
+    let mut rows = prepared.query(rusqlite::params_from_iter(params.iter().map(SqliteParam))).map_err(err)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(err)? {
+        let mut values = Vec::with_capacity(n);
+        for i in 0..n {
+            values.push(match row.get_ref(i).map_err(err)? {
+                ValueRef::Null => Value::Null,
+                ValueRef::Integer(i) => Value::Integer(i),
+                ValueRef::Real(f) => Value::Real(f),
+                ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+            });
+        }
+        out.push(Row::new(columns.clone(), values));
+    }
+    Ok(out)
+}
+
+fn pg_row(row: &tokio_postgres::Row, columns: &Arc<[String]>, stmt: &str) -> Result<Row, Error> {
+    let mut values = Vec::with_capacity(columns.len());
+    for (i, col) in row.columns().iter().enumerate() {
+        let err = |e: tokio_postgres::Error| sql_error(format!("column '{}': {}", col.name(), pg_cause(&e)), stmt);
+        let ty = col.type_();
+        let v = match *ty {
+            Type::BOOL => row.try_get::<_, Option<bool>>(i).map_err(err)?.map(Value::Bool),
+            Type::INT2 => row.try_get::<_, Option<i16>>(i).map_err(err)?.map(|x| Value::Integer(x.into())),
+            Type::INT4 => row.try_get::<_, Option<i32>>(i).map_err(err)?.map(|x| Value::Integer(x.into())),
+            Type::INT8 => row.try_get::<_, Option<i64>>(i).map_err(err)?.map(Value::Integer),
+            Type::OID => row.try_get::<_, Option<u32>>(i).map_err(err)?.map(|x| Value::Integer(x.into())),
+            Type::FLOAT4 => row.try_get::<_, Option<f32>>(i).map_err(err)?.map(|x| Value::Real(x.into())),
+            Type::FLOAT8 => row.try_get::<_, Option<f64>>(i).map_err(err)?.map(Value::Real),
+            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
+                row.try_get::<_, Option<String>>(i).map_err(err)?.map(Value::Text)
+            }
+            Type::BYTEA => row.try_get::<_, Option<Vec<u8>>>(i).map_err(err)?.map(Value::Blob),
+            _ => {
+                return Err(sql_error(
+                    format!(
+                        "column '{}' has PostgreSQL type {}, which the store does not read; cast it in the query (e.g. {}::text)",
+                        col.name(),
+                        ty.name(),
+                        col.name()
+                    ),
+                    stmt,
+                ));
+            }
+        };
+        values.push(v.unwrap_or(Value::Null));
+    }
+    Ok(Row::new(columns.clone(), values))
+}
+
+/// A [`Value`] bound as an SQLite parameter.
+struct SqliteParam<'a>(&'a Value);
+
+impl rusqlite::ToSql for SqliteParam<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef as R};
+        Ok(match self.0 {
+            Value::Null => ToSqlOutput::Borrowed(R::Null),
+            Value::Integer(i) => ToSqlOutput::Borrowed(R::Integer(*i)),
+            Value::Real(f) => ToSqlOutput::Borrowed(R::Real(*f)),
+            Value::Text(s) => ToSqlOutput::Borrowed(R::Text(s.as_bytes())),
+            Value::Blob(b) => ToSqlOutput::Borrowed(R::Blob(b)),
+            Value::Bool(b) => ToSqlOutput::Borrowed(R::Integer(i64::from(*b))),
+        })
+    }
+}
+
+impl ToSql for Value {
+    fn to_sql(&self, ty: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        let mismatch = || -> Box<dyn std::error::Error + Sync + Send> {
+            format!("cannot bind a {} value to a parameter of PostgreSQL type {}", self.kind(), ty.name()).into()
+        };
+        match self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Integer(i) => match *ty {
+                Type::INT8 => i.to_sql(ty, out),
+                Type::INT4 => i32::try_from(*i).map_err(|_| format!("{i} does not fit an int4 parameter"))?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(*i).map_err(|_| format!("{i} does not fit an int2 parameter"))?.to_sql(ty, out),
+                Type::FLOAT8 => (*i as f64).to_sql(ty, out),
+                Type::FLOAT4 => (*i as f32).to_sql(ty, out),
+                Type::BOOL => match i {
+                    0 | 1 => (*i == 1).to_sql(ty, out),
+                    _ => Err(format!("{i} is not a boolean (0 or 1)").into()),
+                },
+                Type::TEXT | Type::VARCHAR => i.to_string().to_sql(ty, out),
+                _ => Err(mismatch()),
+            },
+            Value::Real(f) => match *ty {
+                Type::FLOAT8 => f.to_sql(ty, out),
+                Type::FLOAT4 => (*f as f32).to_sql(ty, out),
+                _ => Err(mismatch()),
+            },
+            Value::Text(s) => match *ty {
+                Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => s.to_sql(ty, out),
+                _ => Err(mismatch()),
+            },
+            Value::Blob(b) => match *ty {
+                Type::BYTEA => b.to_sql(ty, out),
+                _ => Err(mismatch()),
+            },
+            Value::Bool(b) => match *ty {
+                Type::BOOL => b.to_sql(ty, out),
+                Type::INT2 | Type::INT4 | Type::INT8 => Value::Integer(i64::from(*b)).to_sql(ty, out),
+                _ => Err(mismatch()),
+            },
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}

@@ -1,0 +1,334 @@
+//! [`Store`]: one database (marina's own, or one app's), and [`Tx`], a transaction on it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use marina_core::Error;
+use tokio::sync::Mutex;
+
+use crate::conn::{self, Backend, Conn};
+use crate::migrate::{MigrationReport, MigrationSet, Migrator};
+use crate::sql;
+use crate::url::DatabaseUrl;
+use crate::value::{Row, Value};
+
+/// Which driver a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Embedded SQLite (rusqlite, bundled).
+    Sqlite,
+    /// A PostgreSQL server (tokio-postgres with a deadpool pool).
+    Postgres,
+}
+
+/// The PostgreSQL schema that holds marina's own tables.
+pub const SYSTEM_SCHEMA: &str = "marina";
+
+/// A handle to one database. Cheap to clone; clones share the connection(s).
+///
+/// Queries take PostgreSQL-style placeholders (`$1`, `$2`, ...) on both backends and
+/// [`Value`] parameters, so a plugin writes each statement once.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<Backend>,
+    label: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("label", &self.label).finish()
+    }
+}
+
+impl Store {
+    /// Open marina's own database: `database_url` (usually `DATABASE_URL`), or when it is unset,
+    /// `sqlite://{state_dir}/marina.db`, created on first use. SQLite gets WAL, foreign keys and
+    /// a busy timeout; PostgreSQL gets a pool whose connections use the `marina` schema.
+    ///
+    /// # Errors
+    /// `DATABASE_URL_INVALID` for a URL that is neither SQLite nor PostgreSQL,
+    /// `DATABASE_UNAVAILABLE` when the file cannot be opened or the server cannot be reached.
+    pub async fn open(database_url: Option<&str>, state_dir: &Path) -> Result<Store, Error> {
+        let url = DatabaseUrl::parse(database_url, state_dir)?;
+        Self::open_url(&url, SYSTEM_SCHEMA).await
+    }
+
+    /// Open app `name`'s own database: on SQLite a file `{state_dir}/apps/{name}.db` (in memory
+    /// when marina's is), on PostgreSQL the schema `app_{name}` of the same server.
+    ///
+    /// # Errors
+    /// As [`Store::open`], plus `APP_NAME_INVALID` for a name that cannot be made a safe file
+    /// or schema name.
+    pub async fn open_app(database_url: Option<&str>, state_dir: &Path, name: &str) -> Result<Store, Error> {
+        let ident = sql::app_ident(name)?;
+        let url = match DatabaseUrl::parse(database_url, state_dir)? {
+            DatabaseUrl::SqliteFile(_) => DatabaseUrl::SqliteFile(app_sqlite_path(state_dir, &ident)),
+            other => other,
+        };
+        Self::open_url(&url, &format!("app_{ident}")).await
+    }
+
+    async fn open_url(url: &DatabaseUrl, schema: &str) -> Result<Store, Error> {
+        let label = match url {
+            DatabaseUrl::Postgres(_) => format!("{} (schema {schema})", url.redacted()),
+            _ => url.redacted(),
+        };
+        let backend = match url {
+            DatabaseUrl::SqliteFile(path) => {
+                let p = path.clone();
+                let c = tokio::task::spawn_blocking(move || conn::open_sqlite(Some(&p)))
+                    .await
+                    .map_err(|e| Error::internal(format!("opening SQLite failed: {e}")))??;
+                Backend::Sqlite { conn: Arc::new(Mutex::new(c)), path: Some(path.clone()) }
+            }
+            DatabaseUrl::SqliteMemory => {
+                Backend::Sqlite { conn: Arc::new(Mutex::new(conn::open_sqlite(None)?)), path: None }
+            }
+            DatabaseUrl::Postgres(u) => conn::open_postgres(u, schema).await?,
+        };
+        Ok(Store { backend: Arc::new(backend), label })
+    }
+
+    /// Which driver this store uses.
+    pub fn kind(&self) -> BackendKind {
+        match &*self.backend {
+            Backend::Sqlite { .. } => BackendKind::Sqlite,
+            Backend::Postgres { .. } => BackendKind::Postgres,
+        }
+    }
+
+    /// Where this store points, password hidden: for messages.
+    pub fn describe(&self) -> &str {
+        &self.label
+    }
+
+    /// The SQLite file, when this store is one.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match &*self.backend {
+            Backend::Sqlite { path, .. } => path.as_deref(),
+            Backend::Postgres { .. } => None,
+        }
+    }
+
+    /// The PostgreSQL schema, when this store is one.
+    pub fn pg_schema(&self) -> Option<&str> {
+        match &*self.backend {
+            Backend::Postgres { schema, .. } => Some(schema),
+            Backend::Sqlite { .. } => None,
+        }
+    }
+
+    pub(crate) async fn conn(&self) -> Result<Conn, Error> {
+        self.backend.conn().await
+    }
+
+    /// Run one statement outside any explicit transaction; the number of rows changed.
+    ///
+    /// # Errors
+    /// `SQL_ERROR` with the driver's message (and the statement in `data.sql`).
+    pub async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64, Error> {
+        self.conn().await?.execute(sql, params).await
+    }
+
+    /// Run one query; all its rows.
+    ///
+    /// # Errors
+    /// As [`Store::execute`].
+    pub async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>, Error> {
+        self.conn().await?.query(sql, params).await
+    }
+
+    /// Run one query; its first row, if any.
+    ///
+    /// # Errors
+    /// As [`Store::execute`].
+    pub async fn query_opt(&self, sql: &str, params: &[Value]) -> Result<Option<Row>, Error> {
+        Ok(self.query(sql, params).await?.into_iter().next())
+    }
+
+    /// Start a transaction. It rolls back unless [`Tx::commit`] is called, including when the
+    /// future holding it is dropped. On SQLite it holds the store's one connection (other
+    /// calls wait); on PostgreSQL one pooled connection.
+    ///
+    /// # Errors
+    /// `DATABASE_UNAVAILABLE` or `SQL_ERROR` when the transaction cannot start.
+    pub async fn begin(&self) -> Result<Tx, Error> {
+        let mut conn = self.conn().await?;
+        // IMMEDIATE takes SQLite's write lock now, so a read-then-write transaction cannot
+        // fail half-way with SQLITE_BUSY when another process writes.
+        conn.batch(if conn.is_sqlite() { "BEGIN IMMEDIATE" } else { "BEGIN" }).await?;
+        Ok(Tx { conn: Some(conn), depth: 0 })
+    }
+
+    /// Run `f` in a transaction: commit when it returns `Ok`, roll back when it returns `Err`.
+    ///
+    /// # Errors
+    /// `f`'s error, or the error of `BEGIN`/`COMMIT`.
+    pub async fn transaction<T>(&self, f: impl AsyncFnOnce(&mut Tx) -> Result<T, Error>) -> Result<T, Error> {
+        let mut tx = self.begin().await?;
+        match f(&mut tx).await {
+            Ok(v) => {
+                tx.commit().await?;
+                Ok(v)
+            }
+            Err(e) => {
+                // The caller's error matters more than a failed rollback, which the dropped
+                // connection (PostgreSQL) or the next lease (SQLite) cleans up anyway.
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Apply marina's own migrations (embedded in the binary) to this store.
+    ///
+    /// # Errors
+    /// Any migration error (`MIGRATION_*`), with what had been applied before it in `data`.
+    pub async fn migrate_system(&self) -> Result<MigrationReport, Error> {
+        let set = MigrationSet::system()?;
+        let report = Migrator::new(self, &set).migrate(&Default::default()).await?;
+        report.into_result()
+    }
+}
+
+/// `{state_dir}/apps/{ident}.db`.
+pub fn app_sqlite_path(state_dir: &Path, ident: &str) -> PathBuf {
+    state_dir.join("apps").join(format!("{ident}.db"))
+}
+
+/// An open transaction. Dropping it without [`Tx::commit`] rolls it back.
+pub struct Tx {
+    conn: Option<Conn>,
+    depth: u32,
+}
+
+impl Tx {
+    fn conn(&mut self) -> Result<&mut Conn, Error> {
+        self.conn.as_mut().ok_or_else(|| Error::internal("the transaction is already finished"))
+    }
+
+    /// Run one statement in the transaction; the number of rows changed.
+    ///
+    /// # Errors
+    /// As [`Store::execute`].
+    pub async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, Error> {
+        self.conn()?.execute(sql, params).await
+    }
+
+    /// Run one query in the transaction; all its rows.
+    ///
+    /// # Errors
+    /// As [`Store::execute`].
+    pub async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, Error> {
+        self.conn()?.query(sql, params).await
+    }
+
+    /// Run one query in the transaction; its first row, if any.
+    ///
+    /// # Errors
+    /// As [`Store::execute`].
+    pub async fn query_opt(&mut self, sql: &str, params: &[Value]) -> Result<Option<Row>, Error> {
+        Ok(self.query(sql, params).await?.into_iter().next())
+    }
+
+    /// Run a script of statements without parameters (DDL, several statements).
+    ///
+    /// # Errors
+    /// As [`Store::execute`].
+    pub async fn batch(&mut self, script: &str) -> Result<(), Error> {
+        self.conn()?.batch(script).await
+    }
+
+    /// A nested transaction: `f` runs inside a savepoint that is released when it returns
+    /// `Ok` and rolled back to when it returns `Err`; the outer transaction goes on either way.
+    /// Savepoint names are generated (`marina_sp_{depth}`), never taken from callers.
+    ///
+    /// # Errors
+    /// `f`'s error, or the savepoint statements' own.
+    pub async fn savepoint<T>(&mut self, f: impl AsyncFnOnce(&mut Tx) -> Result<T, Error>) -> Result<T, Error> {
+        self.depth += 1;
+        let name = format!("marina_sp_{}", self.depth);
+        let result = async {
+            self.batch(&format!("SAVEPOINT {name}")).await?;
+            match f(self).await {
+                Ok(v) => {
+                    self.batch(&format!("RELEASE SAVEPOINT {name}")).await?;
+                    Ok(v)
+                }
+                Err(e) => {
+                    self.batch(&format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}")).await?;
+                    Err(e)
+                }
+            }
+        }
+        .await;
+        self.depth -= 1;
+        result
+    }
+
+    /// Commit.
+    ///
+    /// # Errors
+    /// `SQL_ERROR` when the commit fails (the transaction is then rolled back).
+    pub async fn commit(mut self) -> Result<(), Error> {
+        let mut conn = self.conn.take().ok_or_else(|| Error::internal("the transaction is already finished"))?;
+        conn.batch("COMMIT").await
+    }
+
+    /// Roll back.
+    ///
+    /// # Errors
+    /// `SQL_ERROR` when the rollback statement fails.
+    pub async fn rollback(mut self) -> Result<(), Error> {
+        let mut conn = self.conn.take().ok_or_else(|| Error::internal("the transaction is already finished"))?;
+        conn.batch("ROLLBACK").await
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        rollback_in_background(conn);
+    }
+}
+
+/// Roll back a leased connection that was abandoned inside a transaction.
+pub(crate) fn rollback_in_background(mut conn: Conn) {
+    match (&mut conn, tokio::runtime::Handle::try_current()) {
+        (Conn::Postgres(_), Ok(handle)) => {
+            handle.spawn(async move {
+                if conn.batch("ROLLBACK").await.is_err()
+                    && let Conn::Postgres(obj) = conn
+                {
+                    // Do not return a connection in an unknown state to the pool.
+                    drop(deadpool_postgres::Object::take(obj));
+                }
+            });
+        }
+        (Conn::Postgres(_), Err(_)) => {
+            if let Conn::Postgres(obj) = conn {
+                drop(deadpool_postgres::Object::take(obj));
+            }
+        }
+        // The SQLite connection is checked and rolled back by the next lease; returning the
+        // guard now releases the in-process lock, and the file lock goes with the rollback.
+        (Conn::Sqlite(slot), _) => {
+            if let Some(guard) = slot.take() {
+                match tokio::runtime::Handle::try_current() {
+                    Ok(handle) => {
+                        handle.spawn_blocking(move || {
+                            if !guard.is_autocommit() {
+                                let _ = guard.execute_batch("ROLLBACK");
+                            }
+                        });
+                    }
+                    Err(_) => {
+                        if !guard.is_autocommit() {
+                            let _ = guard.execute_batch("ROLLBACK");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
