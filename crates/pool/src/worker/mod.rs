@@ -1,1 +1,851 @@
 //! The worker pool: `js` and `process` workers and their lifecycle.
+//!
+//! Each app version (`name@version`) gets a *slot* holding its worker processes (1 by default,
+//! `instances` in the manifest). Slots live in an LRU bounded by `RUNTIME_POOL_SIZE`; `ttl: 0`
+//! apps bypass it and get a fresh worker per request behind the ephemeral gate. Requests are
+//! forwarded over pooled keep-alive HTTP/1.1 connections ([`marina_proxy::Upstream`]) with
+//! bodies streaming both ways. A housekeeping task (every 250 ms) applies the sliding `ttl`,
+//! `idleTimeout` (`onIdle`) and `maxMemory`. See `docs/workers.md`.
+
+mod gate;
+mod instance;
+mod js;
+mod pdeathsig;
+mod spawn;
+mod stats;
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use lru::LruCache;
+use marina_core::body::{Body, BoxError};
+use marina_core::{Error, body};
+use marina_proxy::LimitedBody;
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, watch};
+
+use self::gate::Gate;
+use self::instance::{BootContext, Phase, Worker};
+use self::stats::LatencyRing;
+use crate::app::{App, WorkerKind};
+
+/// How often ttl, idleTimeout and maxMemory are checked.
+const TICK: Duration = Duration::from_millis(250);
+/// How long a stopping worker has between SIGTERM and SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+/// A worker that ran at least this long before crashing resets the crash-loop count.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// The longest crash-loop back-off.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Settings of the pool, read from the environment by the server.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    /// `RUNTIME_POOL_SIZE`: how many app versions keep warm workers at once (LRU).
+    pub pool_size: usize,
+    /// `RUNTIME_EPHEMERAL_CONCURRENCY` (default 2): `ttl: 0` requests running at once.
+    pub ephemeral_concurrency: usize,
+    /// `RUNTIME_EPHEMERAL_QUEUE_LIMIT` (default 100): `ttl: 0` requests waiting; beyond, 503.
+    pub ephemeral_queue_limit: usize,
+    /// `RUNTIME_STATE_DIR`: the shim and worker sockets go under it.
+    pub state_dir: PathBuf,
+    /// `RUNTIME_API_URL` as workers see it.
+    pub runtime_api_url: String,
+    /// `NODE_ENV` as workers see it.
+    pub node_env: String,
+    /// `RUNTIME_LOG_LEVEL` as workers see it.
+    pub log_level: String,
+    /// `RUNTIME_JS`: `bun`, `node` or a path; `None` = Bun when on PATH, else Node.
+    pub js_runtime: Option<String>,
+}
+
+/// One worker as `GET /api/workers` shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerInfo {
+    /// Worker id (also its `WORKER_ID`); empty for a crash-looping app with no process.
+    pub id: String,
+    /// App name.
+    pub app: String,
+    /// App version.
+    pub version: String,
+    /// `js` or `process`.
+    pub kind: &'static str,
+    /// OS process id (the process group leader).
+    pub pid: Option<u32>,
+    /// `starting`, `ready`, `busy`, `idle`, `draining` or `crashloop`.
+    pub state: &'static str,
+    /// Whether this is a one-request (`ttl: 0`) worker.
+    pub ephemeral: bool,
+    /// Requests forwarded to it.
+    pub requests: u64,
+    /// Requests that failed (5xx, crash, timeout).
+    pub errors: u64,
+    /// Requests in flight now.
+    pub in_flight: usize,
+    /// Restarts of the app version's workers (crash, timeout, memory, maxRequests).
+    pub restarts: u64,
+    /// Why the last restart happened.
+    pub last_restart_reason: Option<String>,
+    /// Mean time to response headers over the last 100 requests.
+    pub avg_latency_ms: f64,
+    /// 99th percentile of the same.
+    pub p99_latency_ms: f64,
+    /// Resident memory of the process, bytes (last sample).
+    pub rss_bytes: Option<u64>,
+    /// Age of the worker.
+    pub age_ms: u64,
+    /// Time since it last started or finished a request.
+    pub idle_ms: u64,
+}
+
+/// Pool-wide numbers, with Buntime's field names (buntime.md §3.8).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolMetrics {
+    /// Live worker processes.
+    pub active_workers: usize,
+    /// Mean time to response headers over the last 100 requests.
+    pub avg_response_time_ms: f64,
+    /// Ephemeral requests running now.
+    pub ephemeral_concurrency: usize,
+    /// Ephemeral requests waiting now.
+    pub ephemeral_queue_depth: usize,
+    /// The ephemeral queue limit.
+    pub ephemeral_queue_limit: usize,
+    /// App versions evicted from the LRU.
+    pub evictions: u64,
+    /// `hits / (hits + misses)` in percent.
+    pub hit_rate: f64,
+    /// Requests that found a warm worker.
+    pub hits: u64,
+    /// Sum of the workers' resident memory, MiB.
+    #[serde(rename = "memoryUsageMB")]
+    pub memory_usage_mb: f64,
+    /// Requests that had to start a worker.
+    pub misses: u64,
+    /// Requests per second since the previous metrics call (or since start).
+    pub requests_per_second: f64,
+    /// Requests forwarded.
+    pub total_requests: u64,
+    /// Workers started.
+    pub total_workers_created: u64,
+    /// Workers that failed to start.
+    pub total_workers_failed: u64,
+    /// Workers retired (ttl, maxRequests, memory, eviction, ephemeral completion).
+    pub total_workers_retired: u64,
+    /// Time since the pool was created.
+    pub uptime_ms: u64,
+}
+
+/// The worker pool. Create with [`WorkerPool::new`]; share the `Arc`.
+pub struct WorkerPool {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for WorkerPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerPool").field("workers", &self.inner.all.lock().len()).finish()
+    }
+}
+
+#[derive(Default)]
+struct SlotState {
+    workers: Vec<Arc<Worker>>,
+    crashes: u32,
+    backoff_until: Option<Instant>,
+    restarts: u64,
+    last_reason: Option<String>,
+}
+
+/// The workers of one app version, and its crash history.
+struct Slot {
+    app: Arc<App>,
+    st: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+    created: AtomicU64,
+    failed: AtomicU64,
+    retired: AtomicU64,
+    requests: AtomicU64,
+}
+
+pub(crate) struct Inner {
+    opts: PoolOptions,
+    boot: BootContext,
+    slots: Mutex<LruCache<String, Arc<Slot>>>,
+    /// Every worker with a process (or starting one), by id.
+    all: Mutex<HashMap<String, Arc<Worker>>>,
+    gate: Gate,
+    counters: Counters,
+    latency: Mutex<LatencyRing>,
+    last_rate: Mutex<(Instant, u64)>,
+    started: Instant,
+    shutting_down: AtomicBool,
+    shutdown_done: watch::Sender<bool>,
+    me: Weak<Inner>,
+}
+
+impl WorkerPool {
+    /// Creates the pool: writes the JS host shim under `{state_dir}/shim/`, prepares
+    /// `{state_dir}/sock/`, picks the JS engine, and starts the housekeeping task (so it must be
+    /// called inside a tokio runtime).
+    pub fn new(opts: PoolOptions) -> Result<Arc<WorkerPool>, Error> {
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::internal("WorkerPool::new must be called inside a tokio runtime"))?;
+        let pool_size = NonZeroUsize::new(opts.pool_size).ok_or_else(|| {
+            Error::internal(format!("RUNTIME_POOL_SIZE is {}, expected a positive number", opts.pool_size))
+        })?;
+        let sock = opts.state_dir.join("sock");
+        std::fs::create_dir_all(&sock)
+            .map_err(|e| Error::internal(format!("could not create the worker socket directory {}: {e}", sock.display())))?;
+        if let Ok(entries) = std::fs::read_dir(&sock) {
+            for e in entries.flatten() {
+                if e.path().extension().is_some_and(|x| x == "sock") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let shim = js::write_shim(&opts.state_dir)?;
+        let js_runtime = js::resolve(opts.js_runtime.as_deref()).map_err(Arc::new);
+        match &js_runtime {
+            Ok(rt) => tracing::info!(runtime = rt.name(), "JS workers will run under {}", rt.name()),
+            Err(e) => tracing::warn!("JS workers cannot run: {}", e.message()),
+        }
+        let concurrency = opts.ephemeral_concurrency.clamp(1, opts.pool_size);
+        let inner = Arc::new_cyclic(|me| Inner {
+            boot: BootContext {
+                state_dir: opts.state_dir.clone(),
+                shim,
+                js_runtime,
+                node_env: opts.node_env.clone(),
+                runtime_api_url: opts.runtime_api_url.clone(),
+                log_level: opts.log_level.clone(),
+            },
+            gate: Gate::new(concurrency, opts.ephemeral_queue_limit),
+            opts,
+            slots: Mutex::new(LruCache::new(pool_size)),
+            all: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+            latency: Mutex::new(LatencyRing::new(100)),
+            last_rate: Mutex::new((Instant::now(), 0)),
+            started: Instant::now(),
+            shutting_down: AtomicBool::new(false),
+            shutdown_done: watch::Sender::new(false),
+            me: me.clone(),
+        });
+        let weak = Arc::downgrade(&inner);
+        handle.spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                if inner.shutting_down.load(Ordering::Acquire) {
+                    break;
+                }
+                inner.housekeeping();
+            }
+        });
+        Ok(Arc::new(WorkerPool { inner }))
+    }
+
+    /// Forwards one request to a worker of `app`.
+    ///
+    /// `req`'s URI is already the app-relative path and query, and the server has set `x-base`,
+    /// `x-request-id` and `x-forwarded-*`. An upgrade request (WebSocket) is spliced through
+    /// when the worker answers 101. The response body streams from the worker; the worker
+    /// counts the request as in flight until that body has been read or dropped.
+    ///
+    /// # Errors
+    ///
+    /// `PAYLOAD_TOO_LARGE` (413) past `maxBodySize`; `EPHEMERAL_WORKER_QUEUE_SATURATED` (503);
+    /// `WORKER_CRASHLOOP` (503) while a crash-looping app backs off; `WORKER_START_FAILED`
+    /// (502, or 500 when no JS engine fits); `WORKER_TIMEOUT` (504); `WORKER_CRASHED` (502);
+    /// `SHUTTING_DOWN` (503).
+    pub async fn dispatch(&self, app: Arc<App>, mut req: Request<Body>) -> Result<Response<Body>, Error> {
+        let inner = &self.inner;
+        if inner.shutting_down.load(Ordering::Acquire) {
+            return Err(Error::unavailable("SHUTTING_DOWN", "marina is shutting down and takes no new requests"));
+        }
+        if app.kind == WorkerKind::Static {
+            return Err(Error::internal(format!("app '{}' is static; it is served without a worker", app.key())));
+        }
+        let limit = app.config.max_body_size;
+        let declared = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(Error::payload_too_large(limit));
+        }
+        // Only marina may send lifecycle calls; a client cannot smuggle the control header in.
+        req.headers_mut().remove("x-marina-control");
+        let (parts, body) = req.into_parts();
+        let (limited, tripped) = LimitedBody::new(body, limit);
+        let req = Request::from_parts(parts, body::boxed(limited));
+
+        let (worker, permit) = if app.config.ttl.is_zero() {
+            let permit = inner.gate.enter().await?;
+            inner.counters.misses.fetch_add(1, Ordering::Relaxed);
+            let worker = inner.spawn_worker(app.clone(), true);
+            (worker, Some(permit))
+        } else {
+            let slot = inner.slot_for(&app);
+            let (worker, hit) = inner.pick(&slot)?;
+            let counter = if hit { &inner.counters.hits } else { &inner.counters.misses };
+            counter.fetch_add(1, Ordering::Relaxed);
+            (worker, None)
+        };
+        worker.wait_ready().await?;
+        inner.forward(worker, req, permit, tripped).await
+    }
+
+    /// Every worker, for `GET /api/workers`, plus one `crashloop` row per app that is backing off
+    /// with no process.
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        self.inner.workers()
+    }
+
+    /// Pool-wide metrics (buntime.md §3.8).
+    pub fn metrics(&self) -> PoolMetrics {
+        self.inner.metrics()
+    }
+
+    /// Stops every worker: `onTerminate` to each, then up to `drain` for in-flight requests to
+    /// finish, then SIGTERM and SIGKILL to every process group. New requests get 503 from the
+    /// moment it starts. Calling it again waits for the first call to finish.
+    pub async fn shutdown(&self, drain: Duration) {
+        self.inner.shutdown(drain).await;
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        // The last resort: whatever still runs dies with the pool.
+        for w in self.inner.all.lock().values() {
+            w.kill();
+        }
+    }
+}
+
+impl Inner {
+    fn slot_for(&self, app: &Arc<App>) -> Arc<Slot> {
+        let key = app.key();
+        let mut slots = self.slots.lock();
+        if let Some(slot) = slots.get(&key) {
+            return slot.clone();
+        }
+        let slot = Arc::new(Slot { app: app.clone(), st: Mutex::new(SlotState::default()) });
+        let evicted = slots.push(key, slot.clone());
+        drop(slots);
+        if let Some((old_key, old)) = evicted {
+            self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+            let workers = std::mem::take(&mut old.st.lock().workers);
+            for w in workers {
+                self.retire(&w, None, &format!("evicted from the pool (RUNTIME_POOL_SIZE {}) for {}", self.opts.pool_size, old_key));
+            }
+        }
+        slot
+    }
+
+    /// Picks the least busy usable worker, starting one when there is none or all are busy and
+    /// `instances.max` allows another. Returns whether it was a warm hit.
+    fn pick(&self, slot: &Arc<Slot>) -> Result<(Arc<Worker>, bool), Error> {
+        let app = &slot.app;
+        let mut st = slot.st.lock();
+        st.workers.retain(|w| w.usable());
+        if let Some(until) = st.backoff_until {
+            let now = Instant::now();
+            if now < until {
+                let retry = until - now;
+                return Err(Error::unavailable(
+                    "WORKER_CRASHLOOP",
+                    format!(
+                        "app '{}' crashed {} times in a row; the next start is in {} ms (last: {})",
+                        app.key(),
+                        st.crashes,
+                        retry.as_millis(),
+                        st.last_reason.as_deref().unwrap_or("unknown")
+                    ),
+                )
+                .with_data(json!({
+                    "app": app.key(),
+                    "crashes": st.crashes,
+                    "retryAfterMs": retry.as_millis() as u64,
+                    "lastReason": st.last_reason,
+                })));
+            }
+            st.backoff_until = None;
+        }
+        let max = (app.config.instances.max as usize).max(1);
+        let min = (app.config.instances.min as usize).clamp(1, max);
+        let best = st.workers.iter().min_by_key(|w| w.in_flight.load(Ordering::Acquire)).cloned();
+        let picked = match best {
+            Some(w) if w.in_flight.load(Ordering::Acquire) == 0 || st.workers.len() >= max => (w, true),
+            _ => {
+                let w = self.spawn_worker(app.clone(), false);
+                st.workers.push(w.clone());
+                (w, false)
+            }
+        };
+        while st.workers.len() < min {
+            let w = self.spawn_worker(app.clone(), false);
+            st.workers.push(w);
+        }
+        Ok(picked)
+    }
+
+    fn spawn_worker(&self, app: Arc<App>, ephemeral: bool) -> Arc<Worker> {
+        let w = Worker::new(app, ephemeral, self.me.clone());
+        self.counters.created.fetch_add(1, Ordering::Relaxed);
+        self.all.lock().insert(w.id.clone(), w.clone());
+        tokio::spawn(w.clone().boot(self.boot.clone()));
+        w
+    }
+
+    async fn forward(
+        &self,
+        worker: Arc<Worker>,
+        req: Request<Body>,
+        permit: Option<OwnedSemaphorePermit>,
+        tripped: Arc<AtomicBool>,
+    ) -> Result<Response<Body>, Error> {
+        let app = worker.app.clone();
+        let guard = InFlight::enter(worker.clone(), permit, self.me.clone());
+        let n = worker.requests.fetch_add(1, Ordering::AcqRel) + 1;
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        if !worker.ephemeral && n >= app.config.max_requests.max(1) {
+            self.retire(&worker, Some(format!("maxRequests ({}) reached", app.config.max_requests)), "maxRequests reached");
+        }
+        let Some(upstream) = worker.upstream() else {
+            return Err(Error::internal(format!("worker {} of app '{}' is not ready", worker.id, worker.key)));
+        };
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(app.config.timeout, upstream.forward(req)).await;
+        match outcome {
+            Err(_) => {
+                worker.errors.fetch_add(1, Ordering::Relaxed);
+                worker.kill();
+                let reason = format!("timeout: no response within {} ms", app.config.timeout.as_millis());
+                self.note_restart(&worker, &reason);
+                tracing::warn!(app = %worker.key, worker = %worker.id, "{reason}; worker killed");
+                Err(Error::gateway_timeout(format!(
+                    "app '{}' did not answer within {} ms; its worker was replaced",
+                    worker.key,
+                    app.config.timeout.as_millis()
+                ))
+                .with_data(json!({ "app": worker.key, "timeoutMs": app.config.timeout.as_millis() as u64 })))
+            }
+            Ok(Err(e)) if tripped.load(Ordering::Acquire) || e.is_body_too_large() => {
+                Err(Error::payload_too_large(app.config.max_body_size))
+            }
+            Ok(Err(e)) => {
+                worker.errors.fetch_add(1, Ordering::Relaxed);
+                // Give the exit watcher a moment so the message can say how the process ended.
+                if !worker.has_exited() {
+                    worker.wait_exit(Duration::from_millis(50)).await;
+                }
+                let exit = worker.exit_status.lock().clone();
+                let how = match &exit {
+                    Some(status) => format!("its worker exited ({status})"),
+                    None => "its worker closed the connection".to_string(),
+                };
+                Err(Error::bad_gateway(
+                    "WORKER_CRASHED",
+                    format!("app '{}' failed before answering: {how}", worker.key),
+                )
+                .with_data(json!({ "app": worker.key, "worker": worker.id, "exit": exit }))
+                .with_source(e))
+            }
+            Ok(Ok(resp)) => {
+                let took = started.elapsed();
+                worker.latency.lock().record(took);
+                self.latency.lock().record(took);
+                if resp.status().is_server_error() {
+                    worker.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(resp.map(|b| body::boxed(GuardedBody { inner: b, _guard: guard })))
+            }
+        }
+    }
+
+    /// Takes a worker out of service: no new requests, in-flight ones finish (up to the app's
+    /// `timeout`), then `onTerminate` and stop. `restart` records a restart reason on its app.
+    fn retire(&self, worker: &Arc<Worker>, restart: Option<String>, why: &str) {
+        if !worker.begin_drain() {
+            return;
+        }
+        if let Some(slot) = self.slots.lock().peek(&worker.key).cloned() {
+            let mut st = slot.st.lock();
+            st.workers.retain(|w| !Arc::ptr_eq(w, worker));
+            if let Some(reason) = restart {
+                st.restarts += 1;
+                st.last_reason = Some(reason);
+            }
+        }
+        self.counters.retired.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(app = %worker.key, worker = %worker.id, "retiring worker: {why}");
+        let w = worker.clone();
+        tokio::spawn(async move {
+            let limit = w.app.config.timeout;
+            if !w.drain(limit).await {
+                tracing::warn!(app = %w.key, worker = %w.id, "in-flight requests still running after {limit:?}; stopping anyway");
+            }
+            w.terminate(KILL_GRACE).await;
+        });
+    }
+
+    fn note_restart(&self, worker: &Worker, reason: &str) {
+        if let Some(slot) = self.slots.lock().peek(&worker.key).cloned() {
+            let mut st = slot.st.lock();
+            st.restarts += 1;
+            st.last_reason = Some(reason.to_string());
+        }
+    }
+
+    /// Called by a worker's exit watcher. `unexpected` = marina did not ask it to stop.
+    pub(crate) fn on_exit(&self, worker: &Arc<Worker>, unexpected: bool) {
+        self.forget(worker);
+        if let Some(pid) = worker.pid() {
+            // Children of the worker that outlived it die with it.
+            spawn::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        if let Some(up) = worker.upstream() {
+            up.close_idle();
+        }
+        if !unexpected || worker.ephemeral {
+            return;
+        }
+        let status = worker.exit_status.lock().clone().unwrap_or_default();
+        tracing::warn!(app = %worker.key, worker = %worker.id, "worker crashed ({status})");
+        self.record_crash(worker, &format!("crashed: {status}"));
+    }
+
+    /// Called when a worker could not start.
+    pub(crate) fn on_start_failed(&self, worker: &Arc<Worker>, reason: &str) {
+        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        if !worker.ephemeral {
+            self.record_crash(worker, &format!("start failed: {reason}"));
+        }
+    }
+
+    fn record_crash(&self, worker: &Arc<Worker>, reason: &str) {
+        let Some(slot) = self.slots.lock().peek(&worker.key).cloned() else { return };
+        let mut st = slot.st.lock();
+        st.workers.retain(|w| !Arc::ptr_eq(w, worker));
+        st.restarts += 1;
+        st.last_reason = Some(reason.to_string());
+        st.crashes = if worker.created.elapsed() >= STABLE_AFTER { 1 } else { st.crashes + 1 };
+        if st.crashes >= 2 {
+            let exp = (st.crashes - 2).min(16);
+            let delay = (Duration::from_millis(250) * 2u32.pow(exp)).min(MAX_BACKOFF);
+            st.backoff_until = Some(Instant::now() + delay);
+        }
+    }
+
+    pub(crate) fn forget(&self, worker: &Worker) {
+        self.all.lock().remove(&worker.id);
+    }
+
+    fn housekeeping(&self) {
+        let workers: Vec<Arc<Worker>> = self.all.lock().values().cloned().collect();
+        for w in workers {
+            if w.phase() != Phase::Ready {
+                continue;
+            }
+            if let Some(pid) = w.pid()
+                && let Some(rss) = stats::rss_bytes(pid)
+            {
+                w.rss.store(rss, Ordering::Relaxed);
+                if let Some(max) = w.app.config.max_memory
+                    && rss > max
+                {
+                    let reason = format!("maxMemory: RSS {rss} bytes above the limit of {max} bytes");
+                    if w.ephemeral {
+                        w.kill();
+                    } else {
+                        self.retire(&w, Some(reason.clone()), &reason);
+                    }
+                    continue;
+                }
+            }
+            if w.ephemeral || w.in_flight.load(Ordering::Acquire) > 0 {
+                continue;
+            }
+            let idle = w.idle_for();
+            if idle >= w.app.config.ttl {
+                self.retire(&w, None, "ttl expired");
+            } else if idle >= w.app.config.idle_timeout && !w.idle_notified.swap(true, Ordering::AcqRel) {
+                let w = w.clone();
+                tokio::spawn(async move { w.lifecycle("idle").await });
+            }
+        }
+        // Drop slots that have nothing left to remember.
+        let mut slots = self.slots.lock();
+        let empty: Vec<String> = slots
+            .iter()
+            .filter(|(_, s)| {
+                let st = s.st.lock();
+                st.workers.iter().all(|w| !w.usable()) && st.backoff_until.is_none_or(|t| t <= Instant::now())
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in empty {
+            slots.pop(&k);
+        }
+    }
+
+    fn workers(&self) -> Vec<WorkerInfo> {
+        let all: Vec<Arc<Worker>> = self.all.lock().values().cloned().collect();
+        let slots: Vec<(String, Arc<Slot>)> = self.slots.lock().iter().map(|(k, s)| (k.clone(), s.clone())).collect();
+        let history: HashMap<&str, (u64, Option<String>, bool)> = slots
+            .iter()
+            .map(|(k, s)| {
+                let st = s.st.lock();
+                let looping = st.backoff_until.is_some_and(|t| t > Instant::now());
+                (k.as_str(), (st.restarts, st.last_reason.clone(), looping))
+            })
+            .collect();
+        let mut out: Vec<WorkerInfo> = all
+            .iter()
+            .map(|w| {
+                let (restarts, last, looping) = history.get(w.key.as_str()).cloned().unwrap_or_default();
+                let state = match w.phase() {
+                    Phase::Starting if looping => "crashloop",
+                    Phase::Starting => "starting",
+                    Phase::Draining => "draining",
+                    Phase::Dead => "draining",
+                    Phase::Ready if w.in_flight.load(Ordering::Acquire) > 0 => "busy",
+                    Phase::Ready if w.idle_notified.load(Ordering::Acquire) => "idle",
+                    Phase::Ready => "ready",
+                };
+                let lat = w.latency.lock();
+                WorkerInfo {
+                    id: w.id.clone(),
+                    app: w.app.name.clone(),
+                    version: w.app.version.clone(),
+                    kind: w.app.kind.as_str(),
+                    pid: w.pid(),
+                    state,
+                    ephemeral: w.ephemeral,
+                    requests: w.requests.load(Ordering::Relaxed),
+                    errors: w.errors.load(Ordering::Relaxed),
+                    in_flight: w.in_flight.load(Ordering::Relaxed),
+                    restarts,
+                    last_restart_reason: last,
+                    avg_latency_ms: lat.avg_ms(),
+                    p99_latency_ms: lat.p99_ms(),
+                    rss_bytes: match w.rss.load(Ordering::Relaxed) {
+                        0 => w.pid().and_then(stats::rss_bytes),
+                        r => Some(r),
+                    },
+                    age_ms: w.created.elapsed().as_millis() as u64,
+                    idle_ms: w.idle_for().as_millis() as u64,
+                }
+            })
+            .collect();
+        for (key, slot) in &slots {
+            let (restarts, last, looping) = history[key.as_str()].clone();
+            if looping && !out.iter().any(|w| w.app == slot.app.name && w.version == slot.app.version) {
+                out.push(WorkerInfo {
+                    id: String::new(),
+                    app: slot.app.name.clone(),
+                    version: slot.app.version.clone(),
+                    kind: slot.app.kind.as_str(),
+                    pid: None,
+                    state: "crashloop",
+                    ephemeral: false,
+                    requests: 0,
+                    errors: 0,
+                    in_flight: 0,
+                    restarts,
+                    last_restart_reason: last,
+                    avg_latency_ms: 0.0,
+                    p99_latency_ms: 0.0,
+                    rss_bytes: None,
+                    age_ms: 0,
+                    idle_ms: 0,
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.app, &a.version, b.age_ms).cmp(&(&b.app, &b.version, a.age_ms)));
+        out
+    }
+
+    fn metrics(&self) -> PoolMetrics {
+        let c = &self.counters;
+        let hits = c.hits.load(Ordering::Relaxed);
+        let misses = c.misses.load(Ordering::Relaxed);
+        let total = c.requests.load(Ordering::Relaxed);
+        let all: Vec<Arc<Worker>> = self.all.lock().values().cloned().collect();
+        let rss: u64 = all.iter().filter_map(|w| w.pid().and_then(stats::rss_bytes)).sum();
+        let rps = {
+            let mut last = self.last_rate.lock();
+            let secs = last.0.elapsed().as_secs_f64();
+            let rate = if secs > 0.0 { (total - last.1) as f64 / secs } else { 0.0 };
+            *last = (Instant::now(), total);
+            rate
+        };
+        PoolMetrics {
+            active_workers: all.iter().filter(|w| w.phase() != Phase::Dead).count(),
+            avg_response_time_ms: self.latency.lock().avg_ms(),
+            ephemeral_concurrency: self.gate.active(),
+            ephemeral_queue_depth: self.gate.pending(),
+            ephemeral_queue_limit: self.gate.queue_limit(),
+            evictions: c.evictions.load(Ordering::Relaxed),
+            hit_rate: if hits + misses == 0 { 0.0 } else { hits as f64 * 100.0 / (hits + misses) as f64 },
+            hits,
+            memory_usage_mb: rss as f64 / (1024.0 * 1024.0),
+            misses,
+            requests_per_second: rps,
+            total_requests: total,
+            total_workers_created: c.created.load(Ordering::Relaxed),
+            total_workers_failed: c.failed.load(Ordering::Relaxed),
+            total_workers_retired: c.retired.load(Ordering::Relaxed),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+        }
+    }
+
+    async fn shutdown(&self, drain: Duration) {
+        if self.shutting_down.swap(true, Ordering::AcqRel) {
+            let mut rx = self.shutdown_done.subscribe();
+            let _ = rx.wait_for(|d| *d).await;
+            return;
+        }
+        self.gate.close();
+        let workers: Vec<Arc<Worker>> = self.all.lock().values().cloned().collect();
+        tracing::info!(workers = workers.len(), "stopping workers");
+        for w in &workers {
+            w.begin_drain();
+        }
+        // onTerminate to everyone at once, bounded by the drain.
+        let notify = futures_util::future::join_all(workers.iter().map(|w| w.lifecycle("terminate")));
+        let deadline = tokio::time::Instant::now() + drain;
+        let _ = tokio::time::timeout_at(deadline, notify).await;
+        let drains = futures_util::future::join_all(workers.iter().map(|w| w.drain(drain)));
+        let _ = tokio::time::timeout_at(deadline, drains).await;
+        futures_util::future::join_all(workers.iter().map(|w| w.stop(KILL_GRACE))).await;
+        for w in &workers {
+            w.kill();
+        }
+        self.slots.lock().clear();
+        self.shutdown_done.send_replace(true);
+    }
+}
+
+/// Counts a request as in flight on its worker until the response body is done or dropped;
+/// then an ephemeral worker is stopped and its gate slot freed.
+struct InFlight {
+    worker: Arc<Worker>,
+    permit: Option<OwnedSemaphorePermit>,
+    pool: Weak<Inner>,
+}
+
+impl InFlight {
+    fn enter(worker: Arc<Worker>, permit: Option<OwnedSemaphorePermit>, pool: Weak<Inner>) -> Self {
+        worker.in_flight.fetch_add(1, Ordering::AcqRel);
+        worker.idle_notified.store(false, Ordering::Release);
+        worker.touch();
+        Self { worker, permit, pool }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let w = &self.worker;
+        w.touch();
+        if w.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            w.drained.notify_waiters();
+        }
+        if w.ephemeral && w.begin_drain() {
+            if let Some(pool) = self.pool.upgrade() {
+                pool.counters.retired.fetch_add(1, Ordering::Relaxed);
+            }
+            let w = w.clone();
+            let permit = self.permit.take();
+            // The gate slot is held until the process is gone, so at most
+            // RUNTIME_EPHEMERAL_CONCURRENCY ephemeral processes exist at once.
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    w.terminate(KILL_GRACE).await;
+                    drop(permit);
+                });
+            } else {
+                w.kill();
+            }
+        }
+    }
+}
+
+/// A worker's response body that holds its [`InFlight`] guard.
+struct GuardedBody {
+    inner: Body,
+    _guard: InFlight,
+}
+
+impl HttpBody for GuardedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_names_are_the_documented_ones() {
+        let info = WorkerInfo {
+            id: "x".into(),
+            app: "a".into(),
+            version: "1.0.0".into(),
+            kind: "js",
+            pid: Some(1),
+            state: "ready",
+            ephemeral: false,
+            requests: 1,
+            errors: 0,
+            in_flight: 0,
+            restarts: 0,
+            last_restart_reason: None,
+            avg_latency_ms: 1.0,
+            p99_latency_ms: 1.0,
+            rss_bytes: Some(1),
+            age_ms: 1,
+            idle_ms: 1,
+        };
+        let v = serde_json::to_value(info).unwrap();
+        for k in ["inFlight", "lastRestartReason", "avgLatencyMs", "p99LatencyMs", "rssBytes", "ageMs"] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+    }
+}

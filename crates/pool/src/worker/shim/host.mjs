@@ -1,0 +1,218 @@
+// marina's JS host shim. Shipped inside the marina binary and written to {state_dir}/shim/.
+// Usage: bun|node host.mjs <socket-path> <control-token>
+// Imports $ENTRYPOINT, whose default export is { fetch } or { routes, fetch? } with optional
+// onIdle / onTerminate (Buntime's contract), and serves it over HTTP/1.1 on a Unix socket.
+// marina sends lifecycle events as POST /__marina/lifecycle with the control token, which only
+// marina knows (it is not in the app's environment).
+import { pathToFileURL } from "node:url";
+
+const [, , socketPath, token] = process.argv;
+const entrypoint = process.env.ENTRYPOINT;
+const isBun = typeof globalThis.Bun !== "undefined";
+
+function fail(message) {
+  console.error(`marina shim: ${message}`);
+  process.exit(3);
+}
+
+if (!socketPath || !token || !entrypoint) fail("usage: host.mjs <socket> <token> with ENTRYPOINT set");
+
+let mod;
+try {
+  mod = await import(pathToFileURL(entrypoint).href);
+} catch (e) {
+  fail(`importing ${entrypoint} failed: ${e && e.stack ? e.stack : e}`);
+}
+const app = mod.default;
+if (!app || (typeof app.fetch !== "function" && (typeof app.routes !== "object" || app.routes === null))) {
+  fail(`Module must export default with fetch method or routes (${entrypoint})`);
+}
+
+// ---- routes: `:param` segments and a `*` wildcard, first match in declaration order ----
+function compile(pattern) {
+  const segs = pattern.split("/").filter((s) => s !== "");
+  return (pathname) => {
+    const parts = pathname.split("/").filter((s) => s !== "");
+    const params = {};
+    for (let i = 0; i < segs.length; i++) {
+      const s = segs[i];
+      if (s === "*") {
+        params["*"] = parts.slice(i).map(decodeURIComponent).join("/");
+        return params;
+      }
+      if (i >= parts.length) return null;
+      if (s.startsWith(":")) params[s.slice(1)] = decodeURIComponent(parts[i]);
+      else if (s !== parts[i]) return null;
+    }
+    return parts.length === segs.length ? params : null;
+  };
+}
+
+function toHandler(value) {
+  if (value instanceof Response) return () => value.clone();
+  if (typeof Blob !== "undefined" && value instanceof Blob) return () => new Response(value);
+  if (typeof value === "function") return value;
+  return null;
+}
+
+const routes = [];
+if (app.routes && typeof app.routes === "object") {
+  for (const [pattern, value] of Object.entries(app.routes)) {
+    const match = compile(pattern);
+    const direct = toHandler(value);
+    if (direct) {
+      routes.push({ match, any: direct });
+    } else if (value && typeof value === "object") {
+      const methods = {};
+      for (const [m, v] of Object.entries(value)) {
+        const h = toHandler(v);
+        if (h) methods[m.toUpperCase()] = h;
+      }
+      routes.push({ match, methods });
+    }
+  }
+}
+
+function setParams(req, params) {
+  try {
+    Object.defineProperty(req, "params", { value: params, configurable: true, enumerable: true, writable: true });
+  } catch {
+    /* a frozen Request: leave it */
+  }
+}
+
+async function dispatch(req, server) {
+  if (routes.length > 0) {
+    const pathname = new URL(req.url).pathname;
+    for (const r of routes) {
+      const params = r.match(pathname);
+      if (!params) continue;
+      let h = r.any;
+      if (!h && r.methods) h = r.methods[req.method] || (req.method === "HEAD" ? r.methods.GET : undefined);
+      if (!h) continue;
+      setParams(req, params);
+      return h(req, server);
+    }
+  }
+  if (typeof app.fetch === "function") {
+    setParams(req, {});
+    return app.fetch(req, server);
+  }
+  return new Response("Not Found", { status: 404 });
+}
+
+function errorResponse(e) {
+  console.error(e && e.stack ? e.stack : String(e));
+  const message = e && e.message ? e.message : String(e);
+  return Response.json({ success: false, code: "WORKER_ERROR", message }, { status: 500 });
+}
+
+async function lifecycle(req) {
+  const event = req.headers.get("x-marina-event");
+  try {
+    if (event === "idle" && typeof app.onIdle === "function") await app.onIdle();
+    if (event === "terminate" && typeof app.onTerminate === "function") await app.onTerminate();
+  } catch (e) {
+    console.error(`marina shim: on${event} failed: ${e && e.stack ? e.stack : e}`);
+  }
+  return new Response(null, { status: 204 });
+}
+
+async function handle(req, server) {
+  if (req.headers.get("x-marina-control") === token && new URL(req.url).pathname === "/__marina/lifecycle") {
+    return lifecycle(req);
+  }
+  try {
+    const res = await dispatch(req, server);
+    if (res === undefined && server) return undefined; // Bun: upgraded to a WebSocket
+    if (!(res instanceof Response)) throw new Error(`fetch returned ${typeof res}, expected a Response`);
+    return res;
+  } catch (e) {
+    return errorResponse(e);
+  }
+}
+
+if (isBun) {
+  const options = {
+    unix: socketPath,
+    fetch: handle,
+    idleTimeout: 0, // SSE and long polls must not be cut; marina enforces the request timeout
+    maxRequestBodySize: Number.MAX_SAFE_INTEGER, // marina enforces maxBodySize while streaming
+    error: errorResponse,
+  };
+  if (app.websocket) options.websocket = app.websocket;
+  Bun.serve(options);
+} else {
+  const http = await import("node:http");
+  const { Readable } = await import("node:stream");
+
+  const server = http.createServer(async (nreq, nres) => {
+    const headers = new Headers();
+    const raw = nreq.rawHeaders;
+    for (let i = 0; i < raw.length; i += 2) {
+      try {
+        headers.append(raw[i], raw[i + 1]);
+      } catch {
+        /* a header undici refuses: skip */
+      }
+    }
+    const host = nreq.headers.host || "localhost";
+    const hasBody = nreq.method !== "GET" && nreq.method !== "HEAD";
+    const controller = new AbortController();
+    nres.on("close", () => {
+      if (!nres.writableFinished) controller.abort();
+    });
+    let req;
+    try {
+      req = new Request(`http://${host}${nreq.url}`, {
+        method: nreq.method,
+        headers,
+        body: hasBody ? Readable.toWeb(nreq) : undefined,
+        duplex: hasBody ? "half" : undefined,
+        signal: controller.signal,
+      });
+    } catch (e) {
+      nres.writeHead(400, { "content-type": "text/plain" });
+      nres.end(String(e));
+      return;
+    }
+    const res = await handle(req, undefined);
+    const out = {};
+    for (const [k, v] of res.headers) if (k !== "set-cookie") out[k] = v;
+    const cookies = res.headers.getSetCookie();
+    if (cookies.length) out["set-cookie"] = cookies;
+    nres.writeHead(res.status, res.statusText || undefined, out);
+    if (!res.body || nreq.method === "HEAD") {
+      nres.end();
+      return;
+    }
+    nres.flushHeaders();
+    const reader = res.body.getReader();
+    controller.signal.addEventListener("abort", () => reader.cancel().catch(() => {}));
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        if (!nres.write(value)) {
+          await new Promise((resolve) => {
+            nres.once("drain", resolve);
+            nres.once("close", resolve);
+          });
+          if (nres.destroyed) break;
+        }
+      }
+      nres.end();
+    } catch (e) {
+      nres.destroy(e);
+    }
+  });
+  // marina owns timeouts; idle keep-alive connections stay open for reuse.
+  server.keepAliveTimeout = 0;
+  server.requestTimeout = 0;
+  server.headersTimeout = 0;
+  server.listen(socketPath);
+}
+
+const stop = () => process.exit(0);
+process.on("SIGTERM", stop);
+process.on("SIGINT", stop);
