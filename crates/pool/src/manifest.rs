@@ -412,6 +412,8 @@ fn yaml_error_message(e: &serde_saphyr::Error) -> String {
             let at = format!("line {}, column {}", loc.line(), loc.column());
             // Drop the library's own "at line X column Y" suffix so the position is said once.
             let msg = strip_location_suffix(plain);
+            // The library's advice names its own API, which means nothing to a manifest author.
+            let msg = msg.split(", set DuplicateKeyPolicy").next().unwrap_or(msg);
             format!("{at}: invalid YAML: {msg}")
         }
         _ => format!("invalid YAML: {plain}"),
@@ -609,6 +611,10 @@ impl Validator {
             if let Some(v) = get(key) {
                 match v {
                     Value::String(s) if !s.trim().is_empty() => *slot = Some(s.clone()),
+                    Value::Number(n) => self.problem(
+                        key,
+                        format!("expected a non-empty string, found the number {n} (quote it: {key}: \"{n}\")"),
+                    ),
                     other => self.expected(key, "a non-empty string", other),
                 }
             }
