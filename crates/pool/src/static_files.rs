@@ -295,9 +295,10 @@ impl StaticSite {
         let entry = match self.lookup(key, &roots).await {
             Ok(Some(entry)) => entry,
             Ok(None) => {
+                // A hidden name is a 404 even for navigations: `/.env` must not look served.
                 let normalized = path::normalize(key).ok();
                 let last = normalized.as_ref().and_then(|n| n.last()).unwrap_or("");
-                if path::has_extension(last) || !negotiate::is_navigation(method, headers) {
+                if normalized.is_none() || path::has_extension(last) || !negotiate::is_navigation(method, headers) {
                     let err = Error::not_found(format!("no file at '{raw_path}'"))
                         .with_data(serde_json::json!({ "path": raw_path }));
                     return error_response(&err, head);
