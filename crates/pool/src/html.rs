@@ -262,8 +262,9 @@ async fn inject_response_capped(resp: Response<Body>, inj: &Injection, cap: usiz
         let frame = match frame {
             Ok(frame) => frame,
             Err(err) => {
-                let err = Error::bad_gateway("WORKER_BODY_ERROR", "the app's HTML response body failed while being read")
-                    .with_source(err);
+                let err =
+                    Error::bad_gateway("WORKER_BODY_ERROR", "the app's HTML response body failed while being read")
+                        .with_source(err);
                 return json_error(&err);
             }
         };
@@ -275,7 +276,10 @@ async fn inject_response_capped(resp: Response<Body>, inj: &Injection, cap: usiz
                     let head = futures_util::stream::iter([Ok(Frame::data(buf.freeze()))]);
                     let rest = http_body_util::BodyStream::new(body);
                     let chained = futures_util::StreamExt::chain(head, rest);
-                    return Response::from_parts(parts, marina_core::body::boxed(http_body_util::StreamBody::new(chained)));
+                    return Response::from_parts(
+                        parts,
+                        marina_core::body::boxed(http_body_util::StreamBody::new(chained)),
+                    );
                 }
             }
             Err(frame) => trailers = frame.into_trailers().ok(),
@@ -319,7 +323,8 @@ mod tests {
     #[test]
     fn base_goes_after_head_and_env_before_close() {
         let inj = Injection::new(Some("/todo@1".into()), env(&[("PUBLIC_A", "1")]));
-        let out = s(inject(b"<!doctype html><html><HEAD lang=\"x>y\"><title>t</title></Head><body></body></html>", &inj));
+        let out =
+            s(inject(b"<!doctype html><html><HEAD lang=\"x>y\"><title>t</title></Head><body></body></html>", &inj));
         assert_eq!(
             out,
             "<!doctype html><html><HEAD lang=\"x>y\"><base href=\"/todo@1/\"><title>t</title>\
@@ -371,8 +376,8 @@ mod tests {
 
     #[test]
     fn from_config_filters_by_prefix() {
-        let mut cfg = AppConfig::default();
-        cfg.env = env(&[("PUBLIC_A", "1"), ("VITE_B", "2"), ("SECRET", "no")]);
+        let mut cfg =
+            AppConfig { env: env(&[("PUBLIC_A", "1"), ("VITE_B", "2"), ("SECRET", "no")]), ..AppConfig::default() };
         let inj = Injection::from_config(&cfg, "/app").unwrap();
         assert_eq!(inj.env().keys().collect::<Vec<_>>(), ["PUBLIC_A", "VITE_B"]);
         assert_eq!(inj.base(), None);
@@ -398,7 +403,8 @@ mod tests {
     #[tokio::test]
     async fn response_injection_fixes_length_and_drops_etag() {
         let inj = Injection::new(Some("/a".into()), BTreeMap::new());
-        let resp = inject_response(html_response("<head></head>", &[("etag", "\"x\""), ("content-length", "13")]), &inj).await;
+        let resp =
+            inject_response(html_response("<head></head>", &[("etag", "\"x\""), ("content-length", "13")]), &inj).await;
         assert!(resp.headers().get(ETAG).is_none());
         assert_eq!(resp.headers()[CONTENT_LENGTH], "30");
         assert_eq!(body_of(resp).await, "<head><base href=\"/a/\"></head>");
@@ -409,7 +415,10 @@ mod tests {
         let inj = Injection::new(Some("/a".into()), BTreeMap::new());
         let gz = inject_response(html_response("<head>", &[("content-encoding", "gzip")]), &inj).await;
         assert_eq!(body_of(gz).await, "<head>");
-        let json = Response::builder().header(CONTENT_TYPE, "application/json").body(marina_core::body::full("<head>")).unwrap();
+        let json = Response::builder()
+            .header(CONTENT_TYPE, "application/json")
+            .body(marina_core::body::full("<head>"))
+            .unwrap();
         assert_eq!(body_of(inject_response(json, &inj).await).await, "<head>");
         let mut partial = html_response("<head>", &[]);
         *partial.status_mut() = StatusCode::PARTIAL_CONTENT;

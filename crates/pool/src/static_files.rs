@@ -66,8 +66,15 @@ use crate::html::{self, Injection};
 use negotiate::{Encoding, RangeAnswer};
 
 /// Names in the app directory itself that belong to the runtime, never to the site.
-const CONFIG_FILES: &[&str] =
-    &["manifest.yaml", "manifest.yml", "manifest.json", "manifest.jsonc", "buntime.json", "buntime.jsonc", "worker.config.json"];
+const CONFIG_FILES: &[&str] = &[
+    "manifest.yaml",
+    "manifest.yml",
+    "manifest.json",
+    "manifest.jsonc",
+    "buntime.json",
+    "buntime.jsonc",
+    "worker.config.json",
+];
 
 /// Per-entry room for injected variants (one per distinct `x-base`); bounds the bytes an
 /// entry can grow to after it was weighed.
@@ -155,7 +162,7 @@ impl FileEntry {
 
 /// The outcome of resolving a request path.
 enum Resolved {
-    File(FileEntry),
+    File(Box<FileEntry>),
     Missing,
     Forbidden(&'static str),
 }
@@ -273,7 +280,13 @@ impl StaticSite {
     }
 
     /// [`StaticSite::serve`] with the `x-base` given explicitly.
-    pub async fn serve_with_base(&self, method: &Method, raw_path: &str, headers: &HeaderMap, base: &str) -> Response<Body> {
+    pub async fn serve_with_base(
+        &self,
+        method: &Method,
+        raw_path: &str,
+        headers: &HeaderMap,
+        base: &str,
+    ) -> Response<Body> {
         let head = method == Method::HEAD;
         if method != Method::GET && !head {
             let err = Error::new(
@@ -333,7 +346,7 @@ impl StaticSite {
             let resolved = self.resolve_blocking(key, roots, Some(stamp)).await?;
             return Ok(match resolved {
                 None => Some(entry), // unchanged on disk
-                Some(Resolved::File(fresh)) => Some(self.insert(key, fresh)),
+                Some(Resolved::File(fresh)) => Some(self.insert(key, *fresh)),
                 Some(Resolved::Missing | Resolved::Forbidden(_)) => {
                     self.remove(key);
                     return self.lookup_uncached(key, roots).await;
@@ -345,7 +358,7 @@ impl StaticSite {
 
     async fn lookup_uncached(&self, key: &str, roots: &Arc<Roots>) -> Result<Option<Arc<FileEntry>>, Error> {
         match self.resolve_blocking(key, roots, None).await? {
-            Some(Resolved::File(entry)) => Ok(Some(self.insert(key, entry))),
+            Some(Resolved::File(entry)) => Ok(Some(self.insert(key, *entry))),
             Some(Resolved::Forbidden(why)) => Err(forbidden(key, why)),
             Some(Resolved::Missing) | None => Ok(None),
         }
@@ -353,7 +366,12 @@ impl StaticSite {
 
     /// Resolve and load off the async threads. With `unchanged_if`, returns `None` when the
     /// file's stamp still equals it (nothing reloaded).
-    async fn resolve_blocking(&self, key: &str, roots: &Arc<Roots>, unchanged_if: Option<Stamp>) -> Result<Option<Resolved>, Error> {
+    async fn resolve_blocking(
+        &self,
+        key: &str,
+        roots: &Arc<Roots>,
+        unchanged_if: Option<Stamp>,
+    ) -> Result<Option<Resolved>, Error> {
         let normalized = match path::normalize(key) {
             Ok(n) => n,
             Err(path::Rejected::Traversal(why)) => return Err(forbidden(key, why)),
@@ -375,7 +393,7 @@ impl StaticSite {
                 return Ok(None);
             }
             match load(&roots, &file, stamp, limits, inject, now) {
-                Ok(entry) => Ok(Some(Resolved::File(entry))),
+                Ok(entry) => Ok(Some(Resolved::File(Box::new(entry)))),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Some(Resolved::Missing)),
                 Err(e) => Err(Error::internal(format!("reading '{}' failed", file.display())).with_source(e)),
             }
@@ -412,8 +430,14 @@ impl StaticSite {
 
     /// The variant to send: an injected copy of HTML when injection is on, else the encoding
     /// the client prefers among those on disk.
-    async fn pick(&self, entry: &FileEntry, headers: &HeaderMap, base: &str) -> Result<(Arc<Variant>, Encoding), Error> {
-        let identity = entry.variants[0].clone().ok_or_else(|| Error::internal("a file entry without its identity variant"))?;
+    async fn pick(
+        &self,
+        entry: &FileEntry,
+        headers: &HeaderMap,
+        base: &str,
+    ) -> Result<(Arc<Variant>, Encoding), Error> {
+        let identity =
+            entry.variants[0].clone().ok_or_else(|| Error::internal("a file entry without its identity variant"))?;
         if let (true, Some(template)) = (entry.is_html, &self.injection) {
             let want = if template.injects_base() { base } else { "" };
             if let Some((_, v)) = entry.injected.lock().iter().find(|(b, _)| b == want) {
@@ -487,7 +511,8 @@ impl StaticSite {
             RangeAnswer::Full => (0, len),
             RangeAnswer::Partial(s, e) => {
                 *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
-                let cr = HeaderValue::from_str(&format!("bytes {s}-{e}/{len}")).unwrap_or(HeaderValue::from_static("bytes */0"));
+                let cr = HeaderValue::from_str(&format!("bytes {s}-{e}/{len}"))
+                    .unwrap_or(HeaderValue::from_static("bytes */0"));
                 resp.headers_mut().insert(CONTENT_RANGE, cr);
                 (s, e + 1)
             }
@@ -502,7 +527,10 @@ impl StaticSite {
                 )
                 .with_data(serde_json::json!({ "size": len }));
                 let mut resp = error_response(&err, head);
-                resp.headers_mut().insert(CONTENT_RANGE, HeaderValue::from_str(&format!("bytes */{len}")).unwrap_or(HeaderValue::from_static("bytes */0")));
+                resp.headers_mut().insert(
+                    CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes */{len}")).unwrap_or(HeaderValue::from_static("bytes */0")),
+                );
                 resp.headers_mut().insert(ETAG, variant.etag.clone());
                 return resp;
             }
@@ -639,20 +667,39 @@ fn content_type(name: &str) -> HeaderValue {
     let mime = mime_guess::from_path(name).first_or_octet_stream();
     let essence = mime.essence_str();
     let texty = mime.type_() == mime_guess::mime::TEXT
-        || matches!(essence, "application/javascript" | "application/json" | "application/xml" | "image/svg+xml" | "application/manifest+json");
-    let value = if texty && mime.get_param("charset").is_none() { format!("{essence}; charset=utf-8") } else { mime.to_string() };
+        || matches!(
+            essence,
+            "application/javascript"
+                | "application/json"
+                | "application/xml"
+                | "image/svg+xml"
+                | "application/manifest+json"
+        );
+    let value = if texty && mime.get_param("charset").is_none() {
+        format!("{essence}; charset=utf-8")
+    } else {
+        mime.to_string()
+    };
     HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static("application/octet-stream"))
 }
 
 /// Stat and (for small files) read a resolved file and its precompressed siblings.
-fn load(roots: &Roots, file: &Path, stamp: Stamp, limits: CacheLimits, inject: bool, now_ms: u64) -> io::Result<FileEntry> {
+fn load(
+    roots: &Roots,
+    file: &Path,
+    stamp: Stamp,
+    limits: CacheLimits,
+    inject: bool,
+    now_ms: u64,
+) -> io::Result<FileEntry> {
     let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let content_type = content_type(name);
     let is_html = html::is_html_content_type(Some(&content_type));
     let injecting = is_html && inject;
     let meta = fs::metadata(file)?;
     // Injected HTML needs the bytes in memory; hold it up to the injection cap.
-    let hold_limit = if injecting { limits.max_file_bytes.max(html::MAX_INJECT_BODY as u64) } else { limits.max_file_bytes };
+    let hold_limit =
+        if injecting { limits.max_file_bytes.max(html::MAX_INJECT_BODY as u64) } else { limits.max_file_bytes };
     let identity = variant(file.to_path_buf(), &meta, "", meta.len() <= hold_limit)?;
     let mut weight = 512 + identity.data.as_ref().map_or(0, |d| d.len() as u64);
     if injecting {

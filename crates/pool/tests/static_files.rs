@@ -350,10 +350,16 @@ async fn cache_control_by_kind() {
     let addr = serve(site(&f)).await;
     assert_eq!(get(addr, "/", &[]).await.header("cache-control"), "no-cache");
     assert_eq!(get(addr, "/about", &[("accept", "text/html")]).await.header("cache-control"), "no-cache");
-    assert_eq!(get(addr, "/assets/app.3f9a1c2b.js", &[]).await.header("cache-control"), "public, max-age=31536000, immutable");
+    assert_eq!(
+        get(addr, "/assets/app.3f9a1c2b.js", &[]).await.header("cache-control"),
+        "public, max-age=31536000, immutable"
+    );
     assert_eq!(get(addr, "/assets/style.css", &[]).await.header("cache-control"), "public, max-age=0, must-revalidate");
     std::fs::write(f.app.join("assets/index-BpX7k2Qa.css"), "a{}").unwrap();
-    assert_eq!(get(addr, "/assets/index-BpX7k2Qa.css", &[]).await.header("cache-control"), "public, max-age=31536000, immutable");
+    assert_eq!(
+        get(addr, "/assets/index-BpX7k2Qa.css", &[]).await.header("cache-control"),
+        "public, max-age=31536000, immutable"
+    );
 }
 
 #[tokio::test]
@@ -489,7 +495,12 @@ async fn injection_is_escaped_and_per_base() {
     assert_eq!(get(addr, "/", &[("x-base", "/todo@1"), ("if-none-match", &etag)]).await.status, 304);
     assert_eq!(get(addr, "/", &[("x-base", "/todo"), ("if-none-match", &etag)]).await.status, 200);
     // SPA fallback gets it too; non-HTML does not.
-    assert!(get(addr, "/deep/route", &[("x-base", "/todo"), ("accept", "text/html")]).await.text().contains("<base href=\"/todo/\">"));
+    assert!(
+        get(addr, "/deep/route", &[("x-base", "/todo"), ("accept", "text/html")])
+            .await
+            .text()
+            .contains("<base href=\"/todo/\">")
+    );
     let js = get(addr, "/assets/app.3f9a1c2b.js", &[("x-base", "/todo")]).await;
     assert!(!js.text().contains("<base"));
 }
