@@ -82,7 +82,11 @@ pub fn check_dir(dir: &Path) -> CheckReport {
         report.notes.push(Note::Error(format!("{} is not a directory", root.display())));
         return report;
     }
-    let is_app_dir = MANIFEST_FILES.iter().chain(["package.json"].iter()).chain(DEFAULT_ENTRYPOINTS.iter()).any(|f| root.join(f).is_file());
+    let is_app_dir = MANIFEST_FILES
+        .iter()
+        .chain(["package.json"].iter())
+        .chain(DEFAULT_ENTRYPOINTS.iter())
+        .any(|f| root.join(f).is_file());
     if is_app_dir {
         report.entries.push(check_app(&app_label(&root), &root));
         return report;
@@ -220,7 +224,12 @@ impl fmt::Display for CheckReport {
         } else {
             format!("{} in {}", plural(errors, "error", "errors"), plural(failed.len(), "app version", "app versions"))
         };
-        writeln!(f, "checked {checked} in {}: {outcome}, {}", self.root.display(), plural(warnings, "warning", "warnings"))
+        writeln!(
+            f,
+            "checked {checked} in {}: {outcome}, {}",
+            self.root.display(),
+            plural(warnings, "warning", "warnings")
+        )
     }
 }
 

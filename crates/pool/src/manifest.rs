@@ -250,9 +250,10 @@ impl std::error::Error for ManifestError {}
 
 impl From<ManifestError> for marina_core::Error {
     fn from(err: ManifestError) -> Self {
-        let first = err.problems.first().map(|p| {
-            if p.path.is_empty() { p.message.clone() } else { format!("`{}`: {}", p.path, p.message) }
-        });
+        let first = err
+            .problems
+            .first()
+            .map(|p| if p.path.is_empty() { p.message.clone() } else { format!("`{}`: {}", p.path, p.message) });
         let more = err.problems.len().saturating_sub(1);
         let mut message = format!("invalid app manifest {}", err.file.display());
         if let Some(first) = first {
@@ -262,8 +263,7 @@ impl From<ManifestError> for marina_core::Error {
         if more > 0 {
             message.push_str(&format!(" (and {more} more)"));
         }
-        let errors: Vec<Value> =
-            err.problems.iter().map(|p| json!({ "path": p.path, "message": p.message })).collect();
+        let errors: Vec<Value> = err.problems.iter().map(|p| json!({ "path": p.path, "message": p.message })).collect();
         marina_core::Error::new(http::StatusCode::INTERNAL_SERVER_ERROR, "APP_MANIFEST_INVALID", message)
             .with_data(json!({ "file": err.file.display().to_string(), "errors": errors }))
     }
@@ -492,8 +492,8 @@ fn osa_distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
@@ -576,25 +576,21 @@ impl Validator {
                 }
             }
         }
-        if let Some(v) = get("maxBodySize") {
-            if let Some(size) = self.size("maxBodySize", v) {
-                if size > MAX_BODY_SIZE_CAP {
-                    self.warnings.push(format!(
+        if let Some(size) = get("maxBodySize").and_then(|v| self.size("maxBodySize", v)) {
+            if size > MAX_BODY_SIZE_CAP {
+                self.warnings.push(format!(
                         "`maxBodySize` {size} bytes is above the ceiling of {MAX_BODY_SIZE_CAP} bytes (100mb) and is capped to it"
                     ));
-                    c.max_body_size = MAX_BODY_SIZE_CAP;
-                } else {
-                    c.max_body_size = size;
-                }
+                c.max_body_size = MAX_BODY_SIZE_CAP;
+            } else {
+                c.max_body_size = size;
             }
         }
         if let Some(v) = get("env") {
             c.env = self.env(v);
         }
-        if let Some(v) = get("envPrefix") {
-            if let Some(list) = self.string_list("envPrefix", v, false) {
-                c.env_prefix = list;
-            }
+        if let Some(list) = get("envPrefix").and_then(|v| self.string_list("envPrefix", v, false)) {
+            c.env_prefix = list;
         }
         if let Some(v) = get("publicRoutes") {
             c.public_routes = self.public_routes(v);
@@ -621,11 +617,12 @@ impl Validator {
         }
         if let Some(v) = get("command") {
             c.command = self.string_list("command", v, true);
-            if let Some(cmd) = &c.command {
-                if cmd.is_empty() {
-                    self.problem("command", "expected a non-empty list such as [\"python3\", \"app.py\"], found an empty list");
-                    c.command = None;
-                }
+            if c.command.as_ref().is_some_and(Vec::is_empty) {
+                self.problem(
+                    "command",
+                    "expected a non-empty list such as [\"python3\", \"app.py\"], found an empty list",
+                );
+                c.command = None;
             }
         }
         if let Some(v) = get("healthPath") {
@@ -634,10 +631,8 @@ impl Validator {
                 other => self.expected("healthPath", "a path starting with `/` (such as \"/health\")", other),
             }
         }
-        if let Some(v) = get("instances") {
-            if let Some(i) = self.instances(v) {
-                c.instances = i;
-            }
+        if let Some(i) = get("instances").and_then(|v| self.instances(v)) {
+            c.instances = i;
         }
         if let Some(v) = get("maxMemory") {
             match self.size("maxMemory", v) {
@@ -713,7 +708,10 @@ impl Validator {
                 _ => {}
             }
             if depth < 0 {
-                self.problem("entrypoint", format!("must stay inside the app dir, found {v} which leaves it through `..`"));
+                self.problem(
+                    "entrypoint",
+                    format!("must stay inside the app dir, found {v} which leaves it through `..`"),
+                );
                 return None;
             }
         }
@@ -779,7 +777,10 @@ impl Validator {
         for (k, val) in map {
             let path = join_key("env", k);
             if k.is_empty() || k.contains('=') || k.contains('\0') {
-                self.problem(&path, format!("invalid variable name {}: must be non-empty without `=`", Value::String(k.clone())));
+                self.problem(
+                    &path,
+                    format!("invalid variable name {}: must be non-empty without `=`", Value::String(k.clone())),
+                );
                 continue;
             }
             // Values are coerced to strings, as Buntime's schema does; null becomes "".
@@ -882,13 +883,20 @@ impl Validator {
                 let min_v = min.unwrap_or(1);
                 let max_v = max.unwrap_or(min_v);
                 if min_v > max_v {
-                    self.problem("instances.min", format!("must not be above `instances.max` ({max_v}), found {min_v}"));
+                    self.problem(
+                        "instances.min",
+                        format!("must not be above `instances.max` ({max_v}), found {min_v}"),
+                    );
                     return None;
                 }
                 Some(Instances { min: min_v, max: max_v })
             }
             other => {
-                self.expected("instances", &format!("a whole number from 1 to {MAX_INSTANCES} or a map {{min, max}}"), other);
+                self.expected(
+                    "instances",
+                    &format!("a whole number from 1 to {MAX_INSTANCES} or a map {{min, max}}"),
+                    other,
+                );
                 None
             }
         }
@@ -1002,7 +1010,9 @@ maxMemory: 256mb
         let err: marina_core::Error = e.into();
         assert_eq!(err.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(err.code(), "APP_MANIFEST_INVALID");
-        assert!(err.message().starts_with("invalid app manifest /apps/x/manifest.yaml: `ttl`: invalid duration \"5x\""));
+        assert!(
+            err.message().starts_with("invalid app manifest /apps/x/manifest.yaml: `ttl`: invalid duration \"5x\"")
+        );
         assert!(err.message().ends_with("(and 1 more)"));
         let data = err.data().unwrap();
         assert_eq!(data["file"], "/apps/x/manifest.yaml");
@@ -1011,7 +1021,8 @@ maxMemory: 256mb
 
     #[test]
     fn dotenv_as_buntime_reads_it() {
-        let (vars, warnings) = parse_dotenv("# c\n\nA=1\nB=\"two words\"\nC='x'\nexport D = y \nE=a=b\nnoequals\nF=\"\n");
+        let (vars, warnings) =
+            parse_dotenv("# c\n\nA=1\nB=\"two words\"\nC='x'\nexport D = y \nE=a=b\nnoequals\nF=\"\n");
         assert_eq!(vars["A"], "1");
         assert_eq!(vars["B"], "two words");
         assert_eq!(vars["C"], "x");

@@ -88,8 +88,12 @@ pub struct Registry {
     /// Bumped by the watcher (or [`Registry::invalidate`]); caches from an older generation are stale.
     generation: Arc<AtomicU64>,
     index: RwLock<Option<Cached<Arc<Index>>>>,
-    apps: Mutex<HashMap<PathBuf, Cached<Result<Arc<App>, ErrorParts>>>>,
+    apps: Mutex<HashMap<PathBuf, Cached<LoadResult>>>,
 }
+
+/// A loaded app version, or the error loading it gave (cached too, so a broken app is not
+/// re-read on every request).
+type LoadResult = Result<Arc<App>, ErrorParts>;
 
 struct Cached<T> {
     at: Instant,
@@ -108,7 +112,12 @@ struct ErrorParts {
 
 impl ErrorParts {
     fn of(e: &Error) -> Self {
-        Self { status: e.status(), code: e.code().to_string(), message: e.message().to_string(), data: e.data().cloned() }
+        Self {
+            status: e.status(),
+            code: e.code().to_string(),
+            message: e.message().to_string(),
+            data: e.data().cloned(),
+        }
     }
 
     fn to_error(&self) -> Error {
@@ -156,10 +165,7 @@ impl std::fmt::Debug for Registry {
 /// Whether `name` may be an app name: not empty, not starting with `.`, not `api`, and a
 /// single path segment.
 pub fn is_app_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with('.')
-        && name != "api"
-        && !name.contains(['/', '\\', '\0', '@'])
+    !name.is_empty() && !name.starts_with('.') && name != "api" && !name.contains(['/', '\\', '\0', '@'])
 }
 
 /// `Some(version)` when `s` is a canonical semver a folder may be named after.
@@ -171,7 +177,11 @@ pub fn folder_version(s: &str) -> Option<Version> {
 }
 
 fn is_simple_app_dir(dir: &Path) -> bool {
-    MANIFEST_FILES.iter().chain(["package.json"].iter()).chain(DEFAULT_ENTRYPOINTS.iter()).any(|f| dir.join(f).is_file())
+    MANIFEST_FILES
+        .iter()
+        .chain(["package.json"].iter())
+        .chain(DEFAULT_ENTRYPOINTS.iter())
+        .any(|f| dir.join(f).is_file())
 }
 
 fn sorted_dir_names(dir: &Path) -> Vec<String> {
@@ -228,10 +238,11 @@ impl Index {
 
     /// Record one version; the first one seen (first worker dir) wins.
     fn add(&mut self, name: &str, app_path: PathBuf, version: Option<Version>, dir: PathBuf) {
-        let entry = self
-            .apps
-            .entry(name.to_string())
-            .or_insert_with(|| AppEntry { path: app_path, latest: None, versions: Vec::new() });
+        let entry = self.apps.entry(name.to_string()).or_insert_with(|| AppEntry {
+            path: app_path,
+            latest: None,
+            versions: Vec::new(),
+        });
         match version {
             None => {
                 entry.latest.get_or_insert(dir);
@@ -300,10 +311,8 @@ impl Registry {
 
     fn index(&self) -> Arc<Index> {
         let generation = self.generation.load(Ordering::Acquire);
-        if let Some(c) = self.index.read().as_ref() {
-            if self.fresh(c, generation) {
-                return c.value.clone();
-            }
+        if let Some(c) = self.index.read().as_ref().filter(|c| self.fresh(c, generation)) {
+            return c.value.clone();
         }
         let index = Arc::new(Index::scan(&self.dirs));
         *self.index.write() = Some(Cached { at: Instant::now(), generation, value: index.clone() });
@@ -411,8 +420,12 @@ impl Registry {
             }
         })
         .map_err(|e| {
-            Error::new(StatusCode::INTERNAL_SERVER_ERROR, "WATCH_FAILED", format!("cannot watch the worker dirs for changes: {e}"))
-                .with_source(e)
+            Error::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "WATCH_FAILED",
+                format!("cannot watch the worker dirs for changes: {e}"),
+            )
+            .with_source(e)
         })?;
         let mut watched = Vec::new();
         for d in &self.dirs {
@@ -421,7 +434,9 @@ impl Registry {
             }
             match watcher.watch(d, RecursiveMode::Recursive) {
                 Ok(()) => watched.push(d.clone()),
-                Err(e) => tracing::warn!(dir = %d.display(), error = %e, "cannot watch worker dir; changes are seen within the cache TTL"),
+                Err(e) => {
+                    tracing::warn!(dir = %d.display(), error = %e, "cannot watch worker dir; changes are seen within the cache TTL")
+                }
             }
         }
         // Anything that happened before the watch began must not be hidden by a cache.

@@ -60,10 +60,18 @@ fn golden(kind: &str, expected_ext: &str, want_ok: bool) {
         match fs::read_to_string(&expected_path) {
             Ok(want) if want == text => {}
             Ok(want) => failures.push(format!("{name}:\n--- want\n{want}--- got\n{text}")),
-            Err(_) => failures.push(format!("{name}: missing {} (run with BLESS=1); got:\n{text}", expected_path.display())),
+            Err(_) => {
+                failures.push(format!("{name}: missing {} (run with BLESS=1); got:\n{text}", expected_path.display()))
+            }
         }
     }
-    assert!(failures.is_empty(), "{} of {} {kind} cases differ:\n\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} {kind} cases differ:\n\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -259,10 +259,9 @@ fn changes_are_picked_up_through_the_watcher() {
         .expect("new version seen");
     // a changed manifest
     fs::write(r.join("one/manifest.yaml"), "ttl: 2m\n").unwrap();
-    let took = wait_until(Duration::from_secs(5), || {
-        reg.load(&one).is_ok_and(|a| a.config.ttl == Duration::from_secs(120))
-    })
-    .expect("changed manifest seen");
+    let took =
+        wait_until(Duration::from_secs(5), || reg.load(&one).is_ok_and(|a| a.config.ttl == Duration::from_secs(120)))
+            .expect("changed manifest seen");
     eprintln!("changed manifest seen after {took:?}");
     // a manifest broken while running, then fixed
     fs::write(r.join("one/manifest.yaml"), "ttl: [\n").unwrap();
