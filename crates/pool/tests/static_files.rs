@@ -579,3 +579,30 @@ mod never_escapes {
         }
     }
 }
+
+/// The bundled example app (README) works as documented: injected base and env, SPA
+/// fallback for `/about`, the gzip sibling, and the manifest kept private.
+#[tokio::test]
+async fn the_hello_static_example_works() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/apps/hello-static");
+    let loaded = marina_pool::manifest::load(&dir).unwrap_or_else(|e| panic!("{e:?}"));
+    let inj = Injection::from_config(&loaded.config, "");
+    assert!(inj.as_ref().is_some_and(|i| i.injects_base()));
+    let entry = loaded.config.entrypoint.clone().unwrap_or_else(|| "index.html".into());
+    let site = StaticSite::new(dir.clone(), PathBuf::from(entry), inj);
+    site.check().unwrap();
+    let addr = serve(site).await;
+    let page = get(addr, "/", &[("x-base", "/hello-static")]).await;
+    let text = page.text();
+    assert!(text.contains("<base href=\"/hello-static/\">"), "{text}");
+    assert!(text.contains("window.__env__={\"PUBLIC_GREETING\":\"Hello from marina\"}"), "{text}");
+    assert!(!text.contains("not-for-the-browser"));
+    let about = get(addr, "/about", &[("x-base", "/hello-static"), ("accept", "text/html")]).await;
+    assert_eq!(about.status, 200);
+    assert_eq!(about.body, page.body);
+    let js = get(addr, "/assets/app.3f9a1c2b.js", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(js.header("content-encoding"), "gzip");
+    assert_eq!(js.header("cache-control"), "public, max-age=31536000, immutable");
+    assert_eq!(get(addr, "/assets/missing.js", &[("accept", "text/html")]).await.status, 404);
+    assert_eq!(get(addr, "/manifest.yaml", &[]).await.status, 404);
+}
