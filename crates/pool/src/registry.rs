@@ -88,6 +88,8 @@ pub struct Registry {
     /// Bumped by the watcher (or [`Registry::invalidate`]); caches from an older generation are stale.
     generation: Arc<AtomicU64>,
     index: RwLock<Option<Cached<Arc<Index>>>>,
+    /// Held while rescanning the worker dirs.
+    rescan: Mutex<()>,
     apps: Mutex<HashMap<PathBuf, Cached<LoadResult>>>,
 }
 
@@ -285,6 +287,7 @@ impl Registry {
             cache_ttl: DEFAULT_CACHE_TTL,
             generation: Arc::new(AtomicU64::new(0)),
             index: RwLock::new(None),
+            rescan: Mutex::new(()),
             apps: Mutex::new(HashMap::new()),
         }
     }
@@ -311,6 +314,19 @@ impl Registry {
 
     fn index(&self) -> Arc<Index> {
         let generation = self.generation.load(Ordering::Acquire);
+        // Only TTL-expired (not invalidated) scans may be served while another thread rescans.
+        let expired = match self.index.read().as_ref() {
+            Some(c) if self.fresh(c, generation) => return c.value.clone(),
+            Some(c) if c.generation == generation => Some(c.value.clone()),
+            _ => None,
+        };
+        // One rescan at a time: under load, the other requests keep the expired scan for the
+        // few milliseconds a rescan takes instead of all scanning the disk at once.
+        let _guard = match (self.rescan.try_lock(), expired) {
+            (Some(guard), _) => guard,
+            (None, Some(expired)) => return expired,
+            (None, None) => self.rescan.lock(),
+        };
         if let Some(c) = self.index.read().as_ref().filter(|c| self.fresh(c, generation)) {
             return c.value.clone();
         }
@@ -553,4 +569,42 @@ pub fn resolve_entrypoint(dir: &Path, config: &AppConfig) -> Result<(PathBuf, Wo
         }
     };
     Ok((path, kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folder_versions_must_be_canonical() {
+        for ok in ["1.2.3", "0.0.0", "1.0.0-beta.1", "10.20.30-rc.1", "1.0.0+build.5", "1.0.0-alpha+sha.1"] {
+            assert!(folder_version(ok).is_some(), "{ok} should be a version folder");
+        }
+        for bad in ["v1.2.3", "=1.2.3", "1.2", "1", "latest", "01.2.3", " 1.2.3", "1.2.3 ", "notes", ""] {
+            assert!(folder_version(bad).is_none(), "{bad:?} should not be a version folder");
+        }
+    }
+
+    #[test]
+    fn app_names() {
+        for ok in ["todo", "my-app", "a_b", "x1"] {
+            assert!(is_app_name(ok), "{ok}");
+        }
+        for bad in ["", "api", ".well-known", ".env", "a/b", "a\\b", "@scope", "a@b"] {
+            assert!(!is_app_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn which_changes_invalidate() {
+        let dirs = [PathBuf::from("/w")];
+        let yes = ["/w/todo", "/w/todo@1.0.0", "/w/todo/1.0.0", "/w/todo/1.0.0/manifest.yaml", "/w/a/b/c/.env"];
+        for p in yes {
+            assert!(is_relevant_change(&dirs, Path::new(p)), "{p}");
+        }
+        let no = ["/w/todo/1.0.0/data.db", "/w/todo@1.0.0/node_modules/x/y.js", "/w/todo/1.0.0/src/app.ts"];
+        for p in no {
+            assert!(!is_relevant_change(&dirs, Path::new(p)), "{p}");
+        }
+    }
 }

@@ -388,3 +388,35 @@ proptest! {
         let _ = reg.resolve(&format!("p@{segment}"));
     }
 }
+
+/// Many threads resolving while apps appear: every answer is a real app version, and the new
+/// app is seen by all once invalidated.
+#[test]
+fn concurrent_resolution_during_changes() {
+    let root = tempfile::tempdir().unwrap();
+    app(root.path(), "a@1.0.0", &[HTML]);
+    let reg = Arc::new(Registry::new(vec![root.path().to_path_buf()]).with_cache_ttl(Duration::from_millis(5)));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (reg, stop) = (reg.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    assert_eq!(reg.resolve("a").unwrap().version, "1.0.0");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    for i in 0..20 {
+        app(root.path(), &format!("b@0.{i}.0"), &[HTML]);
+        reg.invalidate();
+        assert_eq!(reg.resolve("b").unwrap().version, format!("0.{i}.0"));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let total: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(total > 0);
+}
