@@ -606,3 +606,33 @@ async fn the_hello_static_example_works() {
     assert_eq!(get(addr, "/assets/missing.js", &[("accept", "text/html")]).await.status, 404);
     assert_eq!(get(addr, "/manifest.yaml", &[]).await.status, 404);
 }
+
+/// Not a test: a server for throughput measurements against nginx (see the report in the
+/// commit history). `MARINA_BENCH_DIR` is served on `MARINA_BENCH_PORT` for
+/// `MARINA_BENCH_SECS` seconds:
+/// `MARINA_BENCH_DIR=/tmp/site MARINA_BENCH_PORT=18080 cargo test --release -p marina-pool
+///  --test static_files -- --ignored bench_server`, then `wrk -c64 -d10s http://127.0.0.1:18080/1k.bin`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "manual benchmark server"]
+async fn bench_server() {
+    let dir = PathBuf::from(std::env::var("MARINA_BENCH_DIR").expect("MARINA_BENCH_DIR"));
+    let port: u16 = std::env::var("MARINA_BENCH_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(18080);
+    let secs: u64 = std::env::var("MARINA_BENCH_SECS").ok().and_then(|p| p.parse().ok()).unwrap_or(60);
+    let site = Arc::new(StaticSite::new(dir, PathBuf::from("index.html"), None));
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let accept = async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let _ = stream.set_nodelay(true);
+            let site = site.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let site = site.clone();
+                    async move { Ok::<_, Infallible>(site.serve(req.method(), req.uri().path(), req.headers()).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(secs), accept).await;
+}

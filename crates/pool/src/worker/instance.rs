@@ -275,10 +275,10 @@ impl Worker {
             Err(e) => {
                 tracing::warn!(app = %self.key, worker = %self.id, "worker did not start: {}", e.message());
                 self.kill();
-                self.boot.send_replace(Boot::Failed(Arc::new(clone_error(&e))));
                 if let Some(pool) = self.pool.upgrade() {
                     pool.on_start_failed(&self, e.message());
                 }
+                self.boot.send_replace(Boot::Failed(Arc::new(clone_error(&e))));
                 if self.pid().is_none() {
                     self.exited.send_replace(true);
                     if let Some(pool) = self.pool.upgrade() {
@@ -340,7 +340,7 @@ impl Worker {
             }
         };
 
-        let mut child = spawn::spawn(&spec, &self.key, &self.id, &self.stderr).map_err(|e| {
+        let (mut child, mut stderr_pump) = spawn::spawn(&spec, &self.key, &self.id, &self.stderr).map_err(|e| {
             self.start_error(format!("could not run '{}': {e}", spec.program.to_string_lossy()))
         })?;
         let pid = child.id().unwrap_or(0);
@@ -367,8 +367,10 @@ impl Worker {
         loop {
             if self.has_exited() {
                 let status = self.exit_status.lock().clone().unwrap_or_default();
-                // Let the stderr pump catch up with the last lines.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Let the stderr pump read the last lines, which usually say why.
+                if let Some(pump) = stderr_pump.take() {
+                    let _ = tokio::time::timeout(Duration::from_millis(500), pump).await;
+                }
                 return Err(self.start_error(format!("the process exited while starting ({status})")));
             }
             if self.phase() == Phase::Dead {

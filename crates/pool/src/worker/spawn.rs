@@ -51,7 +51,13 @@ pub(crate) fn worker_env(app_env: &BTreeMap<String, String>, marina: &[(&str, St
 
 /// Spawns the process in its own process group (so a kill reaches its children too) with
 /// stdout and stderr forwarded line by line to `tracing`, tagged with the app key.
-pub(crate) fn spawn(spec: &SpawnSpec, app_key: &str, worker_id: &str, tail: &StderrTail) -> std::io::Result<Child> {
+/// Returns the child and the task reading its stderr (it ends when the process closes stderr).
+pub(crate) fn spawn(
+    spec: &SpawnSpec,
+    app_key: &str,
+    worker_id: &str,
+    tail: &StderrTail,
+) -> std::io::Result<(Child, Option<tokio::task::JoinHandle<()>>)> {
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
@@ -67,10 +73,11 @@ pub(crate) fn spawn(spec: &SpawnSpec, app_key: &str, worker_id: &str, tail: &Std
     if let Some(out) = child.stdout.take() {
         tokio::spawn(pump(out, app_key.to_string(), worker_id.to_string(), "stdout", None));
     }
-    if let Some(err) = child.stderr.take() {
-        tokio::spawn(pump(err, app_key.to_string(), worker_id.to_string(), "stderr", Some(tail.clone())));
-    }
-    Ok(child)
+    let stderr = child
+        .stderr
+        .take()
+        .map(|err| tokio::spawn(pump(err, app_key.to_string(), worker_id.to_string(), "stderr", Some(tail.clone()))));
+    Ok((child, stderr))
 }
 
 async fn pump(stream: impl AsyncRead + Unpin, app: String, worker: String, name: &'static str, tail: Option<StderrTail>) {

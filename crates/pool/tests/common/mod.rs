@@ -1,0 +1,135 @@
+//! Shared helpers for the worker tests: fixture apps, a pool in a temp state dir, one-call requests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt;
+use marina_core::{Error, body};
+use marina_pool::manifest::AppConfig;
+use marina_pool::worker::{PoolOptions, WorkerPool};
+use marina_pool::{App, WorkerKind};
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps").join(name)
+}
+
+/// A JS app from `tests/apps/{fixture}/{entry}` with `ttl: 30s` and whatever `tweak` changes.
+pub fn js_app(name: &str, fixture_dir: &str, entry: &str, tweak: impl FnOnce(&mut AppConfig)) -> Arc<App> {
+    let mut config = AppConfig { ttl: Duration::from_secs(30), ..AppConfig::default() };
+    tweak(&mut config);
+    let dir = fixture(fixture_dir);
+    Arc::new(App {
+        name: name.into(),
+        version: "1.0.0".into(),
+        entrypoint: dir.join(entry),
+        dir,
+        kind: WorkerKind::Js,
+        config: Arc::new(config),
+    })
+}
+
+/// The Python process app with `ttl: 30s`.
+pub fn py_app(name: &str, tweak: impl FnOnce(&mut AppConfig)) -> Arc<App> {
+    let mut config = AppConfig {
+        ttl: Duration::from_secs(30),
+        command: Some(vec!["python3".into(), "app.py".into()]),
+        ..AppConfig::default()
+    };
+    tweak(&mut config);
+    let dir = fixture("py-echo");
+    Arc::new(App {
+        name: name.into(),
+        version: "1.0.0".into(),
+        entrypoint: dir.join("app.py"),
+        dir,
+        kind: WorkerKind::Process,
+        config: Arc::new(config),
+    })
+}
+
+pub fn options(state: &Path, js: Option<&str>) -> PoolOptions {
+    PoolOptions {
+        pool_size: 10,
+        ephemeral_concurrency: 2,
+        ephemeral_queue_limit: 100,
+        state_dir: state.to_path_buf(),
+        runtime_api_url: "http://127.0.0.1:8000".into(),
+        node_env: "test".into(),
+        log_level: "info".into(),
+        js_runtime: js.map(str::to_string),
+    }
+}
+
+pub fn pool(state: &Path, js: Option<&str>, tweak: impl FnOnce(&mut PoolOptions)) -> Arc<WorkerPool> {
+    let mut o = options(state, js);
+    tweak(&mut o);
+    WorkerPool::new(o).expect("pool")
+}
+
+/// JS engines to run every JS test under: Node always, Bun when on PATH (required on CI).
+pub fn runtimes() -> Vec<&'static str> {
+    let has_bun = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("bun").is_file()));
+    if std::env::var_os("CI").is_some() {
+        assert!(has_bun, "CI is set, so Bun must be on PATH for the JS worker tests");
+    }
+    if has_bun { vec!["node", "bun"] } else { vec!["node"] }
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub text: String,
+}
+
+/// One request through `dispatch`, bounded by 15 s, body read fully.
+pub async fn call(pool: &WorkerPool, app: &Arc<App>, method: &str, path: &str, body_text: &str) -> Result<Reply, Error> {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("x-base", format!("/{}", app.name))
+        .header("x-request-id", "req-1")
+        .header("x-forwarded-for", "203.0.113.9")
+        .body(if body_text.is_empty() { body::empty() } else { body::full(body_text.to_string()) })
+        .unwrap();
+    let fut = async {
+        let resp = pool.dispatch(app.clone(), req).await?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.map_err(|e| Error::internal(e.to_string()))?.to_bytes();
+        Ok(Reply { status, headers, text: String::from_utf8_lossy(&bytes).into_owned() })
+    };
+    tokio::time::timeout(Duration::from_secs(15), fut).await.expect("request finished within 15 s")
+}
+
+pub async fn get(pool: &WorkerPool, app: &Arc<App>, path: &str) -> Reply {
+    match call(pool, app, "GET", path, "").await {
+        Ok(r) => r,
+        Err(e) => panic!("GET {path} on {} failed: {} {} {}", app.key(), e.status(), e.code(), e.message()),
+    }
+}
+
+/// Whether a process is gone (no such pid, or a zombie nobody reaped yet).
+pub fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// Polls `cond` every 20 ms for up to `limit`.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
