@@ -101,11 +101,12 @@ impl Error {
         self.data.as_ref()
     }
 
-    /// The JSON body this error becomes. With `hide_internal`, a 5xx that is not one of the
-    /// well-known worker/availability codes gets a generic message, so production servers do
-    /// not leak internals (paths, driver messages) to clients.
+    /// The JSON body this error becomes. With `hide_internal`, an `INTERNAL_ERROR` (marina's own
+    /// failure, whose message may carry paths or driver text) gets a generic message, so
+    /// production servers do not leak internals; errors with a specific code (a bad manifest, a
+    /// crashed worker) keep their message because the app's owner needs it.
     pub fn to_json(&self, hide_internal: bool) -> Value {
-        let message = if hide_internal && self.status == StatusCode::INTERNAL_SERVER_ERROR {
+        let message = if hide_internal && self.code == "INTERNAL_ERROR" {
             "internal server error".to_string()
         } else {
             self.message.clone()
