@@ -844,6 +844,12 @@ impl Lock {
                 let seed = format!("marina-migrate:{}", store.pg_schema().unwrap_or(""));
                 let digest = Sha256::digest(seed.as_bytes());
                 let key = i64::from_be_bytes(digest[..8].try_into().expect("sha256 has 32 bytes"));
+                // If this process dies mid-migration, the server notices only when the running
+                // statement ends, and keeps the lock until then; from PostgreSQL 14 it can poll
+                // the socket instead. Older servers reject the setting, which is fine.
+                if conn.batch("SET client_connection_check_interval = 1000").await.is_err() {
+                    tracing::debug!("PostgreSQL < 14: a killed migrator holds its lock until its statement ends");
+                }
                 loop {
                     let row = conn.query("SELECT pg_try_advisory_lock($1) AS locked", &[Value::Integer(key)]).await?;
                     if row.first().map(|r| r.get::<bool>("locked")).transpose()? == Some(true) {
