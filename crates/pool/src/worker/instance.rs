@@ -355,10 +355,10 @@ impl Worker {
             };
             *this.exit_status.lock() = Some(text);
             this.set_phase(Phase::Dead);
-            this.exited.send_replace(true);
             if let Some(pool) = this.pool.upgrade() {
                 pool.on_exit(&this, !this.expected_exit.load(Ordering::Acquire));
             }
+            this.exited.send_replace(true);
         });
 
         let upstream = Upstream::new(target);

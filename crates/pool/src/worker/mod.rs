@@ -747,6 +747,7 @@ impl Inner {
             w.kill();
         }
         self.slots.lock().clear();
+        self.all.lock().clear();
         self.shutdown_done.send_replace(true);
     }
 }

@@ -1,0 +1,57 @@
+//! Process apps: a real Python worker on a loopback port.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_app_serves_with_health_path_env_and_cookies() {
+    let state = tempfile::tempdir().unwrap();
+    let pool = pool(state.path(), None, |_| {});
+    let app = py_app("py", |c| {
+        c.health_path = Some("/health".into());
+        c.env = BTreeMap::from([("GREETING".into(), "hola".into())]);
+    });
+    let r = get(&pool, &app, "/hello?x=1").await;
+    assert_eq!(r.text, "python says /hello?x=1 base=/py");
+
+    let r = call(&pool, &app, "POST", "/upload", "0123456789").await.unwrap();
+    assert_eq!(r.text, "got 10 bytes");
+
+    let r = get(&pool, &app, "/cookies").await;
+    assert_eq!(r.headers.get_all("set-cookie").iter().count(), 2);
+
+    let env: BTreeMap<String, String> = serde_json::from_str(&get(&pool, &app, "/env").await.text).unwrap();
+    assert_eq!(env["GREETING"], "hola");
+    assert!(env["PORT"].parse::<u16>().is_ok());
+    assert_eq!(env["APP_DIR"], app.dir.display().to_string());
+    assert!(!env.contains_key("CARGO_PKG_NAME"), "the runtime's env leaked: {env:?}");
+    let allowed = [
+        "PATH", "HOME", "GREETING", "PORT", "APP_DIR", "ENTRYPOINT", "WORKER_CONFIG", "WORKER_ID", "NODE_ENV",
+        "RUNTIME_API_URL", "RUNTIME_LOG_LEVEL", "LC_CTYPE",
+    ];
+    for k in env.keys() {
+        // pyenv's python3 shim is a bash script: bash and pyenv add their own variables.
+        let shell_added = ["PWD", "OLDPWD", "SHLVL", "_"].contains(&k.as_str()) || k.trim_start_matches('_').starts_with("PYENV");
+        assert!(allowed.contains(&k.as_str()) || shell_added, "unexpected variable {k} in a worker's environment");
+    }
+
+    let w = pool.workers();
+    assert_eq!(w.len(), 1);
+    assert_eq!((w[0].kind, w[0].state), ("process", "ready"));
+    assert!(w[0].rss_bytes.unwrap_or(0) > 0);
+    pool.shutdown(Duration::from_secs(2)).await;
+    assert!(pool.workers().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_program_is_a_clear_start_error() {
+    let state = tempfile::tempdir().unwrap();
+    let pool = pool(state.path(), None, |_| {});
+    let app = py_app("nope", |c| c.command = Some(vec!["no-such-program-xyz".into()]));
+    let err = call(&pool, &app, "GET", "/", "").await.err().unwrap();
+    assert_eq!(err.code(), "WORKER_START_FAILED");
+    assert!(err.message().contains("no-such-program-xyz"), "{}", err.message());
+}
