@@ -33,6 +33,7 @@ pub(crate) enum Backend {
 }
 
 /// One connection leased from a store, exclusively, until dropped.
+#[allow(clippy::large_enum_variant)] // one per leased connection, never stored in bulk
 pub(crate) enum Conn {
     /// `None` only while a call is running on the blocking pool, or after it was lost there.
     Sqlite(Option<OwnedMutexGuard<rusqlite::Connection>>),
@@ -245,7 +246,7 @@ impl Conn {
 fn sqlite_query(c: &rusqlite::Connection, stmt: &str, params: &[Value]) -> Result<Vec<Row>, Error> {
     let err = |e: rusqlite::Error| sql_error(e.to_string(), stmt);
     let mut prepared = c.prepare(stmt).map_err(err)?;
-    let columns: Arc<[String]> = prepared.column_names().into_iter().map(str::to_string).collect();
+    let columns: Arc<[String]> = prepared.column_names().map(str::to_string).collect();
     let n = columns.len();
     let mut rows = prepared.query(rusqlite::params_from_iter(params.iter().map(SqliteParam))).map_err(err)?;
     let mut out = Vec::new();
