@@ -46,6 +46,8 @@ const TICK: Duration = Duration::from_millis(250);
 const KILL_GRACE: Duration = Duration::from_secs(2);
 /// A worker that ran at least this long before crashing resets the crash-loop count.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// An app version with no worker for this long leaves the LRU.
+const SLOT_FORGET_AFTER: Duration = Duration::from_secs(10);
 /// The longest crash-loop back-off.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -167,6 +169,8 @@ struct SlotState {
     backoff_until: Option<Instant>,
     restarts: u64,
     last_reason: Option<String>,
+    /// When housekeeping first saw the slot with no worker.
+    empty_since: Option<Instant>,
 }
 
 /// The workers of one app version, and its crash history.
@@ -598,13 +602,19 @@ impl Inner {
                 tokio::spawn(async move { w.lifecycle("idle").await });
             }
         }
-        // Drop slots that have nothing left to remember.
+        // Drop slots that stayed empty for a while (their restart history goes with them), so
+        // apps nobody calls stop taking LRU room.
         let mut slots = self.slots.lock();
+        let now = Instant::now();
         let empty: Vec<String> = slots
             .iter()
             .filter(|(_, s)| {
-                let st = s.st.lock();
-                st.workers.iter().all(|w| !w.usable()) && st.backoff_until.is_none_or(|t| t <= Instant::now())
+                let mut st = s.st.lock();
+                if st.workers.iter().any(|w| w.usable()) || st.backoff_until.is_some_and(|t| t > now) {
+                    st.empty_since = None;
+                    return false;
+                }
+                now.duration_since(*st.empty_since.get_or_insert(now)) >= SLOT_FORGET_AFTER
             })
             .map(|(k, _)| k.clone())
             .collect();
