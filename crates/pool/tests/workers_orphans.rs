@@ -43,7 +43,8 @@ fn no_orphans_after_sigkill_of_marina() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(p) = line.strip_prefix("PIDS ") {
+            // libtest may print "test orphan_host ... " on the same line first.
+            if let Some((_, p)) = line.split_once("PIDS ") {
                 let _ = tx.send(p.split_whitespace().map(|s| s.parse::<u32>().unwrap()).collect::<Vec<_>>());
             }
         }
