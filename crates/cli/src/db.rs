@@ -5,7 +5,8 @@
 //! schema `app_{name}` on PostgreSQL) and the `.sql` files in the app's `migrations/` dir.
 //!
 //! Exit codes: 0 success; 1 a failed migration, a database error, or (for `status`) a changed
-//! or unknown migration; 2 bad usage (unknown app, bad name, `reset` without `--yes`).
+//! or unknown migration; 2 bad usage or bad migration files (unknown app or `--to` id, a
+//! malformed or duplicate file name, `reset` without `--yes`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -112,7 +113,15 @@ impl From<Error> for Failure {
     fn from(error: Error) -> Self {
         let usage = matches!(
             error.code(),
-            "DATABASE_URL_INVALID" | "APP_NAME_INVALID" | "APP_NOT_FOUND" | "CONFIRMATION_REQUIRED" | "MIGRATION_NAME_INVALID"
+            "DATABASE_URL_INVALID"
+                | "APP_NAME_INVALID"
+                | "APP_NOT_FOUND"
+                | "CONFIRMATION_REQUIRED"
+                | "MIGRATION_NAME_INVALID"
+                | "MIGRATION_DUPLICATE_ID"
+                | "MIGRATION_ORPHAN_DOWN"
+                | "MIGRATION_INVALID"
+                | "MIGRATION_TARGET_UNKNOWN"
         );
         Failure { code: if usage { USAGE } else { 1 }, error }
     }
