@@ -430,12 +430,7 @@ impl StaticSite {
 
     /// The variant to send: an injected copy of HTML when injection is on, else the encoding
     /// the client prefers among those on disk.
-    async fn pick(
-        &self,
-        entry: &FileEntry,
-        headers: &HeaderMap,
-        base: &str,
-    ) -> Result<(Arc<Variant>, Encoding), Error> {
+    fn pick(&self, entry: &FileEntry, headers: &HeaderMap, base: &str) -> Result<(Arc<Variant>, Encoding), Error> {
         let identity =
             entry.variants[0].clone().ok_or_else(|| Error::internal("a file entry without its identity variant"))?;
         if let (true, Some(template)) = (entry.is_html, &self.injection) {
@@ -469,11 +464,13 @@ impl StaticSite {
     }
 
     async fn respond(&self, entry: &FileEntry, head: bool, req: &HeaderMap, base: &str) -> Response<Body> {
-        let (variant, enc) = match self.pick(entry, req, base).await {
+        let (variant, enc) = match self.pick(entry, req, base) {
             Ok(v) => v,
             Err(err) => return error_response(&err, head),
         };
         let mut resp = Response::new(marina_core::body::empty());
+        // Sized once for the up to nine headers below (growing a HeaderMap rehashes).
+        *resp.headers_mut() = HeaderMap::with_capacity(12);
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, entry.content_type.clone());
         h.insert(CACHE_CONTROL, entry.cache_control.clone());
