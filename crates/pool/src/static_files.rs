@@ -487,6 +487,9 @@ impl StaticSite {
         let etag = variant.etag.to_str().unwrap_or("");
         let not_modified = if req.contains_key(IF_NONE_MATCH) {
             negotiate::none_match_hits(req.get_all(IF_NONE_MATCH).iter(), etag)
+        } else if entry.is_html && self.injection.is_some() {
+            // The file's date says nothing about the injected base or env: only the ETag does.
+            false
         } else {
             req.get(IF_MODIFIED_SINCE).is_some_and(|v| negotiate::not_modified_since(v, variant.mtime))
         };

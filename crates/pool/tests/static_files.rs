@@ -494,6 +494,8 @@ async fn injection_is_escaped_and_per_base() {
     let etag = a.header("etag").to_string();
     assert_eq!(get(addr, "/", &[("x-base", "/todo@1"), ("if-none-match", &etag)]).await.status, 304);
     assert_eq!(get(addr, "/", &[("x-base", "/todo"), ("if-none-match", &etag)]).await.status, 200);
+    let lm = a.header("last-modified").to_string();
+    assert_eq!(get(addr, "/", &[("x-base", "/todo"), ("if-modified-since", &lm)]).await.status, 200);
     // SPA fallback gets it too; non-HTML does not.
     assert!(
         get(addr, "/deep/route", &[("x-base", "/todo"), ("accept", "text/html")])
