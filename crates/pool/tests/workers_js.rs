@@ -54,7 +54,11 @@ async fn routes_app_matches_params_methods_and_static_responses() {
         assert_eq!((r.status.as_u16(), r.text.as_str()), (201, "created pen"), "{rt}");
         assert_eq!(get(&pool, &app, "/files/a/b.txt").await.text, "file a/b.txt", "{rt}");
         let r = call(&pool, &app, "DELETE", "/items", "").await.unwrap();
-        assert_eq!((r.status.as_u16(), r.text.as_str()), (404, "fallback /items"), "{rt}: unknown method falls back to fetch");
+        assert_eq!(
+            (r.status.as_u16(), r.text.as_str()),
+            (404, "fallback /items"),
+            "{rt}: unknown method falls back to fetch"
+        );
         pool.shutdown(std::time::Duration::from_secs(2)).await;
     }
 }
@@ -84,7 +88,9 @@ async fn worker_sees_only_its_env_and_marina_variables() {
                 continue;
             }
             assert!(
-                ["PATH", "HOME", "APP_DIR", "NODE_ENV", "GREETING"].contains(&k.as_str()) || !env.contains_key(&k) || is_runtime_added(&k),
+                ["PATH", "HOME", "APP_DIR", "NODE_ENV", "GREETING"].contains(&k.as_str())
+                    || !env.contains_key(&k)
+                    || is_runtime_added(&k),
                 "{rt}: the runtime's own variable {k} leaked into the worker"
             );
         }

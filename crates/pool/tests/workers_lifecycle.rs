@@ -68,7 +68,9 @@ async fn ephemeral_gets_a_fresh_worker_and_the_gate_answers_503() {
     assert_ne!(p1, p2, "ttl: 0 is one worker per request");
     assert!(eventually(Duration::from_secs(3), || gone(p1.parse().unwrap()) && gone(p2.parse().unwrap())).await);
 
-    let slow = |pool: Arc<marina_pool::worker::WorkerPool>, app| async move { call(&pool, &app, "GET", "/slow?ms=800", "").await };
+    let slow = |pool: Arc<marina_pool::worker::WorkerPool>, app| async move {
+        call(&pool, &app, "GET", "/slow?ms=800", "").await
+    };
     let running = tokio::spawn(slow(pool.clone(), app.clone()));
     assert!(eventually(Duration::from_secs(3), || pool.metrics().ephemeral_concurrency == 1).await);
     let queued = tokio::spawn(slow(pool.clone(), app.clone()));
@@ -76,7 +78,10 @@ async fn ephemeral_gets_a_fresh_worker_and_the_gate_answers_503() {
     let err = call(&pool, &app, "GET", "/pid", "").await.err().expect("the third is refused");
     assert_eq!((err.status().as_u16(), err.code()), (503, "EPHEMERAL_WORKER_QUEUE_SATURATED"));
     let data = err.data().unwrap();
-    assert_eq!((data["active"].as_u64(), data["maxConcurrency"].as_u64(), data["maxQueue"].as_u64(), data["pending"].as_u64()), (Some(1), Some(1), Some(1), Some(1)));
+    assert_eq!(
+        (data["active"].as_u64(), data["maxConcurrency"].as_u64(), data["maxQueue"].as_u64(), data["pending"].as_u64()),
+        (Some(1), Some(1), Some(1), Some(1))
+    );
     assert_eq!(running.await.unwrap().unwrap().text, "slow done");
     assert_eq!(queued.await.unwrap().unwrap().text, "slow done");
 }
@@ -133,7 +138,11 @@ async fn crash_gives_502_then_a_fresh_worker_and_repeats_back_off() {
     // A second crash soon after: the app backs off and shows as crashloop.
     let err = call(&pool, &app, "GET", "/crash", "").await.err().unwrap();
     assert_eq!(err.code(), "WORKER_CRASHED");
-    assert!(eventually(Duration::from_secs(1), || pool.workers().iter().any(|w| w.state == "crashloop")).await, "{:?}", pool.workers());
+    assert!(
+        eventually(Duration::from_secs(1), || pool.workers().iter().any(|w| w.state == "crashloop")).await,
+        "{:?}",
+        pool.workers()
+    );
     let err = call(&pool, &app, "GET", "/pid", "").await.err().expect("backing off");
     assert_eq!((err.status().as_u16(), err.code()), (503, "WORKER_CRASHLOOP"));
     let info = pool.workers().into_iter().find(|w| w.state == "crashloop").unwrap();
@@ -180,7 +189,10 @@ async fn instances_spread_concurrent_requests() {
         c.instances = marina_pool::manifest::Instances { min: 2, max: 3 };
     });
     get(&pool, &app, "/").await;
-    assert!(eventually(Duration::from_secs(5), || pool.workers().iter().filter(|w| w.state == "ready").count() == 2).await, "min instances started");
+    assert!(
+        eventually(Duration::from_secs(5), || pool.workers().iter().filter(|w| w.state == "ready").count() == 2).await,
+        "min instances started"
+    );
     let mut tasks = Vec::new();
     for _ in 0..3 {
         let (p, a) = (pool.clone(), app.clone());

@@ -65,7 +65,11 @@ fn no_orphans_after_sigkill_of_marina() {
     host.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
     while !pids.iter().all(|&p| gone(p)) {
-        assert!(Instant::now() < deadline, "orphaned workers: {:?}", pids.iter().filter(|&&p| !gone(p)).collect::<Vec<_>>());
+        assert!(
+            Instant::now() < deadline,
+            "orphaned workers: {:?}",
+            pids.iter().filter(|&&p| !gone(p)).collect::<Vec<_>>()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -29,12 +29,23 @@ async fn python_app_serves_with_health_path_env_and_cookies() {
     assert_eq!(env["APP_DIR"], app.dir.display().to_string());
     assert!(!env.contains_key("CARGO_PKG_NAME"), "the runtime's env leaked: {env:?}");
     let allowed = [
-        "PATH", "HOME", "GREETING", "PORT", "APP_DIR", "ENTRYPOINT", "WORKER_CONFIG", "WORKER_ID", "NODE_ENV",
-        "RUNTIME_API_URL", "RUNTIME_LOG_LEVEL", "LC_CTYPE",
+        "PATH",
+        "HOME",
+        "GREETING",
+        "PORT",
+        "APP_DIR",
+        "ENTRYPOINT",
+        "WORKER_CONFIG",
+        "WORKER_ID",
+        "NODE_ENV",
+        "RUNTIME_API_URL",
+        "RUNTIME_LOG_LEVEL",
+        "LC_CTYPE",
     ];
     for k in env.keys() {
         // pyenv's python3 shim is a bash script: bash and pyenv add their own variables.
-        let shell_added = ["PWD", "OLDPWD", "SHLVL", "_"].contains(&k.as_str()) || k.trim_start_matches('_').starts_with("PYENV");
+        let shell_added =
+            ["PWD", "OLDPWD", "SHLVL", "_"].contains(&k.as_str()) || k.trim_start_matches('_').starts_with("PYENV");
         assert!(allowed.contains(&k.as_str()) || shell_added, "unexpected variable {k} in a worker's environment");
     }
 

@@ -41,7 +41,9 @@ async fn front(pool: Arc<WorkerPool>, app: Arc<App>) -> SocketAddr {
                     Ok::<_, Infallible>(resp)
                 }
             });
-            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).with_upgrades());
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).with_upgrades(),
+            );
         }
     });
     addr
@@ -67,7 +69,8 @@ async fn large_upload_streams_with_flat_memory() {
         let req = Request::post("/count").body(body::boxed(StreamBody::new(frames))).unwrap();
         let hwm_before = vm("VmHWM:");
         let started = Instant::now();
-        let resp = tokio::time::timeout(Duration::from_secs(20), pool.dispatch(app.clone(), req)).await.unwrap().unwrap();
+        let resp =
+            tokio::time::timeout(Duration::from_secs(20), pool.dispatch(app.clone(), req)).await.unwrap().unwrap();
         let text = resp.into_body().collect().await.unwrap().to_bytes();
         let took = started.elapsed();
         assert_eq!(std::str::from_utf8(&text).unwrap(), format!(r#"{{"bytes":{total}}}"#), "{rt}");
@@ -92,7 +95,7 @@ async fn body_over_max_body_size_is_413_while_streaming() {
     let frames = futures_util::stream::iter((0..64).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone()))));
     let req = Request::post("/count").body(body::boxed(StreamBody::new(frames))).unwrap();
     let outcome = tokio::time::timeout(Duration::from_secs(10), pool.dispatch(app.clone(), req)).await.unwrap();
-    let err = outcome.err().expect("4 MiB over a 1 MiB limit");
+    let err = outcome.expect_err("4 MiB over a 1 MiB limit");
     assert_eq!((err.status().as_u16(), err.code()), (413, "PAYLOAD_TOO_LARGE"));
     // Declared too large: refused before reaching a worker.
     let req = Request::post("/count").header("content-length", "2000000").body(body::empty()).unwrap();

@@ -86,7 +86,7 @@ mod tests {
         assert!(!flag.load(Ordering::Acquire));
 
         let (big, flag) = LimitedBody::new(marina_core::body::full(vec![0u8; 11]), 10);
-        let err = big.collect().await.err().expect("the limit must fail the body");
+        let err = big.collect().await.expect_err("the limit must fail the body");
         assert!(err.to_string().contains("limit of 10 bytes"));
         assert!(flag.load(Ordering::Acquire));
     }

@@ -39,7 +39,9 @@ async fn serve_tcp() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         loop {
             let (s, _) = listener.accept().await.unwrap();
             c.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), service_fn(echo)));
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), service_fn(echo)),
+            );
         }
     });
     (addr, conns)
@@ -59,7 +61,8 @@ async fn reuses_connections_keeps_repeated_headers_and_strips_hop_by_hop() {
         let resp = tokio::time::timeout(Duration::from_secs(5), up.forward(req)).await.unwrap().unwrap();
         assert_eq!(resp.headers()["x-path"], format!("/p/{i}?q=1").as_str());
         assert_eq!(resp.headers()["x-saw-hop"], "false");
-        let cookies: Vec<_> = resp.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+        let cookies: Vec<_> =
+            resp.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
         assert_eq!(cookies, vec!["a=1", "b=2"]);
         assert!(resp.headers().get("x-leak").is_none(), "a header named in Connection must not pass");
         let got = resp.into_body().collect().await.unwrap().to_bytes();
@@ -78,13 +81,17 @@ async fn streams_bodies_over_unix_socket_and_cuts_at_limit() {
     tokio::spawn(async move {
         loop {
             let (s, _) = listener.accept().await.unwrap();
-            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), service_fn(echo)));
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), service_fn(echo)),
+            );
         }
     });
     let up = Upstream::new(Target::Unix(path));
 
     // 64 MiB in 64 KiB chunks, generated lazily, echoed back and counted without buffering.
-    let chunks = futures_util::stream::iter((0..1024).map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![7u8; 64 * 1024])))));
+    let chunks = futures_util::stream::iter(
+        (0..1024).map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![7u8; 64 * 1024])))),
+    );
     let req = Request::put("/big").body(body::boxed(StreamBody::new(chunks))).unwrap();
     let resp = up.forward(req).await.unwrap();
     let mut body = resp.into_body();
@@ -94,12 +101,15 @@ async fn streams_bodies_over_unix_socket_and_cuts_at_limit() {
     }
     assert_eq!(total, 64 * 1024 * 1024);
 
-    let chunks = futures_util::stream::iter((0..100).map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![1u8; 1024])))));
+    let chunks =
+        futures_util::stream::iter((0..100).map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![1u8; 1024])))));
     let (limited, tripped) = LimitedBody::new(body::boxed(StreamBody::new(chunks)), 10 * 1024);
     let req = Request::put("/big").body(body::boxed(limited)).unwrap();
     let outcome = match up.forward(req).await {
         Err(e) => Err(e),
-        Ok(resp) => resp.into_body().collect().await.map(|_| ()).map_err(|e| panic!("unexpected success path error {e}")),
+        Ok(resp) => {
+            resp.into_body().collect().await.map(|_| ()).map_err(|e| panic!("unexpected success path error {e}"))
+        }
     };
     assert!(tripped.load(Ordering::Acquire));
     if let Err(e) = outcome {

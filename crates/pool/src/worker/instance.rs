@@ -130,7 +130,11 @@ impl Worker {
     fn set_phase(&self, p: Phase) {
         // Dead is final; Draining only moves on to Dead.
         let _ = self.phase.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
-            if cur == Phase::Dead as u8 || (cur == Phase::Draining as u8 && p != Phase::Dead) { None } else { Some(p as u8) }
+            if cur == Phase::Dead as u8 || (cur == Phase::Draining as u8 && p != Phase::Dead) {
+                None
+            } else {
+                Some(p as u8)
+            }
         });
     }
 
@@ -322,9 +326,12 @@ impl Worker {
             WorkerKind::Process => {
                 let command = app.config.command.as_deref().unwrap_or_default();
                 let Some((program, rest)) = command.split_first() else {
-                    return Err(self.start_error("the manifest's `command` is empty; expected e.g. [\"python3\", \"app.py\"]".into()));
+                    return Err(self.start_error(
+                        "the manifest's `command` is empty; expected e.g. [\"python3\", \"app.py\"]".into(),
+                    ));
                 };
-                let port = free_port().map_err(|e| self.start_error(format!("could not find a free loopback port: {e}")))?;
+                let port =
+                    free_port().map_err(|e| self.start_error(format!("could not find a free loopback port: {e}")))?;
                 marina_env.push(("PORT", port.to_string()));
                 let env = spawn::worker_env(&app.config.env, &marina_env);
                 let spec = SpawnSpec {
@@ -340,9 +347,8 @@ impl Worker {
             }
         };
 
-        let (mut child, mut stderr_pump) = spawn::spawn(&spec, &self.key, &self.id, &self.stderr).map_err(|e| {
-            self.start_error(format!("could not run '{}': {e}", spec.program.to_string_lossy()))
-        })?;
+        let (mut child, mut stderr_pump) = spawn::spawn(&spec, &self.key, &self.id, &self.stderr)
+            .map_err(|e| self.start_error(format!("could not run '{}': {e}", spec.program.to_string_lossy())))?;
         let pid = child.id().unwrap_or(0);
         self.pid.store(pid, Ordering::Release);
         tracing::info!(app = %self.key, worker = %self.id, pid, target = %target, "worker started");
@@ -406,8 +412,11 @@ impl Worker {
     }
 
     async fn auto_install(&self, env: &BTreeMap<String, String>) -> Result<(), Error> {
-        let bun = spawn::which("bun")
-            .ok_or_else(|| self.start_error("autoInstall needs Bun (`bun install`), which is not on PATH; install Bun (https://bun.sh)".into()))?;
+        let bun = spawn::which("bun").ok_or_else(|| {
+            self.start_error(
+                "autoInstall needs Bun (`bun install`), which is not on PATH; install Bun (https://bun.sh)".into(),
+            )
+        })?;
         let mut cmd = tokio::process::Command::new(bun);
         cmd.args(["install", "--frozen-lockfile", "--ignore-scripts"])
             .current_dir(&self.app.dir)
@@ -417,20 +426,30 @@ impl Worker {
             .kill_on_drop(true);
         let out = tokio::time::timeout(INSTALL_LIMIT, cmd.output())
             .await
-            .map_err(|_| self.start_error(format!("autoInstall (bun install) took longer than {}s", INSTALL_LIMIT.as_secs())))?
+            .map_err(|_| {
+                self.start_error(format!("autoInstall (bun install) took longer than {}s", INSTALL_LIMIT.as_secs()))
+            })?
             .map_err(|e| self.start_error(format!("autoInstall could not run bun install: {e}")))?;
         if !out.status.success() {
             let text = String::from_utf8_lossy(&out.stderr);
             let tail: Vec<&str> = text.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect();
-            return Err(self.start_error(format!("autoInstall: bun install failed ({}): {}", out.status, tail.join("\n"))));
+            return Err(self.start_error(format!(
+                "autoInstall: bun install failed ({}): {}",
+                out.status,
+                tail.join("\n")
+            )));
         }
         Ok(())
     }
 
     fn start_error(&self, reason: String) -> Error {
         let stderr = self.stderr_tail();
-        Error::new(StatusCode::BAD_GATEWAY, "WORKER_START_FAILED", format!("app '{}' did not start: {reason}", self.key))
-            .with_data(json!({ "app": self.key, "worker": self.id, "reason": reason, "stderr": stderr }))
+        Error::new(
+            StatusCode::BAD_GATEWAY,
+            "WORKER_START_FAILED",
+            format!("app '{}' did not start: {reason}", self.key),
+        )
+        .with_data(json!({ "app": self.key, "worker": self.id, "reason": reason, "stderr": stderr }))
     }
 }
 

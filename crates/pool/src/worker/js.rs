@@ -67,7 +67,10 @@ pub(crate) fn resolve(choice: Option<&str>) -> Result<JsRuntime, Error> {
         .map_err(|e| start_failed(format!("could not run '{} --version': {e}", path.display())))?;
     let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let major = parse_node_major(&version).ok_or_else(|| {
-        start_failed(format!("'{} --version' printed '{version}', expected a Node.js version such as v20.11.0", path.display()))
+        start_failed(format!(
+            "'{} --version' printed '{version}', expected a Node.js version such as v20.11.0",
+            path.display()
+        ))
     })?;
     if major < 20 {
         return Err(start_failed(format!(

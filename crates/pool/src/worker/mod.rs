@@ -217,8 +217,9 @@ impl WorkerPool {
             Error::internal(format!("RUNTIME_POOL_SIZE is {}, expected a positive number", opts.pool_size))
         })?;
         let sock = opts.state_dir.join("sock");
-        std::fs::create_dir_all(&sock)
-            .map_err(|e| Error::internal(format!("could not create the worker socket directory {}: {e}", sock.display())))?;
+        std::fs::create_dir_all(&sock).map_err(|e| {
+            Error::internal(format!("could not create the worker socket directory {}: {e}", sock.display()))
+        })?;
         if let Ok(entries) = std::fs::read_dir(&sock) {
             for e in entries.flatten() {
                 if e.path().extension().is_some_and(|x| x == "sock") {
@@ -364,7 +365,11 @@ impl Inner {
             self.counters.evictions.fetch_add(1, Ordering::Relaxed);
             let workers = std::mem::take(&mut old.st.lock().workers);
             for w in workers {
-                self.retire(&w, None, &format!("evicted from the pool (RUNTIME_POOL_SIZE {}) for {}", self.opts.pool_size, old_key));
+                self.retire(
+                    &w,
+                    None,
+                    &format!("evicted from the pool (RUNTIME_POOL_SIZE {}) for {}", self.opts.pool_size, old_key),
+                );
             }
         }
         slot
@@ -437,7 +442,11 @@ impl Inner {
         let n = worker.requests.fetch_add(1, Ordering::AcqRel) + 1;
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         if !worker.ephemeral && n >= app.config.max_requests.max(1) {
-            self.retire(&worker, Some(format!("maxRequests ({}) reached", app.config.max_requests)), "maxRequests reached");
+            self.retire(
+                &worker,
+                Some(format!("maxRequests ({}) reached", app.config.max_requests)),
+                "maxRequests reached",
+            );
         }
         let Some(upstream) = worker.upstream() else {
             return Err(Error::internal(format!("worker {} of app '{}' is not ready", worker.id, worker.key)));

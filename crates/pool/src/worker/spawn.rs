@@ -80,7 +80,13 @@ pub(crate) fn spawn(
     Ok((child, stderr))
 }
 
-async fn pump(stream: impl AsyncRead + Unpin, app: String, worker: String, name: &'static str, tail: Option<StderrTail>) {
+async fn pump(
+    stream: impl AsyncRead + Unpin,
+    app: String,
+    worker: String,
+    name: &'static str,
+    tail: Option<StderrTail>,
+) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         tracing::info!(target: "marina::worker", app = %app, worker = %worker, stream = name, "{line}");

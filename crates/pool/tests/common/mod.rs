@@ -71,8 +71,7 @@ pub fn pool(state: &Path, js: Option<&str>, tweak: impl FnOnce(&mut PoolOptions)
 
 /// JS engines to run every JS test under: Node always, Bun when on PATH (required on CI).
 pub fn runtimes() -> Vec<&'static str> {
-    let has_bun = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("bun").is_file()));
+    let has_bun = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("bun").is_file()));
     if std::env::var_os("CI").is_some() {
         assert!(has_bun, "CI is set, so Bun must be on PATH for the JS worker tests");
     }
@@ -86,7 +85,13 @@ pub struct Reply {
 }
 
 /// One request through `dispatch`, bounded by 15 s, body read fully.
-pub async fn call(pool: &WorkerPool, app: &Arc<App>, method: &str, path: &str, body_text: &str) -> Result<Reply, Error> {
+pub async fn call(
+    pool: &WorkerPool,
+    app: &Arc<App>,
+    method: &str,
+    path: &str,
+    body_text: &str,
+) -> Result<Reply, Error> {
     let req = Request::builder()
         .method(method)
         .uri(path)
