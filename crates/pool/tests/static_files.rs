@@ -314,7 +314,8 @@ async fn precompressed_siblings_follow_accept_encoding() {
     let addr = serve(site(&f)).await;
     let p = "/assets/app.3f9a1c2b.js";
 
-    let cases: [(&[(&str, &str)], &str, &[u8]); 7] = [
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a [u8]);
+    let cases: [Case; 7] = [
         (&[("accept-encoding", "gzip, deflate, br")], "br", b"BROTLI-SIBLING"),
         (&[("accept-encoding", "gzip")], "gzip", &gz),
         (&[("accept-encoding", "br;q=0, gzip")], "gzip", &gz),
