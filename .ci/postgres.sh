@@ -7,7 +7,9 @@
 # cluster in a temp dir owned by a non-root user (initdb refuses root), starts it on
 # 127.0.0.1 and a free port, creates the database marina_test and exports
 # MARINA_TEST_DATABASE_URL=postgres://marina@127.0.0.1:PORT/marina_test. The cluster trusts
-# loopback connections and runs with fsync off: it is for tests only.
+# loopback connections and runs with fsync off: it is for tests only. When openssl is present
+# the server also accepts TLS with a certificate for 127.0.0.1 signed by a throwaway CA, whose
+# PEM file is exported as MARINA_TEST_PG_CA (for sslmode=require&sslrootcert=...).
 # marina_pg_stop stops it and removes the temp dir; it is safe to call twice.
 
 marina_pg__bin() {
@@ -26,6 +28,25 @@ marina_pg__as_owner() {
     else
         "$@"
     fi
+}
+
+marina_pg__make_certs() {
+    # $1: an empty directory to fill with ca.pem, server.pem and server.key.
+    local dir=$1
+    mkdir -p "$dir" || return 1
+    (
+        cd "$dir" || exit 1
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=marina test CA" \
+            -keyout ca.key -out ca.pem \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" &&
+            openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout server.key -out server.csr &&
+            printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' >server.ext &&
+            openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+                -extfile server.ext -out server.pem
+    ) >/dev/null 2>&1 || return 1
+    chmod 600 "$dir/server.key" "$dir/ca.key"
+    chown "$MARINA_PG_OWNER" "$dir/server.key" "$dir/server.pem"
+    chmod 755 "$dir"
 }
 
 marina_pg_start() {
@@ -62,12 +83,22 @@ marina_pg_start() {
         return 1
     }
 
+    # TLS: a throwaway CA and a server certificate for 127.0.0.1.
+    local ssl_opts=""
+    unset MARINA_TEST_PG_CA
+    if command -v openssl >/dev/null 2>&1 && marina_pg__make_certs "$MARINA_PG_DIR/tls"; then
+        ssl_opts="-c ssl=on -c ssl_cert_file=$MARINA_PG_DIR/tls/server.pem -c ssl_key_file=$MARINA_PG_DIR/tls/server.key"
+        export MARINA_TEST_PG_CA="$MARINA_PG_DIR/tls/ca.pem"
+    else
+        echo "postgres.sh: no openssl; the test server will not offer TLS" >&2
+    fi
+
     # A free port: pick at random and let the server tell us when it is taken.
     local attempt port
     for attempt in 1 2 3 4 5 6 7 8; do
         port=$((20000 + RANDOM % 40000))
         if marina_pg__as_owner "$pg_ctl" -D "$MARINA_PG_DIR/data" -l "$MARINA_PG_DIR/server.log" -w -t 30 \
-            -o "-h 127.0.0.1 -p $port -k $MARINA_PG_DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \
+            -o "-h 127.0.0.1 -p $port -k $MARINA_PG_DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400 $ssl_opts" \
             start >/dev/null 2>&1; then
             MARINA_PG_PORT=$port
             export MARINA_PG_PORT
@@ -98,5 +129,5 @@ marina_pg_stop() {
         marina_pg__as_owner "$(marina_pg__bin pg_ctl)" -D "$MARINA_PG_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
     fi
     rm -rf "$MARINA_PG_DIR"
-    unset MARINA_PG_DIR MARINA_PG_PORT MARINA_TEST_DATABASE_URL
+    unset MARINA_PG_DIR MARINA_PG_PORT MARINA_TEST_DATABASE_URL MARINA_TEST_PG_CA
 }

@@ -73,13 +73,17 @@ pub(crate) fn open_sqlite(path: Option<&Path>) -> Result<rusqlite::Connection, E
 
 pub(crate) async fn open_postgres(url: &str, schema: &str) -> Result<Backend, Error> {
     let shown = redact(url);
-    let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
-        Error::bad_request("DATABASE_URL_INVALID", format!("invalid DATABASE_URL '{shown}': {e}"))
-    })?;
-    if matches!(config.get_ssl_mode(), tokio_postgres::config::SslMode::Require) {
+    let (driver_url, root_cert) = take_param(url, "sslrootcert");
+    let mut config: tokio_postgres::Config = driver_url
+        .parse()
+        .map_err(|e| Error::bad_request("DATABASE_URL_INVALID", format!("invalid DATABASE_URL '{shown}': {e}")))?;
+    let require_tls = matches!(config.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+    if root_cert.is_some() && !require_tls {
         return Err(Error::bad_request(
-            "DATABASE_TLS_UNSUPPORTED",
-            format!("DATABASE_URL '{shown}' asks for sslmode=require, but this marina build has no TLS for PostgreSQL yet; use sslmode=disable or prefer on a trusted network"),
+            "DATABASE_URL_INVALID",
+            format!(
+                "invalid DATABASE_URL '{shown}': sslrootcert is only used with sslmode=require; add it, or drop sslrootcert"
+            ),
         ));
     }
     if config.get_connect_timeout().is_none() {
@@ -91,7 +95,15 @@ pub(crate) async fn open_postgres(url: &str, schema: &str) -> Result<Backend, Er
         _ => format!("-c search_path={schema}"),
     };
     config.options(&options);
-    let manager = Manager::from_config(config, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+    let manager = if require_tls {
+        let tls = tls_config(root_cert.as_deref(), &shown)?;
+        Manager::from_config(config, tokio_postgres_rustls::MakeRustlsConnect::new(tls), manager_config)
+    } else {
+        // `prefer` (the driver's default) stays plain: a TLS attempt against a self-signed
+        // server certificate would fail verification, and libpq's `prefer` does not verify.
+        Manager::from_config(config, tokio_postgres::NoTls, manager_config)
+    };
     let pool = Pool::builder(manager)
         .max_size(PG_POOL_SIZE)
         .runtime(Runtime::Tokio1)
@@ -114,6 +126,92 @@ pub(crate) async fn open_postgres(url: &str, schema: &str) -> Result<Backend, Er
     }
     drop(conn);
     Ok(backend)
+}
+
+/// Remove `key=value` from the query of `url`; the URL without it, and the decoded value.
+/// `sslrootcert` is libpq's, but tokio-postgres rejects options it does not know.
+fn take_param(url: &str, key: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else { return (url.to_string(), None) };
+    let mut value = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.split_once('=') {
+            Some((k, v)) if k == key => {
+                value = Some(percent_decode(v));
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    let url = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
+    (url, value)
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The TLS client for `sslmode=require`: the server certificate must verify against the
+/// system's roots or the PEM file `sslrootcert`, and match the host. This is stricter than
+/// libpq's `require` (which does not verify) on purpose: TLS that accepts any certificate
+/// stops only passive eavesdroppers.
+fn tls_config(root_cert: Option<&str>, shown: &str) -> Result<rustls::ClientConfig, Error> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(path) = root_cert {
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(path).and_then(|it| it.collect::<Result<_, _>>()).map_err(|e| {
+                Error::bad_request(
+                    "DATABASE_URL_INVALID",
+                    format!("DATABASE_URL '{shown}': cannot read sslrootcert '{path}' as PEM certificates: {e}"),
+                )
+            })?;
+        if certs.is_empty() {
+            return Err(Error::bad_request(
+                "DATABASE_URL_INVALID",
+                format!("DATABASE_URL '{shown}': sslrootcert '{path}' holds no PEM certificate"),
+            ));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| {
+                Error::bad_request("DATABASE_URL_INVALID", format!("DATABASE_URL '{shown}': sslrootcert '{path}': {e}"))
+            })?;
+        }
+    } else {
+        let found = rustls_native_certs::load_native_certs();
+        let (added, _) = roots.add_parsable_certificates(found.certs);
+        if added == 0 {
+            return Err(Error::unavailable(
+                "DATABASE_UNAVAILABLE",
+                format!(
+                    "DATABASE_URL '{shown}' asks for TLS, but no system root certificates were found; set sslrootcert=/path/to/ca.pem"
+                ),
+            ));
+        }
+    }
+    // An explicit provider: `ClientConfig::builder()` panics when the dependency graph
+    // enables more than one.
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        .map_err(|e| Error::internal(format!("cannot set up TLS for PostgreSQL: {e}")))
 }
 
 impl Backend {
@@ -326,8 +424,12 @@ impl ToSql for Value {
             Value::Null => Ok(IsNull::Yes),
             Value::Integer(i) => match *ty {
                 Type::INT8 => i.to_sql(ty, out),
-                Type::INT4 => i32::try_from(*i).map_err(|_| format!("{i} does not fit an int4 parameter"))?.to_sql(ty, out),
-                Type::INT2 => i16::try_from(*i).map_err(|_| format!("{i} does not fit an int2 parameter"))?.to_sql(ty, out),
+                Type::INT4 => {
+                    i32::try_from(*i).map_err(|_| format!("{i} does not fit an int4 parameter"))?.to_sql(ty, out)
+                }
+                Type::INT2 => {
+                    i16::try_from(*i).map_err(|_| format!("{i} does not fit an int2 parameter"))?.to_sql(ty, out)
+                }
                 Type::FLOAT8 => (*i as f64).to_sql(ty, out),
                 Type::FLOAT4 => (*i as f32).to_sql(ty, out),
                 Type::BOOL => match i {
@@ -363,4 +465,23 @@ impl ToSql for Value {
     }
 
     to_sql_checked!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sslrootcert_is_taken_out_of_the_url() {
+        assert_eq!(
+            take_param("postgres://h/db?sslmode=require&sslrootcert=%2Fetc%2Fca.pem&application_name=m", "sslrootcert"),
+            ("postgres://h/db?sslmode=require&application_name=m".to_string(), Some("/etc/ca.pem".to_string()))
+        );
+        assert_eq!(
+            take_param("postgres://h/db?sslrootcert=x", "sslrootcert"),
+            ("postgres://h/db".to_string(), Some("x".to_string()))
+        );
+        assert_eq!(take_param("postgres://h/db", "sslrootcert"), ("postgres://h/db".to_string(), None));
+        assert_eq!(percent_decode("a%20b%zz%"), "a b%zz%");
+    }
 }

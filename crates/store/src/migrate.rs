@@ -102,7 +102,9 @@ pub fn parse_file_name(file: &str) -> Result<(i64, String, String, Direction), E
     let invalid = |why: &str| {
         bad(
             "MIGRATION_NAME_INVALID",
-            format!("migration file '{file}' {why}; expected NNNN_description.up.sql or NNNN_description.down.sql (description: letters, digits, '_' or '-')"),
+            format!(
+                "migration file '{file}' {why}; expected NNNN_description.up.sql or NNNN_description.down.sql (description: letters, digits, '_' or '-')"
+            ),
         )
     };
     let (stem, direction) = if let Some(s) = file.strip_suffix(".up.sql") {
@@ -207,7 +209,9 @@ impl MigrationSet {
                     if let Some((other, _, _)) = ups.get(&id) {
                         return Err(bad(
                             "MIGRATION_DUPLICATE_ID",
-                            format!("migration id {id} is used twice in {source}: '{other}.up.sql' and '{file}'; ids must be unique"),
+                            format!(
+                                "migration id {id} is used twice in {source}: '{other}.up.sql' and '{file}'; ids must be unique"
+                            ),
                         ));
                     }
                     ups.insert(id, (stem, description, text));
@@ -220,7 +224,19 @@ impl MigrationSet {
             .map(|(id, (name, description, up))| {
                 let checksum = hex::encode(Sha256::digest(up.as_bytes()));
                 let up_transactional = !opts_out_of_transaction(&up);
-                (id, Migration { id, name, description, up, down: None, checksum, up_transactional, down_transactional: true })
+                (
+                    id,
+                    Migration {
+                        id,
+                        name,
+                        description,
+                        up,
+                        down: None,
+                        checksum,
+                        up_transactional,
+                        down_transactional: true,
+                    },
+                )
             })
             .collect();
         for (id, stem, text) in downs {
@@ -540,14 +556,20 @@ impl<'a> Migrator<'a> {
         result.map(|()| report)
     }
 
-    fn pending<'s>(&'s self, records: &'s BTreeMap<i64, Record>, to: Option<i64>) -> impl Iterator<Item = &'s Migration> {
-        self.set
-            .migrations()
-            .iter()
-            .filter(move |m| !records.contains_key(&m.id) && to.is_none_or(|t| m.id <= t))
+    fn pending<'s>(
+        &'s self,
+        records: &'s BTreeMap<i64, Record>,
+        to: Option<i64>,
+    ) -> impl Iterator<Item = &'s Migration> {
+        self.set.migrations().iter().filter(move |m| !records.contains_key(&m.id) && to.is_none_or(|t| m.id <= t))
     }
 
-    async fn migrate_locked(&self, conn: &mut Conn, to: Option<i64>, report: &mut MigrationReport) -> Result<(), Error> {
+    async fn migrate_locked(
+        &self,
+        conn: &mut Conn,
+        to: Option<i64>,
+        report: &mut MigrationReport,
+    ) -> Result<(), Error> {
         ensure_table(conn).await?;
         // Read after taking the lock: whatever another migrator did while we waited counts.
         let records = read_records(conn, true).await?;
@@ -579,7 +601,12 @@ impl<'a> Migrator<'a> {
         result.map(|()| report)
     }
 
-    async fn rollback_locked(&self, conn: &mut Conn, target: RollbackTarget, report: &mut MigrationReport) -> Result<(), Error> {
+    async fn rollback_locked(
+        &self,
+        conn: &mut Conn,
+        target: RollbackTarget,
+        report: &mut MigrationReport,
+    ) -> Result<(), Error> {
         ensure_table(conn).await?;
         let records = read_records(conn, true).await?;
         self.verify(&records)?;
@@ -590,7 +617,10 @@ impl<'a> Migrator<'a> {
                 if to != 0 && !records.contains_key(&to) {
                     return Err(bad(
                         "MIGRATION_TARGET_UNKNOWN",
-                        format!("--to {to}: migration {to} is not applied to {} (use 0 to roll back everything)", self.store.describe()),
+                        format!(
+                            "--to {to}: migration {to} is not applied to {} (use 0 to roll back everything)",
+                            self.store.describe()
+                        ),
                     ));
                 }
                 applied.iter().filter(|&&id| id > to).copied().collect()
@@ -639,7 +669,13 @@ impl<'a> Migrator<'a> {
     }
 
     fn report(&self, direction: Direction, dry_run: bool) -> MigrationReport {
-        MigrationReport { database: self.store.describe().to_string(), direction, dry_run, steps: Vec::new(), failure: None }
+        MigrationReport {
+            database: self.store.describe().to_string(),
+            direction,
+            dry_run,
+            steps: Vec::new(),
+            failure: None,
+        }
     }
 }
 
@@ -821,7 +857,9 @@ async fn drop_everything(store: &Store, conn: &mut Conn) -> Result<(), Error> {
 enum Lock {
     Postgres(i64),
     /// Held for its `Drop`, which unlocks.
-    File { _held: nix::fcntl::Flock<std::fs::File> },
+    File {
+        _held: nix::fcntl::Flock<std::fs::File>,
+    },
     None,
 }
 
@@ -866,12 +904,10 @@ impl Lock {
                 let mut lock_path = path.as_os_str().to_owned();
                 lock_path.push(".migrate-lock");
                 let lock_path = PathBuf::from(lock_path);
-                let file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&lock_path)
-                    .map_err(|e| Error::internal(format!("cannot open the migration lock '{}': {e}", lock_path.display())))?;
+                let file =
+                    std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(
+                        |e| Error::internal(format!("cannot open the migration lock '{}': {e}", lock_path.display())),
+                    )?;
                 let mut file = Some(file);
                 loop {
                     let f = file.take().expect("the lock file is put back after every try");
@@ -879,10 +915,7 @@ impl Lock {
                         Ok(locked) => return Ok(Lock::File { _held: locked }),
                         Err((f, nix::errno::Errno::EWOULDBLOCK)) => file = Some(f),
                         Err((_, e)) => {
-                            return Err(Error::internal(format!(
-                                "cannot lock '{}': {e}",
-                                lock_path.display()
-                            )));
+                            return Err(Error::internal(format!("cannot lock '{}': {e}", lock_path.display())));
                         }
                     }
                     if Instant::now() > deadline {
@@ -957,8 +990,9 @@ mod tests {
         let orphan = MigrationSet::from_files("t", files(&[("1_a.up.sql", ""), ("1_b.down.sql", "")])).unwrap_err();
         assert_eq!(orphan.code(), "MIGRATION_ORPHAN_DOWN");
 
-        let control = MigrationSet::from_files("t", files(&[("1_a.up.sql", "BEGIN;\nCREATE TABLE t(x int);\nCOMMIT;")]))
-            .unwrap_err();
+        let control =
+            MigrationSet::from_files("t", files(&[("1_a.up.sql", "BEGIN;\nCREATE TABLE t(x int);\nCOMMIT;")]))
+                .unwrap_err();
         assert_eq!(control.code(), "MIGRATION_INVALID");
     }
 

@@ -42,9 +42,7 @@ fn scan(sql: &str, mut code: impl FnMut(usize, char)) {
                         .find(|&(_, ch)| !(ch.is_ascii_alphanumeric() || ch == '_'))
                         .map(|(j, _)| i + 1 + j);
                     let is_tag = match tag_end {
-                        Some(end) => {
-                            bytes[end] == b'$' && !bytes[i + 1..end].first().is_some_and(u8::is_ascii_digit)
-                        }
+                        Some(end) => bytes[end] == b'$' && !bytes[i + 1..end].first().is_some_and(u8::is_ascii_digit),
                         None => false,
                     };
                     if is_tag {

@@ -35,7 +35,10 @@ impl DatabaseUrl {
         };
         let path = rest.strip_prefix("//").unwrap_or(rest);
         if path.contains('?') {
-            return Err(invalid(url, "SQLite URLs take no query parameters (WAL, foreign keys and the busy timeout are always on)"));
+            return Err(invalid(
+                url,
+                "SQLite URLs take no query parameters (WAL, foreign keys and the busy timeout are always on)",
+            ));
         }
         match path {
             "" => Err(invalid(url, "expected a file path after sqlite://")),
@@ -67,12 +70,7 @@ pub(crate) fn redact(url: &str) -> String {
     let Some(at) = authority.rfind('@') else { return url.to_string() };
     let userinfo = &authority[..at];
     match userinfo.find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end + 3],
-            &userinfo[..colon],
-            &url[scheme_end + 3 + at..]
-        ),
+        Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &userinfo[..colon], &url[scheme_end + 3 + at..]),
         None => url.to_string(),
     }
 }
@@ -91,8 +89,14 @@ mod tests {
     #[test]
     fn sqlite_forms() {
         let d = Path::new(".");
-        assert_eq!(DatabaseUrl::parse(Some("sqlite:///abs/x.db"), d).unwrap(), DatabaseUrl::SqliteFile("/abs/x.db".into()));
-        assert_eq!(DatabaseUrl::parse(Some("sqlite://rel/x.db"), d).unwrap(), DatabaseUrl::SqliteFile("rel/x.db".into()));
+        assert_eq!(
+            DatabaseUrl::parse(Some("sqlite:///abs/x.db"), d).unwrap(),
+            DatabaseUrl::SqliteFile("/abs/x.db".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse(Some("sqlite://rel/x.db"), d).unwrap(),
+            DatabaseUrl::SqliteFile("rel/x.db".into())
+        );
         assert_eq!(DatabaseUrl::parse(Some("sqlite:x.db"), d).unwrap(), DatabaseUrl::SqliteFile("x.db".into()));
         assert_eq!(DatabaseUrl::parse(Some("sqlite::memory:"), d).unwrap(), DatabaseUrl::SqliteMemory);
         assert_eq!(DatabaseUrl::parse(Some("sqlite://:memory:"), d).unwrap(), DatabaseUrl::SqliteMemory);

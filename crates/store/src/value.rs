@@ -206,8 +206,7 @@ impl Row {
                 self.columns.join(", ")
             )));
         };
-        T::from_value(&self.values[i])
-            .map_err(|msg| Error::internal(format!("column {}: {msg}", column.describe())))
+        T::from_value(&self.values[i]).map_err(|msg| Error::internal(format!("column {}: {msg}", column.describe())))
     }
 }
 

@@ -84,7 +84,10 @@ async fn a_failing_migration_leaves_the_database_as_it_was() {
         let store = db.store().await;
         let mut files = three();
         // Creates a table, inserts, then fails: none of it may remain.
-        files[4] = ("0003_tags.up.sql", "CREATE TABLE tags (name TEXT PRIMARY KEY);\nINSERT INTO users (id, name) VALUES (5, 'x');\nINSERT INTO no_such_table VALUES (1);");
+        files[4] = (
+            "0003_tags.up.sql",
+            "CREATE TABLE tags (name TEXT PRIMARY KEY);\nINSERT INTO users (id, name) VALUES (5, 'x');\nINSERT INTO no_such_table VALUES (1);",
+        );
         let dir = write_migrations(db.state_dir(), &files);
         let set = MigrationSet::from_dir(&dir).unwrap();
         let m = Migrator::new(&store, &set);
@@ -125,7 +128,10 @@ async fn changed_and_unknown_migrations_are_hard_errors() {
         assert_eq!(err.code(), "MIGRATION_CHECKSUM_MISMATCH", "{:?}", db.kind);
         assert!(err.message().contains("0002_posts.up.sql"), "{}", err.message());
         assert_eq!(m.rollback(RollbackTarget::Steps(1)).await.unwrap_err().code(), "MIGRATION_CHECKSUM_MISMATCH");
-        assert_eq!(m.migrate(&MigrateOptions { to: None, dry_run: true }).await.unwrap_err().code(), "MIGRATION_CHECKSUM_MISMATCH");
+        assert_eq!(
+            m.migrate(&MigrateOptions { to: None, dry_run: true }).await.unwrap_err().code(),
+            "MIGRATION_CHECKSUM_MISMATCH"
+        );
         assert_eq!(states(&store, &tampered).await[1], (2, State::Changed));
 
         // Files of an applied migration removed: unknown.
@@ -168,7 +174,8 @@ async fn opting_out_of_the_transaction() {
         } else {
             "-- marina:no-transaction\nCREATE INDEX users_name ON users(name);\nCREATE INDEX users_name2 ON users(name, id);"
         };
-        let dir = write_migrations(db.state_dir(), &[("0001_users.up.sql", three()[0].1), ("0002_index.up.sql", index)]);
+        let dir =
+            write_migrations(db.state_dir(), &[("0001_users.up.sql", three()[0].1), ("0002_index.up.sql", index)]);
         let set = MigrationSet::from_dir(&dir).unwrap();
         assert!(!set.get(2).unwrap().up_transactional);
         let r = Migrator::new(&store, &set).migrate(&MigrateOptions::default()).await.unwrap().into_result().unwrap();
@@ -197,15 +204,23 @@ async fn concurrent_migrators_apply_each_migration_once() {
         let set = MigrationSet::from_dir(&dir).unwrap();
         // Separate stores: separate connections, as separate processes would have.
         let stores = [db.store().await, db.store().await, db.store().await];
-        let runs = stores.iter().map(|s| {
-            let set = &set;
-            async move { Migrator::new(s, set).migrate(&MigrateOptions::default()).await.unwrap().into_result().unwrap() }
-        });
+        let runs =
+            stores.iter().map(|s| {
+                let set = &set;
+                async move {
+                    Migrator::new(s, set).migrate(&MigrateOptions::default()).await.unwrap().into_result().unwrap()
+                }
+            });
         let reports = futures_join_all(runs).await;
         let applied: usize = reports.iter().map(|r| r.steps.len()).sum();
         assert_eq!(applied, 3, "{:?}", db.kind);
-        let ids: Vec<i64> =
-            stores[0].query("SELECT id FROM runs ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0).unwrap()).collect();
+        let ids: Vec<i64> = stores[0]
+            .query("SELECT id FROM runs ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0).unwrap())
+            .collect();
         assert_eq!(ids, vec![1, 2, 3]);
     }
 }
@@ -290,12 +305,15 @@ async fn sigkill_during_a_migration_leaves_a_consistent_database() {
         )
         .unwrap();
         let set = MigrationSet::from_dir(&db.state_dir().join("migrations")).unwrap();
-        let r = tokio::time::timeout(Duration::from_secs(15), Migrator::new(&store, &set).migrate(&MigrateOptions::default()))
-            .await
-            .unwrap_or_else(|_| panic!("the lock was not released by the kill ({:?})", db.kind))
-            .unwrap()
-            .into_result()
-            .unwrap();
+        let r = tokio::time::timeout(
+            Duration::from_secs(15),
+            Migrator::new(&store, &set).migrate(&MigrateOptions::default()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the lock was not released by the kill ({:?})", db.kind))
+        .unwrap()
+        .into_result()
+        .unwrap();
         assert_eq!(r.steps.len(), 1);
         assert_eq!(store.query("SELECT x FROM half", &[]).await.unwrap().len(), 1);
     }
@@ -326,7 +344,8 @@ async fn the_system_schema_applies_on_both_backends() {
         let r = store.migrate_system().await.unwrap();
         assert_eq!(r.steps.first().map(|s| s.id), Some(1));
         assert!(store.migrate_system().await.unwrap().steps.is_empty());
-        let v = store.query_opt("SELECT value FROM marina_meta WHERE key = $1", &["schema_version".into()]).await.unwrap();
+        let v =
+            store.query_opt("SELECT value FROM marina_meta WHERE key = $1", &["schema_version".into()]).await.unwrap();
         assert_eq!(v.unwrap().get::<String>("value").unwrap(), "1");
         if db.is_pg() {
             assert_eq!(store.pg_schema(), Some("marina"));

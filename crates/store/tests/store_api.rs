@@ -37,7 +37,8 @@ async fn parameters_and_types_round_trip() {
             .await
             .unwrap();
         assert_eq!(changed, 1, "{:?}", db.kind);
-        let row = store.query_opt("SELECT i, r, s, b, f, n FROM t WHERE i = $1", &[42i64.into()]).await.unwrap().unwrap();
+        let row =
+            store.query_opt("SELECT i, r, s, b, f, n FROM t WHERE i = $1", &[42i64.into()]).await.unwrap().unwrap();
         assert_eq!(row.get::<i64>("i").unwrap(), 42);
         assert_eq!(row.get::<f64>("r").unwrap(), 1.5);
         assert_eq!(row.get::<String>("s").unwrap(), "it's $1 -- not a param");
@@ -165,11 +166,50 @@ async fn bad_urls_and_unreachable_servers_are_clear_errors() {
     assert!(!err.message().contains("pw@"), "{}", err.message());
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 
-    let err = Store::open(Some("postgres://u@127.0.0.1:1/x?sslmode=require"), dir.path()).await.unwrap_err();
-    assert_eq!(err.code(), "DATABASE_TLS_UNSUPPORTED");
+    let err = Store::open(Some("postgres://u@127.0.0.1:1/x?sslrootcert=/ca.pem"), dir.path()).await.unwrap_err();
+    assert_eq!(err.code(), "DATABASE_URL_INVALID");
+    assert!(err.message().contains("sslmode=require"), "{}", err.message());
+    let err = Store::open(Some("postgres://u@127.0.0.1:1/x?sslmode=require&sslrootcert=/no/such/ca.pem"), dir.path())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "DATABASE_URL_INVALID");
+    assert!(err.message().contains("'/no/such/ca.pem'"), "{}", err.message());
 
     let file = dir.path().join("a-file");
     std::fs::write(&file, "x").unwrap();
     let err = Store::open(None, &file.join("under-a-file")).await.unwrap_err();
     assert_eq!(err.code(), "DATABASE_UNAVAILABLE", "{}", err.message());
+}
+
+#[tokio::test]
+async fn tls_when_asked() {
+    let Some(base) = common::pg_base_url() else { return };
+    let ca = match std::env::var("MARINA_TEST_PG_CA") {
+        Ok(c) if !c.is_empty() => c,
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("CI is set but MARINA_TEST_PG_CA is not (.ci/postgres.sh sets it)")
+        }
+        _ => {
+            eprintln!("skip: MARINA_TEST_PG_CA is unset; the TLS case is skipped");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let ssl_in_use = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+
+    let store = Store::open(Some(&format!("{base}{sep}sslmode=require&sslrootcert={ca}")), dir.path()).await.unwrap();
+    let row = store.query_opt(ssl_in_use, &[]).await.unwrap().unwrap();
+    assert!(row.get::<bool>("ssl").unwrap(), "sslmode=require must encrypt");
+
+    // The test CA is not a system root: the chain does not verify, and that is an error,
+    // never a silent fall-back to plain text.
+    let err = Store::open(Some(&format!("{base}{sep}sslmode=require")), dir.path()).await.unwrap_err();
+    assert_eq!(err.code(), "DATABASE_UNAVAILABLE");
+    assert!(err.message().to_lowercase().contains("certificate"), "{}", err.message());
+
+    // The default (`prefer`) stays plain.
+    let plain = Store::open(Some(&base), dir.path()).await.unwrap();
+    let row = plain.query_opt(ssl_in_use, &[]).await.unwrap().unwrap();
+    assert!(!row.get::<bool>("ssl").unwrap());
 }

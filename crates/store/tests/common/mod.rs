@@ -42,7 +42,9 @@ pub fn pg_base_url() -> Option<String> {
         Ok(u) if !u.is_empty() => Some(u),
         _ => {
             if std::env::var_os("CI").is_some() {
-                panic!("CI is set but MARINA_TEST_DATABASE_URL is not: CI must test PostgreSQL (source .ci/postgres.sh)");
+                panic!(
+                    "CI is set but MARINA_TEST_DATABASE_URL is not: CI must test PostgreSQL (source .ci/postgres.sh)"
+                );
             }
             eprintln!("skip: MARINA_TEST_DATABASE_URL is unset; PostgreSQL cases skipped");
             None
@@ -52,7 +54,8 @@ pub fn pg_base_url() -> Option<String> {
 
 /// A new, empty PostgreSQL database on the test server; its URL.
 pub async fn fresh_pg_database(base: &str) -> String {
-    let (client, connection) = tokio_postgres::connect(base, tokio_postgres::NoTls).await.expect("connect to the test server");
+    let (client, connection) =
+        tokio_postgres::connect(base, tokio_postgres::NoTls).await.expect("connect to the test server");
     tokio::spawn(connection);
     let name = format!(
         "t_{}_{}_{}",
@@ -101,8 +104,12 @@ pub fn write_migrations(root: &Path, files: &[(&str, &str)]) -> PathBuf {
 /// The tables of a store's database (its schema on PostgreSQL), sorted.
 pub async fn tables(store: &Store) -> Vec<String> {
     let sql = match store.kind() {
-        BackendKind::Sqlite => "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
-        BackendKind::Postgres => "SELECT tablename::text AS name FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename",
+        BackendKind::Sqlite => {
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        }
+        BackendKind::Postgres => {
+            "SELECT tablename::text AS name FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename"
+        }
     };
     store.query(sql, &[]).await.unwrap().iter().map(|r| r.get::<String>("name").unwrap()).collect()
 }
