@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 a failure while running, 2 bad configuration or usage (the message
 //! names the variable or flag, quotes the value and says what was expected).
 
+mod db;
 mod serve;
 
 use std::process::ExitCode;
@@ -21,6 +22,8 @@ struct Cli {
 enum Command {
     /// Serve every app in the worker dirs (HTTP/1.1 and HTTP/2 on one port).
     Serve(Box<serve::ServeArgs>),
+    /// Database migrations for marina and for each app: migrate, rollback, status, reset, new.
+    Db(db::DbArgs),
     /// Check app manifests: one app dir, or a worker dir full of apps; exits 1 on any error.
     Check {
         /// An app directory or a worker directory.
@@ -39,6 +42,22 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => serve::run(*args),
+        Command::Db(args) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("marina: cannot start the async runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match runtime.block_on(db::run(args)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("marina: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Check { dir } => {
             let report = marina_pool::check::check_dir(&dir);
             print!("{report}");

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{OriginalUri, State};
 use axum::response::{IntoResponse, Response as AxumResponse};
 use axum::routing::get;
-use http::{Method, StatusCode, Uri};
+use http::{Method, StatusCode};
 use marina_core::Error;
 use serde_json::{Value, json};
 
@@ -91,11 +91,11 @@ async fn plugins_loaded() -> Edge {
     reply(edge::json(&Vec::<Value>::new()))
 }
 
-async fn not_found(method: Method, uri: Uri) -> Edge {
+async fn not_found(method: Method, OriginalUri(uri): OriginalUri) -> Edge {
     fail(Error::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no API route {method} {}", uri.path())))
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> Edge {
+async fn method_not_allowed(method: Method, OriginalUri(uri): OriginalUri) -> Edge {
     fail(Error::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "METHOD_NOT_ALLOWED",

@@ -57,7 +57,9 @@ impl StaticSites {
         {
             return site.clone();
         }
-        let site = Arc::new(StaticSite::new(app.dir.clone(), app.entrypoint.clone()));
+        // The injection is a template: its `<base>` href is replaced per request.
+        let template = Injection::from_config(&app.config, "");
+        let site = Arc::new(StaticSite::new(app.dir.clone(), app.entrypoint.clone(), template));
         sites.insert(key, (app.clone(), site.clone()));
         site
     }
@@ -74,11 +76,10 @@ pub async fn to_app(
     request_id: &str,
 ) -> Result<Response<Body>, Error> {
     let base = format!("/{segment}");
-    let injection = Injection::from_config(&app.config, &base);
     match app.kind {
         WorkerKind::Static => {
             let site = rt.static_sites.get(&app);
-            Ok(site.serve(req.method(), rest, req.headers(), injection.as_ref()).await)
+            Ok(site.serve_with_base(req.method(), rest, req.headers(), &base).await)
         }
         WorkerKind::Js | WorkerKind::Process => {
             let path_and_query = match req.uri().query() {
@@ -99,7 +100,7 @@ pub async fn to_app(
                 headers.insert(HeaderName::from_static("x-forwarded-host"), host);
             }
             let resp = rt.pool.dispatch(app.clone(), req).await?;
-            Ok(match injection {
+            Ok(match Injection::from_config(&app.config, &base) {
                 Some(inj) => marina_pool::html::inject_response(resp, &inj).await,
                 None => resp,
             })
