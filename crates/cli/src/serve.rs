@@ -124,10 +124,10 @@ pub fn run(args: ServeArgs) -> ExitCode {
 
 fn init_logging(config: &RuntimeConfig) {
     // RUST_LOG, when set, wins: it is the standard knob for per-module detail.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(format!("{},hyper=warn,h2=warn,tower=warn", config.log_level))
-    });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},hyper=warn,h2=warn,tower=warn", config.log_level)));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match config.log_format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
         LogFormat::Text => builder.compact().init(),

@@ -194,8 +194,14 @@ impl RuntimeConfig {
         };
         let api_prefix = match nonempty(&raw.api_prefix) {
             None => String::new(),
-            Some(s) => normalize_prefix(s)
-                .ok_or_else(|| bad("RUNTIME_API_PREFIX", "api-prefix", s, "a path prefix such as \"/_\" (letters, digits, '-', '_', '.', separated by '/')"))?,
+            Some(s) => normalize_prefix(s).ok_or_else(|| {
+                bad(
+                    "RUNTIME_API_PREFIX",
+                    "api-prefix",
+                    s,
+                    "a path prefix such as \"/_\" (letters, digits, '-', '_', '.', separated by '/')",
+                )
+            })?,
         };
         let pool_size = number(&raw.pool_size, "RUNTIME_POOL_SIZE", "pool-size", 1..=100_000, 100)?;
         let log_level = match nonempty(&raw.log_level) {
@@ -223,7 +229,8 @@ impl RuntimeConfig {
             Some("text") => LogFormat::Text,
             Some(s) => return Err(bad("RUNTIME_LOG_FORMAT", "log-format", s, "text or json")),
         };
-        let state_dir = nonempty(&raw.state_dir).map(PathBuf::from).map(absolute).unwrap_or_else(|| cwd.join(".marina"));
+        let state_dir =
+            nonempty(&raw.state_dir).map(PathBuf::from).map(absolute).unwrap_or_else(|| cwd.join(".marina"));
         let shutdown_timeout = match nonempty(&raw.shutdown_timeout) {
             None => Duration::from_secs(30),
             Some(s) => {
@@ -233,17 +240,37 @@ impl RuntimeConfig {
                     Ok(_) => None,
                     Err(_) => parse_duration(s).ok(),
                 };
-                parsed.ok_or_else(|| bad("RUNTIME_SHUTDOWN_TIMEOUT", "shutdown-timeout", s, "a duration such as 30 (seconds), \"10s\" or \"2m\""))?
+                parsed.ok_or_else(|| {
+                    bad(
+                        "RUNTIME_SHUTDOWN_TIMEOUT",
+                        "shutdown-timeout",
+                        s,
+                        "a duration such as 30 (seconds), \"10s\" or \"2m\"",
+                    )
+                })?
             }
         };
-        let ephemeral_concurrency =
-            number(&raw.ephemeral_concurrency, "RUNTIME_EPHEMERAL_CONCURRENCY", "ephemeral-concurrency", 1..=10_000, 2)?.min(pool_size);
-        let ephemeral_queue_limit =
-            number(&raw.ephemeral_queue_limit, "RUNTIME_EPHEMERAL_QUEUE_LIMIT", "ephemeral-queue-limit", 0..=1_000_000, 100)?;
+        let ephemeral_concurrency = number(
+            &raw.ephemeral_concurrency,
+            "RUNTIME_EPHEMERAL_CONCURRENCY",
+            "ephemeral-concurrency",
+            1..=10_000,
+            2,
+        )?
+        .min(pool_size);
+        let ephemeral_queue_limit = number(
+            &raw.ephemeral_queue_limit,
+            "RUNTIME_EPHEMERAL_QUEUE_LIMIT",
+            "ephemeral-queue-limit",
+            0..=1_000_000,
+            100,
+        )?;
         let js_runtime = nonempty(&raw.js_runtime).map(str::to_string);
         let database_url = match nonempty(&raw.database_url) {
             None => None,
-            Some(s) if s.starts_with("sqlite:") || s.starts_with("postgres://") || s.starts_with("postgresql://") => Some(s.to_string()),
+            Some(s) if s.starts_with("sqlite:") || s.starts_with("postgres://") || s.starts_with("postgresql://") => {
+                Some(s.to_string())
+            }
             Some(s) => return Err(bad("DATABASE_URL", "database-url", s, "sqlite://PATH or postgres://USER@HOST/DB")),
         };
         Ok(Self {
@@ -312,17 +339,50 @@ mod tests {
     fn bad_values_name_the_variable_and_say_what_is_expected() {
         let cases: &[(fn(&mut RawConfig), &str)] = &[
             (|r| r.port = Some("80a".into()), "invalid PORT (--port) \"80a\": expected a port number from 0 to 65535"),
-            (|r| r.port = Some("70000".into()), "invalid PORT (--port) \"70000\": expected a port number from 0 to 65535"),
-            (|r| r.pool_size = Some("0".into()), "invalid RUNTIME_POOL_SIZE (--pool-size) \"0\": expected a whole number from 1 to 100000"),
-            (|r| r.pool_size = Some("many".into()), "invalid RUNTIME_POOL_SIZE (--pool-size) \"many\": expected a whole number from 1 to 100000"),
-            (|r| r.log_level = Some("loud".into()), "invalid RUNTIME_LOG_LEVEL (--log-level) \"loud\": expected one of trace, debug, info, warn, error"),
-            (|r| r.node_env = Some("prod".into()), "invalid NODE_ENV (--node-env) \"prod\": expected one of development, production, staging, test"),
-            (|r| r.api_prefix = Some("/a b".into()), "invalid RUNTIME_API_PREFIX (--api-prefix) \"/a b\": expected a path prefix such as \"/_\" (letters, digits, '-', '_', '.', separated by '/')"),
-            (|r| r.api_prefix = Some("/../x".into()), "invalid RUNTIME_API_PREFIX (--api-prefix) \"/../x\": expected a path prefix such as \"/_\" (letters, digits, '-', '_', '.', separated by '/')"),
-            (|r| r.shutdown_timeout = Some("soon".into()), "invalid RUNTIME_SHUTDOWN_TIMEOUT (--shutdown-timeout) \"soon\": expected a duration such as 30 (seconds), \"10s\" or \"2m\""),
-            (|r| r.database_url = Some("mysql://x".into()), "invalid DATABASE_URL (--database-url) \"mysql://x\": expected sqlite://PATH or postgres://USER@HOST/DB"),
-            (|r| r.log_format = Some("xml".into()), "invalid RUNTIME_LOG_FORMAT (--log-format) \"xml\": expected text or json"),
-            (|r| r.host = Some("my host".into()), "invalid RUNTIME_HOST (--host) \"my host\": expected an IP address such as 127.0.0.1 or 0.0.0.0"),
+            (
+                |r| r.port = Some("70000".into()),
+                "invalid PORT (--port) \"70000\": expected a port number from 0 to 65535",
+            ),
+            (
+                |r| r.pool_size = Some("0".into()),
+                "invalid RUNTIME_POOL_SIZE (--pool-size) \"0\": expected a whole number from 1 to 100000",
+            ),
+            (
+                |r| r.pool_size = Some("many".into()),
+                "invalid RUNTIME_POOL_SIZE (--pool-size) \"many\": expected a whole number from 1 to 100000",
+            ),
+            (
+                |r| r.log_level = Some("loud".into()),
+                "invalid RUNTIME_LOG_LEVEL (--log-level) \"loud\": expected one of trace, debug, info, warn, error",
+            ),
+            (
+                |r| r.node_env = Some("prod".into()),
+                "invalid NODE_ENV (--node-env) \"prod\": expected one of development, production, staging, test",
+            ),
+            (
+                |r| r.api_prefix = Some("/a b".into()),
+                "invalid RUNTIME_API_PREFIX (--api-prefix) \"/a b\": expected a path prefix such as \"/_\" (letters, digits, '-', '_', '.', separated by '/')",
+            ),
+            (
+                |r| r.api_prefix = Some("/../x".into()),
+                "invalid RUNTIME_API_PREFIX (--api-prefix) \"/../x\": expected a path prefix such as \"/_\" (letters, digits, '-', '_', '.', separated by '/')",
+            ),
+            (
+                |r| r.shutdown_timeout = Some("soon".into()),
+                "invalid RUNTIME_SHUTDOWN_TIMEOUT (--shutdown-timeout) \"soon\": expected a duration such as 30 (seconds), \"10s\" or \"2m\"",
+            ),
+            (
+                |r| r.database_url = Some("mysql://x".into()),
+                "invalid DATABASE_URL (--database-url) \"mysql://x\": expected sqlite://PATH or postgres://USER@HOST/DB",
+            ),
+            (
+                |r| r.log_format = Some("xml".into()),
+                "invalid RUNTIME_LOG_FORMAT (--log-format) \"xml\": expected text or json",
+            ),
+            (
+                |r| r.host = Some("my host".into()),
+                "invalid RUNTIME_HOST (--host) \"my host\": expected an IP address such as 127.0.0.1 or 0.0.0.0",
+            ),
         ];
         for (set, message) in cases {
             let mut r = raw();

@@ -76,9 +76,8 @@ impl Server {
     /// Open storage (applying marina's own migrations), scan the worker dirs, start watching
     /// them, create the worker pool and bind the listener.
     pub async fn bind(config: RuntimeConfig) -> Result<Self, Error> {
-        std::fs::create_dir_all(&config.state_dir).map_err(|e| {
-            Error::internal(format!("cannot create the state dir {}: {e}", config.state_dir.display()))
-        })?;
+        std::fs::create_dir_all(&config.state_dir)
+            .map_err(|e| Error::internal(format!("cannot create the state dir {}: {e}", config.state_dir.display())))?;
         let store = Store::open(config.database_url.as_deref(), &config.state_dir).await?;
         store.migrate_system().await?;
         for dir in &config.worker_dirs {
@@ -95,9 +94,8 @@ impl Server {
             }
         };
         let addr = format!("{}:{}", config.host, config.port);
-        let listener = TcpListener::bind(&addr)
-            .await
-            .map_err(|e| Error::internal(format!("cannot listen on {addr}: {e}")))?;
+        let listener =
+            TcpListener::bind(&addr).await.map_err(|e| Error::internal(format!("cannot listen on {addr}: {e}")))?;
         let local = listener.local_addr().map_err(|e| Error::internal(format!("listener address: {e}")))?;
         let pool = WorkerPool::new(PoolOptions {
             pool_size: config.pool_size,
@@ -191,7 +189,10 @@ impl Server {
         runtime.draining.store(true, Ordering::Relaxed);
         drop(listener);
         let timeout = runtime.config.shutdown_timeout;
-        tracing::info!(timeout_ms = timeout.as_millis() as u64, "shutting down: no new connections, draining in-flight requests");
+        tracing::info!(
+            timeout_ms = timeout.as_millis() as u64,
+            "shutting down: no new connections, draining in-flight requests"
+        );
         if tokio::time::timeout(timeout, graceful.shutdown()).await.is_err() {
             tracing::warn!("in-flight requests did not finish within the shutdown timeout; closing them");
         }
@@ -231,7 +232,7 @@ async fn handle(
         method = %method,
         path = %path,
         status,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        duration_ms = elapsed.as_micros() as f64 / 1000.0,
         request_id = %request_id,
         app,
         "request"

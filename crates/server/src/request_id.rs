@@ -18,9 +18,7 @@ pub fn for_request(headers: &HeaderMap) -> String {
 }
 
 fn is_sane(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_LEN
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b))
+    !id.is_empty() && id.len() <= MAX_LEN && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b))
 }
 
 #[cfg(test)]

@@ -95,7 +95,8 @@ async fn apps_lists_every_app_with_versions() {
     let dir = apps();
     let srv = start(dir.path(), |_| {}).await;
     let list: Vec<Value> = get(&format!("{}/api/apps", srv.base)).await.json().await.unwrap();
-    let find = |name: &str| list.iter().find(|a| a["name"] == name).cloned().unwrap_or_else(|| panic!("{name} in {list:?}"));
+    let find =
+        |name: &str| list.iter().find(|a| a["name"] == name).cloned().unwrap_or_else(|| panic!("{name} in {list:?}"));
     let mut site: Vec<String> =
         find("site")["versions"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
     site.sort();
@@ -123,7 +124,8 @@ async fn unknown_routes_get_the_json_error_and_a_request_id() {
     assert_eq!(body["code"], "APP_NOT_FOUND");
 
     let client = reqwest::Client::new();
-    let resp = client.get(format!("{}/api/health", srv.base)).header("x-request-id", "trace-abc.1").send().await.unwrap();
+    let resp =
+        client.get(format!("{}/api/health", srv.base)).header("x-request-id", "trace-abc.1").send().await.unwrap();
     assert_eq!(resp.headers()["x-request-id"], "trace-abc.1");
     let resp = client.post(format!("{}/api/health", srv.base)).send().await.unwrap();
     assert_eq!(resp.status(), 405);
@@ -180,7 +182,13 @@ async fn workers_lists_static_apps_after_use() {
         assert_eq!(get(&format!("{}/site@1/", srv.base)).await.status(), 200);
     }
     let body: Value = get(&format!("{}/api/workers", srv.base)).await.json().await.unwrap();
-    let w = body["workers"].as_array().unwrap().iter().find(|w| w["key"] == "site@1.4.2").cloned().expect("site@1.4.2 listed");
+    let w = body["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["key"] == "site@1.4.2")
+        .cloned()
+        .expect("site@1.4.2 listed");
     assert_eq!(w["kind"], "static");
     assert_eq!(w["requests"], 3);
     assert_eq!(w["errors"], 0);
