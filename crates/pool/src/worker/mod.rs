@@ -200,6 +200,7 @@ pub(crate) struct Inner {
     counters: Counters,
     latency: Mutex<LatencyRing>,
     last_rate: Mutex<(Instant, u64)>,
+    ticks: AtomicU64,
     started: Instant,
     shutting_down: AtomicBool,
     shutdown_done: watch::Sender<bool>,
@@ -250,6 +251,7 @@ impl WorkerPool {
             counters: Counters::default(),
             latency: Mutex::new(LatencyRing::new(100)),
             last_rate: Mutex::new((Instant::now(), 0)),
+            ticks: AtomicU64::new(0),
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
             shutdown_done: watch::Sender::new(false),
@@ -580,11 +582,14 @@ impl Inner {
 
     fn housekeeping(&self) {
         let workers: Vec<Arc<Worker>> = self.all.lock().values().cloned().collect();
+        // RSS for /api/workers once a second; every tick for apps with a maxMemory.
+        let sample_all = self.ticks.fetch_add(1, Ordering::Relaxed) % 4 == 0;
         for w in workers {
             if w.phase() != Phase::Ready {
                 continue;
             }
-            if let Some(pid) = w.pid()
+            if (sample_all || w.app.config.max_memory.is_some())
+                && let Some(pid) = w.pid()
                 && let Some(rss) = stats::rss_bytes(pid)
             {
                 w.rss.store(rss, Ordering::Relaxed);
