@@ -222,7 +222,11 @@ async fn run_inner(args: DbArgs) -> Result<ExitCode, Failure> {
 fn resolve_target(target: &Target, worker_dirs: Option<&str>) -> Result<Resolved, Failure> {
     if let Some(dir) = &target.app_dir {
         if !dir.is_dir() {
-            return Err(Error::bad_request("APP_NOT_FOUND", format!("--app-dir '{}' is not a directory", dir.display())).into());
+            return Err(Error::bad_request(
+                "APP_NOT_FOUND",
+                format!("--app-dir '{}' is not a directory", dir.display()),
+            )
+            .into());
         }
         return Ok(Resolved { app: Some(app_name_of_dir(dir)?), dir: Some(dir.clone()) });
     }
@@ -233,7 +237,10 @@ fn resolve_target(target: &Target, worker_dirs: Option<&str>) -> Result<Resolved
         let shown: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
         return Err(Error::bad_request(
             "APP_NOT_FOUND",
-            format!("no app '{segment}' in the worker dirs [{}] (set --worker-dirs or RUNTIME_WORKER_DIRS)", shown.join(", ")),
+            format!(
+                "no app '{segment}' in the worker dirs [{}] (set --worker-dirs or RUNTIME_WORKER_DIRS)",
+                shown.join(", ")
+            ),
         )
         .into());
     };
@@ -261,7 +268,9 @@ fn app_name_of_dir(dir: &Path) -> Result<String, Failure> {
         last.split('@').next().unwrap_or_default().to_string()
     };
     if name.is_empty() {
-        return Err(Error::bad_request("APP_NAME_INVALID", format!("cannot tell the app name of '{}'", dir.display())).into());
+        return Err(
+            Error::bad_request("APP_NAME_INVALID", format!("cannot tell the app name of '{}'", dir.display())).into()
+        );
     }
     Ok(name)
 }
@@ -338,7 +347,9 @@ fn print_status(status: &Status, json: bool) -> ExitCode {
         }
         println!("{applied} applied, {pending} pending, {changed} changed, {unknown} unknown");
         if changed > 0 {
-            eprintln!("marina: error: a changed migration was edited after it was applied; restore it or add a new migration");
+            eprintln!(
+                "marina: error: a changed migration was edited after it was applied; restore it or add a new migration"
+            );
         }
         if unknown > 0 {
             eprintln!("marina: error: an unknown migration is applied but has no files here");
@@ -354,7 +365,9 @@ mod tests {
     #[test]
     fn app_names_from_every_layout() {
         let root = tempfile_dir();
-        for (rel, want) in [("todo", "todo"), ("todo@1.2.3", "todo"), ("notes/1.2.3", "notes"), ("notes/latest", "notes")] {
+        for (rel, want) in
+            [("todo", "todo"), ("todo@1.2.3", "todo"), ("notes/1.2.3", "notes"), ("notes/latest", "notes")]
+        {
             let d = root.join(rel);
             std::fs::create_dir_all(&d).unwrap();
             assert_eq!(app_name_of_dir(&d).ok().unwrap(), want, "{rel}");
@@ -370,7 +383,10 @@ mod tests {
 
     #[test]
     fn worker_dirs_split_on_colons() {
-        assert_eq!(worker_dirs_or_default(Some("a:b::c")), vec![PathBuf::from("a"), PathBuf::from("b"), PathBuf::from("c")]);
+        assert_eq!(
+            worker_dirs_or_default(Some("a:b::c")),
+            vec![PathBuf::from("a"), PathBuf::from("b"), PathBuf::from("c")]
+        );
     }
 
     #[test]
