@@ -1,22 +1,25 @@
 # shellcheck shell=bash
 # Source this file to get a throwaway PostgreSQL cluster for marina's tests:
 #
-#   source .ci/postgres.sh && marina_pg_start && trap marina_pg_stop EXIT
+#   source .ci/postgres.sh            # starts the cluster (set MARINA_PG_NO_AUTOSTART=1 to not)
+#   trap marina_pg_stop EXIT
 #
-# marina_pg_start installs PostgreSQL with apt when initdb/pg_ctl are missing, creates a
-# cluster in a temp dir owned by a non-root user (initdb refuses root), starts it on
-# 127.0.0.1 and a free port, creates the database marina_test and exports
-# MARINA_TEST_DATABASE_URL=postgres://marina@127.0.0.1:PORT/marina_test. The cluster trusts
-# loopback connections and runs with fsync off: it is for tests only. When openssl is present
-# the server also accepts TLS with a certificate for 127.0.0.1 signed by a throwaway CA, whose
-# PEM file is exported as MARINA_TEST_PG_CA (for sslmode=require&sslrootcert=...).
-# marina_pg_stop stops it and removes the temp dir; it is safe to call twice.
+# Sourcing runs marina_pg_start, which installs PostgreSQL with apt when initdb/pg_ctl are
+# missing, creates a cluster in a temp dir owned by a non-root user (initdb refuses root),
+# starts it on 127.0.0.1 and a free port, creates the database marina_test and exports
+# MARINA_TEST_DATABASE_URL=postgres://marina@127.0.0.1:PORT/marina_test. It returns non-zero
+# on failure (which stops a `set -e` caller). The cluster trusts loopback connections and runs
+# with fsync off: it is for tests only. When openssl is present the server also accepts TLS
+# with a certificate for 127.0.0.1 signed by a throwaway CA, whose PEM file is exported as
+# MARINA_TEST_PG_CA (for sslmode=require&sslrootcert=...). Starting again while a cluster from
+# this shell runs is a no-op. marina_pg_stop stops it and removes the temp dir; it is safe to
+# call twice. Works under `set -euo pipefail`.
 
 marina_pg__bin() {
     # $1: a program name. Prints its path: PATH first, then Debian's versioned directories.
     local found
     found=$(command -v "$1" 2>/dev/null) && { echo "$found"; return 0; }
-    found=$(ls -d /usr/lib/postgresql/*/bin/"$1" 2>/dev/null | sort -V | tail -n 1)
+    found=$(ls -d /usr/lib/postgresql/*/bin/"$1" 2>/dev/null | sort -V | tail -n 1) || true
     [ -n "$found" ] && { echo "$found"; return 0; }
     return 1
 }
@@ -50,6 +53,9 @@ marina_pg__make_certs() {
 }
 
 marina_pg_start() {
+    if [ -n "${MARINA_PG_DIR:-}" ] && [ -n "${MARINA_TEST_DATABASE_URL:-}" ] && [ -d "$MARINA_PG_DIR/data" ]; then
+        return 0
+    fi
     if ! marina_pg__bin initdb >/dev/null || ! marina_pg__bin pg_ctl >/dev/null; then
         echo "postgres.sh: initdb/pg_ctl not found; installing postgresql with apt" >&2
         if [ "$(id -u)" != 0 ]; then
@@ -94,6 +100,7 @@ marina_pg_start() {
     fi
 
     # A free port: pick at random and let the server tell us when it is taken.
+    unset MARINA_PG_PORT
     local attempt port
     for attempt in 1 2 3 4 5 6 7 8; do
         port=$((20000 + RANDOM % 40000))
@@ -131,3 +138,7 @@ marina_pg_stop() {
     rm -rf "$MARINA_PG_DIR"
     unset MARINA_PG_DIR MARINA_PG_PORT MARINA_TEST_DATABASE_URL MARINA_TEST_PG_CA
 }
+
+if [ -z "${MARINA_PG_NO_AUTOSTART:-}" ]; then
+    marina_pg_start
+fi
