@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use http::StatusCode;
 use marina_core::Error;
 
 /// One SQL value, used both as a bound parameter and as a result cell.
@@ -200,13 +201,15 @@ impl Row {
     /// convert; both name the column.
     pub fn get<T: FromValue>(&self, column: impl ColumnIndex) -> Result<T, Error> {
         let Some(i) = column.index(self) else {
-            return Err(Error::internal(format!(
-                "no column {} in a row with columns [{}]",
-                column.describe(),
-                self.columns.join(", ")
-            )));
+            return Err(Error::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "COLUMN_NOT_FOUND",
+                format!("no column {} in a row with columns [{}]", column.describe(), self.columns.join(", ")),
+            ));
         };
-        T::from_value(&self.values[i]).map_err(|msg| Error::internal(format!("column {}: {msg}", column.describe())))
+        T::from_value(&self.values[i]).map_err(|msg| {
+            Error::new(StatusCode::INTERNAL_SERVER_ERROR, "COLUMN_TYPE", format!("column {}: {msg}", column.describe()))
+        })
     }
 }
 
@@ -235,7 +238,9 @@ mod tests {
         let r = row();
         let err = r.get::<i64>("name").unwrap_err();
         assert_eq!(err.message(), "column 'name': expected an integer, found text");
+        assert_eq!(err.code(), "COLUMN_TYPE");
         let err = r.get::<i64>("missing").unwrap_err();
+        assert_eq!(err.code(), "COLUMN_NOT_FOUND");
         assert!(err.message().contains("no column 'missing'"), "{}", err.message());
         assert!(r.get::<i64>(9).is_err());
     }
