@@ -152,6 +152,8 @@ async fn websocket_echo(addr: SocketAddr, path: &str) -> String {
     assert!(head.contains("s3pplmbitxaq9kygzzhzrbk+xoo="), "{head}");
     let mut out = Vec::new();
     for msg in ["hello", "through marina"] {
+        // Between messages the session is idle, and still counts as in flight on its worker.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let mask = [1u8, 2, 3, 4];
         let mut frame = vec![0x81, 0x80 | msg.len() as u8];
         frame.extend_from_slice(&mask);
@@ -173,6 +175,10 @@ async fn websocket_echo_through_python_and_bun_workers() {
     let pool = pool(state.path(), None, |_| {});
     let py = py_app("wspy", |_| {});
     let addr = front(pool.clone(), py).await;
+    assert_eq!(websocket_echo(addr, "/ws").await, "hello|through marina");
+    // An ephemeral (ttl: 0) worker lives as long as its WebSocket session.
+    let eph = py_app("wseph", |c| c.ttl = Duration::ZERO);
+    let addr = front(pool.clone(), eph).await;
     assert_eq!(websocket_echo(addr, "/ws").await, "hello|through marina");
     if runtimes().contains(&"bun") {
         let bun = js_app("wsbun", "ts-echo", "index.ts", |_| {});

@@ -11,4 +11,4 @@ pub mod upstream;
 
 pub use headers::{is_upgrade, strip_hop_by_hop};
 pub use limit::{BodyTooLarge, LimitedBody};
-pub use upstream::{ProxyError, Target, Upstream};
+pub use upstream::{Hold, ProxyError, Target, Upstream};

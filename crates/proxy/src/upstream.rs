@@ -81,6 +81,13 @@ impl fmt::Display for ProxyError {
 
 impl std::error::Error for ProxyError {}
 
+/// A value the caller wants kept alive for as long as an upgraded connection (a WebSocket)
+/// lasts: put it in the request's extensions and the splice task holds it until either side
+/// closes. The worker pool uses it to count a WebSocket session as a request in flight, so a
+/// worker is not retired under an open session.
+#[derive(Clone)]
+pub struct Hold(pub Arc<dyn std::any::Any + Send + Sync>);
+
 /// Idle keep-alive connections kept per upstream; more than this are closed when they free up.
 const MAX_IDLE: usize = 64;
 
@@ -220,6 +227,7 @@ impl Upstream {
 
     async fn forward_upgrade(&self, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
         let client_side = hyper::upgrade::on(&mut req);
+        let hold = req.extensions_mut().remove::<Hold>();
         let mut sender = self.connect(true).await?;
         let mut resp = sender.send_request(req).await.map_err(ProxyError::Upstream)?;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -238,6 +246,7 @@ impl Upstream {
                         "upgrade did not complete on both sides"
                     ),
                 }
+                drop(hold);
             });
             strip_hop_by_hop(resp.headers_mut(), true);
         } else {

@@ -440,7 +440,12 @@ impl Inner {
         tripped: Arc<AtomicBool>,
     ) -> Result<Response<Body>, Error> {
         let app = worker.app.clone();
-        let guard = InFlight::enter(worker.clone(), permit, self.me.clone());
+        let mut req = req;
+        let guard = Arc::new(InFlight::enter(worker.clone(), permit, self.me.clone()));
+        if marina_proxy::is_upgrade(req.headers()) {
+            // An open WebSocket counts as in flight until it closes.
+            req.extensions_mut().insert(marina_proxy::Hold(guard.clone()));
+        }
         let n = worker.requests.fetch_add(1, Ordering::AcqRel) + 1;
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         if !worker.ephemeral && n >= app.config.max_requests.max(1) {
@@ -583,7 +588,7 @@ impl Inner {
     fn housekeeping(&self) {
         let workers: Vec<Arc<Worker>> = self.all.lock().values().cloned().collect();
         // RSS for /api/workers once a second; every tick for apps with a maxMemory.
-        let sample_all = self.ticks.fetch_add(1, Ordering::Relaxed) % 4 == 0;
+        let sample_all = self.ticks.fetch_add(1, Ordering::Relaxed).is_multiple_of(4);
         for w in workers {
             if w.phase() != Phase::Ready {
                 continue;
@@ -823,7 +828,7 @@ impl Drop for InFlight {
 /// A worker's response body that holds its [`InFlight`] guard.
 struct GuardedBody {
     inner: Body,
-    _guard: InFlight,
+    _guard: Arc<InFlight>,
 }
 
 impl HttpBody for GuardedBody {
