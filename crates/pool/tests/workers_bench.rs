@@ -126,7 +126,8 @@ async fn throughput_through_marina_vs_direct() {
     load(via, 8, 1).await; // warm up
     load(direct_addr, 8, 1).await;
     let bare = bare_proxy(direct_addr).await;
-    let concs: Vec<usize> = std::env::var("BENCH_CONC").map_or(vec![1, 16, 64], |v| v.split(',').filter_map(|c| c.parse().ok()).collect());
+    let concs: Vec<usize> =
+        std::env::var("BENCH_CONC").map_or(vec![1, 16, 64], |v| v.split(',').filter_map(|c| c.parse().ok()).collect());
     for conc in concs {
         let d = load(direct_addr, conc, 2).await;
         let b = load(bare, conc, 2).await;
