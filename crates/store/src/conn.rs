@@ -317,7 +317,14 @@ impl Conn {
             }
             Conn::Postgres(client) => {
                 let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-                client.execute(stmt, &refs).await.map_err(|e| pg_error(&e, stmt))
+                let mut retried = false;
+                loop {
+                    let prepared = client.prepare_cached(stmt).await.map_err(|e| pg_error(&e, stmt))?;
+                    match client.execute(&prepared, &refs).await {
+                        Err(e) if !retried && stale_plan(client, &e) => retried = true,
+                        other => return other.map_err(|e| pg_error(&e, stmt)),
+                    }
+                }
             }
         }
     }
@@ -332,7 +339,14 @@ impl Conn {
             }
             Conn::Postgres(client) => {
                 let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-                let rows = client.query(stmt, &refs).await.map_err(|e| pg_error(&e, stmt))?;
+                let mut retried = false;
+                let rows = loop {
+                    let prepared = client.prepare_cached(stmt).await.map_err(|e| pg_error(&e, stmt))?;
+                    match client.query(&prepared, &refs).await {
+                        Err(e) if !retried && stale_plan(client, &e) => retried = true,
+                        other => break other.map_err(|e| pg_error(&e, stmt))?,
+                    }
+                };
                 let Some(first) = rows.first() else { return Ok(Vec::new()) };
                 let columns: Arc<[String]> = first.columns().iter().map(|c| c.name().to_string()).collect();
                 rows.iter().map(|r| pg_row(r, &columns, stmt)).collect()
@@ -341,14 +355,33 @@ impl Conn {
     }
 }
 
+/// Statements are prepared once per connection (one round trip per call instead of two). A
+/// cached `SELECT *` whose table gained a column since fails with "cached plan must not
+/// change result type": forget the connection's cache and let the caller retry once. Inside
+/// a transaction the retry reports the aborted transaction instead, and the next one works.
+fn stale_plan(client: &deadpool_postgres::Object, e: &tokio_postgres::Error) -> bool {
+    let stale = e.as_db_error().is_some_and(|db| {
+        *db.code() == tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED && db.message().contains("cached plan")
+    });
+    if stale {
+        client.statement_cache.clear();
+    }
+    stale
+}
+
 fn sqlite_query(c: &rusqlite::Connection, stmt: &str, params: &[Value]) -> Result<Vec<Row>, Error> {
     let err = |e: rusqlite::Error| sql_error(e.to_string(), stmt);
     let mut prepared = c.prepare(stmt).map_err(err)?;
-    let columns: Arc<[String]> = prepared.column_names().map(str::to_string).collect();
-    let n = columns.len();
     let mut rows = prepared.query(rusqlite::params_from_iter(params.iter().map(SqliteParam))).map_err(err)?;
     let mut out = Vec::new();
+    // Column names are read after the first step: if another connection changed the table
+    // since this connection last read the schema, SQLite re-prepares the statement then, and
+    // names taken before it would be stale.
+    let mut columns: Option<Arc<[String]>> = None;
     while let Some(row) = rows.next().map_err(err)? {
+        let columns =
+            columns.get_or_insert_with(|| row.as_ref().column_names().into_iter().map(str::to_string).collect());
+        let n = columns.len();
         let mut values = Vec::with_capacity(n);
         for i in 0..n {
             values.push(match row.get_ref(i).map_err(err)? {

@@ -213,3 +213,20 @@ async fn tls_when_asked() {
     let row = plain.query_opt(ssl_in_use, &[]).await.unwrap().unwrap();
     assert!(!row.get::<bool>("ssl").unwrap());
 }
+
+#[tokio::test]
+async fn a_changed_table_does_not_break_cached_statements() {
+    for db in test_dbs().await {
+        let store = db.store().await;
+        store.execute("CREATE TABLE w (a BIGINT)", &[]).await.unwrap();
+        store.execute("INSERT INTO w (a) VALUES (1)", &[]).await.unwrap();
+        assert_eq!(store.query("SELECT * FROM w", &[]).await.unwrap()[0].columns(), ["a"]);
+        // Another connection (here: another store on the same database) changes the table.
+        let other = db.store().await;
+        other.execute("ALTER TABLE w ADD COLUMN b TEXT", &[]).await.unwrap();
+        for _ in 0..3 {
+            let rows = store.query("SELECT * FROM w", &[]).await.unwrap();
+            assert_eq!(rows[0].columns(), ["a", "b"], "{:?}", db.kind);
+        }
+    }
+}
