@@ -379,8 +379,7 @@ fn sqlite_query(c: &rusqlite::Connection, stmt: &str, params: &[Value]) -> Resul
     // names taken before it would be stale.
     let mut columns: Option<Arc<[String]>> = None;
     while let Some(row) = rows.next().map_err(err)? {
-        let columns =
-            columns.get_or_insert_with(|| row.as_ref().column_names().into_iter().map(str::to_string).collect());
+        let columns = columns.get_or_insert_with(|| row.as_ref().column_names().map(str::to_string).collect());
         let n = columns.len();
         let mut values = Vec::with_capacity(n);
         for i in 0..n {
