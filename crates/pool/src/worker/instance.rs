@@ -112,14 +112,14 @@ impl Worker {
     }
 
     pub fn pid(&self) -> Option<u32> {
-        match self.pid.load(Ordering::Acquire) {
+        match self.pid.load(Ordering::SeqCst) {
             0 => None,
             p => Some(p),
         }
     }
 
     pub fn phase(&self) -> Phase {
-        match self.phase.load(Ordering::Acquire) {
+        match self.phase.load(Ordering::SeqCst) {
             0 => Phase::Starting,
             1 => Phase::Ready,
             2 => Phase::Draining,
@@ -129,13 +129,18 @@ impl Worker {
 
     fn set_phase(&self, p: Phase) {
         // Dead is final; Draining only moves on to Dead.
-        let _ = self.phase.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+        let _ = self.phase.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |cur| {
             if cur == Phase::Dead as u8 || (cur == Phase::Draining as u8 && p != Phase::Dead) {
                 None
             } else {
                 Some(p as u8)
             }
         });
+    }
+
+    /// Whether marina asked this worker to stop (drain, kill, shutdown).
+    fn stop_requested(&self) -> bool {
+        self.expected_exit.load(Ordering::SeqCst)
     }
 
     /// Starting or ready: may take new requests.
@@ -191,7 +196,7 @@ impl Worker {
 
     /// SIGKILL to the whole process group, now. The exit is expected, not a crash.
     pub fn kill(&self) {
-        self.expected_exit.store(true, Ordering::Release);
+        self.expected_exit.store(true, Ordering::SeqCst);
         self.set_phase(Phase::Dead);
         if let Some(pid) = self.pid() {
             spawn::signal_group(pid, Signal::SIGKILL);
@@ -200,7 +205,7 @@ impl Worker {
 
     /// Marks the worker as leaving: no new requests reach it.
     pub fn begin_drain(&self) -> bool {
-        self.expected_exit.store(true, Ordering::Release);
+        self.expected_exit.store(true, Ordering::SeqCst);
         let before = self.phase();
         self.set_phase(Phase::Draining);
         before != Phase::Draining && before != Phase::Dead
@@ -222,7 +227,7 @@ impl Worker {
 
     /// `onTerminate`, then SIGTERM, then SIGKILL after `grace`.
     pub async fn terminate(&self, grace: Duration) {
-        self.expected_exit.store(true, Ordering::Release);
+        self.expected_exit.store(true, Ordering::SeqCst);
         if self.phase() != Phase::Dead && !self.has_exited() {
             self.lifecycle("terminate").await;
         }
@@ -231,7 +236,7 @@ impl Worker {
 
     /// SIGTERM, then SIGKILL after `grace` (no lifecycle call).
     pub async fn stop(&self, grace: Duration) {
-        self.expected_exit.store(true, Ordering::Release);
+        self.expected_exit.store(true, Ordering::SeqCst);
         if let Some(pid) = self.pid() {
             if !self.has_exited() {
                 spawn::signal_group(pid, Signal::SIGTERM);
@@ -280,9 +285,10 @@ impl Worker {
                 self.boot.send_replace(Boot::Ready);
             }
             Err(e) => {
+                let stopped = self.stop_requested();
                 tracing::warn!(app = %self.key, worker = %self.id, "worker did not start: {}", e.message());
                 self.kill();
-                if let Some(pool) = self.pool.upgrade() {
+                if !stopped && let Some(pool) = self.pool.upgrade() {
                     pool.on_start_failed(&self, e.message());
                 }
                 self.boot.send_replace(Boot::Failed(Arc::new(clone_error(&e))));
@@ -353,7 +359,12 @@ impl Worker {
         let (mut child, mut stderr_pump) = spawn::spawn(&spec, &self.key, &self.id, &self.stderr)
             .map_err(|e| self.start_error(format!("could not run '{}': {e}", spec.program.to_string_lossy())))?;
         let pid = child.id().unwrap_or(0);
-        self.pid.store(pid, Ordering::Release);
+        self.pid.store(pid, Ordering::SeqCst);
+        // Stopped (shutdown, eviction) while we were spawning: whoever stopped us may have read
+        // no pid, so the process is ours to kill. SeqCst pairs with `begin_drain` then `pid()`.
+        if self.stop_requested() {
+            spawn::signal_group(pid, Signal::SIGKILL);
+        }
         tracing::info!(app = %self.key, worker = %self.id, pid, target = %target, "worker started");
         let this = self.clone();
         tokio::spawn(async move {
@@ -382,7 +393,7 @@ impl Worker {
                 }
                 return Err(self.start_error(format!("the process exited while starting ({status})")));
             }
-            if self.phase() == Phase::Dead {
+            if self.stop_requested() {
                 return Err(self.start_error("the worker was stopped while starting".into()));
             }
             if upstream.probe().await.is_ok() && self.healthy(&upstream, health.as_deref()).await {
