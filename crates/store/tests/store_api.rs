@@ -186,7 +186,7 @@ async fn tls_when_asked() {
     let Some(base) = common::pg_base_url() else { return };
     let ca = match std::env::var("MARINA_TEST_PG_CA") {
         Ok(c) if !c.is_empty() => c,
-        _ if std::env::var_os("CI").is_some() => {
+        _ if std::env::var("CI").is_ok_and(|v| !v.is_empty()) => {
             panic!("CI is set but MARINA_TEST_PG_CA is not (.ci/postgres.sh sets it)")
         }
         _ => {

@@ -41,7 +41,7 @@ pub fn pg_base_url() -> Option<String> {
     match std::env::var("MARINA_TEST_DATABASE_URL") {
         Ok(u) if !u.is_empty() => Some(u),
         _ => {
-            if std::env::var_os("CI").is_some() {
+            if std::env::var("CI").is_ok_and(|v| !v.is_empty()) {
                 panic!(
                     "CI is set but MARINA_TEST_DATABASE_URL is not: CI must test PostgreSQL (source .ci/postgres.sh)"
                 );
