@@ -135,3 +135,51 @@ async fn import_failure_is_a_start_error_with_stderr() {
         assert_eq!(pool.metrics().total_workers_failed, 1);
     }
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_install_runs_bun_install_before_start() {
+    if !runtimes().contains(&"bun") {
+        return;
+    }
+    // Work on a copy so node_modules never lands in the source tree.
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("app");
+    copy_dir(&fixture("js-autoinstall"), &dir);
+    let state = tempfile::tempdir().unwrap();
+    let pool = pool(state.path(), Some("bun"), |_| {});
+    let mut app = (*js_app("auto", "js-autoinstall", "index.js", |c| c.auto_install = true)).clone();
+    app.entrypoint = dir.join("index.js");
+    app.dir = dir.clone();
+    let app = std::sync::Arc::new(app);
+    assert_eq!(get(&pool, &app, "/").await.text, "hi marina from an installed package");
+    assert!(dir.join("node_modules/greet").exists());
+
+    // A lockfile that no longer matches package.json fails the start, saying why.
+    let broken = work.path().join("broken");
+    copy_dir(&fixture("js-autoinstall"), &broken);
+    std::fs::write(
+        broken.join("package.json"),
+        r#"{"name":"autoinstall","version":"1.0.0","type":"module","dependencies":{"greet":"file:./greet","other":"file:./other"}}"#,
+    )
+    .unwrap();
+    let mut app2 = (*app).clone();
+    app2.name = "auto2".into();
+    app2.entrypoint = broken.join("index.js");
+    app2.dir = broken;
+    let err = call(&pool, &std::sync::Arc::new(app2), "GET", "/", "").await.err().expect("frozen lockfile mismatch");
+    assert_eq!(err.code(), "WORKER_START_FAILED");
+    assert!(err.message().contains("autoInstall"), "{}", err.message());
+    pool.shutdown(std::time::Duration::from_secs(2)).await;
+}
