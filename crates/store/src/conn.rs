@@ -218,16 +218,15 @@ impl Backend {
     pub(crate) async fn conn(&self) -> Result<Conn, Error> {
         match self {
             Backend::Sqlite { conn, .. } => {
-                let mut c = Conn::Sqlite(Some(conn.clone().lock_owned().await));
+                let guard = conn.clone().lock_owned().await;
                 // A caller dropped mid-transaction (a cancelled request) leaves the transaction
-                // open on the shared connection; close it before anyone else uses it.
-                c.blocking("", |conn| {
-                    if !conn.is_autocommit() {
-                        conn.execute_batch("ROLLBACK").map_err(|e| sql_error(e.to_string(), "ROLLBACK"))?;
-                    }
-                    Ok(())
-                })
-                .await?;
+                // open on the shared connection; close it before anyone else uses it. The
+                // check is an in-memory flag; only the rollback touches the disk.
+                let open_tx = !guard.is_autocommit();
+                let mut c = Conn::Sqlite(Some(guard));
+                if open_tx {
+                    c.batch("ROLLBACK").await?;
+                }
                 Ok(c)
             }
             Backend::Postgres { pool, url, .. } => pool.get().await.map(Conn::Postgres).map_err(|e| {
