@@ -29,8 +29,11 @@ APP="$WORK/apps/site"
 mkdir -p "$APP"
 printf 'entrypoint: index.html\n' > "$APP/manifest.yaml"
 printf '<!doctype html><title>bench</title>\n' > "$APP/index.html"
-head -c 1024 /dev/urandom | base64 -w 0 | head -c 1024 > "$APP/f1k.txt"
-head -c 65536 /dev/urandom | base64 -w 0 | head -c 65536 > "$APP/f64k.txt"
+python3 -c 'import base64,os,sys; sys.stdout.write(base64.b64encode(os.urandom(1024)).decode()[:1024])' > "$APP/f1k.txt"
+python3 -c 'import base64,os,sys; sys.stdout.write(base64.b64encode(os.urandom(65536)).decode()[:65536])' > "$APP/f64k.txt"
+
+# nginx's workers run as an unprivileged user: let them read the files.
+chmod -R a+rX "$WORK"
 
 # nginx: the same files, tuned as a production static server would be.
 mkdir -p "$WORK/nginx"
