@@ -93,6 +93,7 @@ async fn load(addr: SocketAddr, conc: usize, secs: u64) -> f64 {
 #[ignore = "a measurement, not a check; run by hand"]
 async fn throughput_through_marina_vs_direct() {
     let engine = if runtimes().contains(&"bun") { "bun" } else { "node" };
+    let work_us: u64 = std::env::var("WORK_US").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let dir = fixture("bun-http");
     // Direct: the same server, started by hand.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -100,6 +101,7 @@ async fn throughput_through_marina_vs_direct() {
         .arg("server.js")
         .current_dir(&dir)
         .env("PORT", port.to_string())
+        .env("WORK_US", work_us.to_string())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -112,6 +114,7 @@ async fn throughput_through_marina_vs_direct() {
         ttl: Duration::from_secs(600),
         max_requests: u64::MAX,
         command: Some(vec![engine.into(), "server.js".into()]),
+        env: [("WORK_US".to_string(), work_us.to_string())].into(),
         ..Default::default()
     };
     let app = Arc::new(App {
@@ -133,7 +136,7 @@ async fn throughput_through_marina_vs_direct() {
         let b = load(bare, conc, 2).await;
         let m = load(via, conc, 2).await;
         eprintln!(
-            "{engine} c={conc}: direct {d:.0} req/s, bare hyper proxy {b:.0} req/s ({:+.1}%), through marina {m:.0} req/s ({:+.1}%, {:+.1}% vs the bare proxy)",
+            "{engine} work={work_us}us c={conc}: direct {d:.0} req/s, bare hyper proxy {b:.0} req/s ({:+.1}%), through marina {m:.0} req/s ({:+.1}%, {:+.1}% vs the bare proxy)",
             (b / d - 1.0) * 100.0,
             (m / d - 1.0) * 100.0,
             (m / b - 1.0) * 100.0
