@@ -97,6 +97,43 @@ mod tests {
         assert!(h.get("x-hop").is_none());
     }
 
+    proptest::proptest! {
+        /// Whatever the mix, no hop-by-hop header survives and every end-to-end header keeps
+        /// all its values in order.
+        #[test]
+        fn end_to_end_headers_survive_and_hop_by_hop_do_not(
+            pairs in proptest::collection::vec(
+                (proptest::sample::select(vec![
+                    "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
+                    "proxy-authorization", "set-cookie", "x-a", "x-b", "cookie", "accept",
+                ]), "[a-z0-9, =-]{0,12}"),
+                0..20,
+            )
+        ) {
+            let mut h = HeaderMap::new();
+            for (k, v) in &pairs {
+                h.append(HeaderName::from_static(k), HeaderValue::from_str(v).unwrap());
+            }
+            let named: Vec<String> = h.get_all("connection").iter()
+                .flat_map(|v| v.to_str().unwrap().split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>())
+                .collect();
+            let before = h.clone();
+            strip_hop_by_hop(&mut h, false);
+            for hop in ["connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization"] {
+                proptest::prop_assert!(!h.contains_key(hop));
+            }
+            for name in ["set-cookie", "x-a", "x-b", "cookie", "accept"] {
+                if named.iter().any(|n| n == name) {
+                    proptest::prop_assert!(!h.contains_key(name));
+                } else {
+                    let a: Vec<_> = before.get_all(name).iter().collect();
+                    let b: Vec<_> = h.get_all(name).iter().collect();
+                    proptest::prop_assert_eq!(a, b);
+                }
+            }
+        }
+    }
+
     #[test]
     fn not_an_upgrade_without_connection_token() {
         assert!(!is_upgrade(&map(&[("upgrade", "websocket")])));
