@@ -231,3 +231,20 @@ async fn shutdown_runs_on_terminate_drains_and_kills() {
     assert_eq!((err.status().as_u16(), err.code()), (503, "SHUTTING_DOWN"));
     pool.shutdown(Duration::from_secs(1)).await; // idempotent
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_during_start_releases_the_ephemeral_worker() {
+    let state = tempfile::tempdir().unwrap();
+    let pool = pool(state.path(), Some("node"), |o| o.ephemeral_concurrency = 1);
+    let app = js_app("gone", "js-echo", "index.js", |c| c.ttl = Duration::ZERO);
+    // Give up almost at once: the worker is still starting.
+    let r = tokio::time::timeout(Duration::from_millis(5), call(&pool, &app, "GET", "/pid", "")).await;
+    assert!(r.is_err(), "the request was meant to be abandoned while starting");
+    assert!(
+        eventually(Duration::from_secs(5), || pool.workers().is_empty()).await,
+        "the abandoned ephemeral worker is stopped: {:?}",
+        pool.workers()
+    );
+    assert_eq!(pool.metrics().ephemeral_concurrency, 0, "and its gate slot is free");
+    assert_eq!(get(&pool, &app, "/").await.status, 200);
+}

@@ -321,8 +321,11 @@ impl WorkerPool {
             counter.fetch_add(1, Ordering::Relaxed);
             (worker, None)
         };
+        // Counted from here, so a client that gives up while the worker starts still releases
+        // it (and an ephemeral worker is stopped).
+        let guard = Arc::new(InFlight::enter(worker.clone(), permit, inner.me.clone()));
         worker.wait_ready().await?;
-        inner.forward(worker, req, permit, tripped).await
+        inner.forward(guard, req, tripped).await
     }
 
     /// Every worker, for `GET /api/workers`, plus one `crashloop` row per app that is backing off
@@ -434,14 +437,13 @@ impl Inner {
 
     async fn forward(
         &self,
-        worker: Arc<Worker>,
+        guard: Arc<InFlight>,
         req: Request<Body>,
-        permit: Option<OwnedSemaphorePermit>,
         tripped: Arc<AtomicBool>,
     ) -> Result<Response<Body>, Error> {
+        let worker = guard.worker.clone();
         let app = worker.app.clone();
         let mut req = req;
-        let guard = Arc::new(InFlight::enter(worker.clone(), permit, self.me.clone()));
         if marina_proxy::is_upgrade(req.headers()) {
             // An open WebSocket counts as in flight until it closes.
             req.extensions_mut().insert(marina_proxy::Hold(guard.clone()));
