@@ -1,8 +1,8 @@
 //! No worker outlives marina, even when marina is killed with SIGKILL.
 //!
 //! The test re-runs this test binary as a stand-in for marina (`orphan_host`, which only does
-//! anything when MARINA_ORPHAN_HOST is set), lets it start a Node, a Bun and a Python worker,
-//! SIGKILLs it, and checks that every worker process is gone.
+//! anything when MARINA_ORPHAN_HOST is set), lets it start a Node, a Bun and a Python worker and
+//! a process app that forks a grandchild, SIGKILLs it, and checks that every one is gone.
 
 mod common;
 
@@ -20,6 +20,15 @@ async fn orphan_host() {
     pids.push(get(&pool, &js, "/pid").await.text);
     let py = py_app("py", |_| {});
     pids.push(get(&pool, &py, "/pid").await.text);
+    // A process app whose command starts a grandchild of its own (like `npm start` does).
+    let grandchild_file = std::path::Path::new(&state).join("grandchild.pid");
+    let forking = py_app("forking", |c| {
+        c.command =
+            Some(vec!["sh".into(), "-c".into(), r#"sleep 300 & echo $! > "$GRANDCHILD_FILE"; python3 app.py"#.into()]);
+        c.env.insert("GRANDCHILD_FILE".into(), grandchild_file.display().to_string());
+    });
+    pids.push(get(&pool, &forking, "/pid").await.text);
+    pids.push(std::fs::read_to_string(&grandchild_file).unwrap().trim().to_string());
     if runtimes().contains(&"bun") {
         let bun_pool = common::pool(&std::path::Path::new(&state).join("bun"), Some("bun"), |_| {});
         pids.push(get(&bun_pool, &js, "/pid").await.text);
@@ -57,7 +66,7 @@ fn no_orphans_after_sigkill_of_marina() {
             panic!("the host did not report its workers: {e}\n{log}");
         }
     };
-    assert!(pids.len() >= 2, "{pids:?}");
+    assert!(pids.len() >= 4, "{pids:?}");
     for &p in &pids {
         assert!(!gone(p), "worker {p} should be running before the kill");
     }

@@ -52,7 +52,10 @@ pub(crate) struct Worker {
     pub key: String,
     pub ephemeral: bool,
     pub created: Instant,
+    /// The supervising shell: the process group leader (see `spawn::SUPERVISOR`).
     pid: AtomicU32,
+    /// The app's own process under it, once known.
+    app_pid: AtomicU32,
     upstream: OnceLock<Upstream>,
     phase: AtomicU8,
     boot: watch::Sender<Boot>,
@@ -91,6 +94,7 @@ impl Worker {
             ephemeral,
             created: Instant::now(),
             pid: AtomicU32::new(0),
+            app_pid: AtomicU32::new(0),
             upstream: OnceLock::new(),
             phase: AtomicU8::new(Phase::Starting as u8),
             boot: watch::Sender::new(Boot::Pending),
@@ -114,6 +118,14 @@ impl Worker {
     pub fn pid(&self) -> Option<u32> {
         match self.pid.load(Ordering::SeqCst) {
             0 => None,
+            p => Some(p),
+        }
+    }
+
+    /// The pid to show: the app's own process when known, else the group leader.
+    pub fn app_pid(&self) -> Option<u32> {
+        match self.app_pid.load(Ordering::Relaxed) {
+            0 => self.pid(),
             p => Some(p),
         }
     }
@@ -409,6 +421,9 @@ impl Worker {
             tokio::time::sleep(Duration::from_millis(15)).await;
         }
         let _ = self.upstream.set(upstream);
+        if let Some(app) = spawn::app_pid(pid) {
+            self.app_pid.store(app, Ordering::Relaxed);
+        }
         Ok(())
     }
 

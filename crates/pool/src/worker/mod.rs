@@ -84,7 +84,7 @@ pub struct WorkerInfo {
     pub version: String,
     /// `js` or `process`.
     pub kind: &'static str,
-    /// OS process id (the process group leader).
+    /// OS process id of the app (its process group also holds marina's supervising shell).
     pub pid: Option<u32>,
     /// `starting`, `ready`, `busy`, `idle`, `draining` or `crashloop`.
     pub state: &'static str,
@@ -104,7 +104,7 @@ pub struct WorkerInfo {
     pub avg_latency_ms: f64,
     /// 99th percentile of the same.
     pub p99_latency_ms: f64,
-    /// Resident memory of the process, bytes (last sample).
+    /// Resident memory of the worker and every process it started, bytes (last sample).
     pub rss_bytes: Option<u64>,
     /// Age of the worker.
     pub age_ms: u64,
@@ -597,7 +597,7 @@ impl Inner {
             }
             if (sample_all || w.app.config.max_memory.is_some())
                 && let Some(pid) = w.pid()
-                && let Some(rss) = stats::rss_bytes(pid)
+                && let Some(rss) = spawn::tree_rss(pid)
             {
                 w.rss.store(rss, Ordering::Relaxed);
                 if let Some(max) = w.app.config.max_memory
@@ -674,7 +674,7 @@ impl Inner {
                     app: w.app.name.clone(),
                     version: w.app.version.clone(),
                     kind: w.app.kind.as_str(),
-                    pid: w.pid(),
+                    pid: w.app_pid(),
                     state,
                     ephemeral: w.ephemeral,
                     requests: w.requests.load(Ordering::Relaxed),
@@ -685,7 +685,7 @@ impl Inner {
                     avg_latency_ms: lat.avg_ms(),
                     p99_latency_ms: lat.p99_ms(),
                     rss_bytes: match w.rss.load(Ordering::Relaxed) {
-                        0 => w.pid().and_then(stats::rss_bytes),
+                        0 => w.pid().and_then(spawn::tree_rss),
                         r => Some(r),
                     },
                     age_ms: w.created.elapsed().as_millis() as u64,
@@ -727,7 +727,7 @@ impl Inner {
         let misses = c.misses.load(Ordering::Relaxed);
         let total = c.requests.load(Ordering::Relaxed);
         let all: Vec<Arc<Worker>> = self.all.lock().values().cloned().collect();
-        let rss: u64 = all.iter().filter_map(|w| w.pid().and_then(stats::rss_bytes)).sum();
+        let rss: u64 = all.iter().filter_map(|w| w.pid().and_then(spawn::tree_rss)).sum();
         let rps = {
             let mut last = self.last_rate.lock();
             let secs = last.0.elapsed().as_secs_f64();

@@ -58,8 +58,20 @@ pub(crate) fn spawn(
     worker_id: &str,
     tail: &StderrTail,
 ) -> std::io::Result<(Child, Option<tokio::task::JoinHandle<()>>)> {
-    let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args)
+    // Resolve the program with the worker's own PATH first, for a clear "not found" error
+    // (under the supervising shell a missing program would only be an exit status 127).
+    let program = resolve_program(&spec.program, spec.env.get("PATH").map(String::as_str)).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("'{}' is not an executable file on the worker's PATH", spec.program.to_string_lossy()),
+        )
+    })?;
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(SUPERVISOR)
+        .arg("marina-worker")
+        .arg(program)
+        .args(&spec.args)
         .current_dir(&spec.cwd)
         .env_clear()
         .envs(&spec.env)
@@ -68,7 +80,7 @@ pub(crate) fn spawn(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    die_with_parent(&mut cmd);
+    die_with_parent(&mut cmd, libc::SIGHUP);
     let mut child = cmd.spawn()?;
     if let Some(out) = child.stdout.take() {
         tokio::spawn(pump(out, app_key.to_string(), worker_id.to_string(), "stdout", None));
@@ -98,6 +110,60 @@ async fn pump(
             t.push_back(line);
         }
     }
+}
+
+/// The supervising shell every worker runs under (`sh -c SUPERVISOR marina-worker program args`).
+///
+/// It is the process group leader and the one process with `PR_SET_PDEATHSIG` (SIGHUP): when
+/// marina dies, even by SIGKILL, the kernel sends it SIGHUP and it SIGKILLs the whole group, so
+/// whatever the app started (`npm start` → node, a server's own workers) dies too. A signal
+/// that reaches only the leader cannot take the app with it otherwise, because the death signal
+/// is not inherited across `fork`. SIGTERM/SIGINT get a no-op handler (not `''`, which children
+/// would inherit as "ignored"), so a graceful stop reaches the app through the group and the
+/// shell waits for it to finish; the shell exits with the app's status.
+const SUPERVISOR: &str = r#"trap 'kill -KILL 0' HUP
+trap ':' TERM INT
+"$@" &
+child=$!
+while :; do
+  wait "$child"
+  status=$?
+  kill -0 "$child" 2>/dev/null || exit "$status"
+done"#;
+
+fn resolve_program(program: &std::ffi::OsStr, path: Option<&str>) -> Option<PathBuf> {
+    let p = PathBuf::from(program);
+    if program.to_string_lossy().contains('/') {
+        return p.is_file().then_some(p);
+    }
+    std::env::split_paths(path?).map(|d| d.join(&p)).find(|c| c.is_file())
+}
+
+/// The app's own process: the supervising shell's child (the shell itself until it has forked).
+pub(crate) fn app_pid(supervisor: u32) -> Option<u32> {
+    children(supervisor).into_iter().next()
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .map(|s| s.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Resident memory of a process and all its descendants, bytes.
+pub(crate) fn tree_rss(pid: u32) -> Option<u64> {
+    let mut total = super::stats::rss_bytes(pid)?;
+    let mut stack = children(pid);
+    let mut seen = 0;
+    while let Some(p) = stack.pop() {
+        seen += 1;
+        if seen > 10_000 {
+            break;
+        }
+        total += super::stats::rss_bytes(p).unwrap_or(0);
+        stack.extend(children(p));
+    }
+    Some(total)
 }
 
 /// Sends `signal` to the worker's whole process group; a group that is already gone is fine.
