@@ -40,6 +40,8 @@ use self::instance::{BootContext, Phase, Worker};
 use self::stats::LatencyRing;
 use crate::app::{App, WorkerKind};
 
+/// The header carrying a worker's lifecycle token (see the shim).
+static CONTROL_HEADER: http::HeaderName = http::HeaderName::from_static("x-marina-control");
 /// How often ttl, idleTimeout and maxMemory are checked.
 const TICK: Duration = Duration::from_millis(250);
 /// How long a stopping worker has between SIGTERM and SIGKILL.
@@ -304,10 +306,15 @@ impl WorkerPool {
             return Err(Error::payload_too_large(limit));
         }
         // Only marina may send lifecycle calls; a client cannot smuggle the control header in.
-        req.headers_mut().remove("x-marina-control");
+        req.headers_mut().remove(&CONTROL_HEADER);
         let (parts, body) = req.into_parts();
-        let (limited, tripped) = LimitedBody::new(body, limit);
-        let req = Request::from_parts(parts, body::boxed(limited));
+        let (body, tripped) = if http_body::Body::is_end_stream(&body) {
+            (body, Arc::new(AtomicBool::new(false)))
+        } else {
+            let (limited, tripped) = LimitedBody::new(body, limit);
+            (body::boxed(limited), tripped)
+        };
+        let req = Request::from_parts(parts, body);
 
         let (worker, permit) = if app.config.ttl.is_zero() {
             let permit = inner.gate.enter().await?;

@@ -146,7 +146,7 @@ if (isBun) {
   const http = await import("node:http");
   const { Readable } = await import("node:stream");
 
-  const server = http.createServer(async (nreq, nres) => {
+  const serve = async (nreq, nres) => {
     const headers = new Headers();
     const raw = nreq.rawHeaders;
     for (let i = 0; i < raw.length; i += 2) {
@@ -205,6 +205,19 @@ if (isBun) {
     } catch (e) {
       nres.destroy(e);
     }
+  };
+  const server = http.createServer((nreq, nres) => {
+    // Whatever goes wrong while writing one response (a header Node refuses, a broken stream)
+    // fails that response only, never the worker.
+    serve(nreq, nres).catch((e) => {
+      console.error(`marina shim: ${e && e.stack ? e.stack : e}`);
+      if (!nres.headersSent) {
+        nres.writeHead(500, { "content-type": "application/json" });
+        nres.end(JSON.stringify({ success: false, code: "WORKER_ERROR", message: String(e && e.message ? e.message : e) }));
+      } else {
+        nres.destroy();
+      }
+    });
   });
   // marina owns timeouts; idle keep-alive connections stay open for reuse.
   server.keepAliveTimeout = 0;
