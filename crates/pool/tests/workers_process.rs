@@ -66,3 +66,45 @@ async fn missing_program_is_a_clear_start_error() {
     assert_eq!(err.code(), "WORKER_START_FAILED");
     assert!(err.message().contains("no-such-program-xyz"), "{}", err.message());
 }
+
+/// Collects everything the fmt subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_output_goes_to_the_log_tagged_with_the_app() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+
+    let state = tempfile::tempdir().unwrap();
+    let pool = pool(state.path(), None, |_| {});
+    let app = py_app("logpy", |_| {});
+    get(&pool, &app, "/logged-path").await;
+    let text = || String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            let t = text();
+            t.lines().any(|l| {
+                l.contains("app=logpy@1.0.0") && l.contains("stream=\"stdout\"") && l.contains("py-echo listening on")
+            }) && t
+                .lines()
+                .any(|l| l.contains("app=logpy@1.0.0") && l.contains("stream=\"stderr\"") && l.contains("/logged-path"))
+        })
+        .await,
+        "worker output not in the log:\n{}",
+        text()
+    );
+    pool.shutdown(Duration::from_secs(2)).await;
+}
