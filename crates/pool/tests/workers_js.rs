@@ -183,3 +183,19 @@ async fn auto_install_runs_bun_install_before_start() {
     assert!(err.message().contains("autoInstall"), "{}", err.message());
     pool.shutdown(std::time::Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_memory_starts_bun_in_smol_mode() {
+    if !runtimes().contains(&"bun") {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let pool = pool(state.path(), Some("bun"), |_| {});
+    let app = js_app("smol", "js-echo", "index.js", |c| c.low_memory = true);
+    let pid = get(&pool, &app, "/pid").await.text;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    assert!(args.iter().any(|a| a == "--smol"), "{args:?}");
+    assert_eq!(pool.workers()[0].pid.map(|p| p.to_string()), Some(pid), "/api/workers shows the app's own pid");
+    pool.shutdown(std::time::Duration::from_secs(2)).await;
+}
