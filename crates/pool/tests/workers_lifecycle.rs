@@ -67,6 +67,8 @@ async fn ephemeral_gets_a_fresh_worker_and_the_gate_answers_503() {
     let p2 = get(&pool, &app, "/pid").await.text;
     assert_ne!(p1, p2, "ttl: 0 is one worker per request");
     assert!(eventually(Duration::from_secs(3), || gone(p1.parse().unwrap()) && gone(p2.parse().unwrap())).await);
+    let sockets = || std::fs::read_dir(state.path().join("sock")).unwrap().count();
+    assert!(eventually(Duration::from_secs(3), || sockets() == 0).await, "sockets of stopped workers are removed");
 
     let slow = |pool: Arc<marina_pool::worker::WorkerPool>, app| async move {
         call(&pool, &app, "GET", "/slow?ms=800", "").await

@@ -57,6 +57,8 @@ pub(crate) struct Worker {
     /// The app's own process under it, once known.
     app_pid: AtomicU32,
     upstream: OnceLock<Upstream>,
+    /// A JS worker's socket file, removed when the worker exits.
+    socket: OnceLock<PathBuf>,
     phase: AtomicU8,
     boot: watch::Sender<Boot>,
     exited: watch::Sender<bool>,
@@ -96,6 +98,7 @@ impl Worker {
             pid: AtomicU32::new(0),
             app_pid: AtomicU32::new(0),
             upstream: OnceLock::new(),
+            socket: OnceLock::new(),
             phase: AtomicU8::new(Phase::Starting as u8),
             boot: watch::Sender::new(Boot::Pending),
             exited: watch::Sender::new(false),
@@ -336,6 +339,7 @@ impl Worker {
                     )));
                 }
                 let _ = std::fs::remove_file(&socket);
+                let _ = self.socket.set(socket.clone());
                 let (program, args) =
                     js::command(&runtime, &ctx.shim, &app.entrypoint, &socket, &self.token, app.config.low_memory)?;
                 let env = spawn::worker_env(&app.config.env, &marina_env);
@@ -386,6 +390,9 @@ impl Worker {
                 Err(e) => format!("wait failed: {e}"),
             };
             *this.exit_status.lock() = Some(text);
+            if let Some(socket) = this.socket.get() {
+                let _ = std::fs::remove_file(socket);
+            }
             this.set_phase(Phase::Dead);
             if let Some(pool) = this.pool.upgrade() {
                 pool.on_exit(&this, !this.expected_exit.load(Ordering::Acquire));
