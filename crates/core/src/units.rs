@@ -18,7 +18,9 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UnitError {
     /// The duration could not be parsed.
-    #[error("invalid duration {got}: expected a number of seconds or a string such as \"500ms\", \"30s\", \"5m\", \"1h\", \"2d\"")]
+    #[error(
+        "invalid duration {got}: expected a number of seconds or a string such as \"500ms\", \"30s\", \"5m\", \"1h\", \"2d\""
+    )]
     Duration {
         /// The value as given, quoted.
         got: String,
@@ -116,11 +118,7 @@ pub fn parse_size(input: &str) -> Result<u64, UnitError> {
     if s.starts_with('-') {
         return Err(UnitError::Negative { what: "size", got: quoted() });
     }
-    let split = s
-        .char_indices()
-        .find(|(_, c)| !(c.is_ascii_digit() || *c == '.'))
-        .map(|(i, _)| i)
-        .unwrap_or(s.len());
+    let split = s.char_indices().find(|(_, c)| !(c.is_ascii_digit() || *c == '.')).map(|(i, _)| i).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     if num.is_empty() {
         return Err(UnitError::Size { got: quoted() });

@@ -337,7 +337,8 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_variable_and_say_what_is_expected() {
-        let cases: &[(fn(&mut RawConfig), &str)] = &[
+        type Case = (fn(&mut RawConfig), &'static str);
+        let cases: &[Case] = &[
             (|r| r.port = Some("80a".into()), "invalid PORT (--port) \"80a\": expected a port number from 0 to 65535"),
             (
                 |r| r.port = Some("70000".into()),

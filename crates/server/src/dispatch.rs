@@ -45,8 +45,11 @@ pub fn split_app_path(path: &str) -> Option<AppPath<'_>> {
 /// (a changed manifest or new files on disk).
 #[derive(Default)]
 pub struct StaticSites {
-    sites: Mutex<HashMap<String, (Arc<App>, Arc<StaticSite>)>>,
+    sites: Mutex<HashMap<String, SiteEntry>>,
 }
+
+/// The app a site was built for, and the site.
+type SiteEntry = (Arc<App>, Arc<StaticSite>);
 
 impl StaticSites {
     fn get(&self, app: &Arc<App>) -> Arc<StaticSite> {
