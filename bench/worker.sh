@@ -59,7 +59,11 @@ RUNTIME_JS="$JS" RUNTIME_LOG_LEVEL=warn "$BIN" serve --port "$MARINA_PORT" --wor
 for _ in $(seq 200); do curl -fs "http://127.0.0.1:$MARINA_PORT/hello/" >/dev/null && break; sleep 0.05; done
 for _ in $(seq 200); do curl -fs "http://127.0.0.1:$DIRECT_PORT/" >/dev/null && break; sleep 0.05; done
 
-rps() { wrk -t1 -c"$1" -d"$DURATION" --latency "$2" | awk '/Requests\/sec/ {print $2} /^ +99%/ {print $2}' | paste -sd' '; }
+# Prints "requests/s p99" for one wrk run.
+rps() {
+  wrk -t1 -c"$1" -d"$DURATION" --latency "$2" |
+    awk '/Requests\/sec/ {r=$2} /^ +99%/ {p=$2} END {print r, p}'
+}
 
 rps "$CONNS" "http://127.0.0.1:$MARINA_PORT/hello/" >/dev/null   # warm-up, discarded
 read -r m m99 <<<"$(rps "$CONNS" "http://127.0.0.1:$MARINA_PORT/hello/")"
