@@ -50,6 +50,8 @@ const KILL_GRACE: Duration = Duration::from_secs(2);
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// An app version with no worker for this long leaves the LRU.
 const SLOT_FORGET_AFTER: Duration = Duration::from_secs(10);
+/// A worker expected to reach `maxRequests` within this time gets its successor started early.
+const SUCCESSOR_HORIZON: Duration = Duration::from_secs(10);
 /// The longest crash-loop back-off.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -173,6 +175,9 @@ struct SlotState {
     last_reason: Option<String>,
     /// When housekeeping first saw the slot with no worker.
     empty_since: Option<Instant>,
+    /// A worker started ahead of a busy worker's `maxRequests` recycle: it joins `workers` once
+    /// it is ready, or when the worker it replaces retires, whichever comes first.
+    successor: Option<Arc<Worker>>,
 }
 
 /// The workers of one app version, and its crash history.
@@ -375,8 +380,11 @@ impl Inner {
         drop(slots);
         if let Some((old_key, old)) = evicted {
             self.counters.evictions.fetch_add(1, Ordering::Relaxed);
-            let workers = std::mem::take(&mut old.st.lock().workers);
-            for w in workers {
+            let (workers, successor) = {
+                let mut st = old.st.lock();
+                (std::mem::take(&mut st.workers), st.successor.take())
+            };
+            for w in workers.into_iter().chain(successor) {
                 self.retire(
                     &w,
                     None,
@@ -457,12 +465,15 @@ impl Inner {
         }
         let n = worker.requests.fetch_add(1, Ordering::AcqRel) + 1;
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
-        if !worker.ephemeral && n >= app.config.max_requests.max(1) {
+        let max_requests = app.config.max_requests.max(1);
+        if !worker.ephemeral && n >= max_requests {
             self.retire(
                 &worker,
                 Some(format!("maxRequests ({}) reached", app.config.max_requests)),
                 "maxRequests reached",
             );
+        } else if !worker.ephemeral && n == max_requests - max_requests / 2 && max_requests >= 2 {
+            self.start_successor(&worker);
         }
         let Some(upstream) = worker.upstream() else {
             return Err(Error::internal(format!("worker {} of app '{}' is not ready", worker.id, worker.key)));
@@ -516,6 +527,38 @@ impl Inner {
         }
     }
 
+    /// Halfway to `maxRequests`, a worker that is getting there quickly (within
+    /// [`SUCCESSOR_HORIZON`] at its rate so far) gets its replacement started now, so that the
+    /// recycle does not make requests wait for a cold start. The successor takes no requests
+    /// until it is ready or the worker it replaces retires.
+    fn start_successor(&self, worker: &Arc<Worker>) {
+        let n = worker.requests.load(Ordering::Relaxed).max(1);
+        let left = worker.app.config.max_requests.saturating_sub(n);
+        if worker.created.elapsed().as_secs_f64() * left as f64 / n as f64 > SUCCESSOR_HORIZON.as_secs_f64() {
+            return;
+        }
+        let Some(slot) = self.slots.lock().peek(&worker.key).cloned() else { return };
+        let successor = {
+            let mut st = slot.st.lock();
+            if st.successor.is_some() || !st.workers.iter().any(|w| Arc::ptr_eq(w, worker)) {
+                return;
+            }
+            let w = self.spawn_worker(slot.app.clone(), false);
+            st.successor = Some(w.clone());
+            w
+        };
+        tokio::spawn(async move {
+            let ready = successor.wait_ready().await.is_ok();
+            let mut st = slot.st.lock();
+            if st.successor.as_ref().is_some_and(|s| Arc::ptr_eq(s, &successor)) {
+                st.successor = None;
+                if ready && successor.usable() {
+                    st.workers.push(successor);
+                }
+            }
+        });
+    }
+
     /// Takes a worker out of service: no new requests, in-flight ones finish (up to the app's
     /// `timeout`), then `onTerminate` and stop. `restart` records a restart reason on its app.
     fn retire(&self, worker: &Arc<Worker>, restart: Option<String>, why: &str) {
@@ -525,6 +568,12 @@ impl Inner {
         if let Some(slot) = self.slots.lock().peek(&worker.key).cloned() {
             let mut st = slot.st.lock();
             st.workers.retain(|w| !Arc::ptr_eq(w, worker));
+            // A successor started for this worker takes its place now (ready or not).
+            if let Some(next) = st.successor.take()
+                && next.usable()
+            {
+                st.workers.push(next);
+            }
             if let Some(reason) = restart {
                 st.restarts += 1;
                 st.last_reason = Some(reason);
