@@ -403,6 +403,9 @@ impl Worker {
         let upstream = Upstream::new(target);
         let health = app.config.health_path.clone().filter(|_| app.kind == WorkerKind::Process);
         let deadline = tokio::time::Instant::now() + START_LIMIT;
+        // A JS worker listens within a few ms of starting: probe every millisecond at first
+        // (a failed probe is one connect(2)), then every 15 ms for slow starters.
+        let mut probes = 0u32;
         loop {
             if self.has_exited() {
                 let status = self.exit_status.lock().clone().unwrap_or_default();
@@ -425,7 +428,9 @@ impl Worker {
                     START_LIMIT.as_secs()
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(15)).await;
+            probes += 1;
+            let pause = if probes <= 200 { Duration::from_millis(1) } else { Duration::from_millis(15) };
+            tokio::time::sleep(pause).await;
         }
         let _ = self.upstream.set(upstream);
         if let Some(app) = spawn::app_pid(pid) {
