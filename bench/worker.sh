@@ -27,25 +27,46 @@ cleanup() {
 }
 trap cleanup EXIT
 
-mkdir -p "$WORK/apps/hello" "$WORK/apps/eph"
+# hello: Buntime's defaults (maxRequests 1000, so a busy worker is recycled often);
+# steady: the same module with recycling out of the way (the cost of marina's hop alone);
+# work: a handler doing ~0.2 ms of real work (build and serialise a JSON list);
+# eph: ttl 0, a new worker process per request.
+mkdir -p "$WORK/apps/hello" "$WORK/apps/steady" "$WORK/apps/work" "$WORK/apps/eph"
 cat > "$WORK/apps/hello/index.js" <<'JS'
 export default { fetch: () => new Response("hello world\n", { headers: { "content-type": "text/plain" } }) };
 JS
+cat > "$WORK/apps/work/index.js" <<'JS'
+export default {
+  fetch() {
+    const items = [];
+    for (let i = 0; i < 600; i++) items.push({ id: i, name: `item ${i}`, tags: ["a", "b", String(i % 7)] });
+    const body = JSON.stringify(items.filter((x) => x.id % 3 === 0).map((x) => ({ ...x, score: Math.sqrt(x.id) })));
+    return new Response(body, { headers: { "content-type": "application/json" } });
+  },
+};
+JS
 printf 'ttl: 5m\n' > "$WORK/apps/hello/manifest.yaml"
+cp "$WORK/apps/hello/index.js" "$WORK/apps/steady/index.js"
+printf 'ttl: 5m\nmaxRequests: 100000000\n' > "$WORK/apps/steady/manifest.yaml"
+printf 'ttl: 5m\nmaxRequests: 100000000\n' > "$WORK/apps/work/manifest.yaml"
 cp "$WORK/apps/hello/index.js" "$WORK/apps/eph/index.js"
 printf 'ttl: 0\n' > "$WORK/apps/eph/manifest.yaml"
 
-# The same module served directly by the same runtime.
+# The same modules served directly by the same runtime: /hello and /work.
 if [ "$JS" = bun ]; then
   cat > "$WORK/direct.mjs" <<JS
-import app from "$WORK/apps/hello/index.js";
-Bun.serve({ hostname: "127.0.0.1", port: $DIRECT_PORT, fetch: app.fetch });
+import hello from "$WORK/apps/hello/index.js";
+import work from "$WORK/apps/work/index.js";
+Bun.serve({ hostname: "127.0.0.1", port: $DIRECT_PORT,
+  fetch: (req) => (new URL(req.url).pathname.startsWith("/work") ? work : hello).fetch(req) });
 JS
 else
   cat > "$WORK/direct.mjs" <<JS
 import http from "node:http";
-import app from "$WORK/apps/hello/index.js";
+import hello from "$WORK/apps/hello/index.js";
+import work from "$WORK/apps/work/index.js";
 http.createServer(async (req, res) => {
+  const app = req.url.startsWith("/work") ? work : hello;
   const r = await app.fetch(new Request("http://127.0.0.1" + req.url, { method: req.method }));
   res.writeHead(r.status, Object.fromEntries(r.headers));
   res.end(Buffer.from(await r.arrayBuffer()));
@@ -65,20 +86,27 @@ rps() {
     awk '/Requests\/sec/ {r=$2} /^ +99%/ {p=$2} END {print r, p}'
 }
 
-rps "$CONNS" "http://127.0.0.1:$MARINA_PORT/hello/" >/dev/null   # warm-up, discarded
-read -r m m99 <<<"$(rps "$CONNS" "http://127.0.0.1:$MARINA_PORT/hello/")"
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+for app in hello steady work; do
+  rps "$CONNS" "http://127.0.0.1:$MARINA_PORT/$app/" >/dev/null   # warm-up, discarded
+done
+rps "$CONNS" "http://127.0.0.1:$DIRECT_PORT/work" >/dev/null
+read -r h h99 <<<"$(rps "$CONNS" "http://127.0.0.1:$MARINA_PORT/hello/")"
+read -r s s99 <<<"$(rps "$CONNS" "http://127.0.0.1:$MARINA_PORT/steady/")"
 read -r d d99 <<<"$(rps "$CONNS" "http://127.0.0.1:$DIRECT_PORT/")"
-ratio=$(python3 -c "print(f'{$m/$d:.2f}')")
+read -r w w99 <<<"$(rps "$CONNS" "http://127.0.0.1:$MARINA_PORT/work/")"
+read -r dw dw99 <<<"$(rps "$CONNS" "http://127.0.0.1:$DIRECT_PORT/work")"
 read -r e e99 <<<"$(rps 10 "http://127.0.0.1:$MARINA_PORT/eph/")"
 
 {
   echo "Worker apps under $JS $("$JS" --version), keep-alive, \`wrk -t1 -c$CONNS -d$DURATION\` on $(nproc) cores, $(date -u +%Y-%m-%d)."
   echo "Command: \`bench/worker.sh\`."
   echo
-  echo "| target | req/s | p99 |"
-  echo "|---|---|---|"
-  echo "| hello app through marina (ttl 5m) | $m | $m99 |"
-  echo "| the same app, $JS direct | $d | $d99 |"
-  echo "| marina / direct | $ratio | |"
-  echo "| ttl: 0, a new worker per request (wrk -c10) | $e | $e99 |"
+  echo "| app | through marina req/s (p99) | $JS direct req/s (p99) | marina / direct |"
+  echo "|---|---|---|---|"
+  echo "| hello, Buntime defaults (maxRequests 1000: recycled under load) | $h ($h99) | $d ($d99) | $(ratio "$h" "$d") |"
+  echo "| hello, maxRequests 1e8 (marina's hop alone) | $s ($s99) | $d ($d99) | $(ratio "$s" "$d") |"
+  echo "| ~0.2 ms of work per request, maxRequests 1e8 | $w ($w99) | $dw ($dw99) | $(ratio "$w" "$dw") |"
+  echo
+  echo "ttl: 0 (a new worker process per request, 2 at a time, wrk -c10): $e req/s, p99 $e99."
 } | tee /dev/stderr > "${OUT:-/dev/null}"
