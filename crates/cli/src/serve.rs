@@ -107,7 +107,6 @@ pub fn run(args: ServeArgs) -> ExitCode {
         let server = match Server::bind(config).await {
             Ok(server) => server,
             Err(e) => {
-                tracing::error!(code = e.code(), "{e}");
                 eprintln!("marina: {e}");
                 return ExitCode::from(1);
             }

@@ -4,48 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use marina_server::{RawConfig, RuntimeConfig, Server};
+mod common;
+
+use common::start;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-
-struct Running {
-    base: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-    _state: tempfile::TempDir,
-}
-
-impl Running {
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), &mut self.task).await.expect("server stops").unwrap();
-    }
-}
-
-async fn start(worker_dir: &Path, tweak: impl FnOnce(&mut RawConfig)) -> Running {
-    let state = tempfile::tempdir().unwrap();
-    let mut raw = RawConfig {
-        port: Some("0".into()),
-        worker_dirs: Some(worker_dir.display().to_string()),
-        state_dir: Some(state.path().display().to_string()),
-        node_env: Some("test".into()),
-        ..RawConfig::default()
-    };
-    tweak(&mut raw);
-    let config = RuntimeConfig::from_raw(&raw, Path::new("/")).unwrap();
-    let server = Server::bind(config).await.expect("server binds");
-    let base = format!("http://{}", server.local_addr());
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-    });
-    Running { base, stop: Some(tx), task, _state: state }
-}
 
 fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();

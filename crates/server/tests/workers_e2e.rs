@@ -6,26 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod common;
+
 use futures_util::StreamExt;
-use marina_server::{RawConfig, RuntimeConfig, Server};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
-
-struct Running {
-    base: String,
-    addr: std::net::SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-    _dirs: (tempfile::TempDir, tempfile::TempDir),
-}
-
-impl Running {
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(20), &mut self.task).await.expect("server stops").unwrap();
-    }
-}
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../pool/tests/apps").join(name)
@@ -42,9 +27,10 @@ fn copy_app(from: &Path, to: &Path, manifest: &str) {
     std::fs::write(to.join("manifest.yaml"), manifest).unwrap();
 }
 
-async fn start() -> Running {
+/// The fixture apps in a fresh worker dir, served with Node as the JS runtime (Node is always
+/// on the machine; Bun is covered by the pool's own tests).
+async fn start() -> (common::Running, tempfile::TempDir) {
     let apps = tempfile::tempdir().unwrap();
-    let state = tempfile::tempdir().unwrap();
     copy_app(
         &fixture("js-echo"),
         &apps.path().join("echo"),
@@ -52,32 +38,13 @@ async fn start() -> Running {
     );
     copy_app(&fixture("js-echo"), &apps.path().join("small"), "entrypoint: index.js\nttl: 60s\nmaxBodySize: 1kb\n");
     copy_app(&fixture("py-echo"), &apps.path().join("py"), "command: [\"python3\", \"app.py\"]\nttl: 60s\n");
-    let raw = RawConfig {
-        port: Some("0".into()),
-        worker_dirs: Some(apps.path().display().to_string()),
-        state_dir: Some(state.path().display().to_string()),
-        node_env: Some("test".into()),
-        // Node is always on the machine; Bun is covered by the pool's own tests.
-        js_runtime: Some("node".into()),
-        ..RawConfig::default()
-    };
-    let server = Server::bind(RuntimeConfig::from_raw(&raw, Path::new("/")).unwrap()).await.unwrap();
-    let addr = server.local_addr();
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-    });
-    Running { base: format!("http://{addr}"), addr, stop: Some(tx), task, _dirs: (apps, state) }
+    let srv = common::start(apps.path(), |r| r.js_runtime = Some("node".into())).await;
+    (srv, apps)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_sees_a_stripped_path_and_trustworthy_headers() {
-    let srv = start().await;
+    let (srv, _apps) = start().await;
     let client = reqwest::Client::new();
     let resp = client
         .post(format!("{}/echo/echo?x=1", srv.base))
@@ -100,7 +67,7 @@ async fn the_app_sees_a_stripped_path_and_trustworthy_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_set_cookie_headers_survive_from_js_and_python() {
-    let srv = start().await;
+    let (srv, _apps) = start().await;
     for path in ["/echo/cookies", "/py/cookies"] {
         let resp = reqwest::get(format!("{}{path}", srv.base)).await.unwrap();
         assert_eq!(resp.status(), 200, "{path}");
@@ -113,7 +80,7 @@ async fn repeated_set_cookie_headers_survive_from_js_and_python() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_streams_through_the_server() {
-    let srv = start().await;
+    let (srv, _apps) = start().await;
     let resp = reqwest::get(format!("{}/echo/sse", srv.base)).await.unwrap();
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let mut stream = resp.bytes_stream();
@@ -130,7 +97,7 @@ async fn sse_streams_through_the_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_over_max_body_size_get_413() {
-    let srv = start().await;
+    let (srv, _apps) = start().await;
     let client = reqwest::Client::new();
     let resp = client.post(format!("{}/small/count", srv.base)).body(vec![b'x'; 4096]).send().await.unwrap();
     assert_eq!(resp.status(), 413);
@@ -147,7 +114,7 @@ async fn bodies_over_max_body_size_get_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashes_and_timeouts_are_json_errors_and_the_app_recovers() {
-    let srv = start().await;
+    let (srv, _apps) = start().await;
     let resp = reqwest::get(format!("{}/echo/crash", srv.base)).await.unwrap();
     assert_eq!(resp.status(), 502);
     assert_eq!(resp.json::<Value>().await.unwrap()["code"], "WORKER_CRASHED");
@@ -167,7 +134,7 @@ async fn crashes_and_timeouts_are_json_errors_and_the_app_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrades_pass_through_the_server() {
-    let srv = start().await;
+    let (srv, _apps) = start().await;
     let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
     s.write_all(
         b"GET /py/ws HTTP/1.1\r\nhost: t\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",

@@ -1,0 +1,51 @@
+//! A marina server in the test process, on 127.0.0.1 and a free port, stopped gracefully.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use marina_server::{RawConfig, RuntimeConfig, Server};
+use tokio::sync::oneshot;
+
+/// A running server; `stop` shuts it down the way SIGTERM does.
+pub struct Running {
+    pub base: String,
+    #[allow(dead_code)]
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    _state: tempfile::TempDir,
+}
+
+impl Running {
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(20), &mut self.task).await.expect("server stops").unwrap();
+    }
+}
+
+/// Serve the apps in `worker_dir` with a fresh state dir; `tweak` adjusts the raw config.
+pub async fn start(worker_dir: &Path, tweak: impl FnOnce(&mut RawConfig)) -> Running {
+    let state = tempfile::tempdir().unwrap();
+    let mut raw = RawConfig {
+        port: Some("0".into()),
+        worker_dirs: Some(worker_dir.display().to_string()),
+        state_dir: Some(state.path().display().to_string()),
+        node_env: Some("test".into()),
+        ..RawConfig::default()
+    };
+    tweak(&mut raw);
+    let config = RuntimeConfig::from_raw(&raw, Path::new("/")).unwrap();
+    let server = Server::bind(config).await.expect("server binds");
+    let addr = server.local_addr();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    Running { base: format!("http://{addr}"), addr, stop: Some(tx), task, _state: state }
+}
