@@ -197,3 +197,35 @@ async fn apps_added_on_disk_are_served_without_restart() {
     }
     srv.stop().await;
 }
+
+/// Send raw bytes (reqwest would normalise the path) and return the status code.
+async fn raw_status(base: &str, request: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.expect("the server answers");
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("a status line in {text:?}"))
+}
+
+#[tokio::test]
+async fn hostile_requests_get_clean_errors_and_the_server_keeps_serving() {
+    let dir = apps();
+    let srv = start(dir.path(), |_| {}).await;
+    let paths =
+        ["/%2e%2e/etc/passwd", "/..%2f..%2fetc/passwd", "/site%2f..%2f/x", "/%ff%fe/", "/site@%00/", "/site@!!/"];
+    for path in paths {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        assert_eq!(raw_status(&srv.base, req.as_bytes()).await, 404, "{path}");
+    }
+    let huge =
+        format!("GET /api/health HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\nConnection: close\r\n\r\n", "a".repeat(80 * 1024));
+    assert_eq!(raw_status(&srv.base, huge.as_bytes()).await, 431);
+    assert_eq!(raw_status(&srv.base, b"NOT HTTP AT ALL\r\n\r\n").await, 400);
+    let long_segment = format!("GET /{}/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", "a".repeat(4096));
+    assert_eq!(raw_status(&srv.base, long_segment.as_bytes()).await, 404);
+    assert_eq!(get(&format!("{}/api/health", srv.base)).await.status(), 200);
+    srv.stop().await;
+}
