@@ -10,40 +10,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
+use http::Request;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use marina_core::body;
-use marina_pool::worker::WorkerPool;
 use marina_pool::{App, WorkerKind};
 use marina_proxy::{Target, Upstream};
-
-async fn front(pool: Arc<WorkerPool>, app: Arc<App>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else { return };
-            let _ = s.set_nodelay(true);
-            let (pool, app) = (pool.clone(), app.clone());
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let (pool, app) = (pool.clone(), app.clone());
-                async move {
-                    Ok::<_, Infallible>(match pool.dispatch(app, req.map(body::boxed)).await {
-                        Ok(r) => r,
-                        Err(e) => {
-                            Response::builder().status(e.status()).body(body::full(e.message().to_string())).unwrap()
-                        }
-                    })
-                }
-            });
-            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc));
-        }
-    });
-    addr
-}
 
 /// The same front server with a bare `Upstream` instead of the pool: the cost of the hop alone.
 async fn bare_proxy(to: SocketAddr) -> SocketAddr {

@@ -6,48 +6,14 @@ mod common;
 use common::*;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Request;
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper::body::Frame;
 use marina_core::body;
-use marina_pool::App;
-use marina_pool::worker::WorkerPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A minimal front server: every request goes to `app` through `dispatch`.
-async fn front(pool: Arc<WorkerPool>, app: Arc<App>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else { return };
-            let (pool, app) = (pool.clone(), app.clone());
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let (pool, app) = (pool.clone(), app.clone());
-                async move {
-                    let resp = match pool.dispatch(app, req.map(body::boxed)).await {
-                        Ok(r) => r,
-                        Err(e) => Response::builder()
-                            .status(e.status())
-                            .body(body::full(e.to_json(false).to_string()))
-                            .unwrap(),
-                    };
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).with_upgrades(),
-            );
-        }
-    });
-    addr
-}
 
 fn vm(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();

@@ -138,3 +138,37 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A minimal front server on 127.0.0.1: every request goes to `app` through `dispatch`, errors
+/// as their JSON body, upgrades (WebSocket) passed through.
+pub async fn front(pool: Arc<WorkerPool>, app: Arc<App>) -> std::net::SocketAddr {
+    use hyper::body::Incoming;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else { return };
+            let _ = s.set_nodelay(true);
+            let (pool, app) = (pool.clone(), app.clone());
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (pool, app) = (pool.clone(), app.clone());
+                async move {
+                    let resp = match pool.dispatch(app, req.map(body::boxed)).await {
+                        Ok(r) => r,
+                        Err(e) => http::Response::builder()
+                            .status(e.status())
+                            .body(body::full(e.to_json(false).to_string()))
+                            .unwrap(),
+                    };
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .with_upgrades(),
+            );
+        }
+    });
+    addr
+}
