@@ -4,6 +4,7 @@ const todos = new Map([["1", { id: "1", title: "try marina" }]]);
 
 export default {
   routes: {
+    "/": () => Response.json({ try: ["GET /todos", "POST /todos {title}", "GET /todos/:id", "GET /assets/*"] }),
     "/health": new Response("ok"),
     "/todos": {
       GET: () => Response.json([...todos.values()]),
