@@ -25,7 +25,7 @@ pub struct ServeArgs {
     /// Prefix of the internal API: "/_" serves it at /_/api [default: ""].
     #[arg(long, env = "RUNTIME_API_PREFIX")]
     api_prefix: Option<String>,
-    /// Most warm workers kept at once (LRU) [default: 100].
+    /// Most app versions with warm workers at once (LRU) [default: 100].
     #[arg(long, env = "RUNTIME_POOL_SIZE")]
     pool_size: Option<String>,
     /// trace, debug, info, warn or error [default: info].
