@@ -2,7 +2,7 @@
 # Static files: marina vs nginx on the same files, same wrk settings, one run, side by side.
 # Also measures marina's cold start (process start → first 200).
 #
-# Usage: bench/static.sh            (writes the table to stdout and bench/results/static.md)
+# Usage: bench/static.sh   (MARINA_LOG_LEVEL=info to include the cost of one access log line per request)
 # Needs: wrk, nginx (apt-get install wrk nginx-light), python3, a release build of marina.
 # Loopback only; every load run is bounded by DURATION.
 set -euo pipefail
@@ -55,7 +55,7 @@ http {
 CONF
 nginx -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log"
 
-RUNTIME_LOG_LEVEL=warn "$BIN" serve --port "$MARINA_PORT" --worker-dirs "$WORK/apps" --state-dir "$WORK/state" &
+RUNTIME_LOG_LEVEL="${MARINA_LOG_LEVEL:-warn}" "$BIN" serve --port "$MARINA_PORT" --worker-dirs "$WORK/apps" --state-dir "$WORK/state" &
 MARINA_PID=$!
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$MARINA_PORT/site/f1k.txt" >/dev/null && break; sleep 0.05; done
 curl -fs "http://127.0.0.1:$NGINX_PORT/site/f1k.txt" >/dev/null
