@@ -148,7 +148,7 @@ async fn workers_lists_static_apps_after_use() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|w| w["key"] == "site@1.4.2")
+        .find(|w| w["id"] == "site@1.4.2")
         .cloned()
         .expect("site@1.4.2 listed");
     assert_eq!(w["kind"], "static");
