@@ -6,6 +6,11 @@
 //! 304s, single byte ranges (206/416, `If-Range`), HEAD, precompressed `.br`/`.gz` siblings
 //! chosen by `Accept-Encoding`, and `Cache-Control` by kind of file.
 //!
+//! Why not `tower-http`'s `ServeDir`: it has no `ETag`/`If-None-Match`, no rule that tells a
+//! page navigation from an asset request for the SPA fallback, no fingerprint-aware
+//! `Cache-Control`, and no in-memory cache for small files (the hot path here is a hash lookup
+//! and a `Bytes` clone). Range parsing does come from a crate (`http-range-header`).
+//!
 //! Where marina deliberately differs from Buntime:
 //! - SPA fallback only for page navigations to extension-less paths (see
 //!   [`negotiate::is_navigation`]); `/app/missing.js` is a 404, not `index.html` with 200,
