@@ -335,8 +335,8 @@ pub fn load(dir: &Path) -> Result<LoadedManifest, ManifestError> {
 /// one layer of matching `'`/`"` around the value stripped, no interpolation. A leading
 /// `export ` is accepted (shell habit). Lines without `=` are skipped with a warning.
 ///
-/// Not `dotenvy`: it expands `${VAR}`, processes escapes in double quotes and fails the whole
-/// file on one bad line, so the same `.env` would give a Buntime app different values.
+/// Not `dotenvy`: it expands `${VAR}` and processes escapes inside double quotes, so the same
+/// `.env` would give a Buntime app different values.
 pub fn parse_dotenv(text: &str) -> (BTreeMap<String, String>, Vec<String>) {
     let mut vars = BTreeMap::new();
     let mut warnings = Vec::new();
