@@ -14,6 +14,8 @@ mod pdeathsig;
 mod spawn;
 mod stats;
 
+pub use stats::LatencyRing;
+
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -37,7 +39,6 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use self::gate::Gate;
 use self::instance::{BootContext, Phase, Worker};
-use self::stats::LatencyRing;
 use crate::app::{App, WorkerKind};
 
 /// The header carrying a worker's lifecycle token (see the shim).

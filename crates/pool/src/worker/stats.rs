@@ -2,19 +2,22 @@
 
 use std::time::Duration;
 
-/// The last `N` latencies in microseconds.
+/// The last `N` latencies in microseconds. Public so the server keeps its static apps' numbers
+/// the same way as the pool keeps its workers'.
 #[derive(Debug, Clone)]
-pub(crate) struct LatencyRing {
+pub struct LatencyRing {
     samples: Vec<u32>,
     next: usize,
     cap: usize,
 }
 
 impl LatencyRing {
+    /// An empty ring keeping the last `cap` samples.
     pub fn new(cap: usize) -> Self {
         Self { samples: Vec::with_capacity(cap), next: 0, cap: cap.max(1) }
     }
 
+    /// Add one sample, replacing the oldest when full.
     pub fn record(&mut self, d: Duration) {
         let us = u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
         if self.samples.len() < self.cap {
@@ -62,6 +65,19 @@ mod tests {
     fn rss_of_self_is_plausible() {
         let rss = rss_bytes(std::process::id()).unwrap();
         assert!(rss > 1024 * 1024, "rss {rss}");
+    }
+
+    #[test]
+    fn mean_and_nearest_rank_p99() {
+        let mut ring = LatencyRing::new(100);
+        assert_eq!((ring.avg_ms(), ring.p99_ms()), (0.0, 0.0));
+        for ms in 1..=100 {
+            ring.record(Duration::from_millis(ms));
+        }
+        assert_eq!((ring.avg_ms(), ring.p99_ms()), (50.5, 99.0));
+        let mut one = LatencyRing::new(100);
+        one.record(Duration::from_millis(2));
+        assert_eq!((one.avg_ms(), one.p99_ms()), (2.0, 2.0));
     }
 
     proptest! {
