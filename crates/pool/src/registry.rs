@@ -403,7 +403,16 @@ impl Registry {
                 return c.value.clone().map_err(|e| e.to_error());
             }
         }
-        let result = build_app(resolved).map(Arc::new);
+        let previous = match self.apps.lock().get(&resolved.dir) {
+            Some(Cached { value: Ok(app), .. }) => Some(app.clone()),
+            _ => None,
+        };
+        // A refresh that finds the app unchanged hands out the same `Arc`, so whatever callers
+        // keep per app (a static site's file cache, say) survives the periodic re-read.
+        let result = build_app(resolved).map(|app| match previous {
+            Some(prev) if same_app(&prev, &app) => prev,
+            _ => Arc::new(app),
+        });
         let cached = result.as_ref().map(Arc::clone).map_err(ErrorParts::of);
         let mut apps = self.apps.lock();
         // Forget entries for dirs that have gone stale, so removed apps do not pile up.
@@ -470,6 +479,16 @@ fn is_relevant_change(dirs: &[PathBuf], path: &Path) -> bool {
         return true;
     }
     dirs.iter().any(|d| path.strip_prefix(d).is_ok_and(|rel| rel.components().count() <= 2))
+}
+
+/// Whether two loads of an app version describe the same thing.
+fn same_app(a: &App, b: &App) -> bool {
+    a.name == b.name
+        && a.version == b.version
+        && a.dir == b.dir
+        && a.entrypoint == b.entrypoint
+        && a.kind == b.kind
+        && a.config == b.config
 }
 
 fn build_app(resolved: &Resolved) -> Result<App, Error> {

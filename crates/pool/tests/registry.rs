@@ -420,3 +420,23 @@ fn concurrent_resolution_during_changes() {
     let total: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
     assert!(total > 0);
 }
+
+#[test]
+fn an_unchanged_app_keeps_its_arc_across_refreshes_and_a_changed_one_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let app_dir = dir.path().join("keep");
+    std::fs::create_dir_all(&app_dir).unwrap();
+    std::fs::write(app_dir.join("index.html"), "<html></html>").unwrap();
+    std::fs::write(app_dir.join("manifest.yaml"), "ttl: 50s\n").unwrap();
+    let registry = marina_pool::registry::Registry::new(vec![dir.path().to_path_buf()])
+        .with_cache_ttl(std::time::Duration::from_millis(1));
+    let first = registry.load(&registry.resolve("keep").unwrap()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let again = registry.load(&registry.resolve("keep").unwrap()).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&first, &again), "a refresh with nothing changed reuses the Arc");
+    std::fs::write(app_dir.join("manifest.yaml"), "ttl: 90s\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let changed = registry.load(&registry.resolve("keep").unwrap()).unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&first, &changed));
+    assert_eq!(changed.config.ttl, std::time::Duration::from_secs(90));
+}

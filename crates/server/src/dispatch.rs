@@ -55,11 +55,9 @@ impl StaticSites {
     fn get(&self, app: &Arc<App>) -> Arc<StaticSite> {
         let key = app.key();
         let mut sites = self.sites.lock();
-        // The registry re-reads manifests now and then and hands out a fresh `Arc<App>`; only a
-        // real change (dir, entrypoint, config) may throw away the site's file cache.
+        // The registry hands out a new `Arc<App>` only when the app really changed.
         if let Some((known, site)) = sites.get(&key)
-            && (Arc::ptr_eq(known, app)
-                || (known.dir == app.dir && known.entrypoint == app.entrypoint && known.config == app.config))
+            && Arc::ptr_eq(known, app)
         {
             return site.clone();
         }
