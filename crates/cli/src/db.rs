@@ -232,7 +232,7 @@ fn resolve_target(target: &Target, worker_dirs: Option<&str>) -> Result<Resolved
     }
     let Some(segment) = &target.app else { return Ok(Resolved { app: None, dir: None }) };
     let dirs = worker_dirs_or_default(worker_dirs);
-    let registry = marina_pool::registry::Registry::new(dirs.clone());
+    let registry = marina_apps::registry::Registry::new(dirs.clone());
     let Some(found) = registry.resolve(segment) else {
         let shown: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
         return Err(Error::bad_request(
@@ -261,7 +261,7 @@ fn app_name_of_dir(dir: &Path) -> Result<String, Failure> {
     let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let base = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
     let last = base(&abs).unwrap_or_default();
-    let is_version = last == "latest" || marina_pool::registry::folder_version(&last).is_some();
+    let is_version = last == "latest" || marina_apps::registry::folder_version(&last).is_some();
     let name = if is_version {
         abs.parent().and_then(base).unwrap_or_default()
     } else {

@@ -64,7 +64,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { dir } => {
-            let report = marina_pool::check::check_dir(&dir);
+            let report = marina_apps::check::check_dir(&dir);
             print!("{report}");
             if report.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) }
         }

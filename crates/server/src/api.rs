@@ -73,10 +73,7 @@ async fn apps(State(rt): State<Arc<Runtime>>) -> Edge {
 }
 
 async fn workers(State(rt): State<Arc<Runtime>>) -> Edge {
-    let mut out: Vec<Value> =
-        rt.stats.snapshot("static").into_iter().map(|s| serde_json::to_value(s).unwrap_or(Value::Null)).collect();
-    out.extend(rt.pool.workers().into_iter().map(|w| serde_json::to_value(w).unwrap_or(Value::Null)));
-    reply(edge::json(&json!({ "workers": out, "pool": rt.pool.metrics() })))
+    reply(edge::json(&json!({ "workers": rt.pool.workers(), "pool": rt.pool.metrics() })))
 }
 
 async fn plugins() -> Edge {

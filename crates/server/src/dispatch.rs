@@ -1,16 +1,12 @@
 //! Route a request to an app: `/:app[@range]/*` → resolve the version → hand the app-relative
-//! request to the app's worker kind.
+//! request to the worker pool, which answers it for every kind.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Request, Response, Uri};
+use marina_apps::App;
 use marina_core::{Body, Error};
-use marina_pool::html::Injection;
-use marina_pool::static_files::StaticSite;
-use marina_pool::{App, WorkerKind};
-use parking_lot::Mutex;
 use percent_encoding::percent_decode_str;
 
 use crate::Runtime;
@@ -41,34 +37,6 @@ pub fn split_app_path(path: &str) -> Option<AppPath<'_>> {
     Some(AppPath { segment, rest })
 }
 
-/// Static sites built once per app version and rebuilt when the registry hands out a new `App`
-/// (a changed manifest or new files on disk).
-#[derive(Default)]
-pub struct StaticSites {
-    sites: Mutex<HashMap<String, SiteEntry>>,
-}
-
-/// The app a site was built for, and the site.
-type SiteEntry = (Arc<App>, Arc<StaticSite>);
-
-impl StaticSites {
-    fn get(&self, app: &Arc<App>) -> Arc<StaticSite> {
-        let key = app.key();
-        let mut sites = self.sites.lock();
-        // The registry hands out a new `Arc<App>` only when the app really changed.
-        if let Some((known, site)) = sites.get(&key)
-            && Arc::ptr_eq(known, app)
-        {
-            return site.clone();
-        }
-        // The injection is a template: its `<base>` href is replaced per request.
-        let template = Injection::from_config(&app.config, "");
-        let site = Arc::new(StaticSite::new(app.dir.clone(), app.entrypoint.clone(), template));
-        sites.insert(key, (app.clone(), site.clone()));
-        site
-    }
-}
-
 /// Send the request to the app. `segment` is the decoded first path segment, used as `x-base`.
 pub async fn to_app(
     rt: &Runtime,
@@ -80,36 +48,24 @@ pub async fn to_app(
     request_id: &str,
 ) -> Result<Response<Body>, Error> {
     let base = format!("/{segment}");
-    match app.kind {
-        WorkerKind::Static => {
-            let site = rt.static_sites.get(&app);
-            Ok(site.serve_with_base(req.method(), rest, req.headers(), &base).await)
-        }
-        WorkerKind::Js | WorkerKind::Process => {
-            let path_and_query = match req.uri().query() {
-                Some(q) => format!("{rest}?{q}"),
-                None => rest.to_string(),
-            };
-            *req.uri_mut() = Uri::try_from(path_and_query)
-                .map_err(|e| Error::bad_request("BAD_PATH", format!("the request path cannot be forwarded: {e}")))?;
-            let host = req.headers().get(http::header::HOST).cloned();
-            let headers = req.headers_mut();
-            set(headers, "x-base", &base);
-            set(headers, "x-request-id", request_id);
-            // marina is the edge: the client address comes from the socket, never from what the
-            // client claims, so apps can trust x-forwarded-for for rate limits and audit logs.
-            set(headers, "x-forwarded-for", &peer.ip().to_string());
-            set(headers, "x-forwarded-proto", "http");
-            if let Some(host) = host {
-                headers.insert(HeaderName::from_static("x-forwarded-host"), host);
-            }
-            let resp = rt.pool.dispatch(app.clone(), req).await?;
-            Ok(match Injection::from_config(&app.config, &base) {
-                Some(inj) => marina_pool::html::inject_response(resp, &inj).await,
-                None => resp,
-            })
-        }
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_string(),
+    };
+    *req.uri_mut() = Uri::try_from(path_and_query)
+        .map_err(|e| Error::bad_request("BAD_PATH", format!("the request path cannot be forwarded: {e}")))?;
+    let host = req.headers().get(http::header::HOST).cloned();
+    let headers = req.headers_mut();
+    set(headers, "x-base", &base);
+    set(headers, "x-request-id", request_id);
+    // marina is the edge: the client address comes from the socket, never from what the
+    // client claims, so apps can trust x-forwarded-for for rate limits and audit logs.
+    set(headers, "x-forwarded-for", &peer.ip().to_string());
+    set(headers, "x-forwarded-proto", "http");
+    if let Some(host) = host {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
+    rt.pool.dispatch(app, req).await
 }
 
 fn set(headers: &mut http::HeaderMap, name: &'static str, value: &str) {

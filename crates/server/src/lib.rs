@@ -5,7 +5,7 @@
 //! 1. accept: request id (echoed or a new UUIDv7), start time, the client's socket address;
 //! 2. route: internal API (`{prefix}/api/*`), `/.well-known/buntime`, then apps
 //!    (`/:app[@range]/*`), then 404;
-//! 3. dispatch: static files, or a worker of the app's kind;
+//! 3. dispatch: the worker pool answers for the app, whatever its kind;
 //! 4. completion: `X-Request-Id` on every response, one access log line, per-app counters.
 //!
 //! Errors from any layer become responses only in [`edge`].
@@ -15,7 +15,6 @@ pub mod config;
 mod dispatch;
 pub mod edge;
 pub mod request_id;
-mod stats;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -30,10 +29,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use marina_apps::registry::Registry;
 use marina_core::{Body, Error, body};
-use marina_pool::registry::Registry;
-use marina_pool::worker::{PoolOptions, WorkerPool};
 use marina_store::Store;
+use marina_workers::{PoolOptions, WorkerPool};
 use tokio::net::TcpListener;
 use tower_service::Service;
 
@@ -45,14 +44,12 @@ pub struct Runtime {
     pub config: RuntimeConfig,
     /// Apps on disk and their versions.
     pub registry: Arc<Registry>,
-    /// Workers for `js` and `process` apps.
+    /// Workers of every kind.
     pub pool: Arc<WorkerPool>,
     /// marina's own database.
     pub store: Store,
-    stats: stats::Stats,
-    static_sites: dispatch::StaticSites,
     draining: AtomicBool,
-    _watch: Option<marina_pool::registry::WatchHandle>,
+    _watch: Option<marina_apps::registry::WatchHandle>,
 }
 
 impl Runtime {
@@ -107,16 +104,8 @@ impl Server {
             log_level: config.log_level.clone(),
             js_runtime: config.js_runtime.clone(),
         })?;
-        let runtime = Arc::new(Runtime {
-            config,
-            registry,
-            pool,
-            store,
-            stats: stats::Stats::default(),
-            static_sites: dispatch::StaticSites::default(),
-            draining: AtomicBool::new(false),
-            _watch: watch,
-        });
+        let runtime =
+            Arc::new(Runtime { config, registry, pool, store, draining: AtomicBool::new(false), _watch: watch });
         Ok(Self { runtime, listener })
     }
 
@@ -213,7 +202,7 @@ async fn handle(
     let request_id = request_id::for_request(req.headers());
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let mut label: Option<(String, String, String, &'static str)> = None;
+    let mut label: Option<String> = None;
     let result = route(&rt, api_router, req, peer, &request_id, &mut label).await;
     let mut resp = result.unwrap_or_else(|err| {
         if err.status().is_server_error() {
@@ -226,7 +215,7 @@ async fn handle(
     }
     let elapsed = start.elapsed();
     let status = resp.status().as_u16();
-    let app = label.as_ref().map(|(key, ..)| key.as_str()).unwrap_or("-");
+    let app = label.as_deref().unwrap_or("-");
     tracing::info!(
         target: "marina::access",
         method = %method,
@@ -237,9 +226,6 @@ async fn handle(
         app,
         "request"
     );
-    if let Some((key, name, version, kind)) = &label {
-        rt.stats.record(key, name, version, kind, status, elapsed);
-    }
     Ok(resp)
 }
 
@@ -249,7 +235,7 @@ async fn route(
     req: Request<Incoming>,
     peer: SocketAddr,
     request_id: &str,
-    label: &mut Option<(String, String, String, &'static str)>,
+    label: &mut Option<String>,
 ) -> Result<Response<Body>, Error> {
     let path = req.uri().path();
     let api_base = rt.config.api_base();
@@ -280,7 +266,7 @@ async fn route(
             .with_data(serde_json::json!({ "app": segment }))
     })?;
     let app = rt.registry.load(&resolved)?;
-    *label = Some((app.key(), app.name.clone(), app.version.clone(), app.kind.as_str()));
+    *label = Some(app.key());
     let req = req.map(body::boxed);
     dispatch::to_app(rt, app, &segment, &rest, req, peer, request_id).await
 }

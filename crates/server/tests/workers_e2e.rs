@@ -1,6 +1,6 @@
 //! Worker apps through the whole server over real HTTP: the forwarded request as the app sees
 //! it, repeated headers, streaming, the body limit, WebSocket upgrades, crash and timeout
-//! errors as JSON. The fixture apps are the pool's (crates/pool/tests/apps), run by real Node
+//! errors as JSON. The fixture apps are the pool's (crates/workers/tests/apps), run by real Node
 //! and Python processes.
 
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../pool/tests/apps").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../workers/tests/apps").join(name)
 }
 
 fn copy_app(from: &Path, to: &Path, manifest: &str) {

@@ -14,8 +14,8 @@ use http::{HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use marina_pool::html::Injection;
-use marina_pool::static_files::{CacheLimits, StaticSite};
+use marina_workers::html::Injection;
+use marina_workers::static_files::{CacheLimits, StaticSite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -588,7 +588,7 @@ mod never_escapes {
 #[tokio::test]
 async fn the_hello_static_example_works() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/apps/hello-static");
-    let loaded = marina_pool::manifest::load(&dir).unwrap_or_else(|e| panic!("{e:?}"));
+    let loaded = marina_apps::manifest::load(&dir).unwrap_or_else(|e| panic!("{e:?}"));
     let inj = Injection::from_config(&loaded.config, "");
     assert!(inj.as_ref().is_some_and(|i| i.injects_base()));
     let entry = loaded.config.entrypoint.clone().unwrap_or_else(|| "index.html".into());
@@ -613,7 +613,7 @@ async fn the_hello_static_example_works() {
 /// Not a test: a server for throughput measurements against nginx (see the report in the
 /// commit history). `MARINA_BENCH_DIR` is served on `MARINA_BENCH_PORT` for
 /// `MARINA_BENCH_SECS` seconds:
-/// `MARINA_BENCH_DIR=/tmp/site MARINA_BENCH_PORT=18080 cargo test --release -p marina-pool
+/// `MARINA_BENCH_DIR=/tmp/site MARINA_BENCH_PORT=18080 cargo test --release -p marina-workers
 ///  --test static_files -- --ignored bench_server`, then `wrk -c64 -d10s http://127.0.0.1:18080/1k.bin`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "manual benchmark server"]

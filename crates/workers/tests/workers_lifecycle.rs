@@ -70,7 +70,7 @@ async fn ephemeral_gets_a_fresh_worker_and_the_gate_answers_503() {
     let sockets = || std::fs::read_dir(state.path().join("sock")).unwrap().count();
     assert!(eventually(Duration::from_secs(3), || sockets() == 0).await, "sockets of stopped workers are removed");
 
-    let slow = |pool: Arc<marina_pool::worker::WorkerPool>, app| async move {
+    let slow = |pool: Arc<marina_workers::pool::WorkerPool>, app| async move {
         call(&pool, &app, "GET", "/slow?ms=800", "").await
     };
     let running = tokio::spawn(slow(pool.clone(), app.clone()));
@@ -188,7 +188,7 @@ async fn instances_spread_concurrent_requests() {
     let state = tempfile::tempdir().unwrap();
     let pool = pool(state.path(), Some("node"), |_| {});
     let app = js_app("multi", "js-echo", "index.js", |c| {
-        c.instances = marina_pool::manifest::Instances { min: 2, max: 3 };
+        c.instances = marina_apps::manifest::Instances { min: 2, max: 3 };
     });
     get(&pool, &app, "/").await;
     assert!(

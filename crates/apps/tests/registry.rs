@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use marina_pool::WorkerKind;
-use marina_pool::registry::{Registry, Resolved};
+use marina_apps::WorkerKind;
+use marina_apps::registry::{Registry, Resolved};
 use nodejs_semver::{Range, Version};
 use proptest::prelude::*;
 
@@ -428,7 +428,7 @@ fn an_unchanged_app_keeps_its_arc_across_refreshes_and_a_changed_one_does_not() 
     std::fs::create_dir_all(&app_dir).unwrap();
     std::fs::write(app_dir.join("index.html"), "<html></html>").unwrap();
     std::fs::write(app_dir.join("manifest.yaml"), "ttl: 50s\n").unwrap();
-    let registry = marina_pool::registry::Registry::new(vec![dir.path().to_path_buf()])
+    let registry = marina_apps::registry::Registry::new(vec![dir.path().to_path_buf()])
         .with_cache_ttl(std::time::Duration::from_millis(1));
     let first = registry.load(&registry.resolve("keep").unwrap()).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(5));

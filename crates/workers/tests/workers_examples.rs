@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use marina_pool::{App, WorkerKind, manifest};
+use marina_apps::{App, WorkerKind, manifest};
 
 fn example(name: &str) -> Arc<App> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/apps").join(name).canonicalize().unwrap();

@@ -1,5 +1,5 @@
 //! Throughput through marina vs straight to the app server (ignored by default; run with
-//! `cargo test --release -p marina-pool --test workers_bench -- --ignored --nocapture`).
+//! `cargo test --release -p marina-workers --test workers_bench -- --ignored --nocapture`).
 
 mod common;
 
@@ -15,8 +15,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use marina_apps::{App, WorkerKind};
 use marina_core::body;
-use marina_pool::{App, WorkerKind};
 use marina_proxy::{Target, Upstream};
 
 /// The same front server with a bare `Upstream` instead of the pool: the cost of the hop alone.
@@ -84,7 +84,7 @@ async fn throughput_through_marina_vs_direct() {
 
     let state = tempfile::tempdir().unwrap();
     let pool = pool(state.path(), None, |_| {});
-    let config = marina_pool::manifest::AppConfig {
+    let config = marina_apps::manifest::AppConfig {
         ttl: Duration::from_secs(600),
         max_requests: u64::MAX,
         command: Some(vec![engine.into(), "server.js".into()]),

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
+use marina_apps::manifest::AppConfig;
+use marina_apps::{App, WorkerKind};
 use marina_core::{Error, body};
-use marina_pool::manifest::AppConfig;
-use marina_pool::worker::{PoolOptions, WorkerPool};
-use marina_pool::{App, WorkerKind};
+use marina_workers::pool::{PoolOptions, WorkerPool};
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps").join(name)

@@ -1,20 +1,20 @@
-//! The worker pool: `js` and `process` workers and their lifecycle.
+//! The worker pool: the lifecycle policy, the same for every kind.
 //!
-//! Each app version (`name@version`) gets a *slot* holding its worker processes (1 by default,
+//! Each app version (`name@version`) gets a *slot* holding its workers (1 by default,
 //! `instances` in the manifest). Slots live in an LRU bounded by `RUNTIME_POOL_SIZE`; `ttl: 0`
-//! apps bypass it and get a fresh worker per request behind the ephemeral gate. Requests are
-//! forwarded over pooled keep-alive HTTP/1.1 connections ([`marina_proxy::Upstream`]) with
-//! bodies streaming both ways. A housekeeping task (every 250 ms) applies the sliding `ttl`,
-//! `idleTimeout` (`onIdle`) and `maxMemory`. See `docs/workers.md`.
+//! apps bypass it and get a fresh worker per request behind the ephemeral gate. A housekeeping
+//! task (every 250 ms) applies the sliding `ttl`, `idleTimeout` (`onIdle`) and `maxMemory`.
+//! Workers are started, called and stopped through the backend seam ([`crate::backend`]); the
+//! kind of an app only picks its backend. Kinds with [`Policy::Shared`] (static) skip the
+//! lifecycle: one instance per app version. See `docs/workers.md`.
 
 mod gate;
-mod instance;
-mod js;
-mod pdeathsig;
-mod spawn;
+mod shared;
 mod stats;
+mod worker;
 
 pub use stats::LatencyRing;
+pub(crate) use stats::rss_bytes;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -29,6 +29,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use lru::LruCache;
+use marina_apps::{App, WorkerKind};
 use marina_core::body::{Body, BoxError};
 use marina_core::{Error, body};
 use marina_proxy::LimitedBody;
@@ -38,11 +39,12 @@ use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use self::gate::Gate;
-use self::instance::{BootContext, Phase, Worker};
-use crate::app::{App, WorkerKind};
-
-/// The header carrying a worker's lifecycle token (see the shim).
-static CONTROL_HEADER: http::HeaderName = http::HeaderName::from_static("x-marina-control");
+use self::shared::Shared;
+use self::worker::{Phase, Worker};
+use crate::backend::{Backend, CallError, Event, Policy, StartSpec};
+use crate::html::{self, Injection};
+use crate::process::{CONTROL_HEADER, ProcessBackend, ProcessOptions};
+use crate::static_kind::StaticBackend;
 /// How often ttl, idleTimeout and maxMemory are checked.
 const TICK: Duration = Duration::from_millis(250);
 /// How long a stopping worker has between SIGTERM and SIGKILL.
@@ -65,7 +67,7 @@ pub struct PoolOptions {
     pub ephemeral_concurrency: usize,
     /// `RUNTIME_EPHEMERAL_QUEUE_LIMIT` (default 100): `ttl: 0` requests waiting; beyond, 503.
     pub ephemeral_queue_limit: usize,
-    /// `RUNTIME_STATE_DIR`: the shim and worker sockets go under it.
+    /// `RUNTIME_STATE_DIR`: the JS shim and worker sockets go under it.
     pub state_dir: PathBuf,
     /// `RUNTIME_API_URL` as workers see it.
     pub runtime_api_url: String,
@@ -87,9 +89,10 @@ pub struct WorkerInfo {
     pub app: String,
     /// App version.
     pub version: String,
-    /// `js` or `process`.
+    /// `static`, `js` or `process`.
     pub kind: &'static str,
-    /// OS process id of the app (its process group also holds marina's supervising shell).
+    /// OS process id of the app (its process group also holds marina's supervising shell);
+    /// null for kinds that run inside marina.
     pub pid: Option<u32>,
     /// `starting`, `ready`, `busy`, `idle`, `draining` or `crashloop`.
     pub state: &'static str,
@@ -109,7 +112,8 @@ pub struct WorkerInfo {
     pub avg_latency_ms: f64,
     /// 99th percentile of the same.
     pub p99_latency_ms: f64,
-    /// Resident memory of the worker and every process it started, bytes (last sample).
+    /// Memory of the worker, bytes (last sample): for a process, the resident memory of it and
+    /// every process it started.
     pub rss_bytes: Option<u64>,
     /// Age of the worker.
     pub age_ms: u64,
@@ -200,7 +204,10 @@ struct Counters {
 
 pub(crate) struct Inner {
     opts: PoolOptions,
-    boot: BootContext,
+    /// One backend per kind; the only place a kind is looked at.
+    backends: HashMap<WorkerKind, Arc<dyn Backend>>,
+    /// Instances of [`Policy::Shared`] kinds.
+    shared: Shared,
     slots: Mutex<LruCache<String, Arc<Slot>>>,
     /// Every worker with a process (or starting one), by id.
     all: Mutex<HashMap<String, Arc<Worker>>>,
@@ -216,42 +223,31 @@ pub(crate) struct Inner {
 }
 
 impl WorkerPool {
-    /// Creates the pool: writes the JS host shim under `{state_dir}/shim/`, prepares
-    /// `{state_dir}/sock/`, picks the JS engine, and starts the housekeeping task (so it must be
-    /// called inside a tokio runtime).
+    /// Creates the pool and its backends (the process backend writes the JS host shim under
+    /// `{state_dir}/shim/`, prepares `{state_dir}/sock/` and picks the JS engine), and starts
+    /// the housekeeping task (so it must be called inside a tokio runtime).
     pub fn new(opts: PoolOptions) -> Result<Arc<WorkerPool>, Error> {
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::internal("WorkerPool::new must be called inside a tokio runtime"))?;
         let pool_size = NonZeroUsize::new(opts.pool_size).ok_or_else(|| {
             Error::internal(format!("RUNTIME_POOL_SIZE is {}, expected a positive number", opts.pool_size))
         })?;
-        let sock = opts.state_dir.join("sock");
-        std::fs::create_dir_all(&sock).map_err(|e| {
-            Error::internal(format!("could not create the worker socket directory {}: {e}", sock.display()))
-        })?;
-        if let Ok(entries) = std::fs::read_dir(&sock) {
-            for e in entries.flatten() {
-                if e.path().extension().is_some_and(|x| x == "sock") {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
-        let shim = js::write_shim(&opts.state_dir)?;
-        let js_runtime = js::resolve(opts.js_runtime.as_deref()).map_err(Arc::new);
-        match &js_runtime {
-            Ok(rt) => tracing::info!(runtime = rt.name(), "JS workers will run under {}", rt.name()),
-            Err(e) => tracing::warn!("JS workers cannot run: {}", e.message()),
-        }
+        let process: Arc<dyn Backend> = Arc::new(ProcessBackend::new(ProcessOptions {
+            state_dir: opts.state_dir.clone(),
+            runtime_api_url: opts.runtime_api_url.clone(),
+            node_env: opts.node_env.clone(),
+            log_level: opts.log_level.clone(),
+            js_runtime: opts.js_runtime.clone(),
+        })?);
+        let backends: HashMap<WorkerKind, Arc<dyn Backend>> = HashMap::from([
+            (WorkerKind::Static, Arc::new(StaticBackend) as Arc<dyn Backend>),
+            (WorkerKind::Js, process.clone()),
+            (WorkerKind::Process, process),
+        ]);
         let concurrency = opts.ephemeral_concurrency.clamp(1, opts.pool_size);
         let inner = Arc::new_cyclic(|me| Inner {
-            boot: BootContext {
-                state_dir: opts.state_dir.clone(),
-                shim,
-                js_runtime,
-                node_env: opts.node_env.clone(),
-                runtime_api_url: opts.runtime_api_url.clone(),
-                log_level: opts.log_level.clone(),
-            },
+            backends,
+            shared: Shared::default(),
             gate: Gate::new(concurrency, opts.ephemeral_queue_limit),
             opts,
             slots: Mutex::new(LruCache::new(pool_size)),
@@ -281,12 +277,13 @@ impl WorkerPool {
         Ok(Arc::new(WorkerPool { inner }))
     }
 
-    /// Forwards one request to a worker of `app`.
+    /// Answers one request for `app`, whatever its kind.
     ///
-    /// `req`'s URI is already the app-relative path and query, and the server has set `x-base`,
-    /// `x-request-id` and `x-forwarded-*`. An upgrade request (WebSocket) is spliced through
-    /// when the worker answers 101. The response body streams from the worker; the worker
-    /// counts the request as in flight until that body has been read or dropped.
+    /// `req`'s URI is already the app-relative path and query, and the server has set `x-base`
+    /// (the app's prefix, for `<base>` injection), `x-request-id` and `x-forwarded-*`. An
+    /// upgrade request (WebSocket) is spliced through when the worker answers 101. The response
+    /// body streams from the worker; the worker counts the request as in flight until that body
+    /// has been read or dropped. HTML responses get the manifest's `injectBase`/`envPrefix`.
     ///
     /// # Errors
     ///
@@ -299,8 +296,9 @@ impl WorkerPool {
         if inner.shutting_down.load(Ordering::Acquire) {
             return Err(Error::unavailable("SHUTTING_DOWN", "marina is shutting down and takes no new requests"));
         }
-        if app.kind == WorkerKind::Static {
-            return Err(Error::internal(format!("app '{}' is static; it is served without a worker", app.key())));
+        let backend = inner.backend(&app)?;
+        if backend.policy() == Policy::Shared {
+            return inner.serve_shared(backend, app, req).await;
         }
         let limit = app.config.max_body_size;
         let declared = req
@@ -338,7 +336,13 @@ impl WorkerPool {
         // it (and an ephemeral worker is stopped).
         let guard = Arc::new(InFlight::enter(worker.clone(), permit, inner.me.clone()));
         worker.wait_ready().await?;
-        inner.forward(guard, req, tripped).await
+        let base = req.headers().get("x-base").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let injection = Injection::from_config(&app.config, base);
+        let resp = inner.forward(guard, req, tripped).await?;
+        Ok(match injection {
+            Some(inj) => html::inject_response(resp, &inj).await,
+            None => resp,
+        })
     }
 
     /// Every worker, for `GET /api/workers`, plus one `crashloop` row per app that is backing off
@@ -370,6 +374,47 @@ impl Drop for WorkerPool {
 }
 
 impl Inner {
+    fn backend(&self, app: &App) -> Result<Arc<dyn Backend>, Error> {
+        self.backends.get(&app.kind).cloned().ok_or_else(|| {
+            Error::internal(format!(
+                "app '{}' is of kind '{}', which this marina cannot run",
+                app.key(),
+                app.kind.as_str()
+            ))
+        })
+    }
+
+    /// A [`Policy::Shared`] kind: the app version's one instance, started on first use.
+    async fn serve_shared(
+        &self,
+        backend: Arc<dyn Backend>,
+        app: Arc<App>,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, Error> {
+        let started = Instant::now();
+        let instance = match self.shared.get(&app) {
+            Some(i) => i,
+            None => {
+                let spec =
+                    StartSpec { app: app.clone(), worker_id: app.key(), ephemeral: false, cancel: Default::default() };
+                let instance = backend.start(spec).await?;
+                self.shared.insert(&app, instance)
+            }
+        };
+        let result = match instance.call(req).await {
+            Ok(resp) => Ok(resp),
+            Err(CallError::BodyTooLarge) => Err(Error::payload_too_large(app.config.max_body_size)),
+            Err(CallError::Failed(e)) => Err(e),
+            Err(CallError::Lost(e)) => Err(Error::internal(format!("app '{}' failed: {e}", app.key()))),
+        };
+        let status = match &result {
+            Ok(resp) => resp.status().as_u16(),
+            Err(e) => e.status().as_u16(),
+        };
+        self.shared.record(&app, status, started.elapsed());
+        result
+    }
+
     fn slot_for(&self, app: &Arc<App>) -> Arc<Slot> {
         let key = app.key();
         let mut slots = self.slots.lock();
@@ -447,7 +492,13 @@ impl Inner {
         let w = Worker::new(app, ephemeral, self.me.clone());
         self.counters.created.fetch_add(1, Ordering::Relaxed);
         self.all.lock().insert(w.id.clone(), w.clone());
-        tokio::spawn(w.clone().boot(self.boot.clone()));
+        match self.backend(&w.app) {
+            Ok(backend) => {
+                tokio::spawn(w.clone().boot(backend));
+            }
+            // Unreachable through `dispatch`, which looked the backend up first.
+            Err(e) => tracing::error!("{}", e.message()),
+        }
         w
     }
 
@@ -476,11 +527,11 @@ impl Inner {
         } else if !worker.ephemeral && n == max_requests - max_requests / 2 && max_requests >= 2 {
             self.start_successor(&worker);
         }
-        let Some(upstream) = worker.upstream() else {
+        let Some(instance) = worker.instance().cloned() else {
             return Err(Error::internal(format!("worker {} of app '{}' is not ready", worker.id, worker.key)));
         };
         let started = Instant::now();
-        let outcome = tokio::time::timeout(app.config.timeout, upstream.forward(req)).await;
+        let outcome = tokio::time::timeout(app.config.timeout, instance.call(req)).await;
         match outcome {
             Err(_) => {
                 worker.errors.fetch_add(1, Ordering::Relaxed);
@@ -495,10 +546,13 @@ impl Inner {
                 ))
                 .with_data(json!({ "app": worker.key, "timeoutMs": app.config.timeout.as_millis() as u64 })))
             }
-            Ok(Err(e)) if tripped.load(Ordering::Acquire) || e.is_body_too_large() => {
-                Err(Error::payload_too_large(app.config.max_body_size))
+            Ok(Err(CallError::BodyTooLarge)) => Err(Error::payload_too_large(app.config.max_body_size)),
+            Ok(Err(_)) if tripped.load(Ordering::Acquire) => Err(Error::payload_too_large(app.config.max_body_size)),
+            Ok(Err(CallError::Failed(e))) => {
+                worker.errors.fetch_add(1, Ordering::Relaxed);
+                Err(e)
             }
-            Ok(Err(e)) => {
+            Ok(Err(CallError::Lost(e))) => {
                 worker.errors.fetch_add(1, Ordering::Relaxed);
                 // Give the exit watcher a moment so the message can say how the process ended.
                 if !worker.has_exited() {
@@ -603,13 +657,6 @@ impl Inner {
     /// Called by a worker's exit watcher. `unexpected` = marina did not ask it to stop.
     pub(crate) fn on_exit(&self, worker: &Arc<Worker>, unexpected: bool) {
         self.forget(worker);
-        if let Some(pid) = worker.pid() {
-            // Children of the worker that outlived it die with it.
-            spawn::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-        if let Some(up) = worker.upstream() {
-            up.close_idle();
-        }
         if !unexpected || worker.ephemeral {
             return;
         }
@@ -653,14 +700,13 @@ impl Inner {
                 continue;
             }
             if (sample_all || w.app.config.max_memory.is_some())
-                && let Some(pid) = w.pid()
-                && let Some(rss) = spawn::tree_rss(pid)
+                && let Some(rss) = w.memory()
             {
                 w.rss.store(rss, Ordering::Relaxed);
                 if let Some(max) = w.app.config.max_memory
                     && rss > max
                 {
-                    let reason = format!("maxMemory: RSS {rss} bytes above the limit of {max} bytes");
+                    let reason = format!("maxMemory: memory {rss} bytes above the limit of {max} bytes");
                     if w.ephemeral {
                         w.kill();
                     } else {
@@ -677,7 +723,7 @@ impl Inner {
                 self.retire(&w, None, "ttl expired");
             } else if idle >= w.app.config.idle_timeout && !w.idle_notified.swap(true, Ordering::AcqRel) {
                 let w = w.clone();
-                tokio::spawn(async move { w.lifecycle("idle").await });
+                tokio::spawn(async move { w.lifecycle(Event::Idle).await });
             }
         }
         // Drop slots that stayed empty for a while (their restart history goes with them), so
@@ -731,7 +777,7 @@ impl Inner {
                     app: w.app.name.clone(),
                     version: w.app.version.clone(),
                     kind: w.app.kind.as_str(),
-                    pid: w.app_pid(),
+                    pid: w.pid(),
                     state,
                     ephemeral: w.ephemeral,
                     requests: w.requests.load(Ordering::Relaxed),
@@ -742,7 +788,7 @@ impl Inner {
                     avg_latency_ms: lat.avg_ms(),
                     p99_latency_ms: lat.p99_ms(),
                     rss_bytes: match w.rss.load(Ordering::Relaxed) {
-                        0 => w.pid().and_then(spawn::tree_rss),
+                        0 => w.memory(),
                         r => Some(r),
                     },
                     age_ms: w.created.elapsed().as_millis() as u64,
@@ -775,7 +821,9 @@ impl Inner {
             }
         }
         out.sort_by(|a, b| (&a.app, &a.version, b.age_ms).cmp(&(&b.app, &b.version, a.age_ms)));
-        out
+        let mut rows = self.shared.snapshot();
+        rows.extend(out);
+        rows
     }
 
     fn metrics(&self) -> PoolMetrics {
@@ -784,7 +832,7 @@ impl Inner {
         let misses = c.misses.load(Ordering::Relaxed);
         let total = c.requests.load(Ordering::Relaxed);
         let all: Vec<Arc<Worker>> = self.all.lock().values().cloned().collect();
-        let rss: u64 = all.iter().filter_map(|w| w.pid().and_then(spawn::tree_rss)).sum();
+        let rss: u64 = all.iter().filter_map(|w| w.memory()).sum();
         let rps = {
             let mut last = self.last_rate.lock();
             let secs = last.0.elapsed().as_secs_f64();
@@ -825,7 +873,7 @@ impl Inner {
             w.begin_drain();
         }
         // onTerminate to everyone at once, bounded by the drain.
-        let notify = futures_util::future::join_all(workers.iter().map(|w| w.lifecycle("terminate")));
+        let notify = futures_util::future::join_all(workers.iter().map(|w| w.lifecycle(Event::Terminate)));
         let deadline = tokio::time::Instant::now() + drain;
         let _ = tokio::time::timeout_at(deadline, notify).await;
         let drains = futures_util::future::join_all(workers.iter().map(|w| w.drain(drain)));

@@ -2,8 +2,8 @@
 //! and its output in marina's log.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::ffi::OsString;
-use std::path::PathBuf;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 
@@ -66,20 +66,10 @@ pub(crate) fn spawn(
             format!("'{}' is not an executable file on the worker's PATH", spec.program.to_string_lossy()),
         )
     })?;
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(SUPERVISOR)
-        .arg("marina-worker")
-        .arg(program)
-        .args(&spec.args)
-        .current_dir(&spec.cwd)
-        .env_clear()
-        .envs(&spec.env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+    let mut args: Vec<OsString> = vec!["-c".into(), SUPERVISOR.into(), "marina-worker".into(), program.into()];
+    args.extend(spec.args.iter().cloned());
+    let mut cmd = command("/bin/sh".as_ref(), &args, &spec.cwd, &spec.env);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     die_with_parent(&mut cmd, libc::SIGHUP);
     let mut child = cmd.spawn()?;
     if let Some(out) = child.stdout.take() {
@@ -90,6 +80,16 @@ pub(crate) fn spawn(
         .take()
         .map(|err| tokio::spawn(pump(err, app_key.to_string(), worker_id.to_string(), "stderr", Some(tail.clone()))));
     Ok((child, stderr))
+}
+
+/// The one place a command for app code is built (the worker itself and `autoInstall`'s
+/// `bun install`): `program args` in `cwd` with exactly `env` (nothing of marina's own
+/// environment), stdin from `/dev/null`, in a process group of its own, killed if marina drops
+/// it. Confinement of app code (user, filesystem, resources) belongs here.
+pub(crate) fn command(program: &OsStr, args: &[OsString], cwd: &Path, env: &BTreeMap<String, String>) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args).current_dir(cwd).env_clear().envs(env).stdin(Stdio::null()).process_group(0).kill_on_drop(true);
+    cmd
 }
 
 async fn pump(
@@ -152,7 +152,7 @@ fn children(pid: u32) -> Vec<u32> {
 
 /// Resident memory of a process and all its descendants, bytes.
 pub(crate) fn tree_rss(pid: u32) -> Option<u64> {
-    let mut total = super::stats::rss_bytes(pid)?;
+    let mut total = crate::pool::rss_bytes(pid)?;
     let mut stack = children(pid);
     let mut seen = 0;
     while let Some(p) = stack.pop() {
@@ -160,7 +160,7 @@ pub(crate) fn tree_rss(pid: u32) -> Option<u64> {
         if seen > 10_000 {
             break;
         }
-        total += super::stats::rss_bytes(p).unwrap_or(0);
+        total += crate::pool::rss_bytes(p).unwrap_or(0);
         stack.extend(children(p));
     }
     Some(total)

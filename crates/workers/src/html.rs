@@ -22,7 +22,7 @@ use http_body::Frame;
 use http_body_util::BodyExt;
 use marina_core::{Body, Error};
 
-use crate::manifest::AppConfig;
+use marina_apps::manifest::AppConfig;
 
 /// Worker HTML bodies larger than this pass through without injection: buffering them would
 /// cost memory per request and delay the first byte for little benefit.

@@ -1,0 +1,20 @@
+//! The workers layer: running apps.
+//!
+//! - [`pool`]: the worker pool — slots, picking, in-flight guards, the ephemeral gate,
+//!   timeouts, crash back-off, recycling, stats — the same policy for every kind.
+//! - [`backend`]: the seam under the pool: what a worker kind provides (start and readiness,
+//!   calls, lifecycle events, stop and kill, memory, exit).
+//! - the kinds: [`process`] (`js`, `process`) and [`static_kind`] (`static`, served by
+//!   [`static_files`]).
+//! - [`html`]: `injectBase` / `envPrefix` injection into HTML responses of any kind.
+//!
+//! What an app is (manifests, the registry) is the apps layer's (`marina-apps`).
+
+pub mod backend;
+pub mod html;
+pub mod pool;
+pub mod process;
+pub mod static_files;
+pub mod static_kind;
+
+pub use pool::{PoolMetrics, PoolOptions, WorkerInfo, WorkerPool};

@@ -1,0 +1,442 @@
+//! The process kinds, `js` and `process`: an OS process that answers HTTP.
+//!
+//! A `js` worker is Bun (or Node) running the host shim ([`js`]) on a Unix socket; a `process`
+//! worker is the manifest's `command`, listening on the loopback `PORT` it is given. Both run
+//! under a supervising shell in their own process group ([`spawn`]), are ready once they accept
+//! a connection (and answer `healthPath`, for `process`), and take requests over pooled
+//! keep-alive HTTP/1.1 connections ([`marina_proxy::Upstream`]).
+
+mod js;
+mod pdeathsig;
+mod spawn;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use marina_apps::{App, WorkerKind};
+use marina_core::{Body, Error, body};
+use marina_proxy::{Target, Upstream};
+use nix::sys::signal::Signal;
+use serde_json::json;
+use tokio::sync::watch;
+
+use self::spawn::{SpawnSpec, StderrTail};
+use crate::backend::{Backend, CallError, Event, Instance, StartSpec};
+
+/// How long a worker may take to start listening.
+const START_LIMIT: Duration = Duration::from_secs(30);
+/// How long `autoInstall` may take.
+const INSTALL_LIMIT: Duration = Duration::from_secs(120);
+/// How long a lifecycle call (`onIdle`, `onTerminate`) may take.
+const LIFECYCLE_LIMIT: Duration = Duration::from_secs(2);
+/// How long a failed start waits for its process to be gone before reporting.
+const REAP_LIMIT: Duration = Duration::from_secs(5);
+
+/// The header carrying a worker's lifecycle token (see the shim).
+pub(crate) static CONTROL_HEADER: http::HeaderName = http::HeaderName::from_static("x-marina-control");
+
+/// Settings every process worker starts with.
+#[derive(Debug, Clone)]
+pub struct ProcessOptions {
+    /// `RUNTIME_STATE_DIR`: the shim and worker sockets go under it.
+    pub state_dir: PathBuf,
+    /// `RUNTIME_API_URL` as workers see it.
+    pub runtime_api_url: String,
+    /// `NODE_ENV` as workers see it.
+    pub node_env: String,
+    /// `RUNTIME_LOG_LEVEL` as workers see it.
+    pub log_level: String,
+    /// `RUNTIME_JS`: `bun`, `node` or a path; `None` = Bun when on PATH, else Node.
+    pub js_runtime: Option<String>,
+}
+
+/// Starts `js` and `process` workers.
+pub struct ProcessBackend {
+    opts: ProcessOptions,
+    shim: PathBuf,
+    js_runtime: Result<js::JsRuntime, Arc<Error>>,
+}
+
+impl ProcessBackend {
+    /// Writes the JS host shim under `{state_dir}/shim/`, prepares `{state_dir}/sock/` (removing
+    /// sockets a previous run left) and picks the JS engine.
+    pub fn new(opts: ProcessOptions) -> Result<Self, Error> {
+        let sock = opts.state_dir.join("sock");
+        std::fs::create_dir_all(&sock).map_err(|e| {
+            Error::internal(format!("could not create the worker socket directory {}: {e}", sock.display()))
+        })?;
+        if let Ok(entries) = std::fs::read_dir(&sock) {
+            for e in entries.flatten() {
+                if e.path().extension().is_some_and(|x| x == "sock") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let shim = js::write_shim(&opts.state_dir)?;
+        let js_runtime = js::resolve(opts.js_runtime.as_deref()).map_err(Arc::new);
+        match &js_runtime {
+            Ok(rt) => tracing::info!(runtime = rt.name(), "JS workers will run under {}", rt.name()),
+            Err(e) => tracing::warn!("JS workers cannot run: {}", e.message()),
+        }
+        Ok(Self { opts, shim, js_runtime })
+    }
+
+    fn runtime(&self) -> Result<js::JsRuntime, Error> {
+        match &self.js_runtime {
+            Ok(r) => Ok(r.clone()),
+            Err(e) => Err(clone_error(e)),
+        }
+    }
+}
+
+impl Backend for ProcessBackend {
+    fn start(&self, spec: StartSpec) -> BoxFuture<'static, Result<Arc<dyn Instance>, Error>> {
+        let boot = Boot {
+            key: spec.app.key(),
+            spec,
+            opts: self.opts.clone(),
+            shim: self.shim.clone(),
+            runtime: self.runtime(),
+            stderr: StderrTail::default(),
+            token: uuid::Uuid::new_v4().simple().to_string(),
+        };
+        Box::pin(async move { boot.run().await.map(|i| i as Arc<dyn Instance>) })
+    }
+}
+
+/// One start of one worker process.
+struct Boot {
+    spec: StartSpec,
+    key: String,
+    opts: ProcessOptions,
+    shim: PathBuf,
+    runtime: Result<js::JsRuntime, Error>,
+    stderr: StderrTail,
+    token: String,
+}
+
+impl Boot {
+    async fn run(self) -> Result<Arc<ProcessInstance>, Error> {
+        let app = self.spec.app.clone();
+        let mut marina_env: Vec<(&str, String)> = vec![
+            ("APP_DIR", app.dir.display().to_string()),
+            ("ENTRYPOINT", app.entrypoint.display().to_string()),
+            ("WORKER_CONFIG", worker_config_json(&app)),
+            ("WORKER_ID", self.spec.worker_id.clone()),
+            ("NODE_ENV", self.opts.node_env.clone()),
+            ("RUNTIME_API_URL", self.opts.runtime_api_url.clone()),
+            ("RUNTIME_LOG_LEVEL", self.opts.log_level.clone()),
+        ];
+        let mut socket = None;
+        let (spec, target) = if app.kind == WorkerKind::Js {
+            let runtime = self.runtime.as_ref().map_err(clone_error)?;
+            let path = self.opts.state_dir.join("sock").join(format!("{}.sock", &self.spec.worker_id[..13]));
+            if path.as_os_str().len() >= 100 {
+                return Err(self.start_error(format!(
+                    "the worker socket path {} is too long for a Unix socket (limit about 100 bytes); use a shorter RUNTIME_STATE_DIR",
+                    path.display()
+                )));
+            }
+            let _ = std::fs::remove_file(&path);
+            socket = Some(path.clone());
+            let (program, args) =
+                js::command(runtime, &self.shim, &app.entrypoint, &path, &self.token, app.config.low_memory)?;
+            let env = spawn::worker_env(&app.config.env, &marina_env);
+            if app.config.auto_install {
+                self.auto_install(&env).await?;
+            }
+            (SpawnSpec { program, args, cwd: app.dir.clone(), env }, Target::Unix(path))
+        } else {
+            let command = app.config.command.as_deref().unwrap_or_default();
+            let Some((program, rest)) = command.split_first() else {
+                return Err(self
+                    .start_error("the manifest's `command` is empty; expected e.g. [\"python3\", \"app.py\"]".into()));
+            };
+            let port =
+                free_port().map_err(|e| self.start_error(format!("could not find a free loopback port: {e}")))?;
+            marina_env.push(("PORT", port.to_string()));
+            let env = spawn::worker_env(&app.config.env, &marina_env);
+            let spec = SpawnSpec {
+                program: program.into(),
+                args: rest.iter().map(Into::into).collect(),
+                cwd: app.dir.clone(),
+                env,
+            };
+            (spec, Target::Tcp(([127, 0, 0, 1], port).into()))
+        };
+
+        let (mut child, mut stderr_pump) = spawn::spawn(&spec, &self.key, &self.spec.worker_id, &self.stderr)
+            .map_err(|e| self.start_error(format!("could not run '{}': {e}", spec.program.to_string_lossy())))?;
+        let pid = child.id().unwrap_or(0);
+        let upstream = Arc::new(Upstream::new(target));
+        let (exit_tx, exit_rx) = watch::channel(None);
+        {
+            let upstream = upstream.clone();
+            let socket = socket.clone();
+            tokio::spawn(async move {
+                let text = match child.wait().await {
+                    Ok(s) => s.to_string(),
+                    Err(e) => format!("wait failed: {e}"),
+                };
+                if let Some(socket) = socket {
+                    let _ = std::fs::remove_file(socket);
+                }
+                // Children of the worker that outlived it die with it.
+                spawn::signal_group(pid, Signal::SIGKILL);
+                upstream.close_idle();
+                exit_tx.send_replace(Some(text));
+            });
+        }
+        let instance = Arc::new(ProcessInstance {
+            pid,
+            app_pid: AtomicU32::new(0),
+            upstream,
+            hooks: app.kind == WorkerKind::Js,
+            token: self.token.clone(),
+            key: self.key.clone(),
+            id: self.spec.worker_id.clone(),
+            exit: exit_rx,
+        });
+        tracing::info!(app = %self.key, worker = %self.spec.worker_id, pid, target = %instance.upstream.target(), "worker started");
+
+        match self.wait_listening(&instance, &app, &mut stderr_pump).await {
+            Ok(()) => {
+                if let Some(app) = spawn::app_pid(pid) {
+                    instance.app_pid.store(app, Ordering::Relaxed);
+                }
+                Ok(instance)
+            }
+            Err(e) => {
+                instance.kill();
+                let mut exit = instance.exit.clone();
+                let _ = tokio::time::timeout(REAP_LIMIT, exit.wait_for(Option::is_some)).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Polls until the process listens (and answers `healthPath`), exits, is cancelled, or
+    /// [`START_LIMIT`] passes.
+    async fn wait_listening(
+        &self,
+        instance: &ProcessInstance,
+        app: &App,
+        stderr_pump: &mut Option<tokio::task::JoinHandle<()>>,
+    ) -> Result<(), Error> {
+        let upstream = &instance.upstream;
+        let health = app.config.health_path.clone().filter(|_| app.kind == WorkerKind::Process);
+        let deadline = tokio::time::Instant::now() + START_LIMIT;
+        // A JS worker listens within a few ms of starting: probe every millisecond at first
+        // (a failed probe is one connect(2)), then every 15 ms for slow starters.
+        let mut probes = 0u32;
+        loop {
+            let exited = instance.exit.borrow().clone();
+            if let Some(status) = exited {
+                // Let the stderr pump read the last lines, which usually say why.
+                if let Some(pump) = stderr_pump.take() {
+                    let _ = tokio::time::timeout(Duration::from_millis(500), pump).await;
+                }
+                return Err(self.start_error(format!("the process exited while starting ({status})")));
+            }
+            if self.spec.cancel.is_cancelled() {
+                return Err(self.start_error("the worker was stopped while starting".into()));
+            }
+            if upstream.probe().await.is_ok() && healthy(upstream, health.as_deref()).await {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(self.start_error(format!(
+                    "it did not listen on {} within {}s",
+                    upstream.target(),
+                    START_LIMIT.as_secs()
+                )));
+            }
+            probes += 1;
+            let pause = if probes <= 200 { Duration::from_millis(1) } else { Duration::from_millis(15) };
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = self.spec.cancel.cancelled() => {}
+            }
+        }
+    }
+
+    async fn auto_install(&self, env: &BTreeMap<String, String>) -> Result<(), Error> {
+        let bun = spawn::which("bun").ok_or_else(|| {
+            self.start_error(
+                "autoInstall needs Bun (`bun install`), which is not on PATH; install Bun (https://bun.sh)".into(),
+            )
+        })?;
+        let args = ["install", "--frozen-lockfile", "--ignore-scripts"].map(Into::into);
+        let mut cmd = spawn::command(bun.as_os_str(), &args, &self.spec.app.dir, env);
+        let out = tokio::time::timeout(INSTALL_LIMIT, cmd.output())
+            .await
+            .map_err(|_| {
+                self.start_error(format!("autoInstall (bun install) took longer than {}s", INSTALL_LIMIT.as_secs()))
+            })?
+            .map_err(|e| self.start_error(format!("autoInstall could not run bun install: {e}")))?;
+        if !out.status.success() {
+            let text = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = text.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect();
+            return Err(self.start_error(format!(
+                "autoInstall: bun install failed ({}): {}",
+                out.status,
+                tail.join("\n")
+            )));
+        }
+        Ok(())
+    }
+
+    fn start_error(&self, reason: String) -> Error {
+        let stderr: Vec<String> = self.stderr.lock().iter().cloned().collect();
+        Error::new(
+            StatusCode::BAD_GATEWAY,
+            "WORKER_START_FAILED",
+            format!("app '{}' did not start: {reason}", self.key),
+        )
+        .with_data(json!({ "app": self.key, "worker": self.spec.worker_id, "reason": reason, "stderr": stderr }))
+    }
+}
+
+async fn healthy(upstream: &Upstream, path: Option<&str>) -> bool {
+    let Some(path) = path else { return true };
+    let Ok(req) = Request::get(path).body(body::empty()) else { return false };
+    match tokio::time::timeout(Duration::from_secs(2), upstream.forward(req)).await {
+        Ok(Ok(resp)) => {
+            let ok = resp.status().is_success() || resp.status().is_redirection();
+            let _ = resp.into_body().collect().await;
+            ok
+        }
+        _ => false,
+    }
+}
+
+/// A running worker process.
+struct ProcessInstance {
+    /// The supervising shell: the process group leader (see `spawn::SUPERVISOR`).
+    pid: u32,
+    /// The app's own process under it, once known.
+    app_pid: AtomicU32,
+    upstream: Arc<Upstream>,
+    /// Whether it has the shim's lifecycle hooks (`js`).
+    hooks: bool,
+    token: String,
+    key: String,
+    id: String,
+    exit: watch::Receiver<Option<String>>,
+}
+
+impl ProcessInstance {
+    fn has_exited(&self) -> bool {
+        self.exit.borrow().is_some()
+    }
+}
+
+impl Instance for ProcessInstance {
+    fn call(self: Arc<Self>, req: Request<Body>) -> BoxFuture<'static, Result<Response<Body>, CallError>> {
+        Box::pin(async move {
+            self.upstream
+                .forward(req)
+                .await
+                .map_err(|e| if e.is_body_too_large() { CallError::BodyTooLarge } else { CallError::Lost(Box::new(e)) })
+        })
+    }
+
+    fn event(self: Arc<Self>, event: Event) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            if !self.hooks || self.has_exited() {
+                return;
+            }
+            let req = Request::post("/__marina/lifecycle")
+                .header(&CONTROL_HEADER, self.token.as_str())
+                .header("x-marina-event", event.as_str())
+                .body(body::empty())
+                .expect("static request parts are valid");
+            let call = async {
+                if let Ok(resp) = self.upstream.forward(req).await {
+                    let _ = resp.into_body().collect().await;
+                }
+            };
+            if tokio::time::timeout(LIFECYCLE_LIMIT, call).await.is_err() {
+                let name = event.as_str();
+                tracing::warn!(app = %self.key, worker = %self.id, "on{name} did not finish within {LIFECYCLE_LIMIT:?}");
+            }
+        })
+    }
+
+    fn stop(self: Arc<Self>, grace: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            if !self.has_exited() {
+                spawn::signal_group(self.pid, Signal::SIGTERM);
+                let mut exit = self.exit.clone();
+                if tokio::time::timeout(grace, exit.wait_for(Option::is_some)).await.is_err() {
+                    spawn::signal_group(self.pid, Signal::SIGKILL);
+                }
+            }
+            // Children that ignored SIGTERM or outlived the leader still get SIGKILL.
+            spawn::signal_group(self.pid, Signal::SIGKILL);
+            self.upstream.close_idle();
+        })
+    }
+
+    fn kill(&self) {
+        spawn::signal_group(self.pid, Signal::SIGKILL);
+    }
+
+    fn memory(&self) -> Option<u64> {
+        spawn::tree_rss(self.pid)
+    }
+
+    fn pid(&self) -> Option<u32> {
+        match self.app_pid.load(Ordering::Relaxed) {
+            0 => Some(self.pid),
+            p => Some(p),
+        }
+    }
+
+    fn exit(&self) -> watch::Receiver<Option<String>> {
+        self.exit.clone()
+    }
+}
+
+/// `marina_core::Error` is not `Clone` (it may hold a source); copies keep status, code, message, data.
+pub(crate) fn clone_error(e: &Error) -> Error {
+    let copy = Error::new(e.status(), e.code().to_string(), e.message().to_string());
+    match e.data() {
+        Some(d) => copy.with_data(d.clone()),
+        None => copy,
+    }
+}
+
+/// The normalized config a worker sees as `WORKER_CONFIG` (durations in ms, sizes in bytes;
+/// `env` left out: the worker has it as its environment already).
+fn worker_config_json(app: &App) -> String {
+    let c = &app.config;
+    json!({
+        "entrypoint": app.entrypoint,
+        "ttlMs": c.ttl.as_millis() as u64,
+        "idleTimeoutMs": c.idle_timeout.as_millis() as u64,
+        "timeoutMs": c.timeout.as_millis() as u64,
+        "maxRequests": c.max_requests,
+        "lowMemory": c.low_memory,
+        "autoInstall": c.auto_install,
+        "maxBodySizeBytes": c.max_body_size,
+        "injectBase": c.inject_base,
+        "envPrefix": c.env_prefix,
+        "command": c.command,
+        "healthPath": c.health_path,
+        "instances": { "min": c.instances.min, "max": c.instances.max },
+        "maxMemoryBytes": c.max_memory,
+    })
+    .to_string()
+}
+
+/// A loopback port that was free a moment ago (the process app binds it right after).
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
