@@ -29,7 +29,15 @@ const PG_POOL_SIZE: usize = 16;
 
 pub(crate) enum Backend {
     Sqlite { conn: Arc<Mutex<rusqlite::Connection>>, path: Option<PathBuf> },
-    Postgres { pool: Pool, schema: String, url: String },
+    Postgres { pool: Pool, schema: String, url: String, listen: Box<ListenConfig> },
+}
+
+/// What a dedicated (unpooled) connection needs: `LISTEN` must stay on one session, and a
+/// pooled connection's notifications are dropped by the pool's connection task.
+#[derive(Clone)]
+pub(crate) struct ListenConfig {
+    config: tokio_postgres::Config,
+    tls: Option<rustls::ClientConfig>,
 }
 
 /// One connection leased from a store, exclusively, until dropped.
@@ -96,8 +104,9 @@ pub(crate) async fn open_postgres(url: &str, schema: &str) -> Result<Backend, Er
     };
     config.options(&options);
     let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
-    let manager = if require_tls {
-        let tls = tls_config(root_cert.as_deref(), &shown)?;
+    let tls = if require_tls { Some(tls_config(root_cert.as_deref(), &shown)?) } else { None };
+    let listen = Box::new(ListenConfig { config: config.clone(), tls: tls.clone() });
+    let manager = if let Some(tls) = tls {
         Manager::from_config(config, tokio_postgres_rustls::MakeRustlsConnect::new(tls), manager_config)
     } else {
         // `prefer` (the driver's default) stays plain: a TLS attempt against a self-signed
@@ -111,7 +120,7 @@ pub(crate) async fn open_postgres(url: &str, schema: &str) -> Result<Backend, Er
         .create_timeout(Some(PG_CONNECT_TIMEOUT + Duration::from_secs(1)))
         .build()
         .map_err(|e| Error::internal(format!("cannot build the PostgreSQL pool for '{shown}': {e}")))?;
-    let backend = Backend::Postgres { pool, schema: schema.to_string(), url: shown };
+    let backend = Backend::Postgres { pool, schema: schema.to_string(), url: shown, listen };
     // Connect now, so an unreachable server is reported at start, not at the first request.
     let conn = backend.conn().await?;
     let Conn::Postgres(client) = &conn else { unreachable!("a PostgreSQL backend leases PostgreSQL connections") };
@@ -126,6 +135,51 @@ pub(crate) async fn open_postgres(url: &str, schema: &str) -> Result<Backend, Er
     }
     drop(conn);
     Ok(backend)
+}
+
+/// Open a dedicated connection, `LISTEN` on `channel`, and forward each notification's payload.
+/// The receiver ends when the connection does (the caller reconnects).
+pub(crate) async fn pg_listen(
+    cfg: &ListenConfig,
+    url: &str,
+    channel: &str,
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<String>, Error> {
+    use futures_util::StreamExt as _;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let fail =
+        |e: tokio_postgres::Error| unavailable(format!("cannot listen on PostgreSQL at '{url}': {}", pg_cause(&e)));
+    let listen = format!("LISTEN {}", sql::quote_ident(channel));
+    macro_rules! drive {
+        ($connect:expr) => {{
+            let (client, mut connection) = $connect.await.map_err(fail)?;
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            let forward = tx.clone();
+            let task = tokio::spawn(async move {
+                while let Some(Ok(msg)) = messages.next().await {
+                    if let tokio_postgres::AsyncMessage::Notification(n) = msg
+                        && forward.send(n.payload().to_string()).is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            if let Err(e) = client.batch_execute(&listen).await {
+                task.abort();
+                return Err(fail(e));
+            }
+            // The client must live as long as the session; the task owns it from here.
+            tokio::spawn(async move {
+                let _client = client;
+                let _ = task.await;
+            });
+        }};
+    }
+    match &cfg.tls {
+        Some(tls) => drive!(cfg.config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls.clone()))),
+        None => drive!(cfg.config.connect(tokio_postgres::NoTls)),
+    }
+    drop(tx);
+    Ok(rx)
 }
 
 /// Remove `key=value` from the query of `url`; the URL without it, and the decoded value.

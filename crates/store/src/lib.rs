@@ -15,8 +15,8 @@
 //! migrations, and marina needs `rollback`, per-app databases, verified checksums, a
 //! cross-process lock and an opt-out of the transaction; see `docs/storage.md`.
 //!
-//! A key-value engine belongs in this crate too (a later module beside [`Store`]); it will be a
-//! set of tables created by marina's own migrations and reached through the same [`Store`].
+//! The key-value engine ([`kv`]) lives here too: tables created by marina's own migrations,
+//! reached through the same [`Store`], with change notification for watchers.
 //!
 //! # Example
 //! ```
@@ -36,6 +36,7 @@
 #![warn(missing_docs)]
 
 mod conn;
+pub mod kv;
 pub mod migrate;
 pub mod sql;
 mod store;

@@ -49,6 +49,8 @@ pub const TABLE: &str = "_marina_migrations";
 const SYSTEM: &[(&str, &str)] = &[
     ("0001_marina_meta.up.sql", include_str!("../migrations/0001_marina_meta.up.sql")),
     ("0001_marina_meta.down.sql", include_str!("../migrations/0001_marina_meta.down.sql")),
+    ("0011_keyval.up.sql", include_str!("../migrations/0011_keyval.up.sql")),
+    ("0011_keyval.down.sql", include_str!("../migrations/0011_keyval.down.sql")),
 ];
 
 fn err(status: StatusCode, code: &'static str, message: String) -> Error {

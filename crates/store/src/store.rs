@@ -118,6 +118,19 @@ impl Store {
         }
     }
 
+    /// On PostgreSQL, a dedicated session `LISTEN`ing on `channel`: each notification's payload,
+    /// until the session ends (the receiver then yields `None`; call again to reconnect).
+    /// `None` on SQLite, which has no cross-process notification.
+    ///
+    /// # Errors
+    /// `DATABASE_UNAVAILABLE` when the session cannot be opened.
+    pub async fn listen(&self, channel: &str) -> Result<Option<tokio::sync::mpsc::UnboundedReceiver<String>>, Error> {
+        match &*self.backend {
+            Backend::Postgres { listen, url, .. } => conn::pg_listen(listen, url, channel).await.map(Some),
+            Backend::Sqlite { .. } => Ok(None),
+        }
+    }
+
     pub(crate) async fn conn(&self) -> Result<Conn, Error> {
         self.backend.conn().await
     }

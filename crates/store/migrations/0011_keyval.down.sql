@@ -1,0 +1,3 @@
+DROP TABLE kv_dlq;
+DROP TABLE kv_queue;
+DROP TABLE kv_entries;
