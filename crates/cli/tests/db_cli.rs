@@ -131,8 +131,9 @@ async fn every_command() {
         let o = db.run(&["migrate"]);
         assert!(o.status.success());
         assert!(stdout(&o).contains("applied      0001_marina_meta"), "{}", stdout(&o));
+        assert!(stdout(&o).contains("applied      0011_keyval"), "{}", stdout(&o));
         let o = db.run(&["status"]);
-        assert!(o.status.success() && stdout(&o).contains("1 applied, 0 pending"), "{}", stdout(&o));
+        assert!(o.status.success() && stdout(&o).contains("2 applied, 0 pending"), "{}", stdout(&o));
 
         // An app's: `new` writes the pair, then real SQL goes in.
         let o = db.run(&["new", "create_items", "--app", "todo"]);
