@@ -529,6 +529,12 @@ impl Validator {
         self.problems.push(Problem { path: path.to_string(), message: message.into() });
     }
 
+    /// A scalar written as a string where Buntime's schema coerces it (`"true"`, `"500"`):
+    /// accepted, with a warning that says how it was read.
+    fn coerced(&mut self, path: &str, got: &Value, read_as: &str) {
+        self.warnings.push(format!("`{path}` is {}; read as {read_as} (write it without quotes)", describe(got)));
+    }
+
     fn expected(&mut self, path: &str, what: &str, got: &Value) {
         self.problem(path, format!("expected {what}, found {}", describe(got)));
     }
@@ -575,12 +581,20 @@ impl Validator {
             if let Some(v) = get(key) {
                 match v {
                     Value::Bool(b) => *slot = *b,
+                    // Buntime's schema coerces these strings; accepted so its manifests keep working.
+                    Value::String(s) if s == "true" || s == "false" => {
+                        *slot = s == "true";
+                        self.coerced(key, v, s);
+                    }
                     other => self.expected(key, "a boolean (true or false)", other),
                 }
             }
         }
         if let Some(size) = get("maxBodySize").and_then(|v| self.size("maxBodySize", v)) {
-            if size > MAX_BODY_SIZE_CAP {
+            if size == 0 {
+                // 0 would refuse every request with a body; Buntime's schema rejects it too.
+                self.problem("maxBodySize", format!("must be greater than 0, found {}", describe(&map["maxBodySize"])));
+            } else if size > MAX_BODY_SIZE_CAP {
                 self.warnings.push(format!(
                         "`maxBodySize` {size} bytes is above the ceiling of {MAX_BODY_SIZE_CAP} bytes (100mb) and is capped to it"
                     ));
@@ -742,6 +756,12 @@ impl Validator {
     }
 
     fn uint(&mut self, path: &str, v: &Value) -> Option<u64> {
+        if let Value::String(s) = v
+            && let Ok(n) = s.trim().parse::<u64>()
+        {
+            self.coerced(path, v, &n.to_string());
+            return Some(n);
+        }
         match v.as_u64() {
             Some(n) => Some(n),
             None => {

@@ -16,8 +16,12 @@
 //! Resolving the URL segment `name[@range]`: no range (or an empty one) → the `latest` folder if
 //! there is one, else the highest semver (prereleases included, as `semver.rsort` does);
 //! `@latest` → only the `latest` folder; any other range → node-semver `maxSatisfying` with
-//! `includePrerelease`, `latest` never matching a range. Segments starting with `.` and the name
-//! `api` are never apps.
+//! `includePrerelease`, `latest` never matching a range. Segments starting with `.` are never
+//! apps, and neither is `api` while the internal API sits at `/api` (with a `RUNTIME_API_PREFIX`
+//! an app named `api` is served at `/api/`, as in Buntime).
+//!
+//! Within one worker dir a flat `todo@1.0.0/` wins over a nested `todo/1.0.0/` (Buntime's
+//! resolver reads flat entries first); across dirs the first dir wins.
 //!
 //! **Decisions where Buntime is quirky.** A `package.json` `version` does *not* override the
 //! folder's version: the version an app runs as is the one the URL addressed, so pool keys,
@@ -85,6 +89,8 @@ pub struct AppListing {
 pub struct Registry {
     dirs: Vec<PathBuf>,
     cache_ttl: Duration,
+    /// Whether a folder named `api` is an app (only when the internal API is not at `/api`).
+    api_app: bool,
     /// Bumped by the watcher (or [`Registry::invalidate`]); caches from an older generation are stale.
     generation: Arc<AtomicU64>,
     index: RwLock<Option<Cached<Arc<Index>>>>,
@@ -167,7 +173,12 @@ impl std::fmt::Debug for Registry {
 /// Whether `name` may be an app name: not empty, not starting with `.`, not `api`, and a
 /// single path segment.
 pub fn is_app_name(name: &str) -> bool {
-    !name.is_empty() && !name.starts_with('.') && name != "api" && !name.contains(['/', '\\', '\0', '@'])
+    is_name(name, false)
+}
+
+/// [`is_app_name`], with `api` allowed when `api_app` (the internal API is elsewhere).
+fn is_name(name: &str, api_app: bool) -> bool {
+    !name.is_empty() && !name.starts_with('.') && (api_app || name != "api") && !name.contains(['/', '\\', '\0', '@'])
 }
 
 /// `Some(version)` when `s` is a canonical semver a folder may be named after.
@@ -194,26 +205,31 @@ fn sorted_dir_names(dir: &Path) -> Vec<String> {
 }
 
 impl Index {
-    fn scan(dirs: &[PathBuf]) -> Index {
+    fn scan(dirs: &[PathBuf], api_app: bool) -> Index {
         let mut index = Index::default();
         for wd in dirs {
-            for entry in sorted_dir_names(wd) {
-                let path = wd.join(&entry);
-                if entry.starts_with('.') || !path.is_dir() {
+            let names = sorted_dir_names(wd);
+            let dirs_named = |flat: bool| {
+                names
+                    .iter()
+                    .filter(move |e| !e.starts_with('.') && e.contains('@') == flat)
+                    .map(|e| (e, wd.join(e)))
+                    .filter(|(_, p)| p.is_dir())
+            };
+            // Flat folders first: within one dir `todo@1.0.0/` wins over `todo/1.0.0/`.
+            for (entry, path) in dirs_named(true) {
+                let Some((name, version)) = entry.split_once('@') else { continue };
+                if !is_name(name, api_app) {
                     continue;
                 }
-                if let Some((name, version)) = entry.split_once('@') {
-                    if !is_app_name(name) {
-                        continue;
-                    }
-                    if version == "latest" {
-                        index.add(name, path.clone(), None, path);
-                    } else if let Some(v) = folder_version(version) {
-                        index.add(name, path.clone(), Some(v), path);
-                    }
-                    continue;
+                if version == "latest" {
+                    index.add(name, path.clone(), None, path);
+                } else if let Some(v) = folder_version(version) {
+                    index.add(name, path.clone(), Some(v), path);
                 }
-                if !is_app_name(&entry) {
+            }
+            for (entry, path) in dirs_named(false) {
+                if !is_name(entry, api_app) {
                     continue;
                 }
                 let mut nested = false;
@@ -223,15 +239,15 @@ impl Index {
                         continue;
                     }
                     if sub == "latest" {
-                        index.add(&entry, path.clone(), None, sub_path);
+                        index.add(entry, path.clone(), None, sub_path);
                         nested = true;
                     } else if let Some(v) = folder_version(&sub) {
-                        index.add(&entry, path.clone(), Some(v), sub_path);
+                        index.add(entry, path.clone(), Some(v), sub_path);
                         nested = true;
                     }
                 }
                 if !nested && is_simple_app_dir(&path) {
-                    index.add(&entry, path.clone(), None, path);
+                    index.add(entry, path.clone(), None, path);
                 }
             }
         }
@@ -285,6 +301,7 @@ impl Registry {
         Registry {
             dirs,
             cache_ttl: DEFAULT_CACHE_TTL,
+            api_app: false,
             generation: Arc::new(AtomicU64::new(0)),
             index: RwLock::new(None),
             rescan: Mutex::new(()),
@@ -295,6 +312,13 @@ impl Registry {
     /// Change how long caches live without a change event (default [`DEFAULT_CACHE_TTL`]).
     pub fn with_cache_ttl(mut self, ttl: Duration) -> Registry {
         self.cache_ttl = ttl;
+        self
+    }
+
+    /// Serve a folder named `api` as an app: right when the internal API is not at `/api`
+    /// (`RUNTIME_API_PREFIX` is set), as Buntime does.
+    pub fn with_api_app(mut self, api_app: bool) -> Registry {
+        self.api_app = api_app;
         self
     }
 
@@ -330,7 +354,7 @@ impl Registry {
         if let Some(c) = self.index.read().as_ref().filter(|c| self.fresh(c, generation)) {
             return c.value.clone();
         }
-        let index = Arc::new(Index::scan(&self.dirs));
+        let index = Arc::new(Index::scan(&self.dirs, self.api_app));
         *self.index.write() = Some(Cached { at: Instant::now(), generation, value: index.clone() });
         index
     }
@@ -345,7 +369,7 @@ impl Registry {
             Some((n, r)) => (n, Some(r)),
             None => (segment, None),
         };
-        if !is_app_name(name) {
+        if !is_name(name, self.api_app) {
             return None;
         }
         let index = self.index();

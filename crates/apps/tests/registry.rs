@@ -152,6 +152,36 @@ fn list_is_the_api_apps_body() {
     );
 }
 
+/// Buntime reads flat folders before nested ones: in one worker dir `name@1.0.0/` wins over
+/// `name/1.0.0/` (across dirs the first dir still wins).
+#[test]
+fn flat_wins_over_nested_in_one_dir() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    app(a.path(), "twin/1.0.0", &[HTML]);
+    app(a.path(), "twin@1.0.0", &[HTML]);
+    app(a.path(), "twin/1.1.0", &[HTML]);
+    app(b.path(), "other/2.0.0", &[HTML]);
+    app(a.path(), "other@2.0.0", &[HTML]);
+    let reg = Registry::new(vec![a.path().to_path_buf(), b.path().to_path_buf()]);
+    assert_eq!(reg.resolve("twin@1.0.0").unwrap().dir, a.path().join("twin@1.0.0"));
+    assert_eq!(reg.resolve("twin").unwrap().dir, a.path().join("twin/1.1.0"));
+    assert_eq!(reg.resolve("other").unwrap().dir, a.path().join("other@2.0.0"));
+}
+
+/// `api` is reserved only while the internal API is at `/api`.
+#[test]
+fn an_app_named_api_is_served_only_with_an_api_prefix() {
+    let root = tempfile::tempdir().unwrap();
+    app(root.path(), "api", &[HTML]);
+    let plain = Registry::new(vec![root.path().to_path_buf()]);
+    assert!(plain.resolve("api").is_none());
+    assert!(plain.list().is_empty());
+    let prefixed = Registry::new(vec![root.path().to_path_buf()]).with_api_app(true);
+    assert_eq!(prefixed.resolve("api").unwrap().dir, root.path().join("api"));
+    assert_eq!(prefixed.list()[0].name, "api");
+}
+
 #[test]
 fn load_picks_the_worker_kind() {
     let root = tempfile::tempdir().unwrap();

@@ -4,6 +4,7 @@
 //! names the variable or flag, quotes the value and says what was expected).
 
 mod db;
+mod logfmt;
 mod serve;
 
 use std::process::ExitCode;

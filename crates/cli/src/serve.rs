@@ -128,7 +128,7 @@ fn init_logging(config: &RuntimeConfig) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match config.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => builder.event_format(crate::logfmt::JsonLines).init(),
         LogFormat::Text => builder.compact().init(),
     }
 }

@@ -93,6 +93,11 @@ fn bad_configuration_exits_2_naming_the_variable() {
             "prod",
             "marina: invalid NODE_ENV (--node-env) \"prod\": expected one of development, production, staging, test",
         ),
+        (
+            "RUNTIME_JS",
+            "deno",
+            "marina: invalid RUNTIME_JS (--js-runtime) \"deno\": expected bun, node, or the path of an executable Bun or Node",
+        ),
     ];
     for (var, value, message) in cases {
         let out = Command::new(BIN).arg("serve").env(var, value).output().unwrap();
@@ -172,6 +177,12 @@ fn production_logs_are_json_with_one_access_line_per_request() {
     assert_eq!(access["app"], "site@latest");
     assert!(access["duration_ms"].as_f64().is_some());
     assert!(access["request_id"].as_str().is_some_and(|s| !s.is_empty()));
+    // Lists are arrays, and no line repeats a key (`target` of the line vs a field).
+    let serving = lines.iter().find(|l| l["message"] == "marina is serving").expect("a start line");
+    assert_eq!(serving["worker_dirs"], serde_json::json!([apps.path().display().to_string()]));
+    for raw in stderr.lines() {
+        assert_eq!(raw.matches("\"target\":").count(), 1, "{raw}");
+    }
 }
 
 #[test]

@@ -265,7 +265,16 @@ impl RuntimeConfig {
             0..=1_000_000,
             100,
         )?;
-        let js_runtime = nonempty(&raw.js_runtime).map(str::to_string);
+        let js_runtime = match nonempty(&raw.js_runtime) {
+            None => None,
+            Some(s) if s == "bun" || s == "node" => Some(s.to_string()),
+            Some(s) if s.contains('/') && is_executable_file(&absolute(PathBuf::from(s))) => {
+                Some(absolute(PathBuf::from(s)).display().to_string())
+            }
+            Some(s) => {
+                return Err(bad("RUNTIME_JS", "js-runtime", s, "bun, node, or the path of an executable Bun or Node"));
+            }
+        };
         let database_url = match nonempty(&raw.database_url) {
             None => None,
             Some(s) if s.starts_with("sqlite:") || s.starts_with("postgres://") || s.starts_with("postgresql://") => {
@@ -296,6 +305,12 @@ impl RuntimeConfig {
     pub fn api_base(&self) -> String {
         format!("{}/api", self.api_prefix)
     }
+}
+
+/// A file that exists and has an execute bit (whether it runs is only known when it does).
+fn is_executable_file(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// `"/_/"` → `"/_"`, `"_"` → `"/_"`, `"/"` → `""`; `None` for anything that is not a clean path.
@@ -379,6 +394,14 @@ mod tests {
             (
                 |r| r.log_format = Some("xml".into()),
                 "invalid RUNTIME_LOG_FORMAT (--log-format) \"xml\": expected text or json",
+            ),
+            (
+                |r| r.js_runtime = Some("deno".into()),
+                "invalid RUNTIME_JS (--js-runtime) \"deno\": expected bun, node, or the path of an executable Bun or Node",
+            ),
+            (
+                |r| r.js_runtime = Some("/no/such/bun".into()),
+                "invalid RUNTIME_JS (--js-runtime) \"/no/such/bun\": expected bun, node, or the path of an executable Bun or Node",
             ),
             (
                 |r| r.host = Some("my host".into()),

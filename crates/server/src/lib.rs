@@ -32,7 +32,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use marina_apps::registry::Registry;
 use marina_core::{Body, Error, body};
 use marina_store::Store;
-use marina_workers::{PoolOptions, WorkerPool};
+use marina_workers::{AppDatabasePath, PoolOptions, WorkerPool};
 use tokio::net::TcpListener;
 use tower_service::Service;
 
@@ -82,7 +82,7 @@ impl Server {
                 tracing::warn!(dir = %dir.display(), "worker dir does not exist; no apps are served from it until it is created");
             }
         }
-        let registry = Arc::new(Registry::new(config.worker_dirs.clone()));
+        let registry = Arc::new(Registry::new(config.worker_dirs.clone()).with_api_app(!config.api_prefix.is_empty()));
         let watch = match registry.watch() {
             Ok(handle) => Some(handle),
             Err(e) => {
@@ -103,6 +103,9 @@ impl Server {
             node_env: config.node_env.as_str().to_string(),
             log_level: config.log_level.clone(),
             js_runtime: config.js_runtime.clone(),
+            worker_dirs: registry.dirs().to_vec(),
+            plugin_dirs: config.plugin_dirs.clone(),
+            app_database: app_database_path(&store, &config.state_dir),
         })?;
         let runtime =
             Arc::new(Runtime { config, registry, pool, store, draining: AtomicBool::new(false), _watch: watch });
@@ -261,12 +264,37 @@ async fn route(
     };
     let segment = app_path.segment.clone();
     let rest = app_path.rest.to_string();
-    let resolved = rt.registry.resolve(&segment).ok_or_else(|| {
-        Error::new(StatusCode::NOT_FOUND, "APP_NOT_FOUND", format!("no app matches '{segment}'"))
-            .with_data(serde_json::json!({ "app": segment }))
-    })?;
+    let resolved = rt.registry.resolve(&segment).ok_or_else(|| app_not_found(rt, &segment))?;
     let app = rt.registry.load(&resolved)?;
     *label = Some(app.key());
     let req = req.map(body::boxed);
     dispatch::to_app(rt, app, &segment, &rest, req, peer, request_id).await
+}
+
+/// 404 for an unknown app, naming the worker dirs searched so a misplaced app is found quickly
+/// (left out when internal detail is hidden from clients: they are server paths).
+fn app_not_found(rt: &Runtime, segment: &str) -> Error {
+    if rt.hide_internal_errors() {
+        return Error::new(StatusCode::NOT_FOUND, "APP_NOT_FOUND", format!("no app matches '{segment}'"))
+            .with_data(serde_json::json!({ "app": segment }));
+    }
+    let dirs: Vec<String> = rt.registry.dirs().iter().map(|d| d.display().to_string()).collect();
+    Error::new(
+        StatusCode::NOT_FOUND,
+        "APP_NOT_FOUND",
+        format!("no app matches '{segment}' in the worker dirs {}", dirs.join(", ")),
+    )
+    .with_data(serde_json::json!({ "app": segment, "dirs": dirs }))
+}
+
+/// Where each app's SQLite database is (`APP_DATABASE_PATH` for its workers): beside marina's
+/// own file when marina runs on SQLite; `None` on PostgreSQL (and in memory), where apps reach
+/// their schema through the database plugin, never with marina's credentials.
+fn app_database_path(store: &Store, state_dir: &std::path::Path) -> Option<AppDatabasePath> {
+    store.sqlite_path()?;
+    let state_dir = state_dir.to_path_buf();
+    Some(AppDatabasePath(Arc::new(move |name: &str| {
+        let ident = marina_store::sql::app_ident(name).ok()?;
+        Some(marina_store::app_sqlite_path(&state_dir, &ident))
+    })))
 }

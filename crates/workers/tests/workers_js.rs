@@ -22,6 +22,8 @@ async fn fetch_app_forwards_path_headers_body_and_cookies() {
         assert_eq!(v["forwardedFor"], "203.0.113.9");
         assert_eq!(v["body"], "hi there");
 
+        let r = get(&pool, &app, "/bytes").await;
+        assert_eq!(r.headers["content-type"], "text/plain;charset=utf-8", "{rt}: Buntime's default Content-Type");
         let r = get(&pool, &app, "/cookies").await;
         let cookies: Vec<_> = r.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
         assert_eq!(cookies, vec!["a=1; Path=/", "b=2; Path=/"], "{rt}: duplicate Set-Cookie must survive");
@@ -71,6 +73,7 @@ async fn worker_sees_only_its_env_and_marina_variables() {
         let pool = pool(state.path(), Some(rt), |_| {});
         let app = js_app("envy", "js-echo", "index.js", |c| {
             c.env = BTreeMap::from([("GREETING".into(), "hi".into()), ("APP_DIR".into(), "/not/this".into())]);
+            c.public_routes.by_method.insert("ALL".into(), vec!["/health".into(), "/public/**".into()]);
         });
         let r = get(&pool, &app, "/env").await;
         let env: BTreeMap<String, String> = serde_json::from_str(&r.text).unwrap();
@@ -83,6 +86,13 @@ async fn worker_sees_only_its_env_and_marina_variables() {
         assert_eq!(env["WORKER_ID"], pool.workers()[0].id);
         let cfg: serde_json::Value = serde_json::from_str(&env["WORKER_CONFIG"]).unwrap();
         assert_eq!(cfg["ttlMs"], 30_000);
+        // As Buntime: the merged env and publicRoutes travel in WORKER_CONFIG, and workers learn
+        // the worker and plugin dirs.
+        assert_eq!(cfg["env"]["GREETING"], "hi");
+        assert_eq!(cfg["publicRoutes"], serde_json::json!(["/health", "/public/**"]));
+        assert_eq!(env["RUNTIME_WORKER_DIRS"], "/srv/apps:/srv/more");
+        assert_eq!(env["RUNTIME_PLUGIN_DIRS"], "/srv/plugins");
+        assert_eq!(env["APP_DATABASE_PATH"], "/srv/state/apps/envy.db", "where its own SQLite database is");
         for (k, _) in std::env::vars() {
             if !["PATH", "HOME"].contains(&k.as_str()) && !env.contains_key(&k) {
                 continue;

@@ -42,6 +42,11 @@ impl Gate {
         self.waiting.load(Ordering::Acquire)
     }
 
+    /// The most requests that may run at once.
+    pub fn max_concurrency(&self) -> usize {
+        self.concurrency
+    }
+
     pub fn queue_limit(&self) -> usize {
         self.queue_limit
     }

@@ -77,6 +77,28 @@ pub struct PoolOptions {
     pub log_level: String,
     /// `RUNTIME_JS`: `bun`, `node` or a path; `None` = Bun when on PATH, else Node.
     pub js_runtime: Option<String>,
+    /// `RUNTIME_WORKER_DIRS`, passed on to workers as Buntime does.
+    pub worker_dirs: Vec<PathBuf>,
+    /// `RUNTIME_PLUGIN_DIRS`, passed on to workers as Buntime does.
+    pub plugin_dirs: Vec<PathBuf>,
+    /// Where an app's own SQLite database is, told to its workers as `APP_DATABASE_PATH`
+    /// (`None`, or the function answering `None`, when there is no such file: PostgreSQL).
+    pub app_database: Option<AppDatabasePath>,
+}
+
+/// Maps an app name to its SQLite database file. A function rather than a directory because
+/// the file name rule (and whether there is a file at all) belongs to the store.
+#[derive(Clone)]
+pub struct AppDatabasePath(pub Arc<dyn Fn(&str) -> Option<PathBuf> + Send + Sync>);
+
+impl std::fmt::Debug for AppDatabasePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AppDatabasePath(..)")
+    }
+}
+
+fn join_dirs(dirs: &[PathBuf]) -> String {
+    dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":")
 }
 
 /// One worker as `GET /api/workers` shows it.
@@ -129,8 +151,11 @@ pub struct PoolMetrics {
     pub active_workers: usize,
     /// Mean time to response headers over the last 100 requests.
     pub avg_response_time_ms: f64,
-    /// Ephemeral requests running now.
+    /// The most ephemeral requests that may run at once (`RUNTIME_EPHEMERAL_CONCURRENCY` after
+    /// clamping), as Buntime's metrics report it.
     pub ephemeral_concurrency: usize,
+    /// Ephemeral requests running now (marina).
+    pub ephemeral_active: usize,
     /// Ephemeral requests waiting now.
     pub ephemeral_queue_depth: usize,
     /// The ephemeral queue limit.
@@ -238,6 +263,9 @@ impl WorkerPool {
             node_env: opts.node_env.clone(),
             log_level: opts.log_level.clone(),
             js_runtime: opts.js_runtime.clone(),
+            worker_dirs: join_dirs(&opts.worker_dirs),
+            plugin_dirs: join_dirs(&opts.plugin_dirs),
+            app_database: opts.app_database.clone(),
         })?);
         let backends: HashMap<WorkerKind, Arc<dyn Backend>> = HashMap::from([
             (WorkerKind::Static, Arc::new(StaticBackend) as Arc<dyn Backend>),
@@ -297,17 +325,19 @@ impl WorkerPool {
             return Err(Error::unavailable("SHUTTING_DOWN", "marina is shutting down and takes no new requests"));
         }
         let backend = inner.backend(&app)?;
-        if backend.policy() == Policy::Shared {
-            return inner.serve_shared(backend, app, req).await;
-        }
+        // A declared length over `maxBodySize` is refused before anything else, for every kind:
+        // a large POST to a static app is 413 (as in Buntime), not 405.
         let limit = app.config.max_body_size;
         let declared = req
             .headers()
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+            .and_then(|v| v.trim().parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit) {
             return Err(Error::payload_too_large(limit));
+        }
+        if backend.policy() == Policy::Shared {
+            return inner.serve_shared(backend, app, req).await;
         }
         // Only marina may send lifecycle calls; a client cannot smuggle the control header in.
         req.headers_mut().remove(&CONTROL_HEADER);
@@ -570,7 +600,8 @@ impl Inner {
                 .with_data(json!({ "app": worker.key, "worker": worker.id, "exit": exit }))
                 .with_source(e))
             }
-            Ok(Ok(resp)) => {
+            Ok(Ok(mut resp)) => {
+                default_content_type(&mut resp);
                 let took = started.elapsed();
                 worker.latency.lock().record(took);
                 self.latency.lock().record(took);
@@ -843,7 +874,8 @@ impl Inner {
         PoolMetrics {
             active_workers: all.iter().filter(|w| w.phase() != Phase::Dead).count(),
             avg_response_time_ms: self.latency.lock().avg_ms(),
-            ephemeral_concurrency: self.gate.active(),
+            ephemeral_concurrency: self.gate.max_concurrency(),
+            ephemeral_active: self.gate.active(),
             ephemeral_queue_depth: self.gate.pending(),
             ephemeral_queue_limit: self.gate.queue_limit(),
             evictions: c.evictions.load(Ordering::Relaxed),
@@ -886,6 +918,21 @@ impl Inner {
         self.all.lock().clear();
         self.shutdown_done.send_replace(true);
     }
+}
+
+/// Buntime's worker wrapper gives every response without a `Content-Type` the type
+/// `text/plain;charset=utf-8`; apps (and their clients) written for Buntime rely on it.
+/// Responses that carry no body by definition (1xx, 204, 304) are left alone.
+fn default_content_type(resp: &mut Response<Body>) {
+    let status = resp.status();
+    if status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED
+        || resp.headers().contains_key(http::header::CONTENT_TYPE)
+    {
+        return;
+    }
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain;charset=utf-8"));
 }
 
 /// Counts a request as in flight on its worker until the response body is done or dropped;

@@ -54,6 +54,12 @@ pub struct ProcessOptions {
     pub log_level: String,
     /// `RUNTIME_JS`: `bun`, `node` or a path; `None` = Bun when on PATH, else Node.
     pub js_runtime: Option<String>,
+    /// `RUNTIME_WORKER_DIRS` as workers see it (colon-separated, absolute).
+    pub worker_dirs: String,
+    /// `RUNTIME_PLUGIN_DIRS` as workers see it.
+    pub plugin_dirs: String,
+    /// `APP_DATABASE_PATH` for an app name.
+    pub app_database: Option<crate::pool::AppDatabasePath>,
 }
 
 /// Starts `js` and `process` workers.
@@ -132,7 +138,12 @@ impl Boot {
             ("NODE_ENV", self.opts.node_env.clone()),
             ("RUNTIME_API_URL", self.opts.runtime_api_url.clone()),
             ("RUNTIME_LOG_LEVEL", self.opts.log_level.clone()),
+            ("RUNTIME_WORKER_DIRS", self.opts.worker_dirs.clone()),
+            ("RUNTIME_PLUGIN_DIRS", self.opts.plugin_dirs.clone()),
         ];
+        if let Some(db) = self.opts.app_database.as_ref().and_then(|f| (f.0)(&app.name)) {
+            marina_env.push(("APP_DATABASE_PATH", db.display().to_string()));
+        }
         let mut socket = None;
         let (spec, target) = if app.kind == WorkerKind::Js {
             let runtime = self.runtime.as_ref().map_err(clone_error)?;
@@ -203,7 +214,7 @@ impl Boot {
             id: self.spec.worker_id.clone(),
             exit: exit_rx,
         });
-        tracing::info!(app = %self.key, worker = %self.spec.worker_id, pid, target = %instance.upstream.target(), "worker started");
+        tracing::info!(app = %self.key, worker = %self.spec.worker_id, pid, listen = %instance.upstream.target(), "worker started");
 
         match self.wait_listening(&instance, &app, &mut stderr_pump).await {
             Ok(()) => {
@@ -413,11 +424,24 @@ pub(crate) fn clone_error(e: &Error) -> Error {
     }
 }
 
-/// The normalized config a worker sees as `WORKER_CONFIG` (durations in ms, sizes in bytes;
-/// `env` left out: the worker has it as its environment already).
+/// The normalized config a worker sees as `WORKER_CONFIG` (durations in ms, sizes in bytes),
+/// with the merged `env` (manifest + `.env`) and `publicRoutes` as Buntime passes them: a list
+/// when only `ALL` routes are given, else a map of method to list.
 fn worker_config_json(app: &App) -> String {
     let c = &app.config;
+    let routes = &c.public_routes.by_method;
+    let public_routes = match routes.get("ALL") {
+        Some(all) if routes.len() == 1 => json!(all),
+        _ => json!(routes),
+    };
     json!({
+        "env": c.env,
+        "publicRoutes": public_routes,
+        "visibility": match c.visibility {
+            marina_apps::manifest::Visibility::Public => "public",
+            marina_apps::manifest::Visibility::Protected => "protected",
+            marina_apps::manifest::Visibility::Internal => "internal",
+        },
         "entrypoint": app.entrypoint,
         "ttlMs": c.ttl.as_millis() as u64,
         "idleTimeoutMs": c.idle_timeout.as_millis() as u64,

@@ -60,6 +60,11 @@ pub fn options(state: &Path, js: Option<&str>) -> PoolOptions {
         node_env: "test".into(),
         log_level: "info".into(),
         js_runtime: js.map(str::to_string),
+        worker_dirs: vec!["/srv/apps".into(), "/srv/more".into()],
+        plugin_dirs: vec!["/srv/plugins".into()],
+        app_database: Some(marina_workers::AppDatabasePath(std::sync::Arc::new(|name: &str| {
+            Some(std::path::PathBuf::from(format!("/srv/state/apps/{name}.db")))
+        }))),
     }
 }
 

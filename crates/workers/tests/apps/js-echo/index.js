@@ -15,6 +15,9 @@ export default {
         return Response.json(process.env);
       case "/pid":
         return new Response(String(process.pid));
+      case "/bytes":
+        // No Content-Type: marina adds Buntime's default.
+        return new Response(new TextEncoder().encode("raw bytes"));
       case "/echo":
         return Response.json({
           method: req.method,
