@@ -40,6 +40,9 @@ async fn python_app_serves_with_health_path_env_and_cookies() {
         "NODE_ENV",
         "RUNTIME_API_URL",
         "RUNTIME_LOG_LEVEL",
+        "RUNTIME_WORKER_DIRS",
+        "RUNTIME_PLUGIN_DIRS",
+        "APP_DATABASE_PATH",
         "LC_CTYPE",
     ];
     for k in env.keys() {

@@ -89,7 +89,10 @@ pub struct PoolOptions {
 /// Maps an app name to its SQLite database file. A function rather than a directory because
 /// the file name rule (and whether there is a file at all) belongs to the store.
 #[derive(Clone)]
-pub struct AppDatabasePath(pub Arc<dyn Fn(&str) -> Option<PathBuf> + Send + Sync>);
+pub struct AppDatabasePath(pub Arc<AppDatabaseFn>);
+
+/// The function inside [`AppDatabasePath`]: app name → its SQLite file, if any.
+pub type AppDatabaseFn = dyn Fn(&str) -> Option<PathBuf> + Send + Sync;
 
 impl std::fmt::Debug for AppDatabasePath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
