@@ -17,4 +17,4 @@ pub mod process;
 pub mod static_files;
 pub mod static_kind;
 
-pub use pool::{AppDatabasePath, PoolMetrics, PoolOptions, WorkerInfo, WorkerPool};
+pub use pool::{AppDatabaseFn, AppDatabasePath, PoolMetrics, PoolOptions, WorkerInfo, WorkerPool};
