@@ -54,17 +54,11 @@ pub async fn to_app(
     };
     *req.uri_mut() = Uri::try_from(path_and_query)
         .map_err(|e| Error::bad_request("BAD_PATH", format!("the request path cannot be forwarded: {e}")))?;
-    let host = req.headers().get(http::header::HOST).cloned();
     let headers = req.headers_mut();
     set(headers, "x-base", &base);
     set(headers, "x-request-id", request_id);
-    // marina is the edge: the client address comes from the socket, never from what the
-    // client claims, so apps can trust x-forwarded-for for rate limits and audit logs.
-    set(headers, "x-forwarded-for", &peer.ip().to_string());
-    set(headers, "x-forwarded-proto", "http");
-    if let Some(host) = host {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
-    }
+    // The same forwarding-header policy as proxy rules' remote upstreams.
+    marina_proxy::set_forwarding_headers(headers, marina_proxy::ClientInfo { ip: peer.ip(), proto: "http" });
     rt.pool.dispatch(app, req).await
 }
 

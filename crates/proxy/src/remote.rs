@@ -1,0 +1,372 @@
+//! Forwarding to remote upstreams: the targets of proxy rules.
+//!
+//! One pooled client (hyper-util's legacy client, which keeps a keep-alive pool per
+//! scheme+host and expires idle connections) over rustls with the ring provider. There are
+//! two clients because a rule's `secure: false` needs a TLS config that accepts any
+//! certificate, and a connection made without verification must never be reused for a rule
+//! that asked for it. Upstreams speak HTTP/1.1, which is what WebSocket upgrades need.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header;
+use http::{Request, Response, StatusCode, Version};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use marina_core::Error;
+use marina_core::body::{self, Body};
+use rustls::pki_types::CertificateDer;
+use serde_json::json;
+
+use crate::forwarded::{ClientInfo, set_forwarding_headers};
+use crate::headers::{is_upgrade, strip_hop_by_hop};
+use crate::limit::BodyTooLarge;
+use crate::policy::TargetPolicy;
+use crate::rules::Rule;
+use crate::splice::splice;
+
+type Connector = HttpsConnector<HttpConnector<PolicyResolver>>;
+
+/// Timeouts, pool sizes, trust and the SSRF policy of the remote client.
+#[derive(Debug, Clone)]
+pub struct RemoteConfig {
+    /// TCP connect deadline (then 504).
+    pub connect_timeout: Duration,
+    /// Deadline for the upstream's response head, from sending the request (then 504).
+    pub response_timeout: Duration,
+    /// Idle keep-alive connections are closed after this long.
+    pub pool_idle_timeout: Duration,
+    /// Idle keep-alive connections kept per upstream host.
+    pub max_idle_per_host: usize,
+    /// A proxied WebSocket with no byte either way for this long is closed (`None`: never).
+    pub ws_idle_timeout: Option<Duration>,
+    /// Certificates trusted besides the system's roots (a private CA).
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// What targets may be reached.
+    pub policy: TargetPolicy,
+}
+
+impl Default for RemoteConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(90),
+            max_idle_per_host: 32,
+            ws_idle_timeout: Some(Duration::from_secs(600)),
+            extra_roots: Vec::new(),
+            policy: TargetPolicy::default(),
+        }
+    }
+}
+
+/// The client for remote upstreams. Cheap to share (`Arc`); one per process is the intent.
+pub struct Remote {
+    verified: Client<Connector, Body>,
+    insecure: Client<Connector, Body>,
+    config: RemoteConfig,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote").field("config", &self.config).finish()
+    }
+}
+
+impl Remote {
+    /// Builds both clients. Fails only when the TLS configuration cannot be built.
+    pub fn new(config: RemoteConfig) -> Result<Self, Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        for cert in &config.extra_roots {
+            roots
+                .add(cert.clone())
+                .map_err(|e| Error::internal(format!("cannot trust the configured proxy CA certificate: {e}")))?;
+        }
+        let tls_error = |e: rustls::Error| Error::internal(format!("cannot build the proxy TLS configuration: {e}"));
+        let verified_tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(tls_error)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let insecure_tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(tls_error)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth();
+        let build = |tls: rustls::ClientConfig| {
+            let mut http = HttpConnector::new_with_resolver(PolicyResolver(Arc::new(config.policy.clone())));
+            http.enforce_http(false);
+            http.set_nodelay(true);
+            http.set_connect_timeout(Some(config.connect_timeout));
+            let connector =
+                HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(config.pool_idle_timeout)
+                .pool_max_idle_per_host(config.max_idle_per_host)
+                .build(connector)
+        };
+        Ok(Self { verified: build(verified_tls), insecure: build(insecure_tls), config })
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &RemoteConfig {
+        &self.config
+    }
+
+    /// Forwards `req` along `rule`. `path` is what the rule's pattern was matched against (the
+    /// whole path for plugin rules, the app-relative path for an app's manifest rules); the
+    /// request's query string is kept.
+    ///
+    /// Hop-by-hop headers go, the forwarding headers come from [`set_forwarding_headers`],
+    /// `Host` (and `Origin`) follow `changeOrigin`, the rule's headers are set last. The body
+    /// streams both ways; the upstream's `Content-Encoding` is passed through untouched. A
+    /// WebSocket upgrade (when the rule's `ws` allows it) is spliced end to end once both sides
+    /// have switched protocols.
+    pub async fn forward(
+        &self,
+        rule: &Rule,
+        path: &str,
+        mut req: Request<Body>,
+        client: ClientInfo,
+    ) -> Result<Response<Body>, Error> {
+        let upgrade = rule.ws() && is_upgrade(req.headers());
+        *req.uri_mut() = rule.upstream_uri(path, req.uri().query())?;
+        *req.version_mut() = Version::HTTP_11;
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers, upgrade);
+        set_forwarding_headers(headers, client);
+        if rule.change_origin() {
+            headers.insert(header::HOST, rule.target.host_header.clone());
+            if headers.contains_key(header::ORIGIN) {
+                headers.insert(header::ORIGIN, rule.target.origin_header.clone());
+            }
+        }
+        for (name, value) in rule.headers() {
+            headers.insert(name.clone(), value.clone());
+        }
+        let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let http = if rule.secure() { &self.verified } else { &self.insecure };
+        let sent = tokio::time::timeout(self.config.response_timeout, http.request(req)).await;
+        let mut resp = match sent {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => return Err(self.classify(rule, e)),
+            Err(_) => {
+                return Err(Error::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "UPSTREAM_TIMEOUT",
+                    format!(
+                        "proxy rule '{}': {} did not answer within {:?}",
+                        rule.id, rule.target.authority, self.config.response_timeout
+                    ),
+                )
+                .with_data(json!({ "rule": rule.id })));
+            }
+        };
+        match client_side {
+            Some(client_side) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let upstream_side = hyper::upgrade::on(&mut resp);
+                let idle = self.config.ws_idle_timeout;
+                let rule_id = rule.id.clone();
+                tokio::spawn(async move {
+                    match tokio::join!(client_side, upstream_side) {
+                        (Ok(c), Ok(u)) => {
+                            if let Err(e) = splice(TokioIo::new(c), TokioIo::new(u), idle).await {
+                                tracing::debug!(rule = %rule_id, error = %e, "proxied WebSocket ended");
+                            }
+                        }
+                        (c, u) => tracing::debug!(
+                            rule = %rule_id,
+                            client_ok = c.is_ok(),
+                            upstream_ok = u.is_ok(),
+                            "upgrade did not complete on both sides"
+                        ),
+                    }
+                });
+                strip_hop_by_hop(resp.headers_mut(), true);
+            }
+            _ => strip_hop_by_hop(resp.headers_mut(), false),
+        }
+        Ok(resp.map(body::boxed))
+    }
+
+    fn classify(&self, rule: &Rule, e: hyper_util::client::legacy::Error) -> Error {
+        let chain = error_chain(&e);
+        let data = json!({ "rule": rule.id, "target": rule.target.authority.as_str() });
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(inner) = cur {
+            if inner.is::<BodyTooLarge>() {
+                let limit = inner.downcast_ref::<BodyTooLarge>().map_or(0, |b| b.limit);
+                return Error::payload_too_large(limit);
+            }
+            if let Some(refused) = inner.downcast_ref::<Refused>() {
+                return Error::bad_gateway("PROXY_TARGET_REFUSED", format!("proxy rule '{}': {}", rule.id, refused.0))
+                    .with_data(data);
+            }
+            if let Some(io) = inner.downcast_ref::<io::Error>()
+                && io.kind() == io::ErrorKind::TimedOut
+                && e.is_connect()
+            {
+                return Error::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "UPSTREAM_TIMEOUT",
+                    format!(
+                        "proxy rule '{}': connecting to {} timed out after {:?}",
+                        rule.id, rule.target.authority, self.config.connect_timeout
+                    ),
+                )
+                .with_data(data);
+            }
+            cur = inner.source();
+        }
+        if e.is_connect() {
+            return Error::bad_gateway(
+                "UPSTREAM_UNREACHABLE",
+                format!("proxy rule '{}': cannot connect to {}: {chain}", rule.id, rule.target.authority),
+            )
+            .with_data(data);
+        }
+        Error::bad_gateway(
+            "UPSTREAM_FAILED",
+            format!("proxy rule '{}': {} failed: {chain}", rule.id, rule.target.authority),
+        )
+        .with_data(data)
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let _ = write!(s, ": {inner}");
+        cur = inner.source();
+    }
+    s
+}
+
+/// A resolved address the SSRF policy refused.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Resolves host names with the system resolver and drops the addresses the policy refuses;
+/// when none is left, the connection fails with [`Refused`]. IP-literal targets never get
+/// here: they are checked when the rule is validated.
+#[derive(Clone)]
+struct PolicyResolver(Arc<TargetPolicy>);
+
+impl tower_service::Service<Name> for PolicyResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let policy = self.0.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let mut why = None;
+            let allowed: Vec<SocketAddr> = found
+                .into_iter()
+                .filter(|a| match policy.refuse_ip(a.ip()) {
+                    Some(w) => {
+                        why = Some(w);
+                        false
+                    }
+                    None => true,
+                })
+                .collect();
+            if allowed.is_empty()
+                && let Some(why) = why
+            {
+                return Err(io::Error::other(Refused(format!("'{host}' resolves to {why}"))));
+            }
+            Ok(allowed.into_iter())
+        })
+    }
+}
+
+/// The verifier of `secure: false`: any certificate is accepted, but the handshake signatures
+/// are still checked, so the connection is at least bound to the key the server presented.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+    use tower_service::Service;
+
+    #[tokio::test]
+    async fn names_resolving_to_refused_addresses_are_refused_on_connect() {
+        let policy = TargetPolicy::new(vec![], vec![])
+            .with_deny(vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]);
+        let mut resolver = PolicyResolver(Arc::new(policy));
+        let err = resolver.call(Name::from_str("localhost").unwrap()).await.unwrap_err();
+        let refused = err.get_ref().and_then(|e| e.downcast_ref::<Refused>()).expect("a Refused error");
+        assert!(refused.0.contains("denies"), "{}", refused.0);
+
+        let mut open = PolicyResolver(Arc::new(TargetPolicy::default()));
+        let addrs: Vec<_> = open.call(Name::from_str("localhost").unwrap()).await.unwrap().collect();
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()) && !addrs.is_empty());
+    }
+}
