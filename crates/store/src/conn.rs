@@ -296,7 +296,7 @@ impl Backend {
 
 /// The most useful text of a driver error: the server's message when there is one, otherwise
 /// the error and its chain (tokio-postgres hides the I/O cause behind "error connecting").
-fn pg_cause(e: &tokio_postgres::Error) -> String {
+pub(crate) fn pg_cause(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return format!("{} ({}): {}", db.severity(), db.code().code(), db.message());
     }
@@ -319,7 +319,7 @@ pub(crate) fn pg_error(e: &tokio_postgres::Error, sql: &str) -> Error {
 
 impl Conn {
     /// Run `f` with the SQLite connection on the blocking pool.
-    async fn blocking<R: Send + 'static>(
+    pub(crate) async fn blocking<R: Send + 'static>(
         &mut self,
         _what: &str,
         f: impl FnOnce(&mut rusqlite::Connection) -> Result<R, Error> + Send + 'static,
@@ -449,7 +449,7 @@ fn sqlite_query(c: &rusqlite::Connection, stmt: &str, params: &[Value]) -> Resul
     Ok(out)
 }
 
-fn pg_row(row: &tokio_postgres::Row, columns: &Arc<[String]>, stmt: &str) -> Result<Row, Error> {
+pub(crate) fn pg_row(row: &tokio_postgres::Row, columns: &Arc<[String]>, stmt: &str) -> Result<Row, Error> {
     let mut values = Vec::with_capacity(columns.len());
     for (i, col) in row.columns().iter().enumerate() {
         let err = |e: tokio_postgres::Error| sql_error(format!("column '{}': {}", col.name(), pg_cause(&e)), stmt);

@@ -36,6 +36,7 @@
 #![warn(missing_docs)]
 
 mod conn;
+pub mod hrana;
 pub mod kv;
 pub mod migrate;
 pub mod sql;

@@ -99,6 +99,38 @@ pub fn to_sqlite_placeholders(sql: &str) -> String {
     out
 }
 
+/// Rewrite SQLite-style `?` and `?NNN` placeholders as PostgreSQL's `$n` (outside strings,
+/// quoted names and comments), for SQL written for SQLite clients that runs on PostgreSQL.
+pub fn question_marks_to_dollars(sql: &str) -> String {
+    let mut marks = Vec::new();
+    scan(sql, |i, c| {
+        if c == '?' {
+            marks.push(i);
+        }
+    });
+    if marks.is_empty() {
+        return sql.to_string();
+    }
+    let mut out = String::with_capacity(sql.len() + marks.len() * 2);
+    let mut last = 0;
+    let mut next = 0;
+    for i in marks {
+        out.push_str(&sql[last..i]);
+        let digits = sql[i + 1..].bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 {
+            out.push('$');
+            out.push_str(&sql[i + 1..i + 1 + digits]);
+            last = i + 1 + digits;
+        } else {
+            next += 1;
+            out.push_str(&format!("${next}"));
+            last = i + 1;
+        }
+    }
+    out.push_str(&sql[last..]);
+    out
+}
+
 /// Split a script into statements at top-level `;`, dropping empty ones (and comment-only
 /// ones). Needed for files that opt out of the transaction: PostgreSQL runs a multi-statement
 /// simple query as one implicit transaction, which `CREATE INDEX CONCURRENTLY` refuses.
@@ -228,7 +260,16 @@ pub fn quote_ident(ident: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use proptest::prelude::*;
+
+    #[test]
+    fn question_marks_become_dollars_outside_strings() {
+        assert_eq!(
+            question_marks_to_dollars("SELECT ?, '?', \"?\", ?3 -- ?\n, ?"),
+            "SELECT $1, '?', \"?\", $3 -- ?\n, $2"
+        );
+    }
 
     #[test]
     fn placeholders_outside_literals_only() {
