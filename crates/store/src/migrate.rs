@@ -51,6 +51,8 @@ const SYSTEM: &[(&str, &str)] = &[
     ("0001_marina_meta.down.sql", include_str!("../migrations/0001_marina_meta.down.sql")),
     ("0011_keyval.up.sql", include_str!("../migrations/0011_keyval.up.sql")),
     ("0011_keyval.down.sql", include_str!("../migrations/0011_keyval.down.sql")),
+    ("0012_api_keys.up.sql", include_str!("../migrations/0012_api_keys.up.sql")),
+    ("0012_api_keys.down.sql", include_str!("../migrations/0012_api_keys.down.sql")),
 ];
 
 fn err(status: StatusCode, code: &'static str, message: String) -> Error {

@@ -1,0 +1,272 @@
+//! [`Auth`]: the decisions the request pipeline asks for — who is calling (root key, API key,
+//! JWT), whether the internal API lets them through, and what an app route forwards.
+//!
+//! 401 means "no usable credentials" (missing, unknown, expired, revoked, bad token); 403 means
+//! "credentials are fine, this is not allowed" (a missing permission, a cross-site call).
+
+use std::collections::BTreeMap;
+
+use http::{HeaderMap, Method, StatusCode, header};
+use marina_core::Error;
+use marina_store::Store;
+use serde_json::json;
+
+use crate::api_rules::{self, Requirement};
+use crate::config::AuthConfig;
+use crate::identity::{self, Identity};
+use crate::jwt::JwtVerifier;
+use crate::keys::{KeyCheck, KeyStore, secret};
+use crate::public_routes::PublicRoutesCache;
+
+/// Which header a key came in, so that it can be kept from the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySource {
+    /// `X-API-Key`.
+    XApiKey,
+    /// `Authorization: Bearer`.
+    Bearer,
+}
+
+/// The credential a request presents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presented<'a> {
+    /// None.
+    Nothing,
+    /// A root or generated key.
+    Key(&'a str, KeySource),
+    /// A bearer token shaped like a JWT.
+    Token(&'a str),
+}
+
+/// Read the credential: `X-API-Key` first (as Buntime), else `Authorization: Bearer`, which is
+/// a JWT when it has the three-part shape and is not a `btk_` key.
+pub fn presented(headers: &HeaderMap) -> Presented<'_> {
+    if let Some(k) = headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim).filter(|k| !k.is_empty()) {
+        return Presented::Key(k, KeySource::XApiKey);
+    }
+    let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return Presented::Nothing;
+    };
+    let Some((scheme, value)) = auth.trim().split_once(' ') else { return Presented::Nothing };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Presented::Nothing;
+    }
+    let value = value.trim();
+    if value.is_empty() {
+        return Presented::Nothing;
+    }
+    if !value.starts_with(secret::KEY_PREFIX) && value.matches('.').count() == 2 {
+        Presented::Token(value)
+    } else {
+        Presented::Key(value, KeySource::Bearer)
+    }
+}
+
+fn unauthorized(code: &'static str, message: impl Into<String>) -> Error {
+    Error::new(StatusCode::UNAUTHORIZED, code, message)
+}
+
+/// Authentication state shared by every request.
+pub struct Auth {
+    keys: KeyStore,
+    root_key: Option<String>,
+    jwt: Option<JwtVerifier>,
+    public_routes: PublicRoutesCache,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth").field("root_key", &self.root_key.is_some()).field("jwt", &self.jwt).finish()
+    }
+}
+
+impl Auth {
+    /// Authentication over marina's migrated `store`.
+    ///
+    /// # Errors
+    /// As [`JwtVerifier::new`].
+    pub fn new(config: &AuthConfig, store: Store) -> Result<Self, Error> {
+        if let (Some(k), Some(var)) = (&config.root_key, config.root_key_var)
+            && k.len() < 16
+        {
+            tracing::warn!(variable = var, "the root key is shorter than 16 characters; use a long random value");
+        }
+        Ok(Self {
+            keys: KeyStore::new(store),
+            root_key: config.root_key.clone(),
+            jwt: config.jwt.as_ref().map(JwtVerifier::new).transpose()?,
+            public_routes: PublicRoutesCache::default(),
+        })
+    }
+
+    /// The generated keys.
+    pub fn keys(&self) -> &KeyStore {
+        &self.keys
+    }
+
+    /// The JWT verifier, when JWT verification is configured.
+    pub fn jwt(&self) -> Option<&JwtVerifier> {
+        self.jwt.as_ref()
+    }
+
+    /// Whether a root key is configured.
+    pub fn has_root_key(&self) -> bool {
+        self.root_key.is_some()
+    }
+
+    /// Who a root or generated key belongs to.
+    ///
+    /// # Errors
+    /// 401 `API_KEY_INVALID`, `API_KEY_EXPIRED`, `API_KEY_REVOKED`; storage errors.
+    pub async fn identify_key(&self, key: &str) -> Result<Identity, Error> {
+        if let Some(root) = &self.root_key
+            && secret::secrets_equal(root, key)
+        {
+            return Ok(Identity::root());
+        }
+        match self.keys.verify(key).await? {
+            KeyCheck::Valid(info) => Ok(Identity::from_key(&info)),
+            KeyCheck::Unknown => Err(unauthorized("API_KEY_INVALID", "the API key is not valid")),
+            KeyCheck::Expired(info) => Err(unauthorized("API_KEY_EXPIRED", format!("API key {} has expired", info.id))
+                .with_data(json!({ "id": info.id, "expiresAt": info.expires_at }))),
+            KeyCheck::Revoked(info) => Err(unauthorized("API_KEY_REVOKED", format!("API key {} was revoked", info.id))
+                .with_data(json!({ "id": info.id }))),
+        }
+    }
+
+    /// The internal API's gate (buntime.md §4.1): `path` is relative to the API base. A key is
+    /// required once the root key is set or any key was ever created; a generated key needs the
+    /// route's permission; without a key, state-changing calls need a same-host `Origin`.
+    ///
+    /// # Errors
+    /// 401 `AUTH_REQUIRED` and the key errors of [`Auth::identify_key`]; 403
+    /// `PERMISSION_DENIED`, `ORIGIN_REQUIRED`, `ORIGIN_MISMATCH`.
+    pub async fn authorize_api(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        authority: Option<&str>,
+    ) -> Result<Option<Identity>, Error> {
+        let requirement = api_rules::requirement(method, path);
+        if requirement == Requirement::Public {
+            return Ok(None);
+        }
+        let identity = match presented(headers) {
+            Presented::Nothing => None,
+            // Tokens are for apps; on the internal API only keys count.
+            Presented::Key(k, _) | Presented::Token(k) => Some(self.identify_key(k).await?),
+        };
+        let Some(identity) = identity else {
+            if self.root_key.is_some() || self.keys.any_exist().await? {
+                return Err(unauthorized(
+                    "AUTH_REQUIRED",
+                    "this API needs a key: send X-API-Key or Authorization: Bearer <key>",
+                ));
+            }
+            if api_rules::is_state_changing(method) {
+                api_rules::check_origin(headers, authority)?;
+            }
+            return Ok(None);
+        };
+        let allowed = match requirement {
+            Requirement::Public | Requirement::AnyKey => true,
+            Requirement::Permission(p) => identity.has_permission(p),
+            Requirement::Admin => identity.is_admin(),
+        };
+        if !allowed {
+            let needed = match requirement {
+                Requirement::Permission(p) => p,
+                _ => "admin",
+            };
+            return Err(Error::new(
+                StatusCode::FORBIDDEN,
+                "PERMISSION_DENIED",
+                format!("missing permission: {needed}"),
+            )
+            .with_data(json!({ "permission": needed, "role": identity.roles.first() })));
+        }
+        Ok(Some(identity))
+    }
+
+    /// The gate of an app route. `x-identity` is always removed from the request first. Without
+    /// JWT configuration nothing else happens: apps keep their own `Authorization` schemes.
+    /// With it, every route not in the app's `publicRoutes` needs a valid JWT (or a marina key);
+    /// on a public route valid credentials still yield an identity and bad ones are ignored.
+    /// On success the identity is set as `x-identity`, and a marina key is removed from the
+    /// request so that the worker never sees it (a JWT stays: apps may want the raw token).
+    ///
+    /// `app_key` names the app version (`todo@1.0.0`); `raw_path` is app-relative, as on the wire.
+    ///
+    /// # Errors
+    /// 401 `AUTH_REQUIRED`, `TOKEN_*`, `API_KEY_*`; 400 `PUBLIC_ROUTE_INVALID` for a manifest
+    /// pattern that does not compile; 503 `JWKS_UNAVAILABLE`.
+    pub async fn authorize_app(
+        &self,
+        app_key: &str,
+        public_routes: &BTreeMap<String, Vec<String>>,
+        method: &Method,
+        raw_path: &str,
+        headers: &mut HeaderMap,
+    ) -> Result<Option<Identity>, Error> {
+        identity::strip_incoming(headers);
+        let Some(jwt) = &self.jwt else { return Ok(None) };
+        // A CORS preflight never carries credentials (Fetch standard); the gateway answers it.
+        if method == Method::OPTIONS && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
+            return Ok(None);
+        }
+        let public = self.public_routes.get(app_key, public_routes)?.is_public(method, raw_path);
+        let (result, source) = match presented(headers) {
+            Presented::Nothing => (
+                Err(unauthorized("AUTH_REQUIRED", "this route needs a bearer token: Authorization: Bearer <JWT>")),
+                None,
+            ),
+            Presented::Key(k, source) => (self.identify_key(k).await, Some(source)),
+            Presented::Token(t) => (jwt.verify(t).await.map(Identity::from_claims), None),
+        };
+        match result {
+            Ok(identity) => {
+                match source {
+                    Some(KeySource::XApiKey) => {
+                        headers.remove("x-api-key");
+                    }
+                    Some(KeySource::Bearer) => {
+                        headers.remove(header::AUTHORIZATION);
+                    }
+                    None => {}
+                }
+                identity.apply(headers);
+                Ok(Some(identity))
+            }
+            Err(e) if public && e.status() == StatusCode::UNAUTHORIZED => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn h(name: &'static str, v: &'static str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        m.insert(name, HeaderValue::from_static(v));
+        m
+    }
+
+    #[test]
+    fn credentials_are_read_like_buntime() {
+        assert_eq!(presented(&HeaderMap::new()), Presented::Nothing);
+        assert_eq!(presented(&h("x-api-key", "btk_x")), Presented::Key("btk_x", KeySource::XApiKey));
+        assert_eq!(presented(&h("authorization", "Bearer btk_a.b.c")), Presented::Key("btk_a.b.c", KeySource::Bearer));
+        assert_eq!(presented(&h("authorization", "bearer a.b.c")), Presented::Token("a.b.c"));
+        assert_eq!(
+            presented(&h("authorization", "Bearer root-secret")),
+            Presented::Key("root-secret", KeySource::Bearer)
+        );
+        assert_eq!(presented(&h("authorization", "Basic dXNlcg==")), Presented::Nothing);
+        assert_eq!(presented(&h("authorization", "Bearer ")), Presented::Nothing);
+    }
+}

@@ -1,0 +1,198 @@
+//! [`Identity`]: who made a request, as verified by marina, and the `x-identity` header that
+//! carries it to workers.
+//!
+//! The header is marina's word, so it is removed from every incoming request before anything
+//! else looks at it ([`strip_incoming`]); a client can never choose its own identity.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::keys::KeyInfo;
+
+/// The header workers read the verified identity from (JSON).
+pub const IDENTITY_HEADER: HeaderName = HeaderName::from_static("x-identity");
+
+/// How the caller proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityKind {
+    /// The root key (`RUNTIME_ROOT_KEY`).
+    Root,
+    /// A generated API key.
+    Apikey,
+    /// A verified JWT.
+    Jwt,
+}
+
+/// A verified caller. Serialised as the `x-identity` JSON, in the shape Buntime's authn plugin
+/// used (`id`, `name`, `roles`) plus what marina adds (`kind`, `permissions`, `claims`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Identity {
+    /// `root`, `apikey:<id>`, or the token's `sub`.
+    pub id: String,
+    /// How it was proven.
+    pub kind: IdentityKind,
+    /// A display name: the key's name, or the token's `name` / `preferred_username`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The key's role, or the token's `roles` claim (or Keycloak's `realm_access.roles`).
+    pub roles: Vec<String>,
+    /// A key's permissions (empty for tokens).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub permissions: Vec<String>,
+    /// The token's verified claims.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claims: Option<Value>,
+    /// The id of the API key, for `createdBy` and permission checks.
+    #[serde(skip)]
+    pub key_id: Option<i64>,
+}
+
+impl Identity {
+    /// The root key's identity.
+    pub fn root() -> Self {
+        Identity {
+            id: "root".into(),
+            kind: IdentityKind::Root,
+            name: Some("root".into()),
+            roles: vec!["admin".into()],
+            permissions: Vec::new(),
+            claims: None,
+            key_id: None,
+        }
+    }
+
+    /// A generated key's identity.
+    pub fn from_key(info: &KeyInfo) -> Self {
+        Identity {
+            id: format!("apikey:{}", info.id),
+            kind: IdentityKind::Apikey,
+            name: Some(info.name.clone()),
+            roles: vec![info.role.as_str().to_string()],
+            permissions: info.permissions.clone(),
+            claims: None,
+            key_id: Some(info.id),
+        }
+    }
+
+    /// A verified token's identity.
+    pub fn from_claims(claims: Value) -> Self {
+        let text = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
+        let strings = |v: Option<&Value>| -> Option<Vec<String>> {
+            match v? {
+                Value::Array(a) => Some(a.iter().filter_map(Value::as_str).map(str::to_owned).collect()),
+                Value::String(s) => Some(s.split_whitespace().map(str::to_owned).collect()),
+                _ => None,
+            }
+        };
+        let roles = strings(claims.get("roles"))
+            .or_else(|| strings(claims.get("realm_access").and_then(|r| r.get("roles"))))
+            .unwrap_or_default();
+        Identity {
+            id: text("sub").unwrap_or_default(),
+            kind: IdentityKind::Jwt,
+            name: text("name").or_else(|| text("preferred_username")),
+            roles,
+            permissions: Vec::new(),
+            claims: Some(claims),
+            key_id: None,
+        }
+    }
+
+    /// Whether this identity may do what `permission` names on the internal API. The root key
+    /// and admin keys may do everything; tokens never reach the internal API.
+    pub fn has_permission(&self, permission: &str) -> bool {
+        match self.kind {
+            IdentityKind::Apikey => self.is_admin() || self.permissions.iter().any(|p| p == permission),
+            IdentityKind::Root | IdentityKind::Jwt => self.is_admin(),
+        }
+    }
+
+    /// The root key, or a generated key with the admin role.
+    pub fn is_admin(&self) -> bool {
+        match self.kind {
+            IdentityKind::Root => true,
+            IdentityKind::Apikey => self.roles.iter().any(|r| r == "admin"),
+            IdentityKind::Jwt => false,
+        }
+    }
+
+    /// A stable key for per-identity rate limits: `root`, `apikey:<id>`, `jwt:<iss>:<sub>`.
+    pub fn rate_key(&self) -> String {
+        match self.kind {
+            IdentityKind::Root => "root".into(),
+            IdentityKind::Apikey => self.id.clone(),
+            IdentityKind::Jwt => {
+                let iss = self.claims.as_ref().and_then(|c| c.get("iss")).and_then(Value::as_str).unwrap_or("");
+                format!("jwt:{iss}:{}", self.id)
+            }
+        }
+    }
+
+    /// The `x-identity` header value: compact JSON, non-ASCII escaped as `\uXXXX` so that any
+    /// claim survives as a valid header value.
+    pub fn header_value(&self) -> HeaderValue {
+        let json = serde_json::to_string(self).unwrap_or_else(|_| "{}".into());
+        let mut out = String::with_capacity(json.len());
+        for c in json.chars() {
+            if c.is_ascii() && !c.is_ascii_control() {
+                out.push(c);
+            } else {
+                let mut buf = [0u16; 2];
+                for unit in c.encode_utf16(&mut buf) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+        }
+        HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static("{}"))
+    }
+
+    /// Put this identity on a request going to a worker.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        headers.insert(IDENTITY_HEADER, self.header_value());
+    }
+}
+
+/// Remove any `x-identity` a client sent (every copy).
+pub fn strip_incoming(headers: &mut HeaderMap) {
+    headers.remove(IDENTITY_HEADER);
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn claims_become_an_identity() {
+        let id = Identity::from_claims(
+            json!({"sub": "u1", "iss": "https://idp", "preferred_username": "ada", "realm_access": {"roles": ["a", "b"]}}),
+        );
+        assert_eq!(id.id, "u1");
+        assert_eq!(id.name.as_deref(), Some("ada"));
+        assert_eq!(id.roles, vec!["a", "b"]);
+        assert_eq!(id.rate_key(), "jwt:https://idp:u1");
+        let id = Identity::from_claims(json!({"sub": "u2", "roles": "x y"}));
+        assert_eq!(id.roles, vec!["x", "y"]);
+        assert!(!id.has_permission("apps:read"));
+        assert!(Identity::root().has_permission("keys:create"));
+    }
+
+    #[test]
+    fn header_is_ascii_json() {
+        let id = Identity::from_claims(json!({"sub": "é😀\n"}));
+        let v = id.header_value();
+        let s = v.to_str().unwrap();
+        assert!(s.is_ascii());
+        let back: Value = serde_json::from_str(s).unwrap();
+        assert_eq!(back["id"], "é😀\n");
+        assert_eq!(back["kind"], "jwt");
+        let mut h = HeaderMap::new();
+        h.append("x-identity", HeaderValue::from_static("{\"id\":\"root\"}"));
+        h.append("x-identity", HeaderValue::from_static("spoof"));
+        strip_incoming(&mut h);
+        assert!(h.get("x-identity").is_none());
+    }
+}
