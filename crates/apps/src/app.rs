@@ -42,6 +42,8 @@ pub struct App {
     pub kind: WorkerKind,
     /// The typed manifest (defaults applied).
     pub config: Arc<AppConfig>,
+    /// The manifest's `proxy` rules, compiled once per app version.
+    pub proxy: Arc<marina_proxy::RuleSet>,
 }
 
 impl App {

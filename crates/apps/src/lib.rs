@@ -4,6 +4,7 @@
 //!   typed [`manifest::AppConfig`], with Buntime's keys, defaults and cross-field rules.
 //! - [`registry`]: which apps exist in the worker dirs, and which version a URL segment such as
 //!   `todo@^1.2` resolves to; hands out [`app::App`] values.
+//! - [`proxy_rules`]: the manifest's `proxy` rules, validated by the proxy layer.
 //! - [`check`]: `marina check`, the same reading with every problem reported at once.
 //!
 //! Running apps is the workers layer's job (`marina-workers`).
@@ -11,6 +12,7 @@
 pub mod app;
 pub mod check;
 pub mod manifest;
+pub mod proxy_rules;
 pub mod registry;
 
 pub use app::{App, WorkerKind};

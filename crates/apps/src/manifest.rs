@@ -50,6 +50,8 @@ pub struct AppConfig {
     pub instances: Instances,
     /// marina: `maxMemory` in bytes: restart a worker whose RSS goes above it.
     pub max_memory: Option<u64>,
+    /// `proxy`: reverse-proxy rules matched against the path below the app (docs/proxy.md).
+    pub proxy: Vec<marina_proxy::RuleSpec>,
 }
 
 /// `instances: 2` or `instances: {min: 1, max: 4}`.
@@ -108,6 +110,7 @@ impl Default for AppConfig {
             health_path: None,
             instances: Instances { min: 1, max: 1 },
             max_memory: None,
+            proxy: Vec::new(),
         }
     }
 }
@@ -139,7 +142,7 @@ use marina_core::units::{UnitError, duration_from_value, size_from_value};
 pub const MANIFEST_FILES: [&str; 3] = ["manifest.yaml", "manifest.yml", "worker.config.json"];
 
 /// Every top-level key a manifest may have, in the order problems are reported.
-pub const KNOWN_KEYS: [&str; 20] = [
+pub const KNOWN_KEYS: [&str; 21] = [
     "entrypoint",
     "ttl",
     "idleTimeout",
@@ -160,6 +163,7 @@ pub const KNOWN_KEYS: [&str; 20] = [
     "healthPath",
     "instances",
     "maxMemory",
+    "proxy",
 ];
 
 /// The keys allowed in the map form of `publicRoutes`.
@@ -657,6 +661,14 @@ impl Validator {
                 Some(n) => c.max_memory = Some(n),
                 None => {}
             }
+        }
+
+        if let Some(v) = get("proxy") {
+            let (rules, problems) = crate::proxy_rules::parse(v);
+            for (path, message) in problems {
+                self.problem(&path, message);
+            }
+            c.proxy = rules;
         }
 
         // Cross-field rules (Buntime `libs/pool/config.ts`), only between keys that were valid

@@ -531,6 +531,7 @@ fn build_app(resolved: &Resolved) -> Result<App, Error> {
         .with_data(json!({ "app": resolved.name, "version": resolved.version })));
     }
     let (entrypoint, kind) = resolve_entrypoint(&resolved.dir, &config)?;
+    let proxy = Arc::new(crate::proxy_rules::compile(&config.proxy)?);
     Ok(App {
         name: resolved.name.clone(),
         version: resolved.version.clone(),
@@ -538,6 +539,7 @@ fn build_app(resolved: &Resolved) -> Result<App, Error> {
         entrypoint,
         kind,
         config: Arc::new(config),
+        proxy,
     })
 }
 

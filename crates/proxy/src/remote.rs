@@ -142,6 +142,12 @@ impl Remote {
         mut req: Request<Body>,
         client: ClientInfo,
     ) -> Result<Response<Body>, Error> {
+        // Rules are checked when validated, but maybe against another policy (a manifest is read
+        // before marina knows its own address): this policy is the one that holds.
+        if let Some(why) = self.config.policy.refuse_host(rule.target.authority.host(), rule.target.port) {
+            return Err(Error::bad_gateway("PROXY_TARGET_REFUSED", format!("proxy rule '{}': {why}", rule.id))
+                .with_data(json!({ "rule": rule.id, "target": rule.target.authority.as_str() })));
+        }
         let upgrade = rule.ws() && is_upgrade(req.headers());
         *req.uri_mut() = rule.upstream_uri(path, req.uri().query())?;
         *req.version_mut() = Version::HTTP_11;

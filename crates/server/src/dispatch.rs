@@ -62,6 +62,21 @@ pub async fn to_app(
     rt.pool.dispatch(app, req).await
 }
 
+/// Send the request along one of the app's `proxy` rules. `rest` is the path below the app,
+/// which the rule matched. The app's `maxBodySize` holds for proxied bodies too.
+pub async fn to_upstream(
+    rt: &Runtime,
+    app: &App,
+    rule: &marina_proxy::Rule,
+    rest: &str,
+    req: Request<Body>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Error> {
+    let limit = app.config.max_body_size;
+    let req = req.map(|b| marina_core::body::boxed(marina_proxy::LimitedBody::new(b, limit).0));
+    rt.remote.forward(rule, rest, req, marina_proxy::ClientInfo { ip: peer.ip(), proto: "http" }).await
+}
+
 fn set(headers: &mut http::HeaderMap, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         headers.insert(HeaderName::from_static(name), v);

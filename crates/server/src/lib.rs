@@ -48,6 +48,8 @@ pub struct Runtime {
     pub pool: Arc<WorkerPool>,
     /// marina's own database.
     pub store: Store,
+    /// The client for proxy rules' remote upstreams.
+    pub remote: Arc<marina_proxy::Remote>,
     draining: AtomicBool,
     _watch: Option<marina_apps::registry::WatchHandle>,
 }
@@ -107,8 +109,21 @@ impl Server {
             plugin_dirs: config.plugin_dirs.clone(),
             app_database: app_database_path(&store, &config.state_dir),
         })?;
-        let runtime =
-            Arc::new(Runtime { config, registry, pool, store, draining: AtomicBool::new(false), _watch: watch });
+        // marina's own listener is a proxy target no rule may have (it would loop).
+        let policy = marina_proxy::TargetPolicy::new(vec![local], Vec::new());
+        let remote = Arc::new(marina_proxy::Remote::new(marina_proxy::RemoteConfig {
+            policy,
+            ..marina_proxy::RemoteConfig::default()
+        })?);
+        let runtime = Arc::new(Runtime {
+            config,
+            registry,
+            pool,
+            store,
+            remote,
+            draining: AtomicBool::new(false),
+            _watch: watch,
+        });
         Ok(Self { runtime, listener })
     }
 
@@ -268,6 +283,9 @@ async fn route(
     let app = rt.registry.load(&resolved)?;
     *label = Some(app.key());
     let req = req.map(body::boxed);
+    if let Some(m) = app.proxy.find(&rest) {
+        return dispatch::to_upstream(rt, &app, &m.rule, &rest, req, peer).await;
+    }
     dispatch::to_app(rt, app, &segment, &rest, req, peer, request_id).await
 }
 

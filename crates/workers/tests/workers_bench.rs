@@ -98,6 +98,7 @@ async fn throughput_through_marina_vs_direct() {
         dir,
         kind: WorkerKind::Process,
         config: Arc::new(config),
+        proxy: Default::default(),
     });
     let via = front(pool.clone(), app.clone()).await;
     load(via, 8, 1).await; // warm up

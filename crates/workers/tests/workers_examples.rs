@@ -23,6 +23,7 @@ fn example(name: &str) -> Arc<App> {
         dir,
         kind,
         config: Arc::new(config),
+        proxy: Default::default(),
     })
 }
 

@@ -281,9 +281,15 @@ fn compile_pattern(pattern: &str) -> Result<Regex, RuleError> {
         regex::Error::CompiledTooBig(limit) => bad(format!(
             "compiles to more than {limit} bytes; use fewer or smaller repetitions (e.g. a{{1000}}{{1000}})"
         )),
-        e => bad(format!(
-            "'{pattern}' is not a valid regular expression: {e} (marina's regex engine runs in linear time and has no look-around or backreferences)"
-        )),
+        e => {
+            // The crate's message draws a caret under the pattern over several lines; keep the
+            // one line that says what is wrong.
+            let text = e.to_string();
+            let why = text.lines().rev().find_map(|l| l.strip_prefix("error: ")).unwrap_or(&text).trim();
+            bad(format!(
+                "'{pattern}' is not a valid regular expression: {why} (marina's regex engine runs in linear time and has no look-around or backreferences)"
+            ))
+        }
     })
 }
 

@@ -144,6 +144,7 @@ mod tests {
                 entrypoint: dir.path().join("index.html"),
                 kind: WorkerKind::Static,
                 config: Default::default(),
+                proxy: Default::default(),
             })
         };
         let start = |app: &Arc<App>| {

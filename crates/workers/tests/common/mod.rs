@@ -28,6 +28,7 @@ pub fn js_app(name: &str, fixture_dir: &str, entry: &str, tweak: impl FnOnce(&mu
         dir,
         kind: WorkerKind::Js,
         config: Arc::new(config),
+        proxy: Default::default(),
     })
 }
 
@@ -47,6 +48,7 @@ pub fn py_app(name: &str, tweak: impl FnOnce(&mut AppConfig)) -> Arc<App> {
         dir,
         kind: WorkerKind::Process,
         config: Arc::new(config),
+        proxy: Default::default(),
     })
 }
 
