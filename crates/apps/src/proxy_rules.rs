@@ -125,6 +125,6 @@ mod tests {
             "http://a"
         ]));
         let paths: Vec<_> = problems.iter().map(|p| p.0.as_str()).collect();
-        assert_eq!(paths, ["proxy[0].pattern", "proxy[1].target", "proxy[2]", "proxy[3].ws", "proxy[4]"]);
+        assert_eq!(paths, ["proxy[0].pattern", "proxy[1].target", "proxy[2].changeorigin", "proxy[3].ws", "proxy[4]"]);
     }
 }
