@@ -108,6 +108,7 @@ impl Server {
             worker_dirs: registry.dirs().to_vec(),
             plugin_dirs: config.plugin_dirs.clone(),
             app_database: app_database_path(&store, &config.state_dir),
+            tokens: None,
         })?;
         // marina's own listener is a proxy target no rule may have (it would loop).
         let policy = marina_proxy::TargetPolicy::new(vec![local], Vec::new());

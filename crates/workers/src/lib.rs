@@ -6,6 +6,7 @@
 //!   calls, lifecycle events, stop and kill, memory, exit).
 //! - the kinds: [`process`] (`js`, `process`) and [`static_kind`] (`static`, served by
 //!   [`static_files`]).
+//! - [`tokens`]: the scoped token each worker gets for the keyval and database plugins.
 //! - [`html`]: `injectBase` / `envPrefix` injection into HTML responses of any kind.
 //!
 //! What an app is (manifests, the registry) is the apps layer's (`marina-apps`).
@@ -16,5 +17,7 @@ pub mod pool;
 pub mod process;
 pub mod static_files;
 pub mod static_kind;
+pub mod tokens;
 
 pub use pool::{AppDatabaseFn, AppDatabasePath, PoolMetrics, PoolOptions, WorkerInfo, WorkerPool};
+pub use tokens::WorkerTokens;

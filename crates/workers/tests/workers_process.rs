@@ -61,6 +61,26 @@ async fn python_app_serves_with_health_path_env_and_cookies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_worker_gets_a_scoped_token_revoked_when_it_stops() {
+    let state = tempfile::tempdir().unwrap();
+    let tokens = marina_workers::WorkerTokens::default();
+    let t = tokens.clone();
+    let pool = pool(state.path(), None, move |o| o.tokens = Some(t));
+    let app = py_app("tok", |_| {});
+    let env: BTreeMap<String, String> = serde_json::from_str(&get(&pool, &app, "/env").await.text).unwrap();
+    assert_eq!(env["LIBSQL_URL"], "http://127.0.0.1:8000/database/api/");
+    let token = &env["LIBSQL_AUTH_TOKEN"];
+    let grant = tokens.verify(token).expect("the worker's token is live while it runs");
+    assert_eq!((grant.app.as_str(), grant.worker_id.as_str()), ("tok", env["WORKER_ID"].as_str()));
+    pool.shutdown(Duration::from_secs(2)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || tokens.verify(token).is_none()).await,
+        "the token outlived its worker"
+    );
+    assert_eq!(tokens.live(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_program_is_a_clear_start_error() {
     let state = tempfile::tempdir().unwrap();
     let pool = pool(state.path(), None, |_| {});

@@ -84,6 +84,9 @@ pub struct PoolOptions {
     /// Where an app's own SQLite database is, told to its workers as `APP_DATABASE_PATH`
     /// (`None`, or the function answering `None`, when there is no such file: PostgreSQL).
     pub app_database: Option<AppDatabasePath>,
+    /// When set, each process worker gets a scoped token (revoked when it exits) as
+    /// `LIBSQL_AUTH_TOKEN`, and `LIBSQL_URL` = `{runtime_api_url}/database/api/`.
+    pub tokens: Option<crate::tokens::WorkerTokens>,
 }
 
 /// Maps an app name to its SQLite database file. A function rather than a directory because
@@ -269,6 +272,7 @@ impl WorkerPool {
             worker_dirs: join_dirs(&opts.worker_dirs),
             plugin_dirs: join_dirs(&opts.plugin_dirs),
             app_database: opts.app_database.clone(),
+            tokens: opts.tokens.clone(),
         })?);
         let backends: HashMap<WorkerKind, Arc<dyn Backend>> = HashMap::from([
             (WorkerKind::Static, Arc::new(StaticBackend) as Arc<dyn Backend>),

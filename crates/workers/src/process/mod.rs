@@ -60,6 +60,8 @@ pub struct ProcessOptions {
     pub plugin_dirs: String,
     /// `APP_DATABASE_PATH` for an app name.
     pub app_database: Option<crate::pool::AppDatabasePath>,
+    /// Issues each worker its `LIBSQL_AUTH_TOKEN` (see [`crate::tokens`]).
+    pub tokens: Option<crate::tokens::WorkerTokens>,
 }
 
 /// Starts `js` and `process` workers.
@@ -144,6 +146,14 @@ impl Boot {
         if let Some(db) = self.opts.app_database.as_ref().and_then(|f| (f.0)(&app.name)) {
             marina_env.push(("APP_DATABASE_PATH", db.display().to_string()));
         }
+        // The guard revokes the token when the process exits (it moves into the exit task
+        // below), or on any early return if it never starts.
+        let mut token_guard = crate::tokens::Revoke::default();
+        if let Some(tokens) = &self.opts.tokens {
+            marina_env.push(("LIBSQL_URL", format!("{}/database/api/", self.opts.runtime_api_url)));
+            marina_env.push(("LIBSQL_AUTH_TOKEN", tokens.issue(&app.name, &self.spec.worker_id)));
+            token_guard = crate::tokens::Revoke::new(tokens.clone(), self.spec.worker_id.clone());
+        }
         let mut socket = None;
         let (spec, target) = if app.kind == WorkerKind::Js {
             let runtime = self.runtime.as_ref().map_err(clone_error)?;
@@ -198,6 +208,7 @@ impl Boot {
                 if let Some(socket) = socket {
                     let _ = std::fs::remove_file(socket);
                 }
+                drop(token_guard);
                 // Children of the worker that outlived it die with it.
                 spawn::signal_group(pid, Signal::SIGKILL);
                 upstream.close_idle();

@@ -67,6 +67,7 @@ pub fn options(state: &Path, js: Option<&str>) -> PoolOptions {
         app_database: Some(marina_workers::AppDatabasePath(std::sync::Arc::new(|name: &str| {
             Some(std::path::PathBuf::from(format!("/srv/state/apps/{name}.db")))
         }))),
+        tokens: None,
     }
 }
 
