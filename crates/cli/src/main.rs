@@ -4,6 +4,7 @@
 //! names the variable or flag, quotes the value and says what was expected).
 
 mod db;
+mod keys;
 mod logfmt;
 mod serve;
 
@@ -25,6 +26,8 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Database migrations for marina and for each app: migrate, rollback, status, reset, new.
     Db(db::DbArgs),
+    /// API keys in marina's database: create (shown once), list, revoke, meta.
+    Keys(keys::KeysArgs),
     /// Check app manifests: one app dir, or a worker dir full of apps; exits 1 on any error.
     Check {
         /// An app directory or a worker directory.
@@ -64,6 +67,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Keys(args) => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime.block_on(keys::run(args)),
+            Err(e) => {
+                eprintln!("marina: cannot start the async runtime: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Check { dir } => {
             let report = marina_apps::check::check_dir(&dir);
             print!("{report}");
