@@ -25,6 +25,7 @@ mod guard;
 pub mod identity;
 pub mod jwt;
 pub mod keys;
+pub mod keys_api;
 pub mod public_routes;
 
 pub use config::{AuthConfig, JwtConfig};
