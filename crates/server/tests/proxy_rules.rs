@@ -162,3 +162,47 @@ async fn a_bad_rule_makes_the_app_answer_with_the_manifest_error() {
     assert_eq!(body["data"]["errors"][0]["path"], "proxy[0].pattern", "{body}");
     srv.stop().await;
 }
+
+/// The bundled example `examples/apps/proxy-demo` with its stand-in backend
+/// (`examples/proxy-backend.py`, a real Python process) on a free port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_demo_example_works() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut backend = tokio::process::Command::new("python3")
+        .arg(repo.join("examples/proxy-backend.py"))
+        .env("PORT", port.to_string())
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 runs the backend");
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("proxy-demo");
+    std::fs::create_dir_all(&app).unwrap();
+    for f in ["index.html", "manifest.yaml"] {
+        let text = std::fs::read_to_string(repo.join("examples/apps/proxy-demo").join(f)).unwrap();
+        std::fs::write(app.join(f), text.replace("127.0.0.1:4000", &format!("127.0.0.1:{port}"))).unwrap();
+    }
+    let srv = common::start(apps.path(), |_| {}).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body: Value = loop {
+        // The backend needs a moment to listen; until then the rule answers 502.
+        let resp = reqwest::get(format!("{}/proxy-demo/api/time?x=1", srv.base)).await.unwrap();
+        if resp.status() == 200 {
+            break resp.json().await.unwrap();
+        }
+        assert_eq!(resp.status(), 502);
+        assert!(Instant::now() < deadline, "the backend never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(body["path"], "/v1/time?x=1");
+    assert_eq!(body["proxiedBy"], "marina");
+    assert_eq!(body["forwardedFor"], "127.0.0.1");
+    let page = reqwest::get(format!("{}/proxy-demo/", srv.base)).await.unwrap().text().await.unwrap();
+    assert!(page.contains("<h1>proxy-demo</h1>"));
+    srv.stop().await;
+    backend.kill().await.unwrap();
+}

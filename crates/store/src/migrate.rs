@@ -53,6 +53,8 @@ const SYSTEM: &[(&str, &str)] = &[
     ("0011_keyval.down.sql", include_str!("../migrations/0011_keyval.down.sql")),
     ("0012_api_keys.up.sql", include_str!("../migrations/0012_api_keys.up.sql")),
     ("0012_api_keys.down.sql", include_str!("../migrations/0012_api_keys.down.sql")),
+    ("0014_proxy_rules.up.sql", include_str!("../migrations/0014_proxy_rules.up.sql")),
+    ("0014_proxy_rules.down.sql", include_str!("../migrations/0014_proxy_rules.down.sql")),
 ];
 
 fn err(status: StatusCode, code: &'static str, message: String) -> Error {
