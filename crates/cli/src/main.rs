@@ -1,4 +1,5 @@
 //! The `marina` binary: a thin layer of commands over the server, pool and store crates.
+//! `marina config --markdown` prints the configuration table the README holds.
 //!
 //! Exit codes: 0 success, 1 a failure while running, 2 bad configuration or usage (the message
 //! names the variable or flag, quotes the value and says what was expected).
@@ -32,6 +33,12 @@ enum Command {
     Check {
         /// An app directory or a worker directory.
         dir: std::path::PathBuf,
+    },
+    /// Print the configuration variables (`--markdown`: the README's table).
+    Config {
+        /// A Markdown table (what README.md's configuration section holds).
+        #[arg(long)]
+        markdown: bool,
     },
 }
 
@@ -74,6 +81,16 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Config { markdown } => {
+            if markdown {
+                print!("{}", marina_core::settings::markdown_table());
+            } else {
+                for s in marina_core::settings::SETTINGS {
+                    println!("{:32} --{:24} {}", s.var, s.flag, marina_core::settings::help_text(s));
+                }
+            }
+            ExitCode::SUCCESS
+        }
         Command::Check { dir } => {
             let report = marina_apps::check::check_dir(&dir);
             print!("{report}");

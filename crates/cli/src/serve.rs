@@ -2,80 +2,45 @@
 
 use std::process::ExitCode;
 
-use clap::Args;
+use clap::{Arg, ArgMatches, Args, Command, FromArgMatches};
+use marina_core::settings::{SETTINGS, help_text};
 use marina_server::{LogFormat, RawConfig, RuntimeConfig, Server};
 use tracing_subscriber::EnvFilter;
 
-/// Flags of `marina serve`. Each falls back to its environment variable; values are checked
-/// after parsing so that a bad value is reported with the variable's name.
-#[derive(Args, Debug)]
+/// Flags of `marina serve`, generated from [`SETTINGS`]: each `--flag` falls back to its
+/// environment variable; values are checked after parsing so that a bad value is reported
+/// with the variable's name.
+#[derive(Debug, Default)]
 pub struct ServeArgs {
-    /// Port to listen on [default: 8000].
-    #[arg(long, env = "PORT")]
-    port: Option<String>,
-    /// Address to listen on [default: 127.0.0.1; use 0.0.0.0 in containers].
-    #[arg(long, env = "RUNTIME_HOST")]
-    host: Option<String>,
-    /// Colon-separated app directories [default: ./examples/apps when run from the repository, else ./apps].
-    #[arg(long, env = "RUNTIME_WORKER_DIRS")]
-    worker_dirs: Option<String>,
-    /// Colon-separated plugin directories [default: ./plugins].
-    #[arg(long, env = "RUNTIME_PLUGIN_DIRS")]
-    plugin_dirs: Option<String>,
-    /// Prefix of the internal API: "/_" serves it at /_/api [default: ""].
-    #[arg(long, env = "RUNTIME_API_PREFIX")]
-    api_prefix: Option<String>,
-    /// Most app versions with warm workers at once (LRU) [default: 100].
-    #[arg(long, env = "RUNTIME_POOL_SIZE")]
-    pool_size: Option<String>,
-    /// trace, debug, info, warn or error [default: info].
-    #[arg(long, env = "RUNTIME_LOG_LEVEL")]
-    log_level: Option<String>,
-    /// text or json [default: json when NODE_ENV=production, else text].
-    #[arg(long, env = "RUNTIME_LOG_FORMAT")]
-    log_format: Option<String>,
-    /// Where marina keeps its database, sockets and app databases [default: ./.marina].
-    #[arg(long, env = "RUNTIME_STATE_DIR")]
-    state_dir: Option<String>,
-    /// development, production, staging or test [default: development].
-    #[arg(long, env = "NODE_ENV")]
-    node_env: Option<String>,
-    /// How long in-flight requests may finish after SIGTERM/SIGINT [default: 30s].
-    #[arg(long, env = "RUNTIME_SHUTDOWN_TIMEOUT")]
-    shutdown_timeout: Option<String>,
-    /// ttl:0 requests running at once [default: 2].
-    #[arg(long, env = "RUNTIME_EPHEMERAL_CONCURRENCY")]
-    ephemeral_concurrency: Option<String>,
-    /// ttl:0 requests waiting before 503 [default: 100].
-    #[arg(long, env = "RUNTIME_EPHEMERAL_QUEUE_LIMIT")]
-    ephemeral_queue_limit: Option<String>,
-    /// JavaScript runtime for js apps: bun, node or a path [default: bun when on PATH, else node].
-    #[arg(long = "js-runtime", env = "RUNTIME_JS")]
-    js_runtime: Option<String>,
-    /// sqlite://PATH or postgres://… [default: sqlite://{state dir}/marina.db].
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: Option<String>,
+    raw: RawConfig,
 }
 
-impl ServeArgs {
-    fn raw(self) -> RawConfig {
-        RawConfig {
-            port: self.port,
-            host: self.host,
-            worker_dirs: self.worker_dirs,
-            plugin_dirs: self.plugin_dirs,
-            api_prefix: self.api_prefix,
-            pool_size: self.pool_size,
-            log_level: self.log_level,
-            log_format: self.log_format,
-            state_dir: self.state_dir,
-            node_env: self.node_env,
-            shutdown_timeout: self.shutdown_timeout,
-            ephemeral_concurrency: self.ephemeral_concurrency,
-            ephemeral_queue_limit: self.ephemeral_queue_limit,
-            js_runtime: self.js_runtime,
-            database_url: self.database_url,
+impl FromArgMatches for ServeArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut raw = RawConfig::new();
+        for s in SETTINGS {
+            if let Some(v) = matches.get_one::<String>(s.var) {
+                raw.set(s.var, v.clone());
+            }
         }
+        Ok(Self { raw })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Args for ServeArgs {
+    fn augment_args(cmd: Command) -> Command {
+        SETTINGS
+            .iter()
+            .fold(cmd, |cmd, s| cmd.arg(Arg::new(s.var).long(s.flag).env(s.var).value_name("VALUE").help(help_text(s))))
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
     }
 }
 
@@ -88,7 +53,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config = match RuntimeConfig::from_raw(&args.raw(), &cwd) {
+    let config = match RuntimeConfig::from_raw(&args.raw, &cwd) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("marina: {e}");

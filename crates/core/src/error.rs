@@ -4,29 +4,79 @@
 //! shape (`{"success": false, "code": "UPPER_SNAKE", "message": "...", "data": {...}}`) and the
 //! status are decided in one place. The code is a stable machine-readable name; the message is
 //! for people and quotes what was received and what was expected.
+//!
+//! Each error also says whose fault it is ([`Source`], as Pingora's `ErrorSource`): the client's
+//! (its message is about the client's own input, safe to show), an upstream's (a worker or
+//! remote server) or marina's own. The production policy at the edge shows only client messages.
+//! The error is `Clone` (the cause is shared) so one failure can answer several waiters.
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
-use http::StatusCode;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde_json::{Value, json};
 
 /// A result whose error is marina's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Whose fault a failure is; decides what production clients may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The request was wrong (4xx): the message talks about the client's own input.
+    Client,
+    /// A worker or a remote upstream failed: its text may carry the app's internals.
+    Upstream,
+    /// marina itself (or its configuration) failed: the text may carry paths or driver errors.
+    Internal,
+}
+
+impl Source {
+    /// The default for a status: 4xx → client, 502/504 → upstream, the rest → internal.
+    pub fn for_status(status: StatusCode) -> Self {
+        if status.is_client_error() {
+            Source::Client
+        } else if matches!(status, StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT) {
+            Source::Upstream
+        } else {
+            Source::Internal
+        }
+    }
+
+    /// `client`, `upstream` or `internal` (as logged).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Client => "client",
+            Source::Upstream => "upstream",
+            Source::Internal => "internal",
+        }
+    }
+}
+
 /// A failure that knows the HTTP status and code it answers with.
+#[derive(Clone)]
 pub struct Error {
     status: StatusCode,
     code: Cow<'static, str>,
     message: String,
     data: Option<Value>,
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    kind: Source,
+    headers: Option<Box<HeaderMap>>,
+    cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl Error {
-    /// An error with an explicit status, code and message.
+    /// An error with an explicit status, code and message; its [`Source`] follows the status.
     pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
-        Self { status, code: code.into(), message: message.into(), data: None, source: None }
+        Self {
+            status,
+            code: code.into(),
+            message: message.into(),
+            data: None,
+            kind: Source::for_status(status),
+            headers: None,
+            cause: None,
+        }
     }
 
     /// 400: the client sent something malformed.
@@ -77,7 +127,20 @@ impl Error {
 
     /// Keep the underlying cause for logs; it never reaches the client.
     pub fn with_source(mut self, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        self.source = Some(source.into());
+        self.cause = Some(Arc::from(source.into()));
+        self
+    }
+
+    /// Say whose fault this is when the status alone does not (a 404 because marina's own app
+    /// dir vanished is [`Source::Internal`]).
+    pub fn with_kind(mut self, kind: Source) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// A header the error response carries (`Retry-After`, `Allow`, `WWW-Authenticate`, ...).
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.get_or_insert_with(Default::default).insert(name, value);
         self
     }
 
@@ -101,29 +164,50 @@ impl Error {
         self.data.as_ref()
     }
 
-    /// The JSON body this error becomes. With `hide_internal`, an `INTERNAL_ERROR` (marina's own
-    /// failure, whose message may carry paths or driver text) gets a generic message, so
-    /// production servers do not leak internals; errors with a specific code (a bad manifest, a
-    /// crashed worker) keep their message because the app's owner needs it.
-    pub fn to_json(&self, hide_internal: bool) -> Value {
-        let message = if hide_internal && self.code == "INTERNAL_ERROR" {
-            "internal server error".to_string()
-        } else {
-            self.message.clone()
-        };
-        let mut body = json!({ "success": false, "code": self.code, "message": message });
+    /// Whose fault this is.
+    pub fn kind(&self) -> Source {
+        self.kind
+    }
+
+    /// Headers for the error response.
+    pub fn headers(&self) -> Option<&HeaderMap> {
+        self.headers.as_deref()
+    }
+
+    /// The full JSON body, message and data included (what development clients see).
+    pub fn to_json(&self) -> Value {
+        let mut body = json!({ "success": false, "code": self.code, "message": self.message });
         if let Some(data) = &self.data {
             body["data"] = data.clone();
         }
         body
+    }
+
+    /// The body a production client sees: client errors in full; upstream and internal ones
+    /// only by code and request id, because their text may carry paths, stderr or stack traces
+    /// (the detail goes to the log under the same request id).
+    pub fn to_public_json(&self, request_id: &str) -> Value {
+        if self.kind == Source::Client {
+            return self.to_json();
+        }
+        let what = match self.kind {
+            Source::Upstream => "the app failed to answer",
+            _ => "marina failed to answer",
+        };
+        json!({
+            "success": false,
+            "code": self.code,
+            "message": format!("{what} ({}); the server log has the detail under request id {request_id}", self.code),
+            "data": { "requestId": request_id },
+        })
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.message)?;
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
+        if let Some(cause) = &self.cause {
+            write!(f, ": {cause}")?;
         }
         Ok(())
     }
@@ -134,16 +218,17 @@ impl fmt::Debug for Error {
         f.debug_struct("Error")
             .field("status", &self.status.as_u16())
             .field("code", &self.code)
+            .field("kind", &self.kind)
             .field("message", &self.message)
             .field("data", &self.data)
-            .field("source", &self.source)
+            .field("cause", &self.cause)
             .finish()
     }
 }
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+        self.cause.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -155,16 +240,43 @@ mod tests {
     fn body_has_the_documented_shape() {
         let err = Error::not_found("no app named 'todo'").with_data(json!({"app": "todo"}));
         assert_eq!(
-            err.to_json(false),
+            err.to_json(),
             json!({"success": false, "code": "NOT_FOUND", "message": "no app named 'todo'", "data": {"app": "todo"}})
         );
     }
 
     #[test]
-    fn production_hides_internal_messages_only() {
-        let err = Error::internal("open /secret/path failed");
-        assert_eq!(err.to_json(true)["message"], "internal server error");
-        let err = Error::unavailable("QUEUE_FULL", "queue is full");
-        assert_eq!(err.to_json(true)["message"], "queue is full");
+    fn the_source_follows_the_status_unless_set() {
+        assert_eq!(Error::not_found("x").kind(), Source::Client);
+        assert_eq!(Error::bad_gateway("WORKER_CRASHED", "x").kind(), Source::Upstream);
+        assert_eq!(Error::gateway_timeout("x").kind(), Source::Upstream);
+        assert_eq!(Error::unavailable("QUEUE_FULL", "x").kind(), Source::Internal);
+        assert_eq!(Error::internal("x").kind(), Source::Internal);
+        assert_eq!(Error::not_found("app dir gone").with_kind(Source::Internal).kind(), Source::Internal);
+    }
+
+    #[test]
+    fn production_shows_client_messages_only() {
+        let err = Error::bad_request("BAD_JSON", "expected an object at `.name`").with_data(json!({"path": ".name"}));
+        assert_eq!(err.to_public_json("r1"), err.to_json());
+        let err = Error::internal("open /secret/path failed").with_data(json!({"file": "/secret/path"}));
+        let body = err.to_public_json("r1");
+        assert!(!body.to_string().contains("/secret"), "{body}");
+        assert_eq!(body["code"], "INTERNAL_ERROR");
+        assert_eq!(body["data"]["requestId"], "r1");
+        let err = Error::bad_gateway("WORKER_CRASHED", "worker exited: TypeError at /app/index.ts:3");
+        let body = err.to_public_json("r2");
+        assert!(!body.to_string().contains("TypeError"), "{body}");
+        assert!(body["message"].as_str().unwrap().contains("r2"));
+    }
+
+    #[test]
+    fn clones_share_the_cause_and_keep_headers() {
+        let err = Error::new(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", "slow down")
+            .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("3"))
+            .with_source(std::io::Error::other("inner"));
+        let copy = err.clone();
+        assert_eq!(copy.headers().unwrap()["retry-after"], "3");
+        assert_eq!(copy.to_string(), "slow down: inner");
     }
 }

@@ -4,12 +4,15 @@
 //!   JSON error body (`{"success": false, "code", "message", "data"}`) at a single edge.
 //! - [`body`]: the boxed HTTP body type that flows between layers, so that a static file, a
 //!   worker's streamed response and an API's JSON all travel the same way.
+//! - [`settings`]: the one table of configuration variables (env var, flag, default, help,
+//!   validation) that `marina serve`'s flags and the README's table are generated from.
 //! - [`units`]: durations (`"30s"`, a number = seconds) and sizes (`"10mb"`), parsed the way
 //!   Buntime manifests write them.
 
 pub mod body;
 pub mod error;
+pub mod settings;
 pub mod units;
 
 pub use body::Body;
-pub use error::{Error, Result};
+pub use error::{Error, Result, Source};

@@ -6,42 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use marina_core::units::parse_duration;
+use marina_core::settings::{dir_list, normalize_prefix, setting};
 
-/// Values as given on the command line or in the environment, before any check.
-#[derive(Debug, Clone, Default)]
-pub struct RawConfig {
-    /// `PORT` / `--port`.
-    pub port: Option<String>,
-    /// `RUNTIME_HOST` / `--host`.
-    pub host: Option<String>,
-    /// `RUNTIME_WORKER_DIRS` / `--worker-dirs`, colon-separated.
-    pub worker_dirs: Option<String>,
-    /// `RUNTIME_PLUGIN_DIRS` / `--plugin-dirs`, colon-separated.
-    pub plugin_dirs: Option<String>,
-    /// `RUNTIME_API_PREFIX` / `--api-prefix`.
-    pub api_prefix: Option<String>,
-    /// `RUNTIME_POOL_SIZE` / `--pool-size`.
-    pub pool_size: Option<String>,
-    /// `RUNTIME_LOG_LEVEL` / `--log-level`.
-    pub log_level: Option<String>,
-    /// `RUNTIME_LOG_FORMAT` / `--log-format`.
-    pub log_format: Option<String>,
-    /// `RUNTIME_STATE_DIR` / `--state-dir`.
-    pub state_dir: Option<String>,
-    /// `NODE_ENV` / `--node-env`.
-    pub node_env: Option<String>,
-    /// `RUNTIME_SHUTDOWN_TIMEOUT` / `--shutdown-timeout`.
-    pub shutdown_timeout: Option<String>,
-    /// `RUNTIME_EPHEMERAL_CONCURRENCY`.
-    pub ephemeral_concurrency: Option<String>,
-    /// `RUNTIME_EPHEMERAL_QUEUE_LIMIT`.
-    pub ephemeral_queue_limit: Option<String>,
-    /// `RUNTIME_JS`: `bun`, `node` or a path.
-    pub js_runtime: Option<String>,
-    /// `DATABASE_URL`.
-    pub database_url: Option<String>,
-}
+pub use marina_core::settings::{ConfigError, RawSettings as RawConfig};
 
 /// `NODE_ENV`: picks the log format and how much error detail clients see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,49 +77,8 @@ pub struct RuntimeConfig {
     pub js_runtime: Option<String>,
     /// `DATABASE_URL` (`None` = SQLite in the state dir).
     pub database_url: Option<String>,
-}
-
-/// A configuration value that is not acceptable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {var} (--{flag}) {got:?}: expected {expected}")]
-pub struct ConfigError {
-    /// The environment variable.
-    pub var: &'static str,
-    /// The command-line flag.
-    pub flag: &'static str,
-    /// The value as given.
-    pub got: String,
-    /// What would have been accepted.
-    pub expected: String,
-}
-
-fn bad(var: &'static str, flag: &'static str, got: &str, expected: impl Into<String>) -> ConfigError {
-    ConfigError { var, flag, got: got.to_string(), expected: expected.into() }
-}
-
-fn nonempty(v: &Option<String>) -> Option<&str> {
-    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
-}
-
-fn number(
-    raw: &Option<String>,
-    var: &'static str,
-    flag: &'static str,
-    range: std::ops::RangeInclusive<usize>,
-    default: usize,
-) -> Result<usize, ConfigError> {
-    match nonempty(raw) {
-        None => Ok(default),
-        Some(s) => s
-            .parse::<usize>()
-            .ok()
-            .filter(|n| range.contains(n))
-            .ok_or_else(|| bad(var, flag, s, format!("a whole number from {} to {}", range.start(), range.end()))),
-    }
-}
-
-fn dir_list(raw: &str) -> Vec<PathBuf> {
-    raw.split(':').map(str::trim).filter(|s| !s.is_empty()).map(PathBuf::from).collect()
+    /// Every value as given, for the plugins' own variables (`GATEWAY_*`, ...).
+    pub raw: RawConfig,
 }
 
 /// The default worker dirs: the bundled examples when run from the repository, else `./apps`.
@@ -161,127 +87,57 @@ pub fn default_worker_dirs(cwd: &Path) -> Vec<PathBuf> {
     if bundled.is_dir() { vec![bundled] } else { vec![cwd.join("apps")] }
 }
 
+/// The default plugin dirs: the bundled examples when run from the repository, else `./plugins`.
+pub fn default_plugin_dirs(cwd: &Path) -> Vec<PathBuf> {
+    let bundled = cwd.join("examples/plugins");
+    if bundled.is_dir() { vec![bundled] } else { vec![cwd.join("plugins")] }
+}
+
 impl RuntimeConfig {
-    /// Check every raw value; relative dirs are resolved against `cwd`.
+    /// Check every raw value (against its row of [`marina_core::settings::SETTINGS`]), then
+    /// resolve them; relative dirs are resolved against `cwd`.
     pub fn from_raw(raw: &RawConfig, cwd: &Path) -> Result<Self, ConfigError> {
-        let port = match nonempty(&raw.port) {
-            None => 8000,
-            Some(s) => s.parse::<u16>().map_err(|_| bad("PORT", "port", s, "a port number from 0 to 65535"))?,
-        };
-        let host = match nonempty(&raw.host) {
-            None => "127.0.0.1".to_string(),
-            Some(s) => {
-                if s.parse::<std::net::IpAddr>().is_err() && s != "localhost" {
-                    return Err(bad("RUNTIME_HOST", "host", s, "an IP address such as 127.0.0.1 or 0.0.0.0"));
-                }
-                s.to_string()
-            }
-        };
+        raw.validate()?;
+        let port = raw.get("PORT").map(|s| s.parse::<u16>().unwrap_or_default()).unwrap_or(8000);
+        let host = raw.get("RUNTIME_HOST").unwrap_or("127.0.0.1").to_string();
         let absolute = |p: PathBuf| if p.is_absolute() { p } else { cwd.join(p) };
-        let worker_dirs = match nonempty(&raw.worker_dirs) {
+        let worker_dirs = match raw.get("RUNTIME_WORKER_DIRS") {
             None => default_worker_dirs(cwd),
-            Some(s) => {
-                let dirs = dir_list(s);
-                if dirs.is_empty() {
-                    return Err(bad("RUNTIME_WORKER_DIRS", "worker-dirs", s, "a colon-separated list of directories"));
-                }
-                dirs.into_iter().map(absolute).collect()
-            }
-        };
-        let plugin_dirs = match nonempty(&raw.plugin_dirs) {
-            None => vec![cwd.join("plugins")],
             Some(s) => dir_list(s).into_iter().map(absolute).collect(),
         };
-        let api_prefix = match nonempty(&raw.api_prefix) {
-            None => String::new(),
-            Some(s) => normalize_prefix(s).ok_or_else(|| {
-                bad(
-                    "RUNTIME_API_PREFIX",
-                    "api-prefix",
-                    s,
-                    "a path prefix such as \"/_\" (letters, digits, '-', '_', '.', separated by '/')",
-                )
-            })?,
+        let plugin_dirs = match raw.get("RUNTIME_PLUGIN_DIRS") {
+            None => default_plugin_dirs(cwd),
+            Some(s) => dir_list(s).into_iter().map(absolute).collect(),
         };
-        let pool_size = number(&raw.pool_size, "RUNTIME_POOL_SIZE", "pool-size", 1..=100_000, 100)?;
-        let log_level = match nonempty(&raw.log_level) {
-            None => "info".to_string(),
-            Some(s) => {
-                let l = s.to_ascii_lowercase();
-                if !["trace", "debug", "info", "warn", "error"].contains(&l.as_str()) {
-                    return Err(bad("RUNTIME_LOG_LEVEL", "log-level", s, "one of trace, debug, info, warn, error"));
-                }
-                l
-            }
-        };
-        let node_env = match nonempty(&raw.node_env) {
-            None => NodeEnv::Development,
-            Some("development") => NodeEnv::Development,
+        let api_prefix = raw.get("RUNTIME_API_PREFIX").and_then(normalize_prefix).unwrap_or_default();
+        let pool_size = raw.count("RUNTIME_POOL_SIZE", 100)?;
+        let log_level = raw.choice("RUNTIME_LOG_LEVEL")?.unwrap_or_else(|| "info".into());
+        let node_env = match raw.choice("NODE_ENV")?.as_deref() {
             Some("production") => NodeEnv::Production,
             Some("staging") => NodeEnv::Staging,
             Some("test") => NodeEnv::Test,
-            Some(s) => return Err(bad("NODE_ENV", "node-env", s, "one of development, production, staging, test")),
+            _ => NodeEnv::Development,
         };
-        let log_format = match nonempty(&raw.log_format) {
+        let log_format = match raw.choice("RUNTIME_LOG_FORMAT")?.as_deref() {
+            Some("json") => LogFormat::Json,
+            Some(_) => LogFormat::Text,
             None if node_env == NodeEnv::Production => LogFormat::Json,
             None => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some("text") => LogFormat::Text,
-            Some(s) => return Err(bad("RUNTIME_LOG_FORMAT", "log-format", s, "text or json")),
         };
         let state_dir =
-            nonempty(&raw.state_dir).map(PathBuf::from).map(absolute).unwrap_or_else(|| cwd.join(".marina"));
-        let shutdown_timeout = match nonempty(&raw.shutdown_timeout) {
-            None => Duration::from_secs(30),
-            Some(s) => {
-                // A bare number here means seconds, like every other duration flag of marina.
-                let parsed = match s.parse::<f64>() {
-                    Ok(secs) if secs.is_finite() && secs >= 0.0 => Some(Duration::from_secs_f64(secs)),
-                    Ok(_) => None,
-                    Err(_) => parse_duration(s).ok(),
-                };
-                parsed.ok_or_else(|| {
-                    bad(
-                        "RUNTIME_SHUTDOWN_TIMEOUT",
-                        "shutdown-timeout",
-                        s,
-                        "a duration such as 30 (seconds), \"10s\" or \"2m\"",
-                    )
-                })?
-            }
-        };
-        let ephemeral_concurrency = number(
-            &raw.ephemeral_concurrency,
-            "RUNTIME_EPHEMERAL_CONCURRENCY",
-            "ephemeral-concurrency",
-            1..=10_000,
-            2,
-        )?
-        .min(pool_size);
-        let ephemeral_queue_limit = number(
-            &raw.ephemeral_queue_limit,
-            "RUNTIME_EPHEMERAL_QUEUE_LIMIT",
-            "ephemeral-queue-limit",
-            0..=1_000_000,
-            100,
-        )?;
-        let js_runtime = match nonempty(&raw.js_runtime) {
+            raw.get("RUNTIME_STATE_DIR").map(PathBuf::from).map(absolute).unwrap_or_else(|| cwd.join(".marina"));
+        let shutdown_timeout = raw.seconds("RUNTIME_SHUTDOWN_TIMEOUT", Duration::from_secs(30))?;
+        let ephemeral_concurrency = raw.count("RUNTIME_EPHEMERAL_CONCURRENCY", 2)?.min(pool_size);
+        let ephemeral_queue_limit = raw.count("RUNTIME_EPHEMERAL_QUEUE_LIMIT", 100)?;
+        let js_runtime = match raw.get("RUNTIME_JS") {
             None => None,
             Some(s) if s == "bun" || s == "node" => Some(s.to_string()),
-            Some(s) if s.contains('/') && is_executable_file(&absolute(PathBuf::from(s))) => {
+            Some(s) if is_executable_file(&absolute(PathBuf::from(s))) => {
                 Some(absolute(PathBuf::from(s)).display().to_string())
             }
-            Some(s) => {
-                return Err(bad("RUNTIME_JS", "js-runtime", s, "bun, node, or the path of an executable Bun or Node"));
-            }
+            Some(s) => return Err(ConfigError::new("RUNTIME_JS", s, setting("RUNTIME_JS").check.expected())),
         };
-        let database_url = match nonempty(&raw.database_url) {
-            None => None,
-            Some(s) if s.starts_with("sqlite:") || s.starts_with("postgres://") || s.starts_with("postgresql://") => {
-                Some(s.to_string())
-            }
-            Some(s) => return Err(bad("DATABASE_URL", "database-url", s, "sqlite://PATH or postgres://USER@HOST/DB")),
-        };
+        let database_url = raw.get("DATABASE_URL").map(str::to_string);
         Ok(Self {
             host,
             port,
@@ -298,12 +154,18 @@ impl RuntimeConfig {
             ephemeral_queue_limit,
             js_runtime,
             database_url,
+            raw: raw.clone(),
         })
     }
 
     /// The internal API's base path, e.g. `/api` or `/_/api`.
     pub fn api_base(&self) -> String {
         format!("{}/api", self.api_prefix)
+    }
+
+    /// Whether clients see only the code and request id of server-side errors.
+    pub fn hides_error_detail(&self) -> bool {
+        matches!(self.node_env, NodeEnv::Production | NodeEnv::Staging)
     }
 }
 
@@ -313,27 +175,16 @@ fn is_executable_file(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// `"/_/"` → `"/_"`, `"_"` → `"/_"`, `"/"` → `""`; `None` for anything that is not a clean path.
-fn normalize_prefix(s: &str) -> Option<String> {
-    let trimmed = s.trim_matches('/');
-    if trimmed.is_empty() {
-        return Some(String::new());
-    }
-    let ok = trimmed.split('/').all(|seg| {
-        !seg.is_empty()
-            && seg != "."
-            && seg != ".."
-            && seg.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    });
-    ok.then(|| format!("/{trimmed}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn raw() -> RawConfig {
         RawConfig::default()
+    }
+
+    fn set(r: &mut RawConfig, var: &str, value: &str) {
+        r.set(var, value);
     }
 
     #[test]
@@ -354,57 +205,54 @@ mod tests {
     fn bad_values_name_the_variable_and_say_what_is_expected() {
         type Case = (fn(&mut RawConfig), &'static str);
         let cases: &[Case] = &[
-            (|r| r.port = Some("80a".into()), "invalid PORT (--port) \"80a\": expected a port number from 0 to 65535"),
+            (|r| set(r, "PORT", "80a"), "invalid PORT (--port) \"80a\": expected a port number from 0 to 65535"),
+            (|r| set(r, "PORT", "70000"), "invalid PORT (--port) \"70000\": expected a port number from 0 to 65535"),
             (
-                |r| r.port = Some("70000".into()),
-                "invalid PORT (--port) \"70000\": expected a port number from 0 to 65535",
-            ),
-            (
-                |r| r.pool_size = Some("0".into()),
+                |r| set(r, "RUNTIME_POOL_SIZE", "0"),
                 "invalid RUNTIME_POOL_SIZE (--pool-size) \"0\": expected a whole number from 1 to 100000",
             ),
             (
-                |r| r.pool_size = Some("many".into()),
+                |r| set(r, "RUNTIME_POOL_SIZE", "many"),
                 "invalid RUNTIME_POOL_SIZE (--pool-size) \"many\": expected a whole number from 1 to 100000",
             ),
             (
-                |r| r.log_level = Some("loud".into()),
+                |r| set(r, "RUNTIME_LOG_LEVEL", "loud"),
                 "invalid RUNTIME_LOG_LEVEL (--log-level) \"loud\": expected one of trace, debug, info, warn, error",
             ),
             (
-                |r| r.node_env = Some("prod".into()),
+                |r| set(r, "NODE_ENV", "prod"),
                 "invalid NODE_ENV (--node-env) \"prod\": expected one of development, production, staging, test",
             ),
             (
-                |r| r.api_prefix = Some("/a b".into()),
+                |r| set(r, "RUNTIME_API_PREFIX", "/a b"),
                 "invalid RUNTIME_API_PREFIX (--api-prefix) \"/a b\": expected a path prefix such as \"/_\" (letters, digits, '-', '_', '.', separated by '/')",
             ),
             (
-                |r| r.api_prefix = Some("/../x".into()),
+                |r| set(r, "RUNTIME_API_PREFIX", "/../x"),
                 "invalid RUNTIME_API_PREFIX (--api-prefix) \"/../x\": expected a path prefix such as \"/_\" (letters, digits, '-', '_', '.', separated by '/')",
             ),
             (
-                |r| r.shutdown_timeout = Some("soon".into()),
+                |r| set(r, "RUNTIME_SHUTDOWN_TIMEOUT", "soon"),
                 "invalid RUNTIME_SHUTDOWN_TIMEOUT (--shutdown-timeout) \"soon\": expected a duration such as 30 (seconds), \"10s\" or \"2m\"",
             ),
             (
-                |r| r.database_url = Some("mysql://x".into()),
+                |r| set(r, "DATABASE_URL", "mysql://x"),
                 "invalid DATABASE_URL (--database-url) \"mysql://x\": expected sqlite://PATH or postgres://USER@HOST/DB",
             ),
             (
-                |r| r.log_format = Some("xml".into()),
+                |r| set(r, "RUNTIME_LOG_FORMAT", "xml"),
                 "invalid RUNTIME_LOG_FORMAT (--log-format) \"xml\": expected text or json",
             ),
             (
-                |r| r.js_runtime = Some("deno".into()),
+                |r| set(r, "RUNTIME_JS", "deno"),
                 "invalid RUNTIME_JS (--js-runtime) \"deno\": expected bun, node, or the path of an executable Bun or Node",
             ),
             (
-                |r| r.js_runtime = Some("/no/such/bun".into()),
+                |r| set(r, "RUNTIME_JS", "/no/such/bun"),
                 "invalid RUNTIME_JS (--js-runtime) \"/no/such/bun\": expected bun, node, or the path of an executable Bun or Node",
             ),
             (
-                |r| r.host = Some("my host".into()),
+                |r| set(r, "RUNTIME_HOST", "my host"),
                 "invalid RUNTIME_HOST (--host) \"my host\": expected an IP address such as 127.0.0.1 or 0.0.0.0",
             ),
         ];
@@ -419,7 +267,7 @@ mod tests {
     fn prefixes_are_normalised() {
         for (given, want) in [("/_", "/_"), ("_/", "/_"), ("/", ""), ("/a/b/", "/a/b")] {
             let mut r = raw();
-            r.api_prefix = Some(given.into());
+            r.set("RUNTIME_API_PREFIX", given);
             assert_eq!(RuntimeConfig::from_raw(&r, Path::new("/")).unwrap().api_prefix, want);
         }
     }
@@ -427,9 +275,9 @@ mod tests {
     #[test]
     fn production_logs_json_and_dirs_resolve_against_cwd() {
         let mut r = raw();
-        r.node_env = Some("production".into());
-        r.worker_dirs = Some("apps:/abs/more::".into());
-        r.shutdown_timeout = Some("5s".into());
+        r.set("NODE_ENV", "production");
+        r.set("RUNTIME_WORKER_DIRS", "apps:/abs/more::");
+        r.set("RUNTIME_SHUTDOWN_TIMEOUT", "5s");
         let cfg = RuntimeConfig::from_raw(&r, Path::new("/srv")).unwrap();
         assert_eq!(cfg.log_format, LogFormat::Json);
         assert_eq!(cfg.worker_dirs, vec![PathBuf::from("/srv/apps"), PathBuf::from("/abs/more")]);

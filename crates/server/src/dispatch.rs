@@ -1,12 +1,12 @@
 //! Route a request to an app: `/:app[@range]/*` → resolve the version → hand the app-relative
 //! request to the worker pool, which answers it for every kind.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Request, Response, Uri};
 use marina_apps::App;
 use marina_core::{Body, Error};
+use marina_plugins::RequestContext;
 use percent_encoding::percent_decode_str;
 
 use crate::Runtime;
@@ -37,6 +37,16 @@ pub fn split_app_path(path: &str) -> Option<AppPath<'_>> {
     Some(AppPath { segment, rest })
 }
 
+/// `uri` with its path replaced by `path` (the query kept).
+pub fn with_path(uri: &Uri, path: &str) -> Result<Uri, Error> {
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    Uri::try_from(path_and_query)
+        .map_err(|e| Error::bad_request("BAD_PATH", format!("the request path cannot be forwarded: {e}")))
+}
+
 /// Send the request to the app. `segment` is the decoded first path segment, used as `x-base`.
 pub async fn to_app(
     rt: &Runtime,
@@ -44,21 +54,21 @@ pub async fn to_app(
     segment: &str,
     rest: &str,
     mut req: Request<Body>,
-    peer: SocketAddr,
-    request_id: &str,
+    ctx: &RequestContext,
 ) -> Result<Response<Body>, Error> {
     let base = format!("/{segment}");
-    let path_and_query = match req.uri().query() {
-        Some(q) => format!("{rest}?{q}"),
-        None => rest.to_string(),
-    };
-    *req.uri_mut() = Uri::try_from(path_and_query)
-        .map_err(|e| Error::bad_request("BAD_PATH", format!("the request path cannot be forwarded: {e}")))?;
+    *req.uri_mut() = with_path(req.uri(), rest)?;
     let headers = req.headers_mut();
     set(headers, "x-base", &base);
-    set(headers, "x-request-id", request_id);
-    // The same forwarding-header policy as proxy rules' remote upstreams.
-    marina_proxy::set_forwarding_headers(headers, marina_proxy::ClientInfo { ip: peer.ip(), proto: "http" });
+    set(headers, "x-request-id", &ctx.request_id);
+    // The same forwarding-header policy as proxy rules' remote upstreams; the client address is
+    // the socket's (or a trusted proxy's, as the gateway decided), never the client's claim.
+    marina_proxy::set_forwarding_headers(headers, marina_proxy::ClientInfo { ip: ctx.client_ip, proto: "http" });
+    if let Some(identity) = &ctx.identity
+        && let Ok(json) = serde_json::to_string(identity)
+    {
+        set(headers, crate::IDENTITY_HEADER, &ascii_json(&json));
+    }
     rt.pool.dispatch(app, req).await
 }
 
@@ -70,11 +80,28 @@ pub async fn to_upstream(
     rule: &marina_proxy::Rule,
     rest: &str,
     req: Request<Body>,
-    peer: SocketAddr,
+    ctx: &RequestContext,
 ) -> Result<Response<Body>, Error> {
     let limit = app.config.max_body_size;
     let req = req.map(|b| marina_core::body::boxed(marina_proxy::LimitedBody::new(b, limit).0));
-    rt.remote.forward(rule, rest, req, marina_proxy::ClientInfo { ip: peer.ip(), proto: "http" }).await
+    rt.remote.forward(rule, rest, req, marina_proxy::ClientInfo { ip: ctx.client_ip, proto: "http" }).await
+}
+
+/// JSON with every non-ASCII character escaped (`\u00e9`), so it fits in a header value.
+/// Outside strings JSON is ASCII already, so escaping everywhere is safe.
+fn ascii_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
 }
 
 fn set(headers: &mut http::HeaderMap, name: &'static str, value: &str) {
@@ -100,5 +127,14 @@ mod tests {
         assert!(split_app_path("//x").is_none());
         assert!(split_app_path("/a%2Fb/x").is_none());
         assert!(split_app_path("/%ff/x").is_none());
+    }
+
+    #[test]
+    fn identity_json_fits_a_header() {
+        let json = serde_json::to_string(&serde_json::json!({"name": "José 😀"})).unwrap();
+        let ascii = ascii_json(&json);
+        assert!(HeaderValue::from_str(&ascii).is_ok());
+        let back: serde_json::Value = serde_json::from_str(&ascii).unwrap();
+        assert_eq!(back["name"], "José 😀");
     }
 }

@@ -1,28 +1,52 @@
-//! The one edge where errors become responses. Every layer returns `marina_core::Error`; only
-//! this module decides how it looks on the wire, so the JSON shape and the production policy
-//! (no internal detail to clients) hold everywhere.
+//! The one edge where errors become responses. Every layer — static files, HTML injection,
+//! workers, plugins, the internal API — returns `marina_core::Error`; only [`render`] decides
+//! how it looks on the wire, logs it under the request id, and applies the production policy
+//! (NODE_ENV=production or staging: upstream and internal errors show only their code and the
+//! request id, never paths, stderr, stacks or thrown text).
 
-use http::{HeaderValue, Response, header};
-use marina_core::{Body, Error, body};
-use serde::Serialize;
+use http::{HeaderValue, Method, Response, header};
+use marina_core::{Body, Error, Source, body};
+use marina_plugins::RequestContext;
 
-/// A JSON error response.
-pub fn error_response(err: &Error, hide_internal: bool) -> Response<Body> {
-    let bytes = serde_json::to_vec(&err.to_json(hide_internal)).unwrap_or_default();
-    let mut resp = Response::new(body::full(bytes));
+/// The error's JSON response for this request. HEAD gets the same headers without the body.
+pub fn render(err: &Error, ctx: &RequestContext, hide_detail: bool) -> Response<Body> {
+    log(err, ctx);
+    let json = if hide_detail { err.to_public_json(&ctx.request_id) } else { err.to_json() };
+    let bytes = serde_json::to_vec(&json).unwrap_or_default();
+    let len = bytes.len();
+    let mut resp = Response::new(if ctx.method == Method::HEAD { body::empty() } else { body::full(bytes) });
     *resp.status_mut() = err.status();
+    if let Some(extra) = err.headers() {
+        for (name, value) in extra {
+            resp.headers_mut().append(name, value.clone());
+        }
+    }
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     resp
 }
 
-/// A 200 JSON response.
-pub fn json<T: Serialize>(value: &T) -> Response<Body> {
-    match serde_json::to_vec(value) {
-        Ok(bytes) => {
-            let mut resp = Response::new(body::full(bytes));
-            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            resp
-        }
-        Err(e) => error_response(&Error::internal(format!("serialising a response failed: {e}")), false),
+/// Server-side failures are logged with their full detail (cause chain, data), which is what
+/// the request id in a production error body points at; client errors only at debug level.
+fn log(err: &Error, ctx: &RequestContext) {
+    let app = ctx.app.as_ref().map(|a| a.key()).unwrap_or_default();
+    match err.kind() {
+        Source::Client => tracing::debug!(
+            request_id = %ctx.request_id,
+            status = err.status().as_u16(),
+            code = err.code(),
+            error = %err,
+            "request refused"
+        ),
+        kind => tracing::warn!(
+            request_id = %ctx.request_id,
+            status = err.status().as_u16(),
+            code = err.code(),
+            source = kind.as_str(),
+            app = %app,
+            error = %err,
+            data = %err.data().map(|d| d.to_string()).unwrap_or_default(),
+            "request failed"
+        ),
     }
 }

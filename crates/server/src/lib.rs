@@ -1,27 +1,30 @@
 //! The HTTP front of marina: one listener speaking HTTP/1.1 and HTTP/2 (cleartext, detected per
 //! connection), the request pipeline, the internal API and dispatch to apps.
 //!
-//! Request pipeline, in order (DESIGN.md):
-//! 1. accept: request id (echoed or a new UUIDv7), start time, the client's socket address;
-//! 2. route: internal API (`{prefix}/api/*`), `/.well-known/buntime`, then apps
-//!    (`/:app[@range]/*`), then 404;
-//! 3. dispatch: the worker pool answers for the app, whatever its kind;
-//! 4. completion: `X-Request-Id` on every response, one access log line, per-app counters.
-//!
-//! Errors from any layer become responses only in [`edge`].
+//! Request pipeline, in order (DESIGN.md; the plugin phases are drawn in `marina_plugins`):
+//! 1. accept: a [`RequestContext`] (request id echoed or a new UUIDv7, start time, the
+//!    client's socket address, identity and extension slots); an incoming `x-identity` is dropped;
+//! 2. the plugins' `on_request` hooks in load order (fail-closed, per-hook timeout);
+//! 3. route: the ordered table of [`route`] — internal API → plugin routes → apps → app shell → 404;
+//! 4. dispatch: the worker pool answers for the app, whatever its kind;
+//! 5. errors from any layer become responses only in [`edge`];
+//! 6. the plugins' `on_response` hooks in reverse order;
+//! 7. completion ([`completion`]): `X-Request-Id`, one access log line, per-app counters.
 
 pub mod api;
+mod completion;
 pub mod config;
 mod dispatch;
 pub mod edge;
 pub mod request_id;
+pub mod route;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -31,10 +34,12 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use marina_apps::registry::Registry;
 use marina_core::{Body, Error, body};
+use marina_plugins::{Loaded, PluginEnv, PluginSet, RequestContext};
 use marina_store::Store;
 use marina_workers::{AppDatabasePath, PoolOptions, WorkerPool};
+use parking_lot::RwLock;
+use route::Target;
 use tokio::net::TcpListener;
-use tower_service::Service;
 
 pub use config::{LogFormat, NodeEnv, RawConfig, RuntimeConfig};
 
@@ -50,6 +55,11 @@ pub struct Runtime {
     pub store: Store,
     /// The client for proxy rules' remote upstreams.
     pub remote: Arc<marina_proxy::Remote>,
+    /// `{RUNTIME_API_PREFIX}/api`.
+    pub api_base: String,
+    /// What plugins are given.
+    pub plugin_env: PluginEnv,
+    plugins: RwLock<Arc<PluginSet>>,
     draining: AtomicBool,
     _watch: Option<marina_apps::registry::WatchHandle>,
 }
@@ -60,8 +70,14 @@ impl Runtime {
         self.draining.load(Ordering::Relaxed)
     }
 
-    fn hide_internal_errors(&self) -> bool {
-        matches!(self.config.node_env, NodeEnv::Production | NodeEnv::Staging)
+    /// The plugins loaded now (a reload swaps the whole set; requests in flight keep theirs).
+    pub fn plugins(&self) -> Arc<PluginSet> {
+        self.plugins.read().clone()
+    }
+
+    /// Replace the loaded plugins; returns the previous set, for its `shutdown`.
+    pub fn replace_plugins(&self, set: PluginSet) -> Arc<PluginSet> {
+        std::mem::replace(&mut *self.plugins.write(), Arc::new(set))
     }
 }
 
@@ -75,6 +91,12 @@ impl Server {
     /// Open storage (applying marina's own migrations), scan the worker dirs, start watching
     /// them, create the worker pool and bind the listener.
     pub async fn bind(config: RuntimeConfig) -> Result<Self, Error> {
+        Self::bind_with(config, Vec::new()).await
+    }
+
+    /// [`Server::bind`] with plugins built in code, loaded in the given order and initialised
+    /// before the listener accepts.
+    pub async fn bind_with(config: RuntimeConfig, plugins: Vec<Loaded>) -> Result<Self, Error> {
         std::fs::create_dir_all(&config.state_dir)
             .map_err(|e| Error::internal(format!("cannot create the state dir {}: {e}", config.state_dir.display())))?;
         let store = Store::open(config.database_url.as_deref(), &config.state_dir).await?;
@@ -116,7 +138,24 @@ impl Server {
             policy,
             ..marina_proxy::RemoteConfig::default()
         })?);
+        let plugin_env = PluginEnv {
+            store: store.clone(),
+            registry: registry.clone(),
+            pool: pool.clone(),
+            settings: config.raw.clone(),
+            api_base: config.api_base(),
+            production: config.hides_error_detail(),
+        };
+        for p in &plugins {
+            p.plugin
+                .init(&plugin_env)
+                .await
+                .map_err(|e| Error::internal(format!("plugin '{}' failed to start: {e}", p.name)).with_source(e))?;
+        }
         let runtime = Arc::new(Runtime {
+            api_base: config.api_base(),
+            plugin_env,
+            plugins: RwLock::new(Arc::new(PluginSet::new(plugins))),
             config,
             registry,
             pool,
@@ -204,6 +243,7 @@ impl Server {
         if tokio::time::timeout(timeout, graceful.shutdown()).await.is_err() {
             tracing::warn!("in-flight requests did not finish within the shutdown timeout; closing them");
         }
+        runtime.plugins().shutdown().await;
         runtime.pool.shutdown(Duration::from_secs(5)).await;
         tracing::info!("marina stopped");
         Ok(())
@@ -217,83 +257,87 @@ async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, Infallible> {
-    let start = Instant::now();
+    // 1. accept
     let request_id = request_id::for_request(req.headers());
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let mut label: Option<String> = None;
-    let result = route(&rt, api_router, req, peer, &request_id, &mut label).await;
-    let mut resp = result.unwrap_or_else(|err| {
-        if err.status().is_server_error() {
-            tracing::warn!(request_id = %request_id, code = err.code(), error = %err, "request failed");
-        }
-        edge::error_response(&err, rt.hide_internal_errors())
-    });
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert("x-request-id", v);
+    let mut ctx = RequestContext::new(request_id, peer, req.method().clone(), req.uri().path().to_string());
+    let mut req = req.map(body::boxed);
+    // Only an authentication plugin may say who is calling; a client cannot claim it.
+    req.headers_mut().remove(IDENTITY_HEADER);
+    let plugins = rt.plugins();
+    // 2.–5. hooks, route, dispatch; errors become responses at the one edge
+    let hide = rt.config.hides_error_detail();
+    let mut resp = match pipeline(&rt, &plugins, &api_router, req, &mut ctx).await {
+        Ok(resp) => resp,
+        Err(err) => edge::render(&err, &ctx, hide),
+    };
+    // 6. on_response, reverse order
+    if !plugins.is_empty()
+        && let Err(err) = plugins.on_response(&mut resp, &mut ctx).await
+    {
+        resp = edge::render(&err, &ctx, hide);
     }
-    let elapsed = start.elapsed();
-    let status = resp.status().as_u16();
-    let app = label.as_deref().unwrap_or("-");
-    tracing::info!(
-        target: "marina::access",
-        method = %method,
-        path = %path,
-        status,
-        duration_ms = elapsed.as_micros() as f64 / 1000.0,
-        request_id = %request_id,
-        app,
-        "request"
-    );
+    // 7. completion
+    completion::finish(&ctx, &mut resp);
     Ok(resp)
 }
 
-async fn route(
+/// The header workers read the caller's identity from.
+pub const IDENTITY_HEADER: &str = "x-identity";
+
+async fn pipeline(
     rt: &Arc<Runtime>,
-    mut api_router: axum::Router,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-    request_id: &str,
-    label: &mut Option<String>,
+    plugins: &PluginSet,
+    api_router: &axum::Router,
+    mut req: Request<Body>,
+    ctx: &mut RequestContext,
 ) -> Result<Response<Body>, Error> {
-    let path = req.uri().path();
-    let api_base = rt.config.api_base();
-    if path == api_base || path.strip_prefix(api_base.as_str()).is_some_and(|rest| rest.starts_with('/')) {
-        let resp = api_router.call(req).await.unwrap_or_else(|never| match never {});
-        return Ok(resp.map(body::boxed));
-    }
-    if path == "/.well-known/buntime" || path == "/.well-known/marina" {
-        return Ok(edge::json(&serde_json::json!({ "api": api_base, "version": api::VERSION })));
-    }
-    if path == "/" {
-        let mut resp = Response::new(body::full(format!("marina v{}", api::VERSION)));
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    if !plugins.is_empty()
+        && let Some(resp) = plugins.on_request(&mut req, ctx).await?
+    {
         return Ok(resp);
     }
-    if path == "/favicon.ico" {
-        let mut resp = Response::new(body::empty());
-        *resp.status_mut() = StatusCode::NO_CONTENT;
-        return Ok(resp);
+    let path = req.uri().path().to_string();
+    match route::route(rt, plugins, &path) {
+        Target::InternalApi => marina_plugins::api::call(api_router, req).await,
+        Target::WellKnown => {
+            marina_plugins::api::json(&serde_json::json!({ "api": rt.api_base, "version": api::VERSION }))
+        }
+        Target::Plugin(plugin, rest) => {
+            ctx.plugin = Some(plugin.name.clone());
+            *req.uri_mut() = dispatch::with_path(req.uri(), &rest)?;
+            plugin.plugin.handle(req, ctx).await
+        }
+        Target::App { resolved, segment, rest } => {
+            let app = rt.registry.load(&resolved)?;
+            ctx.app = Some(app.clone());
+            if let Some(m) = app.proxy.find(&rest) {
+                return dispatch::to_upstream(rt, &app, &m.rule, &rest, req, ctx).await;
+            }
+            dispatch::to_app(rt, app, &segment, &rest, req, ctx).await
+        }
+        Target::Shell(plugin) => {
+            ctx.plugin = Some(plugin.name.clone());
+            plugin.plugin.handle(req, ctx).await
+        }
+        Target::Banner => {
+            let mut resp = Response::new(body::full(format!("marina v{}", api::VERSION)));
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            Ok(resp)
+        }
+        Target::Favicon => {
+            let mut resp = Response::new(body::empty());
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            Ok(resp)
+        }
+        Target::NotFound(Some(segment)) => Err(app_not_found(rt, &segment)),
+        Target::NotFound(None) => Err(Error::not_found(format!("nothing is served at '{path}'"))),
     }
-    let Some(app_path) = dispatch::split_app_path(path) else {
-        return Err(Error::not_found(format!("nothing is served at '{path}'")));
-    };
-    let segment = app_path.segment.clone();
-    let rest = app_path.rest.to_string();
-    let resolved = rt.registry.resolve(&segment).ok_or_else(|| app_not_found(rt, &segment))?;
-    let app = rt.registry.load(&resolved)?;
-    *label = Some(app.key());
-    let req = req.map(body::boxed);
-    if let Some(m) = app.proxy.find(&rest) {
-        return dispatch::to_upstream(rt, &app, &m.rule, &rest, req, peer).await;
-    }
-    dispatch::to_app(rt, app, &segment, &rest, req, peer, request_id).await
 }
 
 /// 404 for an unknown app, naming the worker dirs searched so a misplaced app is found quickly
 /// (left out when internal detail is hidden from clients: they are server paths).
 fn app_not_found(rt: &Runtime, segment: &str) -> Error {
-    if rt.hide_internal_errors() {
+    if rt.config.hides_error_detail() {
         return Error::new(StatusCode::NOT_FOUND, "APP_NOT_FOUND", format!("no app matches '{segment}'"))
             .with_data(serde_json::json!({ "app": segment }));
     }

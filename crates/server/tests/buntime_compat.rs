@@ -29,7 +29,10 @@ async fn unknown_app_404_names_the_dirs_searched() {
     srv.stop().await;
 
     // Production hides server paths from clients.
-    let srv = start(dir.path(), |r| r.node_env = Some("production".into())).await;
+    let srv = start(dir.path(), |r| {
+        r.set("NODE_ENV", "production");
+    })
+    .await;
     let body: Value = reqwest::get(format!("{}/nope/", srv.base)).await.unwrap().json().await.unwrap();
     assert_eq!(body["code"], "APP_NOT_FOUND");
     assert!(!body.to_string().contains(&shown), "{body}");
@@ -63,7 +66,10 @@ async fn an_app_named_api_is_served_when_the_api_has_a_prefix() {
     assert_eq!(resp.status(), 404, "without a prefix /api/ is the internal API");
     srv.stop().await;
 
-    let srv = start(dir.path(), |r| r.api_prefix = Some("/_".into())).await;
+    let srv = start(dir.path(), |r| {
+        r.set("RUNTIME_API_PREFIX", "/_");
+    })
+    .await;
     let resp = reqwest::get(format!("{}/api/", srv.base)).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(resp.text().await.unwrap().contains("the api app"));

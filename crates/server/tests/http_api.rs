@@ -161,7 +161,10 @@ async fn workers_lists_static_apps_after_use() {
 #[tokio::test]
 async fn api_prefix_moves_the_api() {
     let dir = apps();
-    let srv = start(dir.path(), |r| r.api_prefix = Some("/_".into())).await;
+    let srv = start(dir.path(), |r| {
+        r.set("RUNTIME_API_PREFIX", "/_");
+    })
+    .await;
     assert_eq!(get(&format!("{}/_/api/health", srv.base)).await.status(), 200);
     let wk: Value = get(&format!("{}/.well-known/buntime", srv.base)).await.json().await.unwrap();
     assert_eq!(wk["api"], "/_/api");

@@ -38,7 +38,10 @@ async fn start() -> (common::Running, tempfile::TempDir) {
     );
     copy_app(&fixture("js-echo"), &apps.path().join("small"), "entrypoint: index.js\nttl: 60s\nmaxBodySize: 1kb\n");
     copy_app(&fixture("py-echo"), &apps.path().join("py"), "command: [\"python3\", \"app.py\"]\nttl: 60s\n");
-    let srv = common::start(apps.path(), |r| r.js_runtime = Some("node".into())).await;
+    let srv = common::start(apps.path(), |r| {
+        r.set("RUNTIME_JS", "node");
+    })
+    .await;
     (srv, apps)
 }
 

@@ -229,12 +229,15 @@ pub fn is_html_content_type(value: Option<&HeaderValue>) -> bool {
 /// up to [`MAX_INJECT_BODY`]; a larger body (announced or discovered while reading) passes
 /// through unchanged, with the bytes already read put back in front. On success the
 /// `Content-Length` is corrected and the `ETag` dropped, because the worker's validator no
-/// longer describes these bytes. A body that fails mid-read becomes a 502 `WORKER_BODY_ERROR`.
-pub async fn inject_response(resp: Response<Body>, inj: &Injection) -> Response<Body> {
+/// longer describes these bytes.
+///
+/// # Errors
+/// A body that fails mid-read is a 502 `WORKER_BODY_ERROR`.
+pub async fn inject_response(resp: Response<Body>, inj: &Injection) -> Result<Response<Body>, Error> {
     inject_response_capped(resp, inj, MAX_INJECT_BODY).await
 }
 
-async fn inject_response_capped(resp: Response<Body>, inj: &Injection, cap: usize) -> Response<Body> {
+async fn inject_response_capped(resp: Response<Body>, inj: &Injection, cap: usize) -> Result<Response<Body>, Error> {
     let status = resp.status();
     let headers = resp.headers();
     let encoded = headers
@@ -252,7 +255,7 @@ async fn inject_response_capped(resp: Response<Body>, inj: &Injection, cap: usiz
         || announced_too_big
         || !is_html_content_type(headers.get(CONTENT_TYPE))
     {
-        return resp;
+        return Ok(resp);
     }
 
     let (mut parts, mut body) = resp.into_parts();
@@ -262,10 +265,11 @@ async fn inject_response_capped(resp: Response<Body>, inj: &Injection, cap: usiz
         let frame = match frame {
             Ok(frame) => frame,
             Err(err) => {
-                let err =
-                    Error::bad_gateway("WORKER_BODY_ERROR", "the app's HTML response body failed while being read")
-                        .with_source(err);
-                return json_error(&err);
+                return Err(Error::bad_gateway(
+                    "WORKER_BODY_ERROR",
+                    "the app's HTML response body failed while being read",
+                )
+                .with_source(err));
             }
         };
         match frame.into_data() {
@@ -276,10 +280,10 @@ async fn inject_response_capped(resp: Response<Body>, inj: &Injection, cap: usiz
                     let head = futures_util::stream::iter([Ok(Frame::data(buf.freeze()))]);
                     let rest = http_body_util::BodyStream::new(body);
                     let chained = futures_util::StreamExt::chain(head, rest);
-                    return Response::from_parts(
+                    return Ok(Response::from_parts(
                         parts,
                         marina_core::body::boxed(http_body_util::StreamBody::new(chained)),
-                    );
+                    ));
                 }
             }
             Err(frame) => trailers = frame.into_trailers().ok(),
@@ -296,16 +300,7 @@ async fn inject_response_capped(resp: Response<Body>, inj: &Injection, cap: usiz
             marina_core::body::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(frames)))
         }
     };
-    Response::from_parts(parts, body)
-}
-
-/// An [`Error`] as its JSON response.
-pub(crate) fn json_error(err: &Error) -> Response<Body> {
-    let body = serde_json::to_vec(&err.to_json(false)).unwrap_or_default();
-    let mut resp = Response::new(marina_core::body::full(body));
-    *resp.status_mut() = err.status();
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
+    Ok(Response::from_parts(parts, body))
 }
 
 #[cfg(test)]
@@ -404,7 +399,9 @@ mod tests {
     async fn response_injection_fixes_length_and_drops_etag() {
         let inj = Injection::new(Some("/a".into()), BTreeMap::new());
         let resp =
-            inject_response(html_response("<head></head>", &[("etag", "\"x\""), ("content-length", "13")]), &inj).await;
+            inject_response(html_response("<head></head>", &[("etag", "\"x\""), ("content-length", "13")]), &inj)
+                .await
+                .unwrap();
         assert!(resp.headers().get(ETAG).is_none());
         assert_eq!(resp.headers()[CONTENT_LENGTH], "30");
         assert_eq!(body_of(resp).await, "<head><base href=\"/a/\"></head>");
@@ -413,16 +410,16 @@ mod tests {
     #[tokio::test]
     async fn response_injection_skips_what_it_must_not_touch() {
         let inj = Injection::new(Some("/a".into()), BTreeMap::new());
-        let gz = inject_response(html_response("<head>", &[("content-encoding", "gzip")]), &inj).await;
+        let gz = inject_response(html_response("<head>", &[("content-encoding", "gzip")]), &inj).await.unwrap();
         assert_eq!(body_of(gz).await, "<head>");
         let json = Response::builder()
             .header(CONTENT_TYPE, "application/json")
             .body(marina_core::body::full("<head>"))
             .unwrap();
-        assert_eq!(body_of(inject_response(json, &inj).await).await, "<head>");
+        assert_eq!(body_of(inject_response(json, &inj).await.unwrap()).await, "<head>");
         let mut partial = html_response("<head>", &[]);
         *partial.status_mut() = StatusCode::PARTIAL_CONTENT;
-        assert_eq!(body_of(inject_response(partial, &inj).await).await, "<head>");
+        assert_eq!(body_of(inject_response(partial, &inj).await.unwrap()).await, "<head>");
     }
 
     #[tokio::test]
@@ -432,10 +429,10 @@ mod tests {
             vec![Ok(Frame::data(Bytes::from_static(b"<head>0123"))), Ok(Frame::data(Bytes::from_static(b"456789")))];
         let body = marina_core::body::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(chunks)));
         let resp = Response::builder().header(CONTENT_TYPE, "text/html").header(ETAG, "\"e\"").body(body).unwrap();
-        let out = inject_response_capped(resp, &inj, 8).await;
+        let out = inject_response_capped(resp, &inj, 8).await.unwrap();
         assert_eq!(out.headers()[ETAG], "\"e\"");
         assert_eq!(body_of(out).await, "<head>0123456789");
         let announced = html_response("<head>0123456789", &[("content-length", "16")]);
-        assert_eq!(body_of(inject_response_capped(announced, &inj, 8).await).await, "<head>0123456789");
+        assert_eq!(body_of(inject_response_capped(announced, &inj, 8).await.unwrap()).await, "<head>0123456789");
     }
 }

@@ -254,10 +254,14 @@ impl StaticSite {
             return Ok(r.clone());
         }
         let app_dir = fs::canonicalize(&self.app_dir).map_err(|e| {
-            Error::not_found(format!("app directory '{}' cannot be opened", self.app_dir.display())).with_source(e)
+            Error::not_found(format!("app directory '{}' cannot be opened", self.app_dir.display()))
+                .with_kind(marina_core::Source::Internal)
+                .with_source(e)
         })?;
         let entry = fs::canonicalize(&self.entrypoint).map_err(|e| {
-            Error::not_found(format!("entrypoint '{}' does not exist", self.entrypoint.display())).with_source(e)
+            Error::not_found(format!("entrypoint '{}' does not exist", self.entrypoint.display()))
+                .with_kind(marina_core::Source::Internal)
+                .with_source(e)
         })?;
         if !entry.starts_with(&app_dir) || !entry.is_file() {
             return Err(Error::internal(format!(
@@ -279,7 +283,11 @@ impl StaticSite {
     /// Answer a request. `raw_path` is the path below the app's prefix, still percent-encoded,
     /// starting with `/` (`/` is the entrypoint). The `<base>` href, when injected, comes from
     /// the `x-base` request header (empty when absent).
-    pub async fn serve(&self, method: &Method, raw_path: &str, headers: &HeaderMap) -> Response<Body> {
+    ///
+    /// # Errors
+    /// 405 (with `Allow`), 403 for refused paths, 404 for missing files, 416 (with
+    /// `Content-Range`) for unsatisfiable ranges, 500 when reading fails. The server renders them.
+    pub async fn serve(&self, method: &Method, raw_path: &str, headers: &HeaderMap) -> Result<Response<Body>, Error> {
         let base = headers.get("x-base").and_then(|v| v.to_str().ok()).unwrap_or("");
         self.serve_with_base(method, raw_path, headers, base).await
     }
@@ -291,46 +299,35 @@ impl StaticSite {
         raw_path: &str,
         headers: &HeaderMap,
         base: &str,
-    ) -> Response<Body> {
+    ) -> Result<Response<Body>, Error> {
         let head = method == Method::HEAD;
         if method != Method::GET && !head {
-            let err = Error::new(
+            return Err(Error::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "METHOD_NOT_ALLOWED",
                 format!("method {method} is not allowed on a static app, expected GET or HEAD"),
-            );
-            let mut resp = error_response(&err, false);
-            resp.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return resp;
+            )
+            .with_header(ALLOW, HeaderValue::from_static("GET, HEAD")));
         }
-        let roots = match self.roots() {
-            Ok(r) => r,
-            Err(err) => return error_response(&err, head),
-        };
+        let roots = self.roots()?;
         let key = raw_path.split(['?', '#']).next().unwrap_or("");
         let key = if key.is_empty() { "/" } else { key };
 
-        let entry = match self.lookup(key, &roots).await {
-            Ok(Some(entry)) => entry,
-            Ok(None) => {
+        let entry = match self.lookup(key, &roots).await? {
+            Some(entry) => entry,
+            None => {
                 // A hidden name is a 404 even for navigations: `/.env` must not look served.
                 let normalized = path::normalize(key).ok();
                 let last = normalized.as_ref().and_then(|n| n.last()).unwrap_or("");
                 if normalized.is_none() || path::has_extension(last) || !negotiate::is_navigation(method, headers) {
-                    let err = Error::not_found(format!("no file at '{raw_path}'"))
-                        .with_data(serde_json::json!({ "path": raw_path }));
-                    return error_response(&err, head);
+                    return Err(Error::not_found(format!("no file at '{raw_path}'"))
+                        .with_data(serde_json::json!({ "path": raw_path })));
                 }
-                match self.lookup("/", &roots).await {
-                    Ok(Some(entry)) => entry,
-                    Ok(None) => {
-                        let err = Error::not_found(format!("no file at '{raw_path}' and the entrypoint is gone"));
-                        return error_response(&err, head);
-                    }
-                    Err(err) => return error_response(&err, head),
-                }
+                self.lookup("/", &roots).await?.ok_or_else(|| {
+                    Error::not_found(format!("no file at '{raw_path}' and the entrypoint is gone"))
+                        .with_kind(marina_core::Source::Internal)
+                })?
             }
-            Err(err) => return error_response(&err, head),
         };
         self.respond(&entry, head, headers, base).await
     }
@@ -468,11 +465,14 @@ impl StaticSite {
         Ok((entry.variants[enc as usize].clone().unwrap_or(identity), enc))
     }
 
-    async fn respond(&self, entry: &FileEntry, head: bool, req: &HeaderMap, base: &str) -> Response<Body> {
-        let (variant, enc) = match self.pick(entry, req, base) {
-            Ok(v) => v,
-            Err(err) => return error_response(&err, head),
-        };
+    async fn respond(
+        &self,
+        entry: &FileEntry,
+        head: bool,
+        req: &HeaderMap,
+        base: &str,
+    ) -> Result<Response<Body>, Error> {
+        let (variant, enc) = self.pick(entry, req, base)?;
         let mut resp = Response::new(marina_core::body::empty());
         // Sized once for the up to nine headers below (growing a HeaderMap rehashes).
         *resp.headers_mut() = HeaderMap::with_capacity(12);
@@ -502,7 +502,7 @@ impl StaticSite {
             *resp.status_mut() = StatusCode::NOT_MODIFIED;
             resp.headers_mut().remove(CONTENT_TYPE);
             resp.headers_mut().remove(CONTENT_ENCODING);
-            return resp;
+            return Ok(resp);
         }
 
         let len = variant.len;
@@ -530,19 +530,18 @@ impl StaticSite {
                         req.get(RANGE).and_then(|v| v.to_str().ok()).unwrap_or("")
                     ),
                 )
-                .with_data(serde_json::json!({ "size": len }));
-                let mut resp = error_response(&err, head);
-                resp.headers_mut().insert(
+                .with_data(serde_json::json!({ "size": len }))
+                .with_header(
                     CONTENT_RANGE,
                     HeaderValue::from_str(&format!("bytes */{len}")).unwrap_or(HeaderValue::from_static("bytes */0")),
-                );
-                resp.headers_mut().insert(ETAG, variant.etag.clone());
-                return resp;
+                )
+                .with_header(ETAG, variant.etag.clone());
+                return Err(err);
             }
         };
         resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(end - start));
         if head || start == end {
-            return resp;
+            return Ok(resp);
         }
         let body = match &variant.data {
             Some(data) => marina_core::body::full(data.slice(start as usize..end as usize)),
@@ -554,12 +553,12 @@ impl StaticSite {
                     } else {
                         Error::internal(format!("opening '{}' failed", variant.path.display())).with_source(e)
                     };
-                    return error_response(&err, head);
+                    return Err(err);
                 }
             },
         };
         *resp.body_mut() = body;
-        resp
+        Ok(resp)
     }
 }
 
@@ -576,17 +575,6 @@ async fn stream_file(path: &Path, start: u64, len: u64) -> io::Result<Body> {
 fn forbidden(raw: &str, why: &str) -> Error {
     Error::new(StatusCode::FORBIDDEN, "FORBIDDEN", format!("path '{raw}' is refused: it contains {why}"))
         .with_data(serde_json::json!({ "path": raw }))
-}
-
-/// An [`Error`] as its JSON response; for HEAD the same headers without the body.
-fn error_response(err: &Error, head: bool) -> Response<Body> {
-    let body = serde_json::to_vec(&err.to_json(false)).unwrap_or_default();
-    let len = body.len();
-    let mut resp = Response::new(if head { marina_core::body::empty() } else { marina_core::body::full(body) });
-    *resp.status_mut() = err.status();
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(len));
-    resp
 }
 
 /// Find the file for normalised segments. `Ok(None)` = nothing servable there; `Err` = the

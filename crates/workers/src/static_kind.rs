@@ -43,7 +43,9 @@ struct StaticInstance {
 
 impl Instance for StaticInstance {
     fn call(self: Arc<Self>, req: Request<Body>) -> BoxFuture<'static, Result<Response<Body>, CallError>> {
-        Box::pin(async move { Ok(self.site.serve(req.method(), req.uri().path(), req.headers()).await) })
+        Box::pin(async move {
+            self.site.serve(req.method(), req.uri().path(), req.headers()).await.map_err(CallError::Failed)
+        })
     }
 
     fn stop(self: Arc<Self>, _grace: Duration) -> BoxFuture<'static, ()> {

@@ -14,6 +14,7 @@ use http::{HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use marina_core::{Body, Error, body};
 use marina_workers::html::Injection;
 use marina_workers::static_files::{CacheLimits, StaticSite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,6 +53,27 @@ fn fixture() -> Fixture {
     Fixture { _tmp: tmp, app, outside }
 }
 
+/// What the server's edge does with the site's answer: an error becomes its JSON body with its
+/// headers (HEAD: no body), so these tests see what a client sees.
+fn render(result: Result<http::Response<Body>, Error>, method: &Method) -> http::Response<Body> {
+    match result {
+        Ok(resp) => resp,
+        Err(err) => {
+            let bytes = err.to_json().to_string();
+            let len = bytes.len();
+            let head = method == Method::HEAD;
+            let mut resp = http::Response::new(if head { body::empty() } else { body::full(bytes) });
+            *resp.status_mut() = err.status();
+            if let Some(h) = err.headers() {
+                resp.headers_mut().extend(h.clone());
+            }
+            resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            resp.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+            resp
+        }
+    }
+}
+
 /// Serve `site` on a loopback port; the whole URI path (percent-encoded) is the raw path.
 async fn serve(site: StaticSite) -> SocketAddr {
     let site = Arc::new(site);
@@ -66,7 +88,7 @@ async fn serve(site: StaticSite) -> SocketAddr {
                     let site = site.clone();
                     async move {
                         let path = req.uri().path().to_string();
-                        Ok::<_, Infallible>(site.serve(req.method(), &path, req.headers()).await)
+                        Ok::<_, Infallible>(render(site.serve(req.method(), &path, req.headers()).await, req.method()))
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
@@ -517,7 +539,7 @@ async fn cache_stays_within_its_bounds() {
     let limits = CacheLimits { max_entries: 8, max_bytes: 40_000, ..CacheLimits::default() };
     let site = Arc::new(site(&f).with_cache_limits(limits));
     for i in 0..20 {
-        let resp = site.serve(&Method::GET, &format!("/assets/f{i}.txt"), &HeaderMap::new()).await;
+        let resp = site.serve(&Method::GET, &format!("/assets/f{i}.txt"), &HeaderMap::new()).await.unwrap();
         assert_eq!(resp.status(), 200);
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body.len(), 10_000);
@@ -534,19 +556,18 @@ async fn a_missing_app_dir_answers_json_errors() {
     let site = StaticSite::new(tmp.path().join("nope"), PathBuf::from("index.html"), None);
     let err = site.check().unwrap_err();
     assert_eq!(err.status(), 404);
-    let resp = site.serve(&Method::GET, "/", &HeaderMap::new()).await;
-    assert_eq!(resp.status(), 404);
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(json["success"], false);
-    assert!(json["message"].as_str().unwrap().contains("nope"), "{json}");
+    let err = site.serve(&Method::GET, "/", &HeaderMap::new()).await.unwrap_err();
+    assert_eq!(err.status(), 404);
+    // marina's own app dir is gone: not the client's fault, so production hides the path.
+    assert_eq!(err.kind(), marina_core::Source::Internal);
+    assert!(err.message().contains("nope"), "{err}");
 
     // An entrypoint that is a symlink leading out of the app dir is refused.
     let f = fixture();
     std::os::unix::fs::symlink(f.outside.join("secret.txt"), f.app.join("evil.html")).unwrap();
     let site = StaticSite::new(f.app.clone(), PathBuf::from("evil.html"), None);
     assert_eq!(site.check().unwrap_err().status(), 500);
-    let resp = site.serve(&Method::GET, "/", &HeaderMap::new()).await;
+    let resp = render(site.serve(&Method::GET, "/", &HeaderMap::new()).await, &Method::GET);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert!(!String::from_utf8_lossy(&body).contains(SECRET));
 }
@@ -575,7 +596,7 @@ mod never_escapes {
             let raw = format!("/{}", parts.join("/"));
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             let body = rt.block_on(async {
-                let resp = site.serve(&Method::GET, &raw, &HeaderMap::new()).await;
+                let resp = render(site.serve(&Method::GET, &raw, &HeaderMap::new()).await, &Method::GET);
                 resp.into_body().collect().await.unwrap().to_bytes()
             });
             prop_assert!(!String::from_utf8_lossy(&body).contains(SECRET), "{raw}");
@@ -631,7 +652,12 @@ async fn bench_server() {
             tokio::spawn(async move {
                 let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let site = site.clone();
-                    async move { Ok::<_, Infallible>(site.serve(req.method(), req.uri().path(), req.headers()).await) }
+                    async move {
+                        Ok::<_, Infallible>(render(
+                            site.serve(req.method(), req.uri().path(), req.headers()).await,
+                            req.method(),
+                        ))
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
             });

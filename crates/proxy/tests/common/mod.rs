@@ -55,7 +55,7 @@ impl Front {
                         let client = ClientInfo { ip: peer.ip(), proto: "http" };
                         Ok(match remote.forward(&m.rule, &path, req.map(body::boxed), client).await {
                             Ok(resp) => resp,
-                            Err(e) => json(e.status(), e.to_json(false)),
+                            Err(e) => json(e.status(), e.to_json()),
                         })
                     }
                 });

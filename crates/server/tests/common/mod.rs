@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use marina_plugins::Loaded;
 use marina_server::{RawConfig, RuntimeConfig, Server};
 use tokio::sync::oneshot;
 
@@ -25,18 +26,22 @@ impl Running {
 }
 
 /// Serve the apps in `worker_dir` with a fresh state dir; `tweak` adjusts the raw config.
+#[allow(dead_code)]
 pub async fn start(worker_dir: &Path, tweak: impl FnOnce(&mut RawConfig)) -> Running {
+    start_with(worker_dir, tweak, Vec::new()).await
+}
+
+/// [`start`] with plugins built in code, in load order.
+pub async fn start_with(worker_dir: &Path, tweak: impl FnOnce(&mut RawConfig), plugins: Vec<Loaded>) -> Running {
     let state = tempfile::tempdir().unwrap();
-    let mut raw = RawConfig {
-        port: Some("0".into()),
-        worker_dirs: Some(worker_dir.display().to_string()),
-        state_dir: Some(state.path().display().to_string()),
-        node_env: Some("test".into()),
-        ..RawConfig::default()
-    };
+    let mut raw = RawConfig::new();
+    raw.set("PORT", "0")
+        .set("RUNTIME_WORKER_DIRS", worker_dir.display().to_string())
+        .set("RUNTIME_STATE_DIR", state.path().display().to_string())
+        .set("NODE_ENV", "test");
     tweak(&mut raw);
     let config = RuntimeConfig::from_raw(&raw, Path::new("/")).unwrap();
-    let server = Server::bind(config).await.expect("server binds");
+    let server = Server::bind_with(config, plugins).await.expect("server binds");
     let addr = server.local_addr();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {

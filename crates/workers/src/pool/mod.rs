@@ -376,10 +376,10 @@ impl WorkerPool {
         let base = req.headers().get("x-base").and_then(|v| v.to_str().ok()).unwrap_or("");
         let injection = Injection::from_config(&app.config, base);
         let resp = inner.forward(guard, req, tripped).await?;
-        Ok(match injection {
+        match injection {
             Some(inj) => html::inject_response(resp, &inj).await,
-            None => resp,
-        })
+            None => Ok(resp),
+        }
     }
 
     /// Every worker, for `GET /api/workers`, plus one `crashloop` row per app that is backing off

@@ -165,7 +165,7 @@ pub async fn front(pool: Arc<WorkerPool>, app: Arc<App>) -> std::net::SocketAddr
                         Ok(r) => r,
                         Err(e) => http::Response::builder()
                             .status(e.status())
-                            .body(body::full(e.to_json(false).to_string()))
+                            .body(body::full(e.to_json().to_string()))
                             .unwrap(),
                     };
                     Ok::<_, std::convert::Infallible>(resp)

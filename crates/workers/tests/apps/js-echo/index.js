@@ -25,6 +25,8 @@ export default {
           base: req.headers.get("x-base"),
           requestId: req.headers.get("x-request-id"),
           forwardedFor: req.headers.get("x-forwarded-for"),
+          identity: req.headers.get("x-identity"),
+          seenBy: req.headers.get("x-seen-by"),
           body: req.body ? await req.text() : "",
         });
       case "/cookies": {

@@ -1,0 +1,439 @@
+//! The one table of configuration variables: environment variable, flag, default, help and
+//! validation. `marina serve`'s flags, its `--help`, the README's configuration table
+//! (`marina config --markdown`) and the start-up checks all come from [`SETTINGS`], so they
+//! cannot drift apart (a test compares the README with the generated table).
+//!
+//! Values travel as [`RawSettings`] — strings as the user wrote them, keyed by variable — so a
+//! plugin reads its own variables (`GATEWAY_*`) from the same map the server reads `PORT` from.
+//! [`RawSettings::validate`] checks every given value against its row before anything starts;
+//! the typed getters parse with the same functions, so a value that passed validation parses.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::units::parse_duration;
+
+/// How a value is checked; also produces the "expected …" text of the error.
+#[derive(Debug, Clone, Copy)]
+pub enum Check {
+    /// Any text.
+    Text,
+    /// A TCP port, 0–65535.
+    Port,
+    /// An IP address or `localhost`.
+    Host,
+    /// A whole number in a range.
+    Count {
+        /// Smallest accepted value.
+        min: usize,
+        /// Largest accepted value.
+        max: usize,
+    },
+    /// One of a fixed list (case-insensitive).
+    OneOf(&'static [&'static str]),
+    /// A colon-separated list of directories with at least one entry.
+    Dirs,
+    /// A colon-separated list of directories, possibly empty.
+    DirsOrNone,
+    /// A path prefix such as `/_`.
+    Prefix,
+    /// A duration: a bare number is seconds, else `ms` syntax (`"10s"`, `"2m"`).
+    Seconds,
+    /// `true`/`false` (also `1`/`0`, `yes`/`no`).
+    Bool,
+    /// `sqlite:…` or `postgres://…`.
+    DatabaseUrl,
+    /// `bun`, `node` or a path (whether it is executable is checked against the working dir).
+    JsRuntime,
+}
+
+impl Check {
+    /// Whether `value` (already trimmed, non-empty) is acceptable.
+    pub fn accepts(&self, value: &str) -> bool {
+        match *self {
+            Check::Text | Check::DirsOrNone => true,
+            Check::Port => value.parse::<u16>().is_ok(),
+            Check::Host => value.parse::<std::net::IpAddr>().is_ok() || value == "localhost",
+            Check::Count { min, max } => parse_count(value, min, max).is_some(),
+            Check::OneOf(list) => list.iter().any(|c| c.eq_ignore_ascii_case(value)),
+            Check::Dirs => !dir_list(value).is_empty(),
+            Check::Prefix => normalize_prefix(value).is_some(),
+            Check::Seconds => parse_seconds(value).is_some(),
+            Check::Bool => parse_bool(value).is_some(),
+            Check::JsRuntime => value == "bun" || value == "node" || value.contains('/'),
+            Check::DatabaseUrl => {
+                value.starts_with("sqlite:") || value.starts_with("postgres://") || value.starts_with("postgresql://")
+            }
+        }
+    }
+
+    /// What an acceptable value looks like, for error messages.
+    pub fn expected(&self) -> String {
+        match *self {
+            Check::Text | Check::DirsOrNone => "any text".into(),
+            Check::Port => "a port number from 0 to 65535".into(),
+            Check::Host => "an IP address such as 127.0.0.1 or 0.0.0.0".into(),
+            Check::Count { min, max } => format!("a whole number from {min} to {max}"),
+            Check::OneOf(list) => match list {
+                [a, b] => format!("{a} or {b}"),
+                _ => format!("one of {}", list.join(", ")),
+            },
+            Check::Dirs => "a colon-separated list of directories".into(),
+            Check::Prefix => "a path prefix such as \"/_\" (letters, digits, '-', '_', '.', separated by '/')".into(),
+            Check::Seconds => "a duration such as 30 (seconds), \"10s\" or \"2m\"".into(),
+            Check::Bool => "true or false".into(),
+            Check::DatabaseUrl => "sqlite://PATH or postgres://USER@HOST/DB".into(),
+            Check::JsRuntime => "bun, node, or the path of an executable Bun or Node".into(),
+        }
+    }
+}
+
+/// One configuration variable.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// The environment variable (Buntime's name where Buntime has one).
+    pub var: &'static str,
+    /// The long flag of `marina serve`, without `--`.
+    pub flag: &'static str,
+    /// The default, as documented (Markdown).
+    pub default: &'static str,
+    /// What it does (Markdown; backticks are dropped for `--help`).
+    pub help: &'static str,
+    /// How a given value is checked.
+    pub check: Check,
+}
+
+/// Every variable `marina serve` reads, in the order of `--help` and the README.
+pub static SETTINGS: &[Setting] = &[
+    Setting {
+        var: "PORT",
+        flag: "port",
+        default: "`8000`",
+        help: "listen port (HTTP/1.1 and HTTP/2 cleartext on the same port)",
+        check: Check::Port,
+    },
+    Setting {
+        var: "RUNTIME_HOST",
+        flag: "host",
+        default: "`127.0.0.1`",
+        help: "listen address; `0.0.0.0` in containers",
+        check: Check::Host,
+    },
+    Setting {
+        var: "RUNTIME_WORKER_DIRS",
+        flag: "worker-dirs",
+        default: "`./examples/apps` when run from the repository, else `./apps`",
+        help: "colon-separated app dirs; the first dir wins for the same version",
+        check: Check::Dirs,
+    },
+    Setting {
+        var: "RUNTIME_PLUGIN_DIRS",
+        flag: "plugin-dirs",
+        default: "`./examples/plugins` when run from the repository, else `./plugins`",
+        help: "colon-separated plugin dirs",
+        check: Check::DirsOrNone,
+    },
+    Setting {
+        var: "RUNTIME_API_PREFIX",
+        flag: "api-prefix",
+        default: "`\"\"`",
+        help: "`/_` moves the internal API to `/_/api`",
+        check: Check::Prefix,
+    },
+    Setting {
+        var: "RUNTIME_POOL_SIZE",
+        flag: "pool-size",
+        default: "`100`",
+        help: "most app versions with warm workers at once (LRU; `instances` multiplies processes)",
+        check: Check::Count { min: 1, max: 100_000 },
+    },
+    Setting {
+        var: "RUNTIME_LOG_LEVEL",
+        flag: "log-level",
+        default: "`info`",
+        help: "`trace`, `debug`, `info`, `warn`, `error` (`RUST_LOG` overrides)",
+        check: Check::OneOf(&["trace", "debug", "info", "warn", "error"]),
+    },
+    Setting {
+        var: "RUNTIME_LOG_FORMAT",
+        flag: "log-format",
+        default: "`json` in production, else `text`",
+        help: "access and runtime log format",
+        check: Check::OneOf(&["text", "json"]),
+    },
+    Setting {
+        var: "RUNTIME_STATE_DIR",
+        flag: "state-dir",
+        default: "`./.marina`",
+        help: "marina's database, worker sockets, app databases",
+        check: Check::Text,
+    },
+    Setting {
+        var: "NODE_ENV",
+        flag: "node-env",
+        default: "`development`",
+        help: "`development`, `production`, `staging`, `test`; production shows clients only the code and request id of server-side errors, and logs JSON",
+        check: Check::OneOf(&["development", "production", "staging", "test"]),
+    },
+    Setting {
+        var: "RUNTIME_SHUTDOWN_TIMEOUT",
+        flag: "shutdown-timeout",
+        default: "`30s`",
+        help: "how long in-flight requests may finish after SIGTERM/SIGINT",
+        check: Check::Seconds,
+    },
+    Setting {
+        var: "RUNTIME_EPHEMERAL_CONCURRENCY",
+        flag: "ephemeral-concurrency",
+        default: "`2`",
+        help: "`ttl: 0` requests running at once",
+        check: Check::Count { min: 1, max: 10_000 },
+    },
+    Setting {
+        var: "RUNTIME_EPHEMERAL_QUEUE_LIMIT",
+        flag: "ephemeral-queue-limit",
+        default: "`100`",
+        help: "`ttl: 0` requests waiting before 503",
+        check: Check::Count { min: 0, max: 1_000_000 },
+    },
+    Setting {
+        var: "RUNTIME_JS",
+        flag: "js-runtime",
+        default: "`bun` when on PATH, else `node`",
+        help: "runtime for JavaScript apps: `bun`, `node` or the path of an executable",
+        check: Check::JsRuntime,
+    },
+    Setting {
+        var: "DATABASE_URL",
+        flag: "database-url",
+        default: "`sqlite://{state dir}/marina.db`",
+        help: "marina's database: `sqlite://…` or `postgres://…`",
+        check: Check::DatabaseUrl,
+    },
+];
+
+/// The row of a variable. Panics on a name that is not in the table: that is a typo in marina's
+/// own code, caught by any test that reads it.
+pub fn setting(var: &str) -> &'static Setting {
+    SETTINGS.iter().find(|s| s.var == var).unwrap_or_else(|| panic!("{var} is not in marina_core::settings::SETTINGS"))
+}
+
+/// A configuration value that is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {var} (--{flag}) {got:?}: expected {expected}")]
+pub struct ConfigError {
+    /// The environment variable.
+    pub var: &'static str,
+    /// The command-line flag.
+    pub flag: &'static str,
+    /// The value as given.
+    pub got: String,
+    /// What would have been accepted.
+    pub expected: String,
+}
+
+impl ConfigError {
+    /// A value of `var` that its row's check accepted but a later, cross-field rule did not.
+    pub fn new(var: &'static str, got: &str, expected: impl Into<String>) -> Self {
+        Self { var, flag: setting(var).flag, got: got.to_string(), expected: expected.into() }
+    }
+}
+
+/// Values as given on the command line or in the environment, keyed by variable, before any
+/// check. Blank values count as unset.
+#[derive(Debug, Clone, Default)]
+pub struct RawSettings {
+    values: BTreeMap<&'static str, String>,
+}
+
+impl RawSettings {
+    /// An empty set (every variable at its default).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Set a variable; `var` must be in [`SETTINGS`].
+    pub fn set(&mut self, var: &str, value: impl Into<String>) -> &mut Self {
+        self.values.insert(setting(var).var, value.into());
+        self
+    }
+
+    /// Unset a variable.
+    pub fn unset(&mut self, var: &str) -> &mut Self {
+        self.values.remove(setting(var).var);
+        self
+    }
+
+    /// The trimmed value, `None` when unset or blank.
+    pub fn get(&self, var: &str) -> Option<&str> {
+        self.values.get(setting(var).var).map(|s| s.trim()).filter(|s| !s.is_empty())
+    }
+
+    /// Check every given value against its row, in table order; the first bad one is the error.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for s in SETTINGS {
+            if let Some(v) = self.get(s.var)
+                && !s.check.accepts(v)
+            {
+                return Err(self.bad(s.var, v));
+            }
+        }
+        Ok(())
+    }
+
+    fn bad(&self, var: &str, got: &str) -> ConfigError {
+        let s = setting(var);
+        ConfigError { var: s.var, flag: s.flag, got: got.to_string(), expected: s.check.expected() }
+    }
+
+    /// A whole number (the row must be [`Check::Count`]).
+    pub fn count(&self, var: &str, default: usize) -> Result<usize, ConfigError> {
+        let Check::Count { min, max } = setting(var).check else { panic!("{var} is not a Count setting") };
+        match self.get(var) {
+            None => Ok(default),
+            Some(v) => parse_count(v, min, max).ok_or_else(|| self.bad(var, v)),
+        }
+    }
+
+    /// A duration (the row must be [`Check::Seconds`]).
+    pub fn seconds(&self, var: &str, default: Duration) -> Result<Duration, ConfigError> {
+        match self.get(var) {
+            None => Ok(default),
+            Some(v) => parse_seconds(v).ok_or_else(|| self.bad(var, v)),
+        }
+    }
+
+    /// A boolean (the row must be [`Check::Bool`]).
+    pub fn flag(&self, var: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(var) {
+            None => Ok(default),
+            Some(v) => parse_bool(v).ok_or_else(|| self.bad(var, v)),
+        }
+    }
+
+    /// The value lower-cased, checked against its row ([`Check::OneOf`]), or `None` when unset.
+    pub fn choice(&self, var: &str) -> Result<Option<String>, ConfigError> {
+        match self.get(var) {
+            None => Ok(None),
+            Some(v) if setting(var).check.accepts(v) => Ok(Some(v.to_ascii_lowercase())),
+            Some(v) => Err(self.bad(var, v)),
+        }
+    }
+
+    /// Any value that passes its row's check, as given (trimmed).
+    pub fn checked(&self, var: &str) -> Result<Option<&str>, ConfigError> {
+        match self.get(var) {
+            Some(v) if !setting(var).check.accepts(v) => Err(self.bad(var, v)),
+            other => Ok(other),
+        }
+    }
+}
+
+fn parse_count(value: &str, min: usize, max: usize) -> Option<usize> {
+    value.parse::<usize>().ok().filter(|n| (min..=max).contains(n))
+}
+
+/// A bare number is seconds (like every duration flag of marina), else `ms` syntax.
+fn parse_seconds(value: &str) -> Option<Duration> {
+    match value.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Some(Duration::from_secs_f64(secs)),
+        Ok(_) => None,
+        Err(_) => parse_duration(value).ok(),
+    }
+}
+
+fn parse_bool(value: &str) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Split a colon-separated directory list, dropping blanks.
+pub fn dir_list(raw: &str) -> Vec<std::path::PathBuf> {
+    raw.split(':').map(str::trim).filter(|s| !s.is_empty()).map(std::path::PathBuf::from).collect()
+}
+
+/// `"/_/"` → `"/_"`, `"_"` → `"/_"`, `"/"` → `""`; `None` for anything that is not a clean path.
+pub fn normalize_prefix(s: &str) -> Option<String> {
+    let trimmed = s.trim_matches('/');
+    if trimmed.is_empty() {
+        return Some(String::new());
+    }
+    let ok = trimmed.split('/').all(|seg| {
+        !seg.is_empty()
+            && seg != "."
+            && seg != ".."
+            && seg.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    });
+    ok.then(|| format!("/{trimmed}"))
+}
+
+/// `--help` text of a row: the help without Markdown backticks, then the default.
+pub fn help_text(s: &Setting) -> String {
+    format!("{} [default: {}]", s.help.replace('`', ""), s.default.replace('`', ""))
+}
+
+/// The README's configuration table, generated from [`SETTINGS`].
+pub fn markdown_table() -> String {
+    let mut out = String::from("| variable | flag | default | meaning |\n|---|---|---|---|\n");
+    for s in SETTINGS {
+        out.push_str(&format!("| `{}` | `--{}` | {} | {} |\n", s.var, s.flag, s.default, s.help));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_flags_are_unique_and_documented() {
+        let mut vars = std::collections::HashSet::new();
+        let mut flags = std::collections::HashSet::new();
+        for s in SETTINGS {
+            assert!(vars.insert(s.var), "{} twice", s.var);
+            assert!(flags.insert(s.flag), "--{} twice", s.flag);
+            assert!(!s.help.is_empty() && !s.default.is_empty(), "{} lacks help or default", s.var);
+            assert!(s.flag.chars().all(|c| c.is_ascii_lowercase() || c == '-'), "--{}", s.flag);
+        }
+    }
+
+    /// The README's table is pasted from `marina config --markdown`; this fails when it drifts.
+    #[test]
+    fn readme_table_is_the_generated_one() {
+        let readme = include_str!("../../../README.md");
+        let table = markdown_table();
+        assert!(
+            readme.contains(&table),
+            "README.md's configuration table differs from the generated one; replace it with the output of \
+             `marina config --markdown`:\n{table}"
+        );
+    }
+
+    #[test]
+    fn validation_names_the_first_bad_value() {
+        let mut raw = RawSettings::new();
+        raw.set("PORT", "80").set("RUNTIME_POOL_SIZE", "0").set("NODE_ENV", "nope");
+        let err = raw.validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid RUNTIME_POOL_SIZE (--pool-size) \"0\": expected a whole number from 1 to 100000"
+        );
+        raw.set("RUNTIME_POOL_SIZE", " 7 ").unset("NODE_ENV");
+        raw.validate().unwrap();
+        assert_eq!(raw.count("RUNTIME_POOL_SIZE", 100).unwrap(), 7);
+        raw.set("RUNTIME_LOG_LEVEL", "WARN");
+        assert_eq!(raw.choice("RUNTIME_LOG_LEVEL").unwrap().as_deref(), Some("warn"));
+        assert_eq!(raw.seconds("RUNTIME_SHUTDOWN_TIMEOUT", Duration::ZERO).unwrap(), Duration::ZERO);
+        raw.set("RUNTIME_SHUTDOWN_TIMEOUT", "1.5");
+        assert_eq!(raw.seconds("RUNTIME_SHUTDOWN_TIMEOUT", Duration::ZERO).unwrap(), Duration::from_millis(1500));
+    }
+
+    #[test]
+    #[should_panic(expected = "NOPE is not in")]
+    fn unknown_names_are_a_bug_in_marina() {
+        RawSettings::new().set("NOPE", "1");
+    }
+}

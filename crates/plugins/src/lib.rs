@@ -1,0 +1,29 @@
+//! marina's plugins: the trait every plugin implements, the per-request context its phases
+//! share, the loaded set and the runners of its phases.
+//!
+//! The pipeline (DESIGN.md), with the phases a plugin can take part in:
+//!
+//! 1. accept — the server creates a [`RequestContext`];
+//! 2. [`Plugin::on_request`] of every loaded plugin, in load order (fail-closed, per-hook
+//!    timeout, see [`PluginSet::on_request`]);
+//! 3. route — internal API → plugin routes ([`Plugin::handle`], longest base first) → apps →
+//!    app shell ([`Plugin::serves_shell`]) → 404;
+//! 4. dispatch to the app;
+//! 5. errors become responses at the server's one edge;
+//! 6. [`Plugin::on_response`] in reverse load order (error responses included);
+//! 7. completion — the access log, owned by the server.
+//!
+//! Plugins answer API requests with axum routers through [`api::call`], which hands errors
+//! back to the server's edge instead of rendering them.
+
+pub mod api;
+pub mod context;
+pub mod plugin;
+pub mod set;
+
+pub use context::{Identity, RequestContext};
+pub use plugin::{DEFAULT_HOOK_TIMEOUT, Factory, Outcome, Plugin, PluginEnv, PluginSpec};
+pub use set::{Loaded, PluginSet};
+
+/// Re-exported so plugins implement [`Plugin`] with the same macro version.
+pub use async_trait::async_trait;

@@ -1,0 +1,151 @@
+//! The plugin trait: one method per phase, declared in the order they run, each with a default
+//! that does nothing (Pingora's `ProxyHttp`), so a plugin overrides only what it needs.
+//!
+//! ```text
+//!            once ──► init (load order)
+//! per request ──► on_request (load order) ──► route: handle (the plugin under whose base the
+//!                 path falls) / an app / the shell ──► on_response (reverse order)
+//!        once ──► shutdown (reverse load order)
+//! ```
+//!
+//! A phase that returns `Err` with a client error (4xx: 401, 403, 429, ...) has answered on
+//! purpose: the server renders it at its one error edge. Any other `Err`, a panic, or running
+//! past the plugin's hook timeout is a *failure* of `on_request`, answered with 503
+//! `PLUGIN_ONREQUEST_FAILED` unless the plugin opted into `onRequestFailOpen: true`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{Request, Response};
+use marina_apps::registry::Registry;
+use marina_core::settings::RawSettings;
+use marina_core::{Body, Error};
+use marina_store::Store;
+use marina_workers::WorkerPool;
+use serde_json::{Map, Value};
+
+use crate::context::RequestContext;
+
+/// How an `on_request` phase ends.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Go on with the next plugin, then routing. Changes made through `&mut Request` (headers,
+    /// URI, body) are what the later phases and the app see.
+    Continue,
+    /// Answer now with this response; later `on_request` hooks and routing are skipped, the
+    /// `on_response` phases still run.
+    Respond(Response<Body>),
+}
+
+/// A plugin. Every method is a phase; see the module docs for the order.
+#[async_trait]
+pub trait Plugin: Send + Sync + 'static {
+    /// Once at load, after the `init` of every plugin it depends on. An error skips this plugin
+    /// and the plugins that require it.
+    async fn init(&self, _env: &PluginEnv) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Every request, in load order, before routing. May inspect or rewrite the request, set
+    /// [`RequestContext::identity`] or extensions, or answer.
+    async fn on_request(&self, _req: &mut Request<Body>, _ctx: &mut RequestContext) -> Result<Outcome, Error> {
+        Ok(Outcome::Continue)
+    }
+
+    /// Whether [`Plugin::handle`] answers requests under the plugin's base. Plugins with a base
+    /// but no routes leave the base to their UI app (a worker), as in Buntime.
+    fn has_routes(&self) -> bool {
+        false
+    }
+
+    /// A request under the plugin's base (longest base first). The URI has the base stripped
+    /// (`/keyval/api/keys` arrives as `/api/keys`); the original path is [`RequestContext::path`].
+    /// A 404 `Err` here is the answer: it does not fall through to the plugin's UI.
+    async fn handle(&self, _req: Request<Body>, ctx: &mut RequestContext) -> Result<Response<Body>, Error> {
+        Err(Error::not_found(format!("nothing is served at '{}'", ctx.path)))
+    }
+
+    /// Whether this plugin answers requests that matched no route and no app (the app shell),
+    /// through [`Plugin::handle`] with the URI unchanged.
+    fn serves_shell(&self) -> bool {
+        false
+    }
+
+    /// Every response (error responses included), in reverse load order: CORS headers, metrics.
+    /// An error replaces the response with the error's.
+    async fn on_response(&self, _resp: &mut Response<Body>, _ctx: &mut RequestContext) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Once at shutdown or before a reload replaces this instance, in reverse load order.
+    async fn shutdown(&self) {}
+}
+
+/// A plugin as its manifest describes it (buntime.md §5.2).
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    /// The manifest's `name` (`@buntime/plugin-gateway`).
+    pub name: String,
+    /// The base path (`/gateway`), empty for hook-only plugins.
+    pub base: String,
+    /// Required plugins, by name.
+    pub dependencies: Vec<String>,
+    /// Plugins loaded first when present.
+    pub optional_dependencies: Vec<String>,
+    /// cpanel sidebar entries, passed through.
+    pub menus: Value,
+    /// The manifest's `config` schema, passed through.
+    pub config_schema: Value,
+    /// Every other key: the plugin's options.
+    pub options: Map<String, Value>,
+    /// `onRequestFailOpen: true`: a failing hook is logged and skipped instead of answering 503.
+    pub fail_open: bool,
+    /// How long one hook may run (`hookTimeout`, default 5 s).
+    pub hook_timeout: Duration,
+    /// The plugin's directory, when it came from one.
+    pub dir: Option<PathBuf>,
+}
+
+impl PluginSpec {
+    /// A spec with defaults, for plugins registered in code.
+    pub fn new(name: impl Into<String>, base: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            base: base.into(),
+            dependencies: Vec::new(),
+            optional_dependencies: Vec::new(),
+            menus: Value::Array(Vec::new()),
+            config_schema: Value::Null,
+            options: Map::new(),
+            fail_open: false,
+            hook_timeout: DEFAULT_HOOK_TIMEOUT,
+            dir: None,
+        }
+    }
+}
+
+/// How long one hook may run unless the manifest says `hookTimeout`.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a plugin may use: marina's database, the apps, the workers and every configuration value.
+#[derive(Clone)]
+pub struct PluginEnv {
+    /// marina's own database (SQLite or PostgreSQL).
+    pub store: Store,
+    /// Apps on disk.
+    pub registry: Arc<Registry>,
+    /// The worker pool.
+    pub pool: Arc<WorkerPool>,
+    /// Every configuration value as given (the plugin's own `GATEWAY_*`, ...).
+    pub settings: RawSettings,
+    /// The internal API's base, e.g. `/api`.
+    pub api_base: String,
+    /// Whether clients see only the code and request id of server-side errors.
+    pub production: bool,
+}
+
+/// Builds a plugin from its spec. Cheap and synchronous; async set-up belongs in
+/// [`Plugin::init`].
+pub type Factory = Arc<dyn Fn(&PluginSpec, &PluginEnv) -> Result<Arc<dyn Plugin>, Error> + Send + Sync>;
