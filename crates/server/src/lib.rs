@@ -60,6 +60,10 @@ pub struct Runtime {
     /// What plugins are given.
     pub plugin_env: PluginEnv,
     plugins: RwLock<Arc<PluginSet>>,
+    /// The keyval service at `/keyval/api`.
+    pub keyval: marina_data::Keyval,
+    /// The database service at `/database/api`.
+    pub database: marina_data::Database,
     draining: AtomicBool,
     _watch: Option<marina_apps::registry::WatchHandle>,
 }
@@ -118,6 +122,8 @@ impl Server {
         let listener =
             TcpListener::bind(&addr).await.map_err(|e| Error::internal(format!("cannot listen on {addr}: {e}")))?;
         let local = listener.local_addr().map_err(|e| Error::internal(format!("listener address: {e}")))?;
+        // Each worker gets a token for the keyval and database services (revoked when it exits).
+        let tokens = marina_workers::WorkerTokens::default();
         let pool = WorkerPool::new(PoolOptions {
             pool_size: config.pool_size,
             ephemeral_concurrency: config.ephemeral_concurrency,
@@ -130,8 +136,17 @@ impl Server {
             worker_dirs: registry.dirs().to_vec(),
             plugin_dirs: config.plugin_dirs.clone(),
             app_database: app_database_path(&store, &config.state_dir),
-            tokens: None,
+            tokens: Some(tokens.clone()),
         })?;
+        // Admin keys for the data services. The root key is read from the environment here
+        // until the auth layer is wired into the server's configuration.
+        let auth_config = marina_auth::AuthConfig::from_lookup(|k| std::env::var(k).ok())?;
+        let auth = Arc::new(marina_auth::Auth::new(&auth_config, store.clone())?);
+        let access = marina_data::Access { tokens, auth: Some(auth) };
+        let kv = marina_store::kv::Kv::open(store.clone(), marina_store::kv::KvLimits::default()).await?;
+        let keyval = marina_data::Keyval::new(kv, access.clone());
+        let database =
+            marina_data::Database::new(access, config.database_url.clone(), config.state_dir.clone(), store.kind());
         // marina's own listener is a proxy target no rule may have (it would loop).
         let policy = marina_proxy::TargetPolicy::new(vec![local], Vec::new());
         let remote = Arc::new(marina_proxy::Remote::new(marina_proxy::RemoteConfig {
@@ -161,6 +176,8 @@ impl Server {
             pool,
             store,
             remote,
+            keyval,
+            database,
             draining: AtomicBool::new(false),
             _watch: watch,
         });
@@ -297,6 +314,15 @@ async fn pipeline(
         return Ok(resp);
     }
     let path = req.uri().path().to_string();
+    // The keyval and database services (after the global hooks, before plugins and apps).
+    if let Some(rest) = marina_data::under(&path, "/keyval/api") {
+        let rest = rest.to_string();
+        return rt.keyval.handle(req, &rest).await;
+    }
+    if let Some(rest) = marina_data::under(&path, "/database/api") {
+        let rest = rest.to_string();
+        return rt.database.handle(req, &rest).await;
+    }
     match route::route(rt, plugins, &path) {
         Target::InternalApi => marina_plugins::api::call(api_router, req).await,
         Target::WellKnown => {

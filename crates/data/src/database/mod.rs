@@ -1,0 +1,188 @@
+//! The database plugin at `/database/api`: each app's own database over HTTP.
+//!
+//! - The standard Hrana-over-HTTP pipeline (`marina_store::hrana`) at the paths sqld serves,
+//!   relative to `LIBSQL_URL` (`{origin}/database/api/`): `POST v2/pipeline`, `POST
+//!   v3/pipeline`, `GET v2` / `GET v3` (version checks). `GET v3-protobuf` answers 404, which
+//!   makes clients that probe for protobuf fall back to JSON. `@libsql/client` (HTTP) posts to
+//!   `v2/pipeline` directly.
+//! - Buntime's pipeline shape at `POST pipeline` (results not nested under `response`).
+//! - Buntime's admin routes (`tables`, `tables/:name/schema`, `tables/:name/rows`, `query`,
+//!   `tenants`) for admin keys only; `health` for everyone.
+//!
+//! A worker token reaches its app's database; an admin key picks one with `?tenant=` or the
+//! `x-database-namespace` header (default `default`). Tenants are app databases.
+//!
+//! On PostgreSQL, app tokens are refused (403 `DATABASE_APP_ACCESS_UNAVAILABLE`): an app's
+//! schema is reached with marina's own database role, and a schema-qualified name would
+//! reach marina's tables. Per-app roles are not built yet; admin keys work.
+
+mod admin;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use marina_core::{Body, Error};
+use marina_store::hrana::{Hrana, to_buntime_shape};
+use marina_store::{BackendKind, Store};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use crate::access::{Access, Caller};
+use crate::web;
+
+/// The plugin's base path.
+pub const BASE: &str = "/database";
+
+/// The database plugin.
+#[derive(Clone)]
+pub struct Database {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    access: Access,
+    database_url: Option<String>,
+    state_dir: PathBuf,
+    kind: BackendKind,
+    open: Mutex<HashMap<String, Arc<Hrana>>>,
+}
+
+impl Database {
+    /// The plugin over the app databases of marina's `store` (`database_url` and `state_dir`
+    /// as marina was started with).
+    pub fn new(access: Access, database_url: Option<String>, state_dir: PathBuf, kind: BackendKind) -> Self {
+        Self { inner: Arc::new(Inner { access, database_url, state_dir, kind, open: Mutex::default() }) }
+    }
+
+    /// The executor of app (tenant) `name`'s database, opened on first use.
+    async fn hrana(&self, name: &str) -> Result<Arc<Hrana>, Error> {
+        let ident = marina_store::sql::app_ident(name)?;
+        let mut open = self.inner.open.lock().await;
+        if let Some(h) = open.get(&ident) {
+            return Ok(h.clone());
+        }
+        let store = Store::open_app(self.inner.database_url.as_deref(), &self.inner.state_dir, name).await?;
+        let h = Arc::new(Hrana::new(store));
+        open.insert(ident, h.clone());
+        Ok(h)
+    }
+
+    /// Serve a request whose path is under `/database/api`; `rest` is the path after it.
+    ///
+    /// # Errors
+    /// Every failure as a `marina_core::Error` (rendered at the server's edge).
+    pub async fn handle(&self, req: Request<Body>, rest: &str) -> Result<Response<Body>, Error> {
+        // Parts, not the request: the body is not `Sync` (see keyval).
+        let (parts, body) = req.into_parts();
+        let method = parts.method.clone();
+        let segs: Vec<String> = rest.trim_matches('/').split('/').filter(|s| !s.is_empty()).map(web::decode).collect();
+        let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        match (&method, segs.as_slice()) {
+            (&Method::GET, ["health"]) => return self.health().await,
+            (&Method::GET, ["v2"] | ["v3"]) => return Ok(web::ok(&json!({}))),
+            (&Method::GET, ["v3-protobuf"]) => {
+                return Err(Error::new(
+                    StatusCode::NOT_FOUND,
+                    "NOT_FOUND",
+                    "marina speaks Hrana over JSON only (v2, v3)",
+                ));
+            }
+            _ => {}
+        }
+        let caller = self.inner.access.caller(&parts.headers).await?;
+        let q = web::query(parts.uri.query());
+        let tenant = match &caller {
+            Caller::App(app) => {
+                if self.inner.kind == BackendKind::Postgres {
+                    return Err(Error::new(
+                        StatusCode::FORBIDDEN,
+                        "DATABASE_APP_ACCESS_UNAVAILABLE",
+                        "app tokens cannot reach the database plugin when marina runs on PostgreSQL (per-app database roles are not built yet); use an admin key",
+                    ));
+                }
+                app.clone()
+            }
+            Caller::Admin => q
+                .get("tenant")
+                .filter(|t| !t.is_empty())
+                .cloned()
+                .or_else(|| parts.headers.get("x-database-namespace").and_then(|v| v.to_str().ok()).map(str::to_string))
+                .unwrap_or_else(|| "default".into()),
+        };
+        let admin_only = || -> Result<(), Error> {
+            match caller {
+                Caller::Admin => Ok(()),
+                Caller::App(_) => Err(Error::new(StatusCode::FORBIDDEN, "FORBIDDEN", "this route needs an admin key")),
+            }
+        };
+        match (&method, segs.as_slice()) {
+            (&Method::POST, ["v2", "pipeline"] | ["v3", "pipeline"]) => {
+                let b = web::json_required(body).await?;
+                Ok(web::ok(&self.hrana(&tenant).await?.pipeline(&b).await?))
+            }
+            (&Method::POST, ["pipeline"]) => {
+                let b = web::json_required(body).await?;
+                Ok(web::ok(&to_buntime_shape(self.hrana(&tenant).await?.pipeline(&b).await?)))
+            }
+            (&Method::GET, ["adapters"]) => {
+                Ok(web::ok(&json!({ "adapters": [self.kind_name()], "default": self.kind_name() })))
+            }
+            (&Method::GET, ["tenants"]) => {
+                admin_only()?;
+                admin::tenants(self).await
+            }
+            (&Method::POST, ["tenants"]) => {
+                admin_only()?;
+                admin::create_tenant(self, body).await
+            }
+            (&Method::DELETE, ["tenants", id]) => {
+                admin_only()?;
+                admin::delete_tenant(self, id).await
+            }
+            (&Method::GET, ["tables"]) => {
+                admin_only()?;
+                admin::tables(self, &tenant).await
+            }
+            (&Method::GET, ["tables", name, "schema"]) => {
+                admin_only()?;
+                admin::schema(self, &tenant, name).await
+            }
+            (&Method::GET, ["tables", name, "rows"]) => {
+                admin_only()?;
+                admin::rows(self, &tenant, name, &q).await
+            }
+            (&Method::POST, ["query"]) => {
+                admin_only()?;
+                admin::query(self, &tenant, body).await
+            }
+            _ => Err(Error::new(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                format!("no database route {method} /database/api/{}", segs.join("/")),
+            )),
+        }
+    }
+
+    fn kind_name(&self) -> &'static str {
+        match self.inner.kind {
+            BackendKind::Sqlite => "sqlite",
+            BackendKind::Postgres => "postgres",
+        }
+    }
+
+    async fn health(&self) -> Result<Response<Body>, Error> {
+        let probe = async {
+            let h = self.hrana("default").await?;
+            h.store().query("SELECT 1 AS ok", &[]).await
+        };
+        Ok(match probe.await {
+            Ok(_) => web::ok(&json!({ "status": "healthy", "adapters": { self.kind_name(): "healthy" } })),
+            Err(e) => web::reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({ "status": "unhealthy", "adapters": { self.kind_name(): "unhealthy" }, "error": e.message() }),
+            ),
+        })
+    }
+}

@@ -1,0 +1,154 @@
+//! Watches (SSE), queues and the DLQ.
+
+use std::collections::HashMap;
+
+use http::{Method, Response, StatusCode};
+use marina_core::{Body, Error};
+use marina_store::kv::Namespace;
+use marina_store::kv::queue::{self, Nacked};
+use serde_json::{Value as Json, json};
+
+use super::path_key;
+use crate::web;
+
+pub(super) async fn watch(ns: Namespace, q: &HashMap<String, String>) -> Result<Response<Body>, Error> {
+    let keys: Vec<_> =
+        q.get("keys").map(|k| k.split(',').filter(|s| !s.is_empty()).map(path_key).collect()).unwrap_or_default();
+    let mut w = ns.watch(keys, q.get("initial").is_none_or(|v| v != "false")).await?;
+    Ok(web::sse(move |tx| async move {
+        loop {
+            tokio::select! {
+                r = w.next() => match r {
+                    Ok(events) => {
+                        let data = Json::Array(events.iter().map(|e| e.to_json()).collect());
+                        if tx.send(("change".into(), data)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(("error".into(), json!({ "code": e.code(), "message": e.message() }))).await;
+                        return;
+                    }
+                },
+                () = tx.closed() => return,
+            }
+        }
+    }))
+}
+
+pub(super) async fn watch_prefix(ns: Namespace, q: &HashMap<String, String>) -> Result<Response<Body>, Error> {
+    let prefix = q.get("prefix").map(|p| path_key(p)).unwrap_or_default();
+    let limit = web::query_num(q, "limit")?;
+    let mut w = ns.watch_prefix(prefix, limit, q.get("initial").is_none_or(|v| v != "false")).await?;
+    Ok(web::sse(move |tx| async move {
+        loop {
+            tokio::select! {
+                r = w.next() => match r {
+                    Ok(events) => {
+                        let data = Json::Array(events.iter().map(|e| e.to_json()).collect());
+                        if tx.send(("change".into(), data)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(("error".into(), json!({ "code": e.code(), "message": e.message() }))).await;
+                        return;
+                    }
+                },
+                () = tx.closed() => return,
+            }
+        }
+    }))
+}
+
+/// Deliver messages as `message` events. A message is taken from the queue only while the
+/// client is connected: the wait for the next one is abandoned as soon as it leaves, so no
+/// message vanishes into "processing" after a disconnect (unlike Buntime).
+pub(super) fn listen(ns: Namespace) -> Response<Body> {
+    web::sse(move |tx| async move {
+        loop {
+            let m = tokio::select! {
+                m = ns.next_message() => m,
+                () = tx.closed() => return,
+            };
+            match m {
+                Ok(m) => {
+                    let id = m.id.clone();
+                    if tx.send(("message".into(), m.to_json())).await.is_err() {
+                        // Not delivered: make it available again at once.
+                        let _ = ns.nack(&id).await;
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(("error".into(), json!({ "code": e.code(), "message": e.message() }))).await;
+                    return;
+                }
+            }
+        }
+    })
+}
+
+pub(super) async fn enqueue(ns: &Namespace, body: Body) -> Result<Response<Body>, Error> {
+    let b = web::json_required(body).await?;
+    let value = b.get("value").cloned().ok_or_else(|| {
+        Error::bad_request("KV_QUEUE_INVALID", "value: the message needs a value").with_data(json!({ "path": "value" }))
+    })?;
+    let opts = queue::options_from_json(b.get("options"))?;
+    let id = ns.enqueue(&value, &opts).await?;
+    Ok(web::ok(&json!({ "ok": true, "id": id })))
+}
+
+fn id_of(b: &Json) -> Result<String, Error> {
+    b.get("id").and_then(Json::as_str).map(str::to_string).ok_or_else(|| {
+        Error::bad_request("KV_QUEUE_INVALID", "id: expected the message id (a string)")
+            .with_data(json!({ "path": "id" }))
+    })
+}
+
+pub(super) async fn ack(ns: &Namespace, body: Body) -> Result<Response<Body>, Error> {
+    let id = id_of(&web::json_required(body).await?)?;
+    ns.ack(&id).await?;
+    Ok(web::ok(&json!({ "ok": true })))
+}
+
+pub(super) async fn nack(ns: &Namespace, body: Body) -> Result<Response<Body>, Error> {
+    let id = id_of(&web::json_required(body).await?)?;
+    Ok(web::ok(&match ns.nack(&id).await? {
+        Nacked::Retry(ms) => json!({ "ok": true, "retryInMs": ms }),
+        Nacked::DeadLettered => json!({ "ok": true, "deadLettered": true }),
+    }))
+}
+
+pub(super) async fn stats(ns: &Namespace) -> Result<Response<Body>, Error> {
+    let s = ns.queue_stats().await?;
+    Ok(web::ok(&json!({ "pending": s.pending, "processing": s.processing, "dlq": s.dlq })))
+}
+
+pub(super) async fn dlq(
+    ns: &Namespace,
+    method: &Method,
+    rest: &[&str],
+    q: &HashMap<String, String>,
+) -> Result<Response<Body>, Error> {
+    match (method, rest) {
+        (&Method::GET, []) => {
+            let items = ns
+                .dlq_list(web::query_num(q, "limit")?.unwrap_or(100), web::query_num(q, "offset")?.unwrap_or(0))
+                .await?;
+            Ok(web::ok(&Json::Array(items.iter().map(|d| d.to_json()).collect())))
+        }
+        (&Method::DELETE, []) => Ok(web::ok(&json!({ "ok": true, "deletedCount": ns.dlq_purge().await? }))),
+        (&Method::GET, [id]) => Ok(web::ok(&ns.dlq_get(id).await?.to_json())),
+        (&Method::DELETE, [id]) => {
+            ns.dlq_delete(id).await?;
+            Ok(web::ok(&json!({ "ok": true })))
+        }
+        (&Method::POST, [id, "requeue"]) => Ok(web::ok(&json!({ "ok": true, "id": ns.dlq_requeue(id).await? }))),
+        _ => Err(Error::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no keyval route {method} /keyval/api/queue/dlq/{}", rest.join("/")),
+        )),
+    }
+}
