@@ -251,3 +251,44 @@ async fn watch_over_sse_and_bad_input() {
     drop(stream);
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_notes_example_uses_both_stores() {
+    let apps = tempfile::tempdir().unwrap();
+    let dir = apps.path().join("notes");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/apps/notes");
+    for f in ["index.mjs", "manifest.yaml"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let state = tempfile::tempdir().unwrap();
+    let mut raw = RawConfig::new();
+    raw.set("PORT", "0")
+        .set("RUNTIME_WORKER_DIRS", apps.path().display().to_string())
+        .set("RUNTIME_STATE_DIR", state.path().display().to_string())
+        .set("NODE_ENV", "test")
+        .set("RUNTIME_JS", "node");
+    let server = Server::bind(RuntimeConfig::from_raw(&raw, Path::new("/")).unwrap()).await.unwrap();
+    let b = format!("http://{}", server.local_addr());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    let c = reqwest::Client::new();
+    for text in ["first", "second"] {
+        let (status, r) =
+            send(&c, "POST", &format!("{b}/notes"), None, Some(&json!({ "text": text }).to_string())).await;
+        assert_eq!(status, 201, "{r}");
+    }
+    let (status, r) = send(&c, "GET", &format!("{b}/notes"), None, None).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r, json!({"notes": [{"id": 1, "text": "first"}, {"id": 2, "text": "second"}], "created": 2}));
+    assert_eq!(send(&c, "POST", &format!("{b}/notes"), None, Some("{}")).await.0, 400);
+    let _ = tx.send(());
+    tokio::time::timeout(Duration::from_secs(20), task).await.unwrap().unwrap();
+}
