@@ -42,6 +42,7 @@ fn app(worker_dir: &Path, name: &str) {
 
 struct Srv {
     base: String,
+    rt: std::sync::Arc<marina_server::Runtime>,
     state: tempfile::TempDir,
     _apps: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -61,6 +62,7 @@ async fn start() -> Srv {
         .set("RUNTIME_JS", "node");
     let server = Server::bind(RuntimeConfig::from_raw(&raw, Path::new("/")).unwrap()).await.expect("binds");
     let base = format!("http://{}", server.local_addr());
+    let rt = server.runtime();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         server
@@ -70,7 +72,7 @@ async fn start() -> Srv {
             .await
             .unwrap();
     });
-    Srv { base, state, _apps: apps, stop: Some(tx), task }
+    Srv { base, rt, state, _apps: apps, stop: Some(tx), task }
 }
 
 impl Srv {
@@ -249,6 +251,18 @@ async fn watch_over_sse_and_bad_input() {
     }
     assert!(seen.contains(r#""value":"hello""#), "{seen}");
     drop(stream);
+
+    // The token dies with its worker.
+    srv.rt.pool.shutdown(Duration::from_secs(5)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _) = send(&c, "GET", &format!("{b}/keyval/api/keys/doc"), Some(&t), None).await;
+        if status == 401 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stopped worker's token still works ({status})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     srv.stop().await;
 }
 
