@@ -306,3 +306,69 @@ async fn the_notes_example_uses_both_stores() {
     let _ = tx.send(());
     tokio::time::timeout(Duration::from_secs(20), task).await.unwrap().unwrap();
 }
+
+/// Two marina instances on one PostgreSQL database: a watch on one sees a write made through
+/// the other (LISTEN/NOTIFY), over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_across_two_instances_on_postgres() {
+    let Some(url) = std::env::var("MARINA_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) else {
+        assert!(std::env::var("CI").is_err(), "CI must test PostgreSQL (MARINA_TEST_DATABASE_URL)");
+        eprintln!("skip: MARINA_TEST_DATABASE_URL is unset");
+        return;
+    };
+    let apps = tempfile::tempdir().unwrap();
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let state = tempfile::tempdir().unwrap();
+        let mut raw = RawConfig::new();
+        raw.set("PORT", "0")
+            .set("RUNTIME_WORKER_DIRS", apps.path().display().to_string())
+            .set("RUNTIME_STATE_DIR", state.path().display().to_string())
+            .set("NODE_ENV", "test")
+            .set("DATABASE_URL", url.clone());
+        let server = Server::bind(RuntimeConfig::from_raw(&raw, Path::new("/")).unwrap()).await.unwrap();
+        let base = format!("http://{}", server.local_addr());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        servers.push((base, tx, task, state));
+    }
+    let store = marina_store::Store::open(Some(&url), Path::new("/")).await.unwrap();
+    let keys = marina_auth::keys::KeyStore::new(store);
+    let new =
+        marina_auth::keys::NewKey { name: Some("pg admin".into()), role: Some("admin".into()), ..Default::default() };
+    let admin = keys.create(new, None).await.unwrap().key;
+    let ns = format!("pgwatch{}", std::process::id());
+    let c = reqwest::Client::new();
+    let (a, b) = (&servers[0].0, &servers[1].0);
+    let resp = c
+        .get(format!("{a}/keyval/api/watch?keys=k/1&initial=false&namespace={ns}"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let (status, r) =
+        send(&c, "PUT", &format!("{b}/keyval/api/keys/k/1?namespace={ns}"), Some(&admin), Some(r#""from b""#)).await;
+    assert_eq!(status, 200, "{r}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = String::new();
+    while !seen.contains("event: change") {
+        let chunk =
+            tokio::time::timeout_at(deadline.into(), stream.next()).await.expect("an event in time").unwrap().unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains(r#""value":"from b""#), "{seen}");
+    drop(stream);
+    for (_, tx, task, _state) in servers {
+        let _ = tx.send(());
+        tokio::time::timeout(Duration::from_secs(20), task).await.unwrap().unwrap();
+    }
+}
