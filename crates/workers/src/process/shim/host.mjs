@@ -118,6 +118,23 @@ async function lifecycle(req) {
   return new Response(null, { status: 204 });
 }
 
+// Buntime's wrapper gives a response without a Content-Type `text/plain;charset=utf-8`, and it
+// does so in JavaScript, before the server sees the response. It has to happen here too: Bun.serve
+// itself fills in `application/octet-stream` for byte bodies, so marina would never see the gap.
+function withDefaultType(res) {
+  const s = res.status;
+  if (s < 200 || s === 204 || s === 304 || res.headers.has("content-type")) return res;
+  try {
+    res.headers.set("content-type", "text/plain;charset=utf-8");
+    return res;
+  } catch {
+    // Immutable headers (a Response from fetch() or Response.redirect): copy into a new one.
+    const headers = new Headers(res.headers);
+    headers.set("content-type", "text/plain;charset=utf-8");
+    return new Response(res.body, { status: s, statusText: res.statusText, headers });
+  }
+}
+
 async function handle(req, server) {
   if (req.headers.get("x-marina-control") === token && new URL(req.url).pathname === "/__marina/lifecycle") {
     return lifecycle(req);
@@ -126,7 +143,7 @@ async function handle(req, server) {
     const res = await dispatch(req, server);
     if (res === undefined && server) return undefined; // Bun: upgraded to a WebSocket
     if (!(res instanceof Response)) throw new Error(`fetch returned ${typeof res}, expected a Response`);
-    return res;
+    return withDefaultType(res);
   } catch (e) {
     return errorResponse(e);
   }
