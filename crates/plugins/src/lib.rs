@@ -18,10 +18,14 @@
 
 pub mod api;
 pub mod context;
+pub mod loader;
+pub mod manifest;
+pub mod order;
 pub mod plugin;
 pub mod set;
 
 pub use context::{Identity, RequestContext};
+pub use loader::{Catalog, canonical};
 pub use plugin::{DEFAULT_HOOK_TIMEOUT, Factory, Outcome, Plugin, PluginEnv, PluginSpec};
 pub use set::{Loaded, PluginSet};
 

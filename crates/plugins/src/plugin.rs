@@ -106,6 +106,10 @@ pub struct PluginSpec {
     pub hook_timeout: Duration,
     /// The plugin's directory, when it came from one.
     pub dir: Option<PathBuf>,
+    /// `entrypoint`: the plugin's UI/worker app (external plugins; not run yet).
+    pub entrypoint: Option<String>,
+    /// `version`, informational.
+    pub version: Option<String>,
 }
 
 impl PluginSpec {
@@ -122,6 +126,8 @@ impl PluginSpec {
             fail_open: false,
             hook_timeout: DEFAULT_HOOK_TIMEOUT,
             dir: None,
+            entrypoint: None,
+            version: None,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{OriginalUri, State};
 use axum::response::Response as AxumResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use http::{Method, StatusCode};
 use marina_core::Error;
 use marina_plugins::api::{ApiError, reply};
@@ -29,6 +29,7 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         .route("/apps", get(apps))
         .route("/workers", get(workers))
         .route("/plugins", get(plugins))
+        .route("/plugins/reload", post(plugins_reload))
         .route("/plugins/loaded", get(plugins_loaded))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -63,8 +64,17 @@ async fn workers(State(rt): State<Arc<Runtime>>) -> ApiResult {
     reply(&json!({ "workers": rt.pool.workers(), "pool": rt.pool.metrics() }))
 }
 
-async fn plugins() -> ApiResult {
-    reply(&Vec::<Value>::new())
+/// Every plugin directory on disk, loaded or not (Buntime's `[{name, path}]`).
+async fn plugins(State(rt): State<Arc<Runtime>>) -> ApiResult {
+    reply(&marina_plugins::manifest::scan(&rt.config.plugin_dirs))
+}
+
+/// Rescan and reload; the old instances are shut down.
+async fn plugins_reload(State(rt): State<Arc<Runtime>>) -> ApiResult {
+    let set = rt.reload_plugins().await?;
+    let plugins: Vec<Value> =
+        set.plugins().iter().map(|p| json!({ "name": p.spec.name, "version": p.spec.version })).collect();
+    reply(&json!({ "ok": true, "plugins": plugins }))
 }
 
 async fn plugins_loaded(State(rt): State<Arc<Runtime>>) -> ApiResult {

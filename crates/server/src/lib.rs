@@ -34,7 +34,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use marina_apps::registry::Registry;
 use marina_core::{Body, Error, body};
-use marina_plugins::{Loaded, PluginEnv, PluginSet, RequestContext};
+use marina_plugins::{Catalog, Loaded, PluginEnv, PluginSet, RequestContext};
 use marina_store::Store;
 use marina_workers::{AppDatabasePath, PoolOptions, WorkerPool};
 use parking_lot::RwLock;
@@ -64,6 +64,8 @@ pub struct Runtime {
     pub keyval: marina_data::Keyval,
     /// The database service at `/database/api`.
     pub database: marina_data::Database,
+    catalog: Catalog,
+    code_plugins: Vec<Loaded>,
     draining: AtomicBool,
     _watch: Option<marina_apps::registry::WatchHandle>,
 }
@@ -79,9 +81,23 @@ impl Runtime {
         self.plugins.read().clone()
     }
 
-    /// Replace the loaded plugins; returns the previous set, for its `shutdown`.
-    pub fn replace_plugins(&self, set: PluginSet) -> Arc<PluginSet> {
-        std::mem::replace(&mut *self.plugins.write(), Arc::new(set))
+    /// Rescan the plugin dirs and swap in a freshly loaded set; the instances of the old set
+    /// are shut down (requests in flight keep the set they started with).
+    ///
+    /// # Errors
+    /// As at start-up (a bad manifest, a cycle, a base taken twice); the old set then stays.
+    pub async fn reload_plugins(&self) -> Result<Arc<PluginSet>, Error> {
+        let set = marina_plugins::loader::load(
+            &self.config.plugin_dirs,
+            &self.catalog,
+            &self.plugin_env,
+            self.code_plugins.clone(),
+        )
+        .await?;
+        let set = Arc::new(set);
+        let old = std::mem::replace(&mut *self.plugins.write(), set.clone());
+        marina_plugins::loader::retire(&old, &set).await;
+        Ok(set)
     }
 }
 
@@ -95,12 +111,22 @@ impl Server {
     /// Open storage (applying marina's own migrations), scan the worker dirs, start watching
     /// them, create the worker pool and bind the listener.
     pub async fn bind(config: RuntimeConfig) -> Result<Self, Error> {
-        Self::bind_with(config, Vec::new()).await
+        Self::bind_with_catalog(config, Catalog::builtin(), Vec::new()).await
     }
 
     /// [`Server::bind`] with plugins built in code, loaded in the given order and initialised
     /// before the listener accepts.
     pub async fn bind_with(config: RuntimeConfig, plugins: Vec<Loaded>) -> Result<Self, Error> {
+        Self::bind_with_catalog(config, Catalog::builtin(), plugins).await
+    }
+
+    /// [`Server::bind`] with the plugins `catalog` knows (matched to the manifests in
+    /// `RUNTIME_PLUGIN_DIRS`) and plugins built in code, which load first.
+    pub async fn bind_with_catalog(
+        config: RuntimeConfig,
+        catalog: Catalog,
+        plugins: Vec<Loaded>,
+    ) -> Result<Self, Error> {
         std::fs::create_dir_all(&config.state_dir)
             .map_err(|e| Error::internal(format!("cannot create the state dir {}: {e}", config.state_dir.display())))?;
         let store = Store::open(config.database_url.as_deref(), &config.state_dir).await?;
@@ -167,10 +193,14 @@ impl Server {
                 .await
                 .map_err(|e| Error::internal(format!("plugin '{}' failed to start: {e}", p.name)).with_source(e))?;
         }
+        let set = marina_plugins::loader::load(&config.plugin_dirs, &catalog, &plugin_env, plugins.clone()).await?;
+        tracing::info!(plugins = ?set.plugins().iter().map(|p| p.spec.name.as_str()).collect::<Vec<_>>(), "plugins loaded");
         let runtime = Arc::new(Runtime {
             api_base: config.api_base(),
             plugin_env,
-            plugins: RwLock::new(Arc::new(PluginSet::new(plugins))),
+            plugins: RwLock::new(Arc::new(set)),
+            catalog,
+            code_plugins: plugins,
             config,
             registry,
             pool,
