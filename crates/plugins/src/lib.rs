@@ -22,6 +22,7 @@ pub mod loader;
 pub mod manifest;
 pub mod order;
 pub mod plugin;
+pub mod proxy;
 pub mod set;
 
 pub use context::{Identity, RequestContext};

@@ -34,9 +34,12 @@ impl Catalog {
         Self::default()
     }
 
-    /// marina's core plugins. (None is built in yet: each core plugin registers here as it lands.)
+    /// marina's core plugins: the proxy plugin (`@buntime/plugin-proxy`, `/redirects`). Each core
+    /// plugin registers here as it lands.
     pub fn builtin() -> Self {
-        Self::new()
+        let mut catalog = Self::new();
+        catalog.register(crate::proxy::NAME, crate::proxy::factory());
+        catalog
     }
 
     /// Add a plugin under `name` (and so under its Buntime spellings).

@@ -8,7 +8,8 @@
 //!        once ──► shutdown (reverse load order)
 //! ```
 //!
-//! A phase that returns `Err` with a client error (4xx: 401, 403, 429, ...) has answered on
+//! A phase that returns `Err` with a client error (4xx: 401, 403, 429, ...) or an upstream's
+//! failure it passes on (a proxied 502/504, [`marina_core::Source::Upstream`]) has answered on
 //! purpose: the server renders it at its one error edge. Any other `Err`, a panic, or running
 //! past the plugin's hook timeout is a *failure* of `on_request`, answered with 503
 //! `PLUGIN_ONREQUEST_FAILED` unless the plugin opted into `onRequestFailOpen: true`.
@@ -150,6 +151,10 @@ pub struct PluginEnv {
     pub api_base: String,
     /// Whether clients see only the code and request id of server-side errors.
     pub production: bool,
+    /// The address marina listens on (a proxy rule may not point there).
+    pub listen: std::net::SocketAddr,
+    /// The pooled client for remote upstreams, with the SSRF policy (shared with app rules).
+    pub remote: Arc<marina_proxy::Remote>,
 }
 
 /// Builds a plugin from its spec. Cheap and synchronous; async set-up belongs in

@@ -96,7 +96,9 @@ impl PluginSet {
             let failure = match tokio::time::timeout(p.spec.hook_timeout, hook).await {
                 Ok(Ok(Ok(Outcome::Continue))) => continue,
                 Ok(Ok(Ok(Outcome::Respond(resp)))) => return Ok(Some(resp)),
-                Ok(Ok(Err(err))) if err.kind() == Source::Client => return Err(err),
+                // A client error is a deliberate answer; so is an upstream's failure that a hook
+                // passes on (the proxy plugin's 502/504): neither means the plugin failed.
+                Ok(Ok(Err(err))) if matches!(err.kind(), Source::Client | Source::Upstream) => return Err(err),
                 Ok(Ok(Err(err))) => Failure::Error(err),
                 Ok(Err(panic)) => Failure::Panic(panic_text(&panic)),
                 Err(_) => Failure::Timeout,

@@ -186,6 +186,8 @@ impl Server {
             settings: config.raw.clone(),
             api_base: config.api_base(),
             production: config.hides_error_detail(),
+            listen: local,
+            remote: remote.clone(),
         };
         for p in &plugins {
             p.plugin
