@@ -51,4 +51,15 @@ impl App {
     pub fn key(&self) -> String {
         format!("{}@{}", self.name, self.version)
     }
+
+    /// Whether two loads of an app version describe the same thing (same files, same config):
+    /// a different `Arc` with the same content is not a change worth restarting workers for.
+    pub fn same_as(&self, other: &App) -> bool {
+        self.name == other.name
+            && self.version == other.version
+            && self.dir == other.dir
+            && self.entrypoint == other.entrypoint
+            && self.kind == other.kind
+            && self.config == other.config
+    }
 }

@@ -52,6 +52,9 @@ pub struct AppConfig {
     pub max_memory: Option<u64>,
     /// `proxy`: reverse-proxy rules matched against the path below the app (docs/proxy.md).
     pub proxy: Vec<marina_proxy::RuleSpec>,
+    /// marina: `autoMigrate` (default true): apply the app's pending `migrations/` to its own
+    /// database before its first worker starts.
+    pub auto_migrate: bool,
 }
 
 /// `instances: 2` or `instances: {min: 1, max: 4}`.
@@ -111,6 +114,7 @@ impl Default for AppConfig {
             instances: Instances { min: 1, max: 1 },
             max_memory: None,
             proxy: Vec::new(),
+            auto_migrate: true,
         }
     }
 }
@@ -142,7 +146,7 @@ use marina_core::units::{UnitError, duration_from_value, size_from_value};
 pub const MANIFEST_FILES: [&str; 3] = ["manifest.yaml", "manifest.yml", "worker.config.json"];
 
 /// Every top-level key a manifest may have, in the order problems are reported.
-pub const KNOWN_KEYS: [&str; 21] = [
+pub const KNOWN_KEYS: [&str; 22] = [
     "entrypoint",
     "ttl",
     "idleTimeout",
@@ -164,6 +168,7 @@ pub const KNOWN_KEYS: [&str; 21] = [
     "instances",
     "maxMemory",
     "proxy",
+    "autoMigrate",
 ];
 
 /// The keys allowed in the map form of `publicRoutes`.
@@ -581,6 +586,7 @@ impl Validator {
             ("autoInstall", &mut c.auto_install),
             ("injectBase", &mut c.inject_base),
             ("enabled", &mut c.enabled),
+            ("autoMigrate", &mut c.auto_migrate),
         ] {
             if let Some(v) = get(key) {
                 match v {

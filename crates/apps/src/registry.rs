@@ -97,6 +97,29 @@ pub struct Registry {
     /// Held while rescanning the worker dirs.
     rescan: Mutex<()>,
     apps: Mutex<HashMap<PathBuf, Cached<LoadResult>>>,
+    /// What was last logged about each app version dir (its warnings and error), so a manifest's
+    /// problems are logged once per change, not on every refresh.
+    logged: Mutex<HashMap<PathBuf, String>>,
+    /// Called with every changed path the watcher sees (see [`Registry::on_change`]).
+    on_change: Mutex<Option<ChangeHook>>,
+}
+
+/// A function told about every changed path under the worker dirs.
+pub type ChangeHook = Arc<dyn Fn(&Path) + Send + Sync>;
+
+/// How an app version looks to `GET /api/apps`: usable, refused by its manifest, or disabled.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VersionState {
+    /// `latest` or a semver.
+    pub version: String,
+    /// `ok`, `invalid` or `disabled`.
+    pub state: &'static str,
+    /// For `invalid`: the error code (`APP_MANIFEST_INVALID`, `APP_ENTRYPOINT_NOT_FOUND`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// For `invalid`: every problem, `{path, message}` (`path` is the manifest key, or empty).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<Value>,
 }
 
 /// A loaded app version, or the error loading it gave (cached too, so a broken app is not
@@ -306,6 +329,8 @@ impl Registry {
             index: RwLock::new(None),
             rescan: Mutex::new(()),
             apps: Mutex::new(HashMap::new()),
+            logged: Mutex::new(HashMap::new()),
+            on_change: Mutex::new(None),
         }
     }
 
@@ -433,16 +458,67 @@ impl Registry {
         };
         // A refresh that finds the app unchanged hands out the same `Arc`, so whatever callers
         // keep per app (a static site's file cache, say) survives the periodic re-read.
-        let result = build_app(resolved).map(|app| match previous {
-            Some(prev) if same_app(&prev, &app) => prev,
+        let (built, warnings) = build_app(resolved);
+        self.log_once(resolved, &warnings, built.as_ref().err());
+        let result = built.map(|app| match previous {
+            Some(prev) if prev.same_as(&app) => prev,
             _ => Arc::new(app),
         });
         let cached = result.as_ref().map(Arc::clone).map_err(ErrorParts::of);
         let mut apps = self.apps.lock();
-        // Forget entries for dirs that have gone stale, so removed apps do not pile up.
-        apps.retain(|_, c| c.generation == generation);
+        // Forget entries for dirs that are gone, so removed apps do not pile up; the others keep
+        // their `Arc` across generations (an unchanged app stays the same `Arc`).
+        apps.retain(|d, c| c.generation == generation || d.is_dir());
         apps.insert(resolved.dir.clone(), Cached { at: Instant::now(), generation, value: cached });
         result
+    }
+
+    /// Log an app version's manifest warnings and load error, once per distinct content: the
+    /// registry re-reads manifests every [`DEFAULT_CACHE_TTL`], and a problem said every second
+    /// drowns the log.
+    fn log_once(&self, resolved: &Resolved, warnings: &[String], error: Option<&Error>) {
+        let text = format!("{warnings:?}{:?}", error.map(|e| (e.code(), e.message())));
+        let mut logged = self.logged.lock();
+        if logged.get(&resolved.dir) == Some(&text) {
+            return;
+        }
+        logged.insert(resolved.dir.clone(), text);
+        drop(logged);
+        for w in warnings {
+            tracing::warn!(app = %resolved.name, version = %resolved.version, "{w}");
+        }
+        if let Some(e) = error.filter(|e| e.code() != "APP_DISABLED") {
+            tracing::error!(app = %resolved.name, version = %resolved.version, code = e.code(), "{}", e.message());
+        }
+    }
+
+    /// The state of one app version for `GET /api/apps` (loads it, so its problems are logged
+    /// if they are new).
+    pub fn version_state(&self, resolved: &Resolved) -> VersionState {
+        let (state, code, errors) = match self.load(resolved) {
+            Ok(_) => ("ok", None, Vec::new()),
+            Err(e) if e.code() == "APP_DISABLED" => ("disabled", None, Vec::new()),
+            Err(e) => {
+                let errors = match e.data().and_then(|d| d.get("errors")).and_then(Value::as_array) {
+                    Some(list) => list.clone(),
+                    None => vec![json!({ "path": "", "message": e.message() })],
+                };
+                ("invalid", Some(e.code().to_string()), errors)
+            }
+        };
+        VersionState { version: resolved.version.clone(), state, code, errors }
+    }
+
+    /// Every app version, loaded once: at start, so each manifest's problems are in the log
+    /// before the first request.
+    pub fn check_all(&self) -> Vec<(Resolved, VersionState)> {
+        self.all_versions().into_iter().map(|r| (r.clone(), self.version_state(&r))).collect()
+    }
+
+    /// Be told about every changed path under the worker dirs (any file, unfiltered), after the
+    /// registry's own caches have been dropped for it. Used for live reload.
+    pub fn on_change(&self, hook: ChangeHook) {
+        *self.on_change.lock() = Some(hook);
     }
 
     /// Watch the worker dirs (recursively, with `notify`) and drop caches when something
@@ -456,12 +532,20 @@ impl Registry {
         use notify::{EventKind, RecursiveMode, Watcher};
         let generation = self.generation.clone();
         let dirs = self.dirs.clone();
+        let me = Arc::downgrade(self);
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
             Ok(ev) => {
-                if !matches!(ev.kind, EventKind::Access(_))
-                    && (ev.paths.is_empty() || ev.paths.iter().any(|p| is_relevant_change(&dirs, p)))
-                {
+                if matches!(ev.kind, EventKind::Access(_)) {
+                    return;
+                }
+                if ev.paths.is_empty() || ev.paths.iter().any(|p| is_relevant_change(&dirs, p)) {
                     generation.fetch_add(1, Ordering::Release);
+                }
+                let hook = me.upgrade().and_then(|r| r.on_change.lock().clone());
+                if let Some(hook) = hook {
+                    for p in &ev.paths {
+                        hook(p);
+                    }
                 }
             }
             Err(_) => {
@@ -505,21 +589,23 @@ fn is_relevant_change(dirs: &[PathBuf], path: &Path) -> bool {
     dirs.iter().any(|d| path.strip_prefix(d).is_ok_and(|rel| rel.components().count() <= 2))
 }
 
-/// Whether two loads of an app version describe the same thing.
-fn same_app(a: &App, b: &App) -> bool {
-    a.name == b.name
-        && a.version == b.version
-        && a.dir == b.dir
-        && a.entrypoint == b.entrypoint
-        && a.kind == b.kind
-        && a.config == b.config
+/// Load one app version: the app, or why not, and the warnings to log about it.
+fn build_app(resolved: &Resolved) -> (Result<App, Error>, Vec<String>) {
+    let loaded = match manifest::load(&resolved.dir) {
+        Ok(l) => l,
+        Err(e) => {
+            let warnings = e.warnings.clone();
+            return (Err(e.into()), warnings);
+        }
+    };
+    let mut warnings = loaded.warnings.clone();
+    if let Some(e) = loaded.config.entrypoint.as_deref().filter(|e| !resolved.dir.join(e).is_file()) {
+        warnings.push(format!("the manifest's entrypoint {e:?} does not exist; trying index.*"));
+    }
+    (build_from(resolved, loaded), warnings)
 }
 
-fn build_app(resolved: &Resolved) -> Result<App, Error> {
-    let loaded = manifest::load(&resolved.dir)?;
-    for w in &loaded.warnings {
-        tracing::warn!(app = %resolved.name, version = %resolved.version, "{w}");
-    }
+fn build_from(resolved: &Resolved, loaded: manifest::LoadedManifest) -> Result<App, Error> {
     let config = loaded.config;
     if !config.enabled {
         let file = loaded.source.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
@@ -556,9 +642,6 @@ fn build_app(resolved: &Resolved) -> Result<App, Error> {
 /// kind runs).
 pub fn resolve_entrypoint(dir: &Path, config: &AppConfig) -> Result<(PathBuf, WorkerKind), Error> {
     let configured = config.entrypoint.as_deref().filter(|e| dir.join(e).is_file());
-    if let Some(e) = config.entrypoint.as_deref().filter(|_| configured.is_none()) {
-        tracing::warn!(dir = %dir.display(), entrypoint = e, "the manifest's entrypoint does not exist; trying index.*");
-    }
     let found = configured.or_else(|| DEFAULT_ENTRYPOINTS.iter().copied().find(|f| dir.join(f).is_file()));
     let Some(rel) = found else {
         if config.command.is_some() {

@@ -56,8 +56,37 @@ async fn ready(State(rt): State<Arc<Runtime>>) -> ApiResult {
     reply(&json!({"ok": true, "status": "ready", "version": VERSION}))
 }
 
+/// Buntime's `[{name, path, versions}]`, plus marina's `states`: per version `ok`, `invalid`
+/// (with `code` and `errors`) or `disabled`, and what went wrong while running it
+/// (`reloadError`: a live reload that did not start; `migrationError`: its migrations failed).
 async fn apps(State(rt): State<Arc<Runtime>>) -> ApiResult {
-    reply(&rt.registry.list())
+    let mut by_name: std::collections::HashMap<String, Vec<Value>> = std::collections::HashMap::new();
+    for (resolved, state) in rt.registry.check_all() {
+        let mut v = serde_json::to_value(&state).unwrap_or(Value::Null);
+        let key = format!("{}@{}", resolved.name, resolved.version);
+        if let Some(e) = rt.pool.reload_error(&key) {
+            v["reloadError"] = Value::String(e);
+        }
+        if rt.pool.reloading(&key) {
+            v["reloading"] = Value::Bool(true);
+        }
+        if let Some(e) = rt.migrations.failure(&resolved.dir) {
+            v["migrationError"] = e;
+        }
+        by_name.entry(resolved.name).or_default().push(v);
+    }
+    let list: Vec<Value> = rt
+        .registry
+        .list()
+        .into_iter()
+        .map(|a| {
+            let states = by_name.remove(&a.name).unwrap_or_default();
+            let mut v = serde_json::to_value(&a).unwrap_or(Value::Null);
+            v["states"] = Value::Array(states);
+            v
+        })
+        .collect();
+    reply(&list)
 }
 
 async fn workers(State(rt): State<Arc<Runtime>>) -> ApiResult {

@@ -16,6 +16,8 @@ mod completion;
 pub mod config;
 mod dispatch;
 pub mod edge;
+pub mod migrations;
+pub mod reload;
 pub mod request_id;
 pub mod route;
 
@@ -66,6 +68,8 @@ pub struct Runtime {
     pub database: marina_data::Database,
     catalog: Catalog,
     code_plugins: Vec<Loaded>,
+    /// Which app versions have had their migrations applied.
+    pub migrations: migrations::AppMigrations,
     draining: AtomicBool,
     _watch: Option<marina_apps::registry::WatchHandle>,
 }
@@ -197,6 +201,10 @@ impl Server {
         }
         let set = marina_plugins::loader::load(&config.plugin_dirs, &catalog, &plugin_env, plugins.clone()).await?;
         tracing::info!(plugins = ?set.plugins().iter().map(|p| p.spec.name.as_str()).collect::<Vec<_>>(), "plugins loaded");
+        // Every manifest is checked now, so its problems are in the log before the first request.
+        let checked = registry.check_all();
+        let bad = checked.iter().filter(|(_, s)| s.state == "invalid").count();
+        tracing::info!(app_versions = checked.len(), invalid = bad, "apps checked");
         let runtime = Arc::new(Runtime {
             api_base: config.api_base(),
             plugin_env,
@@ -210,9 +218,13 @@ impl Server {
             remote,
             keyval,
             database,
+            migrations: migrations::AppMigrations::default(),
             draining: AtomicBool::new(false),
             _watch: watch,
         });
+        if runtime._watch.is_some() {
+            reload::start(&runtime);
+        }
         Ok(Self { runtime, listener })
     }
 
@@ -366,8 +378,17 @@ async fn pipeline(
             plugin.plugin.handle(req, ctx).await
         }
         Target::App { resolved, segment, rest } => {
-            let app = rt.registry.load(&resolved)?;
+            let app = match rt.registry.load(&resolved) {
+                Ok(app) => app,
+                // A manifest edit that does not load leaves the running workers serving the
+                // version they run (live reload: a broken edit never takes a working app down).
+                Err(e) if e.code() == "APP_MANIFEST_INVALID" => {
+                    rt.pool.serving(&format!("{}@{}", resolved.name, resolved.version)).ok_or(e)?
+                }
+                Err(e) => return Err(e),
+            };
             ctx.app = Some(app.clone());
+            rt.migrations.ensure(&app, rt.config.database_url.as_deref(), &rt.config.state_dir).await?;
             if let Some(m) = app.proxy.find(&rest) {
                 return dispatch::to_upstream(rt, &app, &m.rule, &rest, req, ctx).await;
             }

@@ -66,6 +66,11 @@ async fn apps_lists_every_app_with_versions() {
     assert_eq!(find("flat")["versions"], json!(["3.1.0"]));
     assert_eq!(find("plain")["versions"], json!(["latest"]));
     assert!(find("site")["path"].as_str().unwrap().starts_with('/'));
+    // marina's `states`: every version checked, problems with their key paths.
+    assert_eq!(find("plain")["states"], json!([{"version": "latest", "state": "ok"}]));
+    let broken = &find("broken")["states"][0];
+    assert_eq!((&broken["state"], &broken["code"]), (&json!("invalid"), &json!("APP_MANIFEST_INVALID")));
+    assert_eq!(broken["errors"][0]["path"], "ttl");
     srv.stop().await;
 }
 

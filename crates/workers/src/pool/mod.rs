@@ -9,6 +9,7 @@
 //! lifecycle: one instance per app version. See `docs/workers.md`.
 
 mod gate;
+mod reload;
 mod shared;
 mod stats;
 mod worker;
@@ -136,6 +137,9 @@ pub struct WorkerInfo {
     pub restarts: u64,
     /// Why the last restart happened.
     pub last_restart_reason: Option<String>,
+    /// Why the last live reload of its app version did not start (the worker kept serving).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reload_error: Option<String>,
     /// Mean time to response headers over the last 100 requests.
     pub avg_latency_ms: f64,
     /// 99th percentile of the same.
@@ -214,7 +218,15 @@ struct SlotState {
     /// A worker started ahead of a busy worker's `maxRequests` recycle: it joins `workers` once
     /// it is ready, or when the worker it replaces retires, whichever comes first.
     successor: Option<Arc<Worker>>,
+    /// A live reload under way (see [`reload`]).
+    reload: Option<reload::Reload>,
+    /// The last reload that could not start; the old workers kept serving.
+    failed_reload: Option<reload::FailedReload>,
 }
+
+/// What `/api/workers` shows of a slot on each of its rows: restarts, the last restart reason,
+/// whether it is crash-looping, and why its last reload failed.
+type SlotHistory = (u64, Option<String>, bool, Option<String>);
 
 /// The workers of one app version, and its crash history.
 struct Slot {
@@ -363,7 +375,7 @@ impl WorkerPool {
             let worker = inner.spawn_worker(app.clone(), true);
             (worker, Some(permit))
         } else {
-            let slot = inner.slot_for(&app);
+            let slot = inner.current_slot(inner.slot_for(&app), &app);
             let (worker, hit) = inner.pick(&slot)?;
             let counter = if hit { &inner.counters.hits } else { &inner.counters.misses };
             counter.fetch_add(1, Ordering::Relaxed);
@@ -386,6 +398,41 @@ impl WorkerPool {
     /// with no process.
     pub fn workers(&self) -> Vec<WorkerInfo> {
         self.inner.workers()
+    }
+
+    /// Live reload: the files of `app`'s version changed on disk (its code, or its manifest or
+    /// `.env`, in which case `app` is the newly loaded one). Running workers get successors of
+    /// `app`; they take over once one is ready, and the old ones drain and stop. A static app's
+    /// instance is rebuilt on its next request; `ttl: 0` apps start fresh per request anyway.
+    pub fn reload(&self, app: Arc<App>, reason: &str) {
+        let inner = &self.inner;
+        if inner.backend(&app).is_ok_and(|b| b.policy() == Policy::Shared) {
+            inner.shared.forget(&app.key());
+            return;
+        }
+        let Some(slot) = inner.slots.lock().peek(&app.key()).cloned() else { return };
+        inner.reload_slot(&slot, app, reason.to_string());
+    }
+
+    /// Why the last reload of `key` (`name@version`) could not start, while its previous
+    /// workers keep serving; `None` when it did, or none was tried.
+    pub fn reload_error(&self, key: &str) -> Option<String> {
+        let slot = self.inner.slots.lock().peek(key).cloned()?;
+        let st = slot.st.lock();
+        st.failed_reload.as_ref().map(|f| f.message.clone())
+    }
+
+    /// Whether a reload of `key` is under way (new workers starting beside the old ones).
+    pub fn reloading(&self, key: &str) -> bool {
+        self.inner.slots.lock().peek(key).is_some_and(|s| s.st.lock().reload.is_some())
+    }
+
+    /// The app the live workers of `key` run, when there are any: what keeps serving while a
+    /// manifest edit on disk does not load.
+    pub fn serving(&self, key: &str) -> Option<Arc<App>> {
+        let slot = self.inner.slots.lock().peek(key).cloned()?;
+        let live = slot.st.lock().workers.iter().any(|w| w.usable());
+        live.then(|| slot.app.clone())
     }
 
     /// Pool-wide metrics (buntime.md §3.8).
@@ -463,11 +510,12 @@ impl Inner {
         drop(slots);
         if let Some((old_key, old)) = evicted {
             self.counters.evictions.fetch_add(1, Ordering::Relaxed);
-            let (workers, successor) = {
+            let (workers, successor, reloading) = {
                 let mut st = old.st.lock();
-                (std::mem::take(&mut st.workers), st.successor.take())
+                let reloading = st.reload.take().map(|r| r.workers).unwrap_or_default();
+                (std::mem::take(&mut st.workers), st.successor.take(), reloading)
             };
-            for w in workers.into_iter().chain(successor) {
+            for w in workers.into_iter().chain(successor).chain(reloading) {
                 self.retire(
                     &w,
                     None,
@@ -714,6 +762,9 @@ impl Inner {
     fn record_crash(&self, worker: &Arc<Worker>, reason: &str) {
         let Some(slot) = self.slots.lock().peek(&worker.key).cloned() else { return };
         let mut st = slot.st.lock();
+        if self.is_reload_candidate(&st, worker) {
+            return; // the reload reports it; the running version did not crash
+        }
         st.workers.retain(|w| !Arc::ptr_eq(w, worker));
         st.restarts += 1;
         st.last_reason = Some(reason.to_string());
@@ -788,18 +839,19 @@ impl Inner {
     fn workers(&self) -> Vec<WorkerInfo> {
         let all: Vec<Arc<Worker>> = self.all.lock().values().cloned().collect();
         let slots: Vec<(String, Arc<Slot>)> = self.slots.lock().iter().map(|(k, s)| (k.clone(), s.clone())).collect();
-        let history: HashMap<&str, (u64, Option<String>, bool)> = slots
+        let history: HashMap<&str, SlotHistory> = slots
             .iter()
             .map(|(k, s)| {
                 let st = s.st.lock();
                 let looping = st.backoff_until.is_some_and(|t| t > Instant::now());
-                (k.as_str(), (st.restarts, st.last_reason.clone(), looping))
+                let reload_error = st.failed_reload.as_ref().map(|f| f.message.clone());
+                (k.as_str(), (st.restarts, st.last_reason.clone(), looping, reload_error))
             })
             .collect();
         let mut out: Vec<WorkerInfo> = all
             .iter()
             .map(|w| {
-                let (restarts, last, looping) = history.get(w.key.as_str()).cloned().unwrap_or_default();
+                let (restarts, last, looping, reload_error) = history.get(w.key.as_str()).cloned().unwrap_or_default();
                 let state = match w.phase() {
                     Phase::Starting if looping => "crashloop",
                     Phase::Starting => "starting",
@@ -823,6 +875,7 @@ impl Inner {
                     in_flight: w.in_flight.load(Ordering::Relaxed),
                     restarts,
                     last_restart_reason: last,
+                    reload_error: reload_error.clone(),
                     avg_latency_ms: lat.avg_ms(),
                     p99_latency_ms: lat.p99_ms(),
                     rss_bytes: match w.rss.load(Ordering::Relaxed) {
@@ -835,7 +888,7 @@ impl Inner {
             })
             .collect();
         for (key, slot) in &slots {
-            let (restarts, last, looping) = history[key.as_str()].clone();
+            let (restarts, last, looping, reload_error) = history[key.as_str()].clone();
             if looping && !out.iter().any(|w| w.app == slot.app.name && w.version == slot.app.version) {
                 out.push(WorkerInfo {
                     id: String::new(),
@@ -850,6 +903,7 @@ impl Inner {
                     in_flight: 0,
                     restarts,
                     last_restart_reason: last,
+                    reload_error: reload_error.clone(),
                     avg_latency_ms: 0.0,
                     p99_latency_ms: 0.0,
                     rss_bytes: None,
@@ -1028,6 +1082,7 @@ mod tests {
             in_flight: 0,
             restarts: 0,
             last_restart_reason: None,
+            reload_error: None,
             avg_latency_ms: 1.0,
             p99_latency_ms: 1.0,
             rss_bytes: Some(1),

@@ -27,6 +27,8 @@ struct Entry {
     requests: u64,
     errors: u64,
     latency: LatencyRing,
+    /// Its files changed on disk: the next request starts a new instance.
+    stale: bool,
     first_seen: Instant,
     last_seen: Instant,
 }
@@ -43,7 +45,7 @@ impl Shared {
     pub fn get(&self, app: &Arc<App>) -> Option<Arc<dyn Instance>> {
         let apps = self.apps.lock();
         let e = apps.get(&app.key())?;
-        Arc::ptr_eq(&e.app, app).then(|| e.instance.clone())
+        (Arc::ptr_eq(&e.app, app) && !e.stale).then(|| e.instance.clone())
     }
 
     /// Keeps `instance` for `app`, replacing one started for an older `App` (its counters stay).
@@ -52,9 +54,10 @@ impl Shared {
         let mut apps = self.apps.lock();
         let key = app.key();
         if let Some(e) = apps.get_mut(&key) {
-            if Arc::ptr_eq(&e.app, app) {
+            if Arc::ptr_eq(&e.app, app) && !e.stale {
                 return e.instance.clone(); // another request started it first
             }
+            e.stale = false;
             e.app = app.clone();
             e.instance = instance.clone();
             return instance;
@@ -70,11 +73,19 @@ impl Shared {
                 requests: 0,
                 errors: 0,
                 latency: LatencyRing::new(WINDOW),
+                stale: false,
                 first_seen: now,
                 last_seen: now,
             },
         );
         instance
+    }
+
+    /// The files of `key` changed: its next request gets a new instance (counters stay).
+    pub fn forget(&self, key: &str) {
+        if let Some(e) = self.apps.lock().get_mut(key) {
+            e.stale = true;
+        }
     }
 
     /// Count one answered request.
@@ -113,6 +124,7 @@ impl Shared {
                     in_flight: 0,
                     restarts: 0,
                     last_restart_reason: None,
+                    reload_error: None,
                     avg_latency_ms: e.latency.avg_ms(),
                     p99_latency_ms: e.latency.p99_ms(),
                     rss_bytes: None,

@@ -1,0 +1,95 @@
+//! App migrations before an app version's first worker starts.
+//!
+//! An app with a `migrations/` dir has its pending migrations applied to its own database
+//! (`{state}/apps/{name}.db`, or schema `app_{name}` on PostgreSQL) the first time a request
+//! reaches it, before any worker of it starts, under the store's migration lock (so several
+//! marina instances apply each migration once). A failure answers 503 `APP_MIGRATION_FAILED`
+//! for that app only, shows in `/api/apps`, and sticks until the app's files change (a fixed
+//! migration is then retried). `autoMigrate: false` in the manifest opts out; `marina db
+//! migrate --app NAME` remains the manual way.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use http::StatusCode;
+use marina_apps::{App, WorkerKind};
+use marina_core::Error;
+use marina_store::{MigrateOptions, MigrationSet, Migrator, Store};
+use parking_lot::Mutex;
+use serde_json::json;
+use tokio::sync::OnceCell;
+
+/// The outcome of applying one app version's migrations: `Err` holds the 503 to answer.
+type Outcome = Result<(), (String, serde_json::Value)>;
+
+/// Per app version dir: applied once (or failed), until its files change.
+#[derive(Default)]
+pub struct AppMigrations {
+    done: Mutex<HashMap<PathBuf, Arc<OnceCell<Outcome>>>>,
+}
+
+impl AppMigrations {
+    /// Apply `app`'s pending migrations unless that already happened (or failed) since its
+    /// files last changed. Concurrent first requests wait for the one run.
+    ///
+    /// # Errors
+    /// 503 `APP_MIGRATION_FAILED` with `data: {app, migration, error}`.
+    pub async fn ensure(&self, app: &App, database_url: Option<&str>, state_dir: &Path) -> Result<(), Error> {
+        if app.kind == WorkerKind::Static || !app.config.auto_migrate || !app.dir.join("migrations").is_dir() {
+            return Ok(());
+        }
+        let cell = self.done.lock().entry(app.dir.clone()).or_default().clone();
+        let outcome = cell.get_or_init(|| apply(app, database_url, state_dir)).await;
+        outcome.clone().map_err(|(message, data)| {
+            Error::new(StatusCode::SERVICE_UNAVAILABLE, "APP_MIGRATION_FAILED", message).with_data(data)
+        })
+    }
+
+    /// Forget the outcome for an app version dir (its files changed): the next request applies
+    /// whatever is pending then.
+    pub fn forget(&self, dir: &Path) {
+        self.done.lock().remove(dir);
+    }
+
+    /// Why the migrations of the app version in `dir` failed, if they did.
+    pub fn failure(&self, dir: &Path) -> Option<serde_json::Value> {
+        let cell = self.done.lock().get(dir).cloned()?;
+        match cell.get() {
+            Some(Err((message, data))) => Some(json!({ "message": message, "data": data })),
+            _ => None,
+        }
+    }
+}
+
+async fn apply(app: &App, database_url: Option<&str>, state_dir: &Path) -> Outcome {
+    let key = app.key();
+    let fail = |migration: Option<&str>, error: String| {
+        let message = match migration {
+            Some(m) => format!("app '{key}': migration '{m}' failed, so the app is not started: {error}"),
+            None => format!("app '{key}': its migrations could not be applied, so the app is not started: {error}"),
+        };
+        tracing::error!(app = %key, "{message}");
+        Err((message, json!({ "app": key, "migration": migration, "error": error })))
+    };
+    let set = match MigrationSet::from_dir(&app.dir.join("migrations")) {
+        Ok(set) => set,
+        Err(e) => return fail(None, e.message().to_string()),
+    };
+    let store = match Store::open_app(database_url, state_dir, &app.name).await {
+        Ok(s) => s,
+        Err(e) => return fail(None, e.message().to_string()),
+    };
+    let report = match Migrator::new(&store, &set).migrate(&MigrateOptions::default()).await {
+        Ok(r) => r,
+        Err(e) => return fail(None, e.message().to_string()),
+    };
+    if let Some(f) = &report.failure {
+        return fail(Some(&f.name), f.message.clone());
+    }
+    if !report.steps.is_empty() {
+        let names: Vec<&str> = report.steps.iter().map(|s| s.name.as_str()).collect();
+        tracing::info!(app = %key, database = %report.database, applied = ?names, "app migrations applied");
+    }
+    Ok(())
+}
