@@ -210,6 +210,34 @@ pub static SETTINGS: &[Setting] = &[
         help: "marina's database: `sqlite://…` or `postgres://…`",
         check: Check::DatabaseUrl,
     },
+    Setting {
+        var: "RUNTIME_WORKER_USER",
+        flag: "worker-user",
+        default: "`marina-worker`, else `nobody`",
+        help: "when marina is root, the user workers run as ([docs/security.md](docs/security.md))",
+        check: Check::Text,
+    },
+    Setting {
+        var: "RUNTIME_WORKER_UIDS",
+        flag: "worker-uids",
+        default: "none",
+        help: "when marina is root, one uid per app from this range, e.g. `200000-265535`",
+        check: Check::Text,
+    },
+    Setting {
+        var: "RUNTIME_CGROUP_PARENT",
+        flag: "cgroup-parent",
+        default: "`marina`",
+        help: "parent of the workers' cgroups (relative to each hierarchy, or an absolute v2 path); `off` disables",
+        check: Check::Text,
+    },
+    Setting {
+        var: "RUNTIME_WORKER_MAX_PROCS",
+        flag: "worker-max-procs",
+        default: "`512`",
+        help: "processes and threads one worker may have (pids cgroup)",
+        check: Check::Count { min: 8, max: 1_000_000 },
+    },
 ];
 
 /// The row of a variable. Panics on a name that is not in the table: that is a typo in marina's
