@@ -166,7 +166,10 @@ async fn a_hostile_app_cannot_reach_marina_other_apps_or_other_workers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_bomb_is_stopped_near_max_memory_and_the_app_recovers() {
     let apps = apps("maxMemory: 96mb\n");
-    let srv = common::start(apps.path(), |r| { r.set("RUNTIME_JS", "node"); }).await;
+    let srv = common::start(apps.path(), |r| {
+        r.set("RUNTIME_JS", "node");
+    })
+    .await;
     let sandbox = sandbox_status(&srv.base).await;
     let started = Instant::now();
     let (status, body) = get(&srv.base, "/hostile/bomb").await;
@@ -231,7 +234,10 @@ fn rss_kib() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_output_without_newlines_leaves_marina_small_and_the_app_serving() {
     let apps = apps("");
-    let srv = common::start(apps.path(), |r| { r.set("RUNTIME_JS", "node"); }).await;
+    let srv = common::start(apps.path(), |r| {
+        r.set("RUNTIME_JS", "node");
+    })
+    .await;
     let (status, _) = get(&srv.base, "/hostile/").await;
     assert_eq!(status, 200);
     let before = rss_kib();
