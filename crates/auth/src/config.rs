@@ -1,34 +1,16 @@
 //! Authentication settings, read from environment-style variables (docs/auth.md lists them).
 //!
-//! Names follow Buntime's: `RUNTIME_ROOT_KEY` (Buntime D) and `RUNTIME_MASTER_KEY` (Buntime Z),
-//! also with the `BUNTIME_` prefix Buntime accepts. Buntime has no JWT verification, so the JWT
-//! variables are marina's, in the same `RUNTIME_` style. A bad value stops start-up with the
+//! Names follow Buntime's: `RUNTIME_ROOT_KEY` (Buntime D) and `RUNTIME_MASTER_KEY` (Buntime Z).
+//! Buntime has no JWT verification, so the JWT variables are marina's, in the same `RUNTIME_`
+//! style. Every variable is a row of `marina_core::settings::SETTINGS` (flags, `--help`, README). A bad value stops start-up with the
 //! variable's name and what was expected; secrets are never quoted back.
 
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use marina_core::Error;
-use marina_core::units::parse_duration;
+use marina_core::settings::parse_seconds;
 use serde_json::json;
-
-/// Every variable this module reads, for docs and `--help` tables.
-pub const VARIABLES: &[(&str, &str, &str)] = &[
-    (
-        "RUNTIME_ROOT_KEY",
-        "unset",
-        "the root key: every permission on the internal API; also RUNTIME_MASTER_KEY, BUNTIME_ROOT_KEY, BUNTIME_MASTER_KEY",
-    ),
-    ("RUNTIME_JWT_SECRET", "unset", "HS256/384/512 shared secret (at least 32 bytes)"),
-    ("RUNTIME_JWT_PUBLIC_KEY", "unset", "PEM public key (RSA, EC P-256/P-384 or Ed25519), inline or a file path"),
-    ("RUNTIME_JWT_JWKS_URL", "unset", "JWKS URL whose signing keys verify tokens"),
-    ("RUNTIME_JWT_ISSUER", "unset", "accepted iss values, comma-separated; when set, iss is required"),
-    ("RUNTIME_JWT_AUDIENCE", "unset", "accepted aud values, comma-separated; when set, aud is required"),
-    ("RUNTIME_JWT_ALGORITHMS", "every algorithm of the configured keys", "accepted alg values, comma-separated"),
-    ("RUNTIME_JWT_LEEWAY", "60s", "clock skew allowed on exp and nbf"),
-    ("RUNTIME_JWT_JWKS_CACHE_TTL", "10m", "how long fetched JWKS keys are used before a refetch"),
-    ("RUNTIME_JWT_JWKS_COOLDOWN", "30s", "least time between two JWKS fetches caused by unknown kids"),
-];
 
 /// The validated authentication configuration.
 #[derive(Clone, Default)]
@@ -90,8 +72,10 @@ impl std::fmt::Debug for JwtConfig {
     }
 }
 
-fn invalid(var: &str, message: String) -> Error {
-    Error::bad_request("CONFIG_INVALID", format!("invalid {var}: {message}")).with_data(json!({ "variable": var }))
+/// `expected` says what would be accepted; it never quotes a secret.
+fn invalid(var: &str, expected: String) -> Error {
+    Error::bad_request("CONFIG_INVALID", format!("invalid {var}: expected {expected}"))
+        .with_data(json!({ "variable": var, "expected": expected }))
 }
 
 fn list(v: &str) -> Vec<String> {
@@ -107,7 +91,7 @@ impl AuthConfig {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let mut out = AuthConfig::default();
-        for var in ["RUNTIME_ROOT_KEY", "RUNTIME_MASTER_KEY", "BUNTIME_ROOT_KEY", "BUNTIME_MASTER_KEY"] {
+        for var in ["RUNTIME_ROOT_KEY", "RUNTIME_MASTER_KEY"] {
             if let Some(v) = get(var) {
                 out.root_key = Some(v.trim().to_string());
                 out.root_key_var = Some(var);
@@ -120,23 +104,26 @@ impl AuthConfig {
         {
             return Err(invalid(
                 "RUNTIME_JWT_SECRET",
-                format!("the secret is {} bytes; an HMAC key must be at least 32 bytes (RFC 7518 §3.2)", s.len()),
+                format!("a secret of at least 32 bytes (RFC 7518 §3.2), not {}", s.len()),
             ));
         }
         let public_key_pem = match get("RUNTIME_JWT_PUBLIC_KEY") {
             None => None,
             Some(v) if v.contains("-----BEGIN") => Some(v),
             Some(path) => Some(std::fs::read_to_string(path.trim()).map_err(|e| {
-                invalid("RUNTIME_JWT_PUBLIC_KEY", format!("neither PEM text nor a readable file {path:?}: {e}"))
+                invalid("RUNTIME_JWT_PUBLIC_KEY", format!("PEM text or the path of a readable file ({path:?}: {e})"))
             })?),
         };
+        if let Some(pem) = &public_key_pem {
+            crate::jwt::pem_key(pem).map_err(|e| invalid("RUNTIME_JWT_PUBLIC_KEY", e))?;
+        }
         let jwks_url = match get("RUNTIME_JWT_JWKS_URL") {
             None => None,
             Some(u) => {
                 let u = u.trim().to_string();
                 let parsed = u
                     .parse::<http::Uri>()
-                    .map_err(|e| invalid("RUNTIME_JWT_JWKS_URL", format!("{u:?} is not a URL: {e}")))?;
+                    .map_err(|e| invalid("RUNTIME_JWT_JWKS_URL", format!("a URL ({u:?}: {e})")))?;
                 if !matches!(parsed.scheme_str(), Some("http" | "https"))
                     || parsed.host().is_none_or(str::is_empty)
                     || parsed.authority().is_some_and(|a| a.as_str().contains('@'))
@@ -157,13 +144,13 @@ impl AuthConfig {
                     let alg = name.parse::<Algorithm>().map_err(|_| {
                         invalid(
                             "RUNTIME_JWT_ALGORITHMS",
-                            format!("unknown algorithm {name:?}: expected HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA (\"none\" is never accepted)"),
+                            format!("a comma-separated list of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA (\"none\" is never accepted), not {name:?}"),
                         )
                     })?;
                     algs.push(alg);
                 }
                 if algs.is_empty() {
-                    return Err(invalid("RUNTIME_JWT_ALGORITHMS", "expected at least one algorithm".into()));
+                    return Err(invalid("RUNTIME_JWT_ALGORITHMS", "at least one algorithm".into()));
                 }
                 Some(algs)
             }
@@ -171,7 +158,9 @@ impl AuthConfig {
         let duration = |var: &str, default: Duration| -> Result<Duration, Error> {
             match get(var) {
                 None => Ok(default),
-                Some(v) => parse_duration(v.trim()).map_err(|e| invalid(var, e.to_string())),
+                Some(v) => parse_seconds(v.trim()).ok_or_else(|| {
+                    invalid(var, format!("a duration such as 30 (seconds), \"10s\" or \"2m\", not {:?}", v.trim()))
+                }),
             }
         };
         let leeway = duration("RUNTIME_JWT_LEEWAY", Duration::from_secs(60))?;
@@ -191,10 +180,14 @@ impl AuthConfig {
                 jwks_cache_ttl,
                 jwks_cooldown,
             });
-        } else if algorithms.is_some() || !issuers.is_empty() || !audiences.is_empty() {
+        } else if let Some(var) = ["RUNTIME_JWT_ISSUER", "RUNTIME_JWT_AUDIENCE", "RUNTIME_JWT_ALGORITHMS"]
+            .into_iter()
+            .find(|v| get(v).is_some())
+        {
             return Err(invalid(
-                "RUNTIME_JWT_SECRET",
-                "JWT claims or algorithms are configured but no key is: set RUNTIME_JWT_SECRET, RUNTIME_JWT_PUBLIC_KEY or RUNTIME_JWT_JWKS_URL".into(),
+                var,
+                "a key as well: RUNTIME_JWT_SECRET, RUNTIME_JWT_PUBLIC_KEY or RUNTIME_JWT_JWKS_URL (no key is configured)"
+                    .into(),
             ));
         }
         Ok(out)
@@ -216,7 +209,7 @@ mod tests {
     fn root_key_names_in_order() {
         let c = cfg(&[("RUNTIME_MASTER_KEY", "m"), ("RUNTIME_ROOT_KEY", "r")]).unwrap();
         assert_eq!((c.root_key.as_deref(), c.root_key_var), (Some("r"), Some("RUNTIME_ROOT_KEY")));
-        let c = cfg(&[("BUNTIME_MASTER_KEY", "b"), ("RUNTIME_ROOT_KEY", " ")]).unwrap();
+        let c = cfg(&[("RUNTIME_MASTER_KEY", "b"), ("RUNTIME_ROOT_KEY", " ")]).unwrap();
         assert_eq!(c.root_key.as_deref(), Some("b"));
         assert!(cfg(&[]).unwrap().root_key.is_none());
         assert!(!format!("{:?}", cfg(&[("RUNTIME_ROOT_KEY", "hunter2")]).unwrap()).contains("hunter2"));
@@ -252,6 +245,10 @@ mod tests {
         let e = cfg(&[("RUNTIME_JWT_PUBLIC_KEY", "/nonexistent/key.pem")]).unwrap_err();
         assert!(e.message().contains("/nonexistent/key.pem"), "{}", e.message());
         let e = cfg(&[("RUNTIME_JWT_AUDIENCE", "marina")]).unwrap_err();
-        assert!(e.message().contains("no key is"), "{}", e.message());
+        assert!(e.message().contains("RUNTIME_JWT_AUDIENCE") && e.message().contains("no key is"), "{}", e.message());
+        let e = cfg(&[("RUNTIME_JWT_PUBLIC_KEY", "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----")])
+            .unwrap_err();
+        assert!(e.message().contains("RUNTIME_JWT_PUBLIC_KEY"), "{}", e.message());
+        assert_eq!(e.data().unwrap()["variable"], "RUNTIME_JWT_PUBLIC_KEY");
     }
 }

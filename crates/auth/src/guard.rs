@@ -4,8 +4,6 @@
 //! 401 means "no usable credentials" (missing, unknown, expired, revoked, bad token); 403 means
 //! "credentials are fine, this is not allowed" (a missing permission, a cross-site call).
 
-use std::collections::BTreeMap;
-
 use http::{HeaderMap, Method, StatusCode, header};
 use marina_core::Error;
 use marina_store::Store;
@@ -16,7 +14,7 @@ use crate::config::AuthConfig;
 use crate::identity::{self, Identity};
 use crate::jwt::JwtVerifier;
 use crate::keys::{KeyCheck, KeyStore, secret};
-use crate::public_routes::PublicRoutesCache;
+use crate::public_routes::{PublicRoutesCache, RouteMap};
 
 /// Which header a key came in, so that it can be kept from the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,8 +191,8 @@ impl Auth {
     /// JWT configuration nothing else happens: apps keep their own `Authorization` schemes.
     /// With it, every route not in the app's `publicRoutes` needs a valid JWT (or a marina key);
     /// on a public route valid credentials still yield an identity and bad ones are ignored.
-    /// On success the identity is set as `x-identity`, and a marina key is removed from the
-    /// request so that the worker never sees it (a JWT stays: apps may want the raw token).
+    /// On success a marina key is removed from the request so that the worker never sees it (a
+    /// JWT stays: apps may want the raw token); the server sends the identity as `x-identity`.
     ///
     /// `app_key` names the app version (`todo@1.0.0`); `raw_path` is app-relative, as on the wire.
     ///
@@ -204,7 +202,7 @@ impl Auth {
     pub async fn authorize_app(
         &self,
         app_key: &str,
-        public_routes: &BTreeMap<String, Vec<String>>,
+        public_routes: &RouteMap,
         method: &Method,
         raw_path: &str,
         headers: &mut HeaderMap,
@@ -235,13 +233,65 @@ impl Auth {
                     }
                     None => {}
                 }
-                identity.apply(headers);
                 Ok(Some(identity))
             }
             Err(e) if public && e.status() == StatusCode::UNAUTHORIZED => Ok(None),
             Err(e) => Err(e),
         }
     }
+
+    /// Everything authentication does for one request, whatever its destination: remove a
+    /// client-sent `x-identity`, then gate the internal API ([`Auth::authorize_api`]) or an app
+    /// ([`Auth::authorize_app`]). Elsewhere (plugin routes, the shell) credentials are optional:
+    /// valid ones yield an identity (for rate limits by identity), bad ones are left to whatever
+    /// answers there. `authority` is the request's `Host` (for the Origin check).
+    ///
+    /// # Errors
+    /// As [`Auth::authorize_api`] and [`Auth::authorize_app`].
+    pub async fn check_request(
+        &self,
+        destination: Destination<'_>,
+        method: &Method,
+        headers: &mut HeaderMap,
+        authority: Option<&str>,
+    ) -> Result<Option<Identity>, Error> {
+        identity::strip_incoming(headers);
+        match destination {
+            Destination::Api { path } => self.authorize_api(method, path, headers, authority).await,
+            Destination::App { key, public_routes, path } => {
+                self.authorize_app(key, public_routes, method, path, headers).await
+            }
+            Destination::Other => Ok(match presented(headers) {
+                Presented::Nothing => None,
+                Presented::Key(k, _) => self.identify_key(k).await.ok(),
+                Presented::Token(t) => match &self.jwt {
+                    Some(jwt) => jwt.verify(t).await.ok().map(Identity::from_claims),
+                    None => None,
+                },
+            }),
+        }
+    }
+}
+
+/// Where a request is going, as far as authentication cares.
+#[derive(Debug, Clone, Copy)]
+pub enum Destination<'a> {
+    /// The internal API; `path` is relative to its base (`/keys/3`).
+    Api {
+        /// The path below the API base.
+        path: &'a str,
+    },
+    /// An app version.
+    App {
+        /// `name@version`, for the compiled-routes cache.
+        key: &'a str,
+        /// The manifest's `publicRoutes`.
+        public_routes: &'a RouteMap,
+        /// The app-relative path as on the wire.
+        path: &'a str,
+    },
+    /// Plugin routes, the shell, marina's own pages.
+    Other,
 }
 
 #[cfg(test)]

@@ -1,10 +1,10 @@
-//! [`Identity`]: who made a request, as verified by marina, and the `x-identity` header that
-//! carries it to workers.
+//! [`Identity`]: who made a request, as verified by marina. The request context carries it
+//! ([`Identity::to_context`]) and the server hands it to workers as `x-identity` JSON.
 //!
 //! The header is marina's word, so it is removed from every incoming request before anything
 //! else looks at it ([`strip_incoming`]); a client can never choose its own identity.
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -25,8 +25,8 @@ pub enum IdentityKind {
     Jwt,
 }
 
-/// A verified caller. Serialised as the `x-identity` JSON, in the shape Buntime's authn plugin
-/// used (`id`, `name`, `roles`) plus what marina adds (`kind`, `permissions`, `claims`).
+/// A verified caller, in the shape Buntime's authn plugin used (`id`, `name`, `roles`) plus how
+/// it was established, a key's permissions and a token's claims.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Identity {
     /// `root`, `apikey:<id>`, or the token's `sub`.
@@ -117,41 +117,6 @@ impl Identity {
             IdentityKind::Jwt => false,
         }
     }
-
-    /// A stable key for per-identity rate limits: `root`, `apikey:<id>`, `jwt:<iss>:<sub>`.
-    pub fn rate_key(&self) -> String {
-        match self.kind {
-            IdentityKind::Root => "root".into(),
-            IdentityKind::Apikey => self.id.clone(),
-            IdentityKind::Jwt => {
-                let iss = self.claims.as_ref().and_then(|c| c.get("iss")).and_then(Value::as_str).unwrap_or("");
-                format!("jwt:{iss}:{}", self.id)
-            }
-        }
-    }
-
-    /// The `x-identity` header value: compact JSON, non-ASCII escaped as `\uXXXX` so that any
-    /// claim survives as a valid header value.
-    pub fn header_value(&self) -> HeaderValue {
-        let json = serde_json::to_string(self).unwrap_or_else(|_| "{}".into());
-        let mut out = String::with_capacity(json.len());
-        for c in json.chars() {
-            if c.is_ascii() && !c.is_ascii_control() {
-                out.push(c);
-            } else {
-                let mut buf = [0u16; 2];
-                for unit in c.encode_utf16(&mut buf) {
-                    out.push_str(&format!("\\u{unit:04x}"));
-                }
-            }
-        }
-        HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static("{}"))
-    }
-
-    /// Put this identity on a request going to a worker.
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        headers.insert(IDENTITY_HEADER, self.header_value());
-    }
 }
 
 /// Remove any `x-identity` a client sent (every copy).
@@ -173,7 +138,6 @@ mod tests {
         assert_eq!(id.id, "u1");
         assert_eq!(id.name.as_deref(), Some("ada"));
         assert_eq!(id.roles, vec!["a", "b"]);
-        assert_eq!(id.rate_key(), "jwt:https://idp:u1");
         let id = Identity::from_claims(json!({"sub": "u2", "roles": "x y"}));
         assert_eq!(id.roles, vec!["x", "y"]);
         assert!(!id.has_permission("apps:read"));
@@ -181,17 +145,10 @@ mod tests {
     }
 
     #[test]
-    fn header_is_ascii_json() {
-        let id = Identity::from_claims(json!({"sub": "é😀\n"}));
-        let v = id.header_value();
-        let s = v.to_str().unwrap();
-        assert!(s.is_ascii());
-        let back: Value = serde_json::from_str(s).unwrap();
-        assert_eq!(back["id"], "é😀\n");
-        assert_eq!(back["kind"], "jwt");
+    fn spoofed_headers_are_stripped() {
         let mut h = HeaderMap::new();
-        h.append("x-identity", HeaderValue::from_static("{\"id\":\"root\"}"));
-        h.append("x-identity", HeaderValue::from_static("spoof"));
+        h.append("x-identity", http::HeaderValue::from_static("{\"id\":\"root\"}"));
+        h.append("x-identity", http::HeaderValue::from_static("spoof"));
         strip_incoming(&mut h);
         assert!(h.get("x-identity").is_none());
     }

@@ -11,8 +11,11 @@
 //!   via `jsonwebtoken`, from a secret, a PEM key or a JWKS URL (cached, refetched on rotation);
 //!   `alg: none` and HS/RS confusion refused; issuer, audience, expiry, not-before, leeway.
 //!   Routes in an app's `publicRoutes` ([`public_routes`]) are exempt.
-//! - **Identity** ([`identity`]): the verified caller, forwarded to workers as `x-identity` JSON;
-//!   a client-sent `x-identity` is always removed.
+//! - **Identity** ([`identity`]): the verified caller, set in the request context (so later
+//!   plugins, such as a rate limit by identity, see it) and forwarded to workers as `x-identity`
+//!   JSON; a client-sent `x-identity` is always removed.
+//! - **The pipeline phase** lives in `marina_plugins::auth` (the plugins layer sits above this
+//!   crate): built in, always loaded first, calling [`Auth::check_request`].
 //!
 //! A valid key never skips anything else: rate limits and other plugins still apply (Buntime's
 //! master key skipped every hook; marina does not copy that).
@@ -29,5 +32,5 @@ pub mod keys_api;
 pub mod public_routes;
 
 pub use config::{AuthConfig, JwtConfig};
-pub use guard::{Auth, KeySource, Presented, presented};
+pub use guard::{Auth, Destination, KeySource, Presented, presented};
 pub use identity::{IDENTITY_HEADER, Identity, IdentityKind};

@@ -211,32 +211,81 @@ pub static SETTINGS: &[Setting] = &[
         check: Check::DatabaseUrl,
     },
     Setting {
-        var: "RUNTIME_WORKER_USER",
-        flag: "worker-user",
-        default: "`marina-worker`, else `nobody`",
-        help: "when marina is root, the user workers run as ([docs/security.md](docs/security.md))",
+        var: "RUNTIME_ROOT_KEY",
+        flag: "root-key",
+        default: "unset",
+        help: "the root key: every permission on the internal API (prefer the variable to the flag: flags show in `ps`); see [docs/auth.md](docs/auth.md)",
         check: Check::Text,
     },
     Setting {
-        var: "RUNTIME_WORKER_UIDS",
-        flag: "worker-uids",
-        default: "none",
-        help: "when marina is root, one uid per app from this range, e.g. `200000-265535`",
+        var: "RUNTIME_MASTER_KEY",
+        flag: "master-key",
+        default: "unset",
+        help: "Buntime's older name of `RUNTIME_ROOT_KEY` (used when that is unset)",
         check: Check::Text,
     },
     Setting {
-        var: "RUNTIME_CGROUP_PARENT",
-        flag: "cgroup-parent",
-        default: "`marina`",
-        help: "parent of the workers' cgroups (relative to each hierarchy, or an absolute v2 path); `off` disables",
+        var: "RUNTIME_JWT_SECRET",
+        flag: "jwt-secret",
+        default: "unset",
+        help: "HMAC secret (at least 32 bytes) for `HS256`/`HS384`/`HS512` bearer tokens on app routes",
         check: Check::Text,
     },
     Setting {
-        var: "RUNTIME_WORKER_MAX_PROCS",
-        flag: "worker-max-procs",
-        default: "`512`",
-        help: "processes and threads one worker may have (pids cgroup)",
-        check: Check::Count { min: 8, max: 1_000_000 },
+        var: "RUNTIME_JWT_PUBLIC_KEY",
+        flag: "jwt-public-key",
+        default: "unset",
+        help: "a PEM public key (RSA, EC P-256/P-384, Ed25519), inline or a file path, for bearer tokens on app routes",
+        check: Check::Text,
+    },
+    Setting {
+        var: "RUNTIME_JWT_JWKS_URL",
+        flag: "jwt-jwks-url",
+        default: "unset",
+        help: "an identity provider's JWKS URL for bearer tokens on app routes (cached; refetched on key rotation)",
+        check: Check::Text,
+    },
+    Setting {
+        var: "RUNTIME_JWT_ISSUER",
+        flag: "jwt-issuer",
+        default: "unset",
+        help: "accepted `iss` values, comma-separated (then required)",
+        check: Check::Text,
+    },
+    Setting {
+        var: "RUNTIME_JWT_AUDIENCE",
+        flag: "jwt-audience",
+        default: "unset",
+        help: "accepted `aud` values, comma-separated (then required)",
+        check: Check::Text,
+    },
+    Setting {
+        var: "RUNTIME_JWT_ALGORITHMS",
+        flag: "jwt-algorithms",
+        default: "those of the configured keys",
+        help: "accepted `alg` values, comma-separated (`none` never is)",
+        check: Check::Text,
+    },
+    Setting {
+        var: "RUNTIME_JWT_LEEWAY",
+        flag: "jwt-leeway",
+        default: "`60s`",
+        help: "clock skew allowed on `exp` and `nbf`",
+        check: Check::Seconds,
+    },
+    Setting {
+        var: "RUNTIME_JWT_JWKS_CACHE_TTL",
+        flag: "jwt-jwks-cache-ttl",
+        default: "`10m`",
+        help: "how long fetched JWKS keys are used before a refetch",
+        check: Check::Seconds,
+    },
+    Setting {
+        var: "RUNTIME_JWT_JWKS_COOLDOWN",
+        flag: "jwt-jwks-cooldown",
+        default: "`30s`",
+        help: "least time between two JWKS fetches caused by unknown `kid`s",
+        check: Check::Seconds,
     },
 ];
 
@@ -362,7 +411,8 @@ fn parse_count(value: &str, min: usize, max: usize) -> Option<usize> {
 }
 
 /// A bare number is seconds (like every duration flag of marina), else `ms` syntax.
-fn parse_seconds(value: &str) -> Option<Duration> {
+/// A duration as the table reads it: a bare number is seconds, else `ms` syntax (`"10s"`).
+pub fn parse_seconds(value: &str) -> Option<Duration> {
     match value.parse::<f64>() {
         Ok(secs) if secs.is_finite() && secs >= 0.0 => Some(Duration::from_secs_f64(secs)),
         Ok(_) => None,

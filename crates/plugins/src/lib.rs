@@ -17,6 +17,7 @@
 //! back to the server's edge instead of rendering them.
 
 pub mod api;
+pub mod auth;
 pub mod context;
 pub mod loader;
 pub mod manifest;

@@ -4,10 +4,12 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::{OriginalUri, State};
 use axum::response::Response as AxumResponse;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
+use bytes::Bytes;
 use http::{Method, StatusCode};
 use marina_core::Error;
 use marina_plugins::api::{ApiError, reply};
@@ -31,6 +33,8 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         .route("/plugins", get(plugins))
         .route("/plugins/reload", post(plugins_reload))
         .route("/plugins/loaded", get(plugins_loaded))
+        .route("/keys", any(keys))
+        .route("/keys/{*rest}", any(keys))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(rt.clone());
@@ -90,7 +94,7 @@ async fn apps(State(rt): State<Arc<Runtime>>) -> ApiResult {
 }
 
 async fn workers(State(rt): State<Arc<Runtime>>) -> ApiResult {
-    reply(&json!({ "workers": rt.pool.workers(), "pool": rt.pool.metrics(), "sandbox": rt.pool.sandbox() }))
+    reply(&json!({ "workers": rt.pool.workers(), "pool": rt.pool.metrics() }))
 }
 
 /// Every plugin directory on disk, loaded or not (Buntime's `[{name, path}]`).
@@ -101,9 +105,30 @@ async fn plugins(State(rt): State<Arc<Runtime>>) -> ApiResult {
 /// Rescan and reload; the old instances are shut down.
 async fn plugins_reload(State(rt): State<Arc<Runtime>>) -> ApiResult {
     let set = rt.reload_plugins().await?;
-    let plugins: Vec<Value> =
-        set.plugins().iter().map(|p| json!({ "name": p.spec.name, "version": p.spec.version })).collect();
+    let plugins: Vec<Value> = set
+        .plugins()
+        .iter()
+        .filter(|p| p.spec.name != marina_plugins::auth::NAME)
+        .map(|p| json!({ "name": p.spec.name, "version": p.spec.version }))
+        .collect();
     reply(&json!({ "ok": true, "plugins": plugins }))
+}
+
+/// `/api/keys[/meta|/:id]` (buntime.md §4.2). The gate already checked the key and its permission;
+/// the identity it found becomes `createdBy`.
+async fn keys(
+    State(rt): State<Arc<Runtime>>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    identity: Option<Extension<marina_auth::Identity>>,
+    body: Bytes,
+) -> ApiResult {
+    let rest = uri.path().strip_prefix(rt.api_base.as_str()).and_then(|p| p.strip_prefix("/keys")).unwrap_or("");
+    let caller = identity.as_ref().map(|Extension(i)| i);
+    let (status, value) = marina_auth::keys_api::handle(rt.auth.keys(), &method, rest, body, caller).await?;
+    let mut resp = reply(&value)?;
+    *resp.status_mut() = status;
+    Ok(resp)
 }
 
 async fn plugins_loaded(State(rt): State<Arc<Runtime>>) -> ApiResult {
@@ -111,6 +136,9 @@ async fn plugins_loaded(State(rt): State<Arc<Runtime>>) -> ApiResult {
         .plugins()
         .plugins()
         .iter()
+        // Built-in authentication is part of the core, as Buntime's API key check is: not a
+        // plugin from a plugin dir, so not listed.
+        .filter(|p| p.spec.name != marina_plugins::auth::NAME)
         .map(|p| {
             json!({
                 "name": p.spec.name,

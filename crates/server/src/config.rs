@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use marina_core::settings::{dir_list, normalize_prefix, setting};
-use marina_workers::process::sandbox::SandboxOptions;
 
 pub use marina_core::settings::{ConfigError, RawSettings as RawConfig};
 
@@ -78,10 +77,10 @@ pub struct RuntimeConfig {
     pub js_runtime: Option<String>,
     /// `DATABASE_URL` (`None` = SQLite in the state dir).
     pub database_url: Option<String>,
+    /// Root key and JWT settings (`RUNTIME_ROOT_KEY`, `RUNTIME_JWT_*`).
+    pub auth: marina_auth::AuthConfig,
     /// Every value as given, for the plugins' own variables (`GATEWAY_*`, ...).
     pub raw: RawConfig,
-    /// Worker isolation (docs/security.md).
-    pub sandbox: SandboxOptions,
 }
 
 /// The default worker dirs: the bundled examples when run from the repository, else `./apps`.
@@ -141,14 +140,8 @@ impl RuntimeConfig {
             Some(s) => return Err(ConfigError::new("RUNTIME_JS", s, setting("RUNTIME_JS").check.expected())),
         };
         let database_url = raw.get("DATABASE_URL").map(str::to_string);
-        let sandbox = SandboxOptions {
-            worker_user: raw.get("RUNTIME_WORKER_USER").map(str::to_string),
-            worker_uids: raw.get("RUNTIME_WORKER_UIDS").map(str::to_string),
-            cgroup_parent: raw.get("RUNTIME_CGROUP_PARENT").map(str::to_string),
-            max_procs: Some(raw.count("RUNTIME_WORKER_MAX_PROCS", 512)? as u32),
-        };
+        let auth = auth_config(raw)?;
         Ok(Self {
-            sandbox,
             host,
             port,
             worker_dirs,
@@ -164,6 +157,7 @@ impl RuntimeConfig {
             ephemeral_queue_limit,
             js_runtime,
             database_url,
+            auth,
             raw: raw.clone(),
         })
     }
@@ -177,6 +171,18 @@ impl RuntimeConfig {
     pub fn hides_error_detail(&self) -> bool {
         matches!(self.node_env, NodeEnv::Production | NodeEnv::Staging)
     }
+}
+
+/// The authentication settings; a bad one names its variable and never echoes a secret.
+fn auth_config(raw: &RawConfig) -> Result<marina_auth::AuthConfig, ConfigError> {
+    marina_auth::AuthConfig::from_lookup(|var| raw.get(var).map(str::to_owned)).map_err(|e| {
+        let data = e.data().cloned().unwrap_or_default();
+        let row = setting(data["variable"].as_str().unwrap_or("RUNTIME_JWT_SECRET"));
+        let secret = matches!(row.var, "RUNTIME_ROOT_KEY" | "RUNTIME_MASTER_KEY" | "RUNTIME_JWT_SECRET");
+        let got = if secret { "(hidden)".to_string() } else { raw.get(row.var).unwrap_or_default().to_string() };
+        let expected = data["expected"].as_str().unwrap_or(e.message()).to_string();
+        ConfigError { var: row.var, flag: row.flag, got, expected }
+    })
 }
 
 /// A file that exists and has an execute bit (whether it runs is only known when it does).

@@ -59,6 +59,8 @@ pub struct Runtime {
     pub remote: Arc<marina_proxy::Remote>,
     /// `{RUNTIME_API_PREFIX}/api`.
     pub api_base: String,
+    /// Keys and tokens: the first phase of every request, and `/api/keys`.
+    pub auth: Arc<marina_auth::Auth>,
     /// What plugins are given.
     pub plugin_env: PluginEnv,
     plugins: RwLock<Arc<PluginSet>>,
@@ -131,12 +133,10 @@ impl Server {
         catalog: Catalog,
         plugins: Vec<Loaded>,
     ) -> Result<Self, Error> {
-        harden_process();
         std::fs::create_dir_all(&config.state_dir)
             .map_err(|e| Error::internal(format!("cannot create the state dir {}: {e}", config.state_dir.display())))?;
         let store = Store::open(config.database_url.as_deref(), &config.state_dir).await?;
         store.migrate_system().await?;
-        protect_state_files(&config.state_dir);
         for dir in &config.worker_dirs {
             if !dir.is_dir() {
                 tracing::warn!(dir = %dir.display(), "worker dir does not exist; no apps are served from it until it is created");
@@ -169,13 +169,11 @@ impl Server {
             plugin_dirs: config.plugin_dirs.clone(),
             app_database: app_database_path(&store, &config.state_dir),
             tokens: Some(tokens.clone()),
-            sandbox: config.sandbox.clone(),
         })?;
-        // Admin keys for the data services. The root key is read from the environment here
-        // until the auth layer is wired into the server's configuration.
-        let auth_config = marina_auth::AuthConfig::from_lookup(|k| std::env::var(k).ok())?;
-        let auth = Arc::new(marina_auth::Auth::new(&auth_config, store.clone())?);
-        let access = marina_data::Access { tokens, auth: Some(auth) };
+        // One authentication state for everything: the pipeline's first phase, `/api/keys` and
+        // the data services' admin keys.
+        let auth = Arc::new(marina_auth::Auth::new(&config.auth, store.clone())?);
+        let access = marina_data::Access { tokens, auth: Some(auth.clone()) };
         let kv = marina_store::kv::Kv::open(store.clone(), marina_store::kv::KvLimits::default()).await?;
         let keyval = marina_data::Keyval::new(kv, access.clone());
         let database =
@@ -196,6 +194,20 @@ impl Server {
             listen: local,
             remote: remote.clone(),
         };
+        // Authentication is built in and runs first, whatever the plugin dirs hold: the internal
+        // API's key requirement must not hang on a manifest, and later hooks (a rate limit by
+        // identity) need the identity it establishes.
+        let auth_plugin = marina_plugins::auth::AuthPlugin::new(auth.clone(), registry.clone(), config.api_base());
+        let plugins: Vec<Loaded> =
+            std::iter::once(Loaded::new(marina_plugins::auth::AuthPlugin::spec(), Arc::new(auth_plugin)))
+                .chain(plugins)
+                .collect();
+        if let Some(var) = config.auth.root_key_var {
+            tracing::info!(variable = var, "the internal API requires a key (root key set)");
+        }
+        if config.auth.jwt.is_some() {
+            tracing::info!("app routes require a bearer token, except their publicRoutes");
+        }
         for p in &plugins {
             p.plugin
                 .init(&plugin_env)
@@ -210,6 +222,7 @@ impl Server {
         tracing::info!(app_versions = checked.len(), invalid = bad, "apps checked");
         let runtime = Arc::new(Runtime {
             api_base: config.api_base(),
+            auth,
             plugin_env,
             plugins: RwLock::new(Arc::new(set)),
             catalog,
@@ -311,36 +324,6 @@ impl Server {
         runtime.pool.shutdown(Duration::from_secs(5)).await;
         tracing::info!("marina stopped");
         Ok(())
-    }
-}
-
-/// Raises the open-file limit to its hard limit, so that many clients do not make `accept`
-/// fail. (marina makes itself non-dumpable when the worker sandbox starts, see
-/// `marina_workers::process::sandbox`.)
-fn harden_process() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
-    {
-        tracing::warn!("could not raise the open-file limit from {soft} to {hard}: {e}");
-    }
-}
-
-/// marina's database is its own: `marina.db` (SQLite copies its mode to the `-wal` and `-shm`
-/// files) is 0600. The state dir itself is 0700, or 0711 when workers run as another user and
-/// must pass through it to their own dirs, and each app's database dir belongs to that app's
-/// worker (the worker sandbox sets both). Not a umask: marina may share its process with other
-/// code (tests).
-fn protect_state_files(state_dir: &std::path::Path) {
-    use std::os::unix::fs::PermissionsExt;
-    for (name, mode) in [("marina.db", 0o600), ("marina.db-wal", 0o600), ("marina.db-shm", 0o600)] {
-        let path = state_dir.join(name);
-        if path.exists()
-            && let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-        {
-            tracing::warn!(path = %path.display(), "could not make it private to marina: {e}");
-        }
     }
 }
 

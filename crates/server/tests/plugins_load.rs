@@ -107,7 +107,8 @@ async fn manifests_load_in_dependency_order_and_reload_replaces_them() {
     // Drop beta: alpha needs it, so only gamma stays; the three old instances are shut down.
     std::fs::remove_dir_all(dir.join("b")).unwrap();
     let client = reqwest::Client::new();
-    let resp = client.post(format!("{base}/api/plugins/reload")).send().await.unwrap();
+    let resp =
+        client.post(format!("{base}/api/plugins/reload")).header("x-buntime-internal", "true").send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["ok"], true);
@@ -117,7 +118,8 @@ async fn manifests_load_in_dependency_order_and_reload_replaces_them() {
 
     // A broken manifest fails the reload and keeps the loaded set.
     write(&dir.join("h/manifest.yaml"), "name: gamma2\nbase: not-a-path\n");
-    let resp = client.post(format!("{base}/api/plugins/reload")).send().await.unwrap();
+    let resp =
+        client.post(format!("{base}/api/plugins/reload")).header("x-buntime-internal", "true").send().await.unwrap();
     assert_eq!(resp.status(), 500);
     let body: Value = resp.json().await.unwrap();
     assert!(body["message"].as_str().unwrap().contains("`base`"), "{body}");

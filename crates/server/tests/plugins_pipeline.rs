@@ -51,9 +51,11 @@ impl Plugin for Gatekeeper {
         match req.headers().get("x-key").and_then(|v| v.to_str().ok()) {
             Some("good") => {
                 ctx.identity = Some(Identity {
-                    sub: "user-1".into(),
+                    id: "user-1".into(),
+                    name: None,
                     roles: vec!["editor".into()],
                     via: "api-key",
+                    permissions: Vec::new(),
                     claims: json!({"name": "Zoë"}),
                 });
                 Ok(Outcome::Continue)
@@ -158,7 +160,7 @@ async fn hooks_run_in_order_and_identity_reaches_the_worker() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["seenBy"], "first,second");
     let identity: Value = serde_json::from_str(body["identity"].as_str().unwrap()).unwrap();
-    assert_eq!(identity["sub"], "user-1", "the client's own x-identity is dropped");
+    assert_eq!(identity["id"], "user-1", "the client's own x-identity is dropped");
     assert_eq!(identity["claims"]["name"], "Zoë");
 
     // Without a key: the gate's client error is the answer, rendered as JSON, and the

@@ -82,18 +82,13 @@ impl std::fmt::Debug for JwtVerifier {
     }
 }
 
-/// Parse one PEM public key of whichever family it is.
-fn pem_key(pem: &str) -> Result<VerifyingKey, Error> {
+/// Parse one PEM public key of whichever family it is; the error says what was expected.
+pub(crate) fn pem_key(pem: &str) -> Result<VerifyingKey, String> {
     let bytes = pem.as_bytes();
     let key = DecodingKey::from_rsa_pem(bytes)
         .or_else(|_| DecodingKey::from_ec_pem(bytes))
         .or_else(|_| DecodingKey::from_ed_pem(bytes))
-        .map_err(|e| {
-            Error::bad_request(
-                "CONFIG_INVALID",
-                format!("invalid RUNTIME_JWT_PUBLIC_KEY: not an RSA, EC or Ed25519 public key in PEM form ({e})"),
-            )
-        })?;
+        .map_err(|e| format!("an RSA, EC (P-256/P-384) or Ed25519 public key in PEM form ({e})"))?;
     Ok(VerifyingKey { kid: None, alg: None, family: key.family(), key })
 }
 
@@ -109,7 +104,15 @@ impl JwtVerifier {
             family: AlgorithmFamily::Hmac,
             key: DecodingKey::from_secret(s),
         });
-        let pem = cfg.public_key_pem.as_deref().map(pem_key).transpose()?;
+        let pem = cfg
+            .public_key_pem
+            .as_deref()
+            .map(|p| {
+                pem_key(p).map_err(|e| {
+                    Error::bad_request("CONFIG_INVALID", format!("invalid RUNTIME_JWT_PUBLIC_KEY: expected {e}"))
+                })
+            })
+            .transpose()?;
         let jwks =
             cfg.jwks_url.as_ref().map(|u| Jwks::new(u.clone(), cfg.jwks_cache_ttl, cfg.jwks_cooldown)).transpose()?;
         let algorithms = match &cfg.algorithms {

@@ -1,0 +1,114 @@
+//! [`AuthPlugin`]: authentication as the first phase of the request pipeline.
+//!
+//! It is built in and always loaded first, whatever the plugin dirs hold: the internal API's
+//! key requirement must not depend on a manifest being present, and later hooks (the gateway's
+//! rate limit by identity) need the identity it establishes. A valid key or token skips nothing:
+//! every later hook still runs.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::Request;
+use marina_apps::registry::Registry;
+use marina_auth::{Auth, Destination, IdentityKind};
+use marina_core::{Body, Error};
+use percent_encoding::percent_decode_str;
+
+use crate::{Identity, Outcome, Plugin, PluginSpec, RequestContext};
+
+/// The name the plugin is listed under.
+pub const NAME: &str = "@marina/auth";
+
+/// The pipeline adapter around [`Auth`].
+pub struct AuthPlugin {
+    auth: Arc<Auth>,
+    registry: Arc<Registry>,
+    api_base: String,
+}
+
+impl AuthPlugin {
+    /// Authentication for a server whose internal API lives at `api_base` and whose apps are in
+    /// `registry` (to find an app's `publicRoutes`).
+    pub fn new(auth: Arc<Auth>, registry: Arc<Registry>, api_base: String) -> Self {
+        Self { auth, registry, api_base }
+    }
+
+    /// Its spec: hook-only (no base). The hook may fetch a JWKS (at most 5 s), so its timeout
+    /// leaves room for that.
+    pub fn spec() -> PluginSpec {
+        let mut spec = PluginSpec::new(NAME, "");
+        spec.hook_timeout = std::time::Duration::from_secs(15);
+        spec
+    }
+}
+
+#[async_trait]
+impl Plugin for AuthPlugin {
+    async fn on_request(&self, req: &mut Request<Body>, ctx: &mut RequestContext) -> Result<Outcome, Error> {
+        let path = req.uri().path().to_string();
+        let authority = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
+        let method = req.method().clone();
+        let api_rest = path.strip_prefix(self.api_base.as_str()).filter(|r| r.is_empty() || r.starts_with('/'));
+        let app = match api_rest {
+            Some(_) => None,
+            None => self.app_of(&path),
+        };
+        let destination = match (api_rest, &app) {
+            (Some(rest), _) => Destination::Api { path: if rest.is_empty() { "/" } else { rest } },
+            (None, Some((app, rest))) => {
+                Destination::App { key: &app.0, public_routes: &app.1.config.public_routes.by_method, path: rest }
+            }
+            (None, None) => Destination::Other,
+        };
+        let identity = self.auth.check_request(destination, &method, req.headers_mut(), authority.as_deref()).await?;
+        if let Some(identity) = identity {
+            ctx.identity = Some(context_identity(&identity));
+            // The internal API's handlers read it (createdBy of a new key).
+            req.extensions_mut().insert(identity);
+        }
+        Ok(Outcome::Continue)
+    }
+}
+
+/// An app version and its key (`name@version`).
+type KeyedApp = (String, Arc<marina_apps::App>);
+
+impl AuthPlugin {
+    /// The app the path's first segment resolves to, and the raw path below it. An app whose
+    /// manifest is broken is left to routing, which answers with the manifest's error.
+    fn app_of<'p>(&self, path: &'p str) -> Option<(KeyedApp, &'p str)> {
+        let trimmed = path.strip_prefix('/')?;
+        let (raw, rest) = match trimmed.find('/') {
+            Some(i) => (&trimmed[..i], &trimmed[i..]),
+            None => (trimmed, "/"),
+        };
+        if raw.is_empty() {
+            return None;
+        }
+        let segment = percent_decode_str(raw).decode_utf8().ok()?;
+        let resolved = self.registry.resolve(&segment)?;
+        let app = self.registry.load(&resolved).ok()?;
+        Some(((app.key(), app), rest))
+    }
+}
+
+/// The request context's form of an identity (what workers get as `x-identity`).
+pub fn context_identity(identity: &marina_auth::Identity) -> Identity {
+    Identity {
+        id: identity.id.clone(),
+        name: identity.name.clone(),
+        roles: identity.roles.clone(),
+        via: match identity.kind {
+            IdentityKind::Root => "root-key",
+            IdentityKind::Apikey => "api-key",
+            IdentityKind::Jwt => "jwt",
+        },
+        permissions: identity.permissions.clone(),
+        claims: identity.claims.clone().unwrap_or(serde_json::Value::Null),
+    }
+}
