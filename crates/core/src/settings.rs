@@ -45,6 +45,9 @@ pub enum Check {
     DatabaseUrl,
     /// `bun`, `node` or a path (whether it is executable is checked against the working dir).
     JsRuntime,
+    /// `*` or a comma-separated list of origins (`https://app.example.com`, with an optional
+    /// port and no path).
+    Origins,
 }
 
 impl Check {
@@ -61,6 +64,7 @@ impl Check {
             Check::Seconds => parse_seconds(value).is_some(),
             Check::Bool => parse_bool(value).is_some(),
             Check::JsRuntime => value == "bun" || value == "node" || value.contains('/'),
+            Check::Origins => value == "*" || value.split(',').all(|o| is_origin(o.trim())),
             Check::DatabaseUrl => {
                 value.starts_with("sqlite:") || value.starts_with("postgres://") || value.starts_with("postgresql://")
             }
@@ -84,6 +88,7 @@ impl Check {
             Check::Bool => "true or false".into(),
             Check::DatabaseUrl => "sqlite://PATH or postgres://USER@HOST/DB".into(),
             Check::JsRuntime => "bun, node, or the path of an executable Bun or Node".into(),
+            Check::Origins => "* or a comma-separated list of origins such as https://app.example.com".into(),
         }
     }
 }
@@ -287,7 +292,45 @@ pub static SETTINGS: &[Setting] = &[
         help: "least time between two JWKS fetches caused by unknown `kid`s",
         check: Check::Seconds,
     },
+    Setting {
+        var: "GATEWAY_CORS_ORIGIN",
+        flag: "gateway-cors-origin",
+        default: "unset: no CORS headers",
+        help: "gateway plugin: `*` or comma-separated origins allowed to call marina from a browser; an allowed `Origin` is echoed with `Vary: Origin`, preflights are answered with 204",
+        check: Check::Origins,
+    },
+    Setting {
+        var: "GATEWAY_CORS_CREDENTIALS",
+        flag: "gateway-cors-credentials",
+        default: "`false`",
+        help: "gateway plugin: send `Access-Control-Allow-Credentials: true` (the origin is then always echoed, never `*`)",
+        check: Check::Bool,
+    },
+    Setting {
+        var: "GATEWAY_RATE_LIMIT_REQUESTS",
+        flag: "gateway-rate-limit-requests",
+        default: "unset: no rate limit",
+        help: "gateway plugin: requests each client address may make per window (GCRA; 429 with `Retry-After` and `RateLimit-*` beyond it)",
+        check: Check::Count { min: 1, max: 1_000_000_000 },
+    },
+    Setting {
+        var: "GATEWAY_RATE_LIMIT_WINDOW",
+        flag: "gateway-rate-limit-window",
+        default: "`1m`",
+        help: "gateway plugin: the rate-limit window; the allowance refills evenly over it",
+        check: Check::Seconds,
+    },
 ];
+
+/// `scheme://host[:port]` with an http(s) scheme and nothing after the authority: what a
+/// browser sends in `Origin`, so a configured origin can be compared to it as text.
+pub fn is_origin(value: &str) -> bool {
+    let Some((scheme, rest)) = value.split_once("://") else { return false };
+    let host = rest.rsplit_once(':').map_or(rest, |(h, port)| if port.parse::<u16>().is_ok() { h } else { "" });
+    matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https")
+        && !host.is_empty()
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '[' | ']' | ':'))
+}
 
 /// The row of a variable. Panics on a name that is not in the table: that is a typo in marina's
 /// own code, caught by any test that reads it.

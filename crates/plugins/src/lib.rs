@@ -19,6 +19,7 @@
 pub mod api;
 pub mod auth;
 pub mod context;
+pub mod gateway;
 pub mod loader;
 pub mod manifest;
 pub mod order;
