@@ -134,7 +134,7 @@ impl Gateway {
     }
 }
 
-fn header_str<'a>(req: &'a Request<Body>, name: HeaderName) -> Option<&'a str> {
+fn header_str(req: &Request<Body>, name: HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
