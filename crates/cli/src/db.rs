@@ -1,7 +1,7 @@
 //! `marina db`: migrate, roll back, inspect, reset and scaffold databases.
 //!
 //! Without `--app`/`--app-dir` a command acts on marina's own database and its embedded
-//! migrations; with one, on that app's own database (`{state_dir}/apps/{name}.db`, or the
+//! migrations; with one, on that app's own database (`{state_dir}/apps/{name}/app.db`, or the
 //! schema `app_{name}` on PostgreSQL) and the `.sql` files in the app's `migrations/` dir.
 //!
 //! Exit codes: 0 success; 1 a failed migration, a database error, or (for `status`) a changed

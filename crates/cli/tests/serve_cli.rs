@@ -111,6 +111,8 @@ fn bad_configuration_exits_2_naming_the_variable() {
 #[test]
 fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
     let apps = tempfile::tempdir().unwrap();
+    // Workers run as another user when marina is root: they must be able to enter it.
+    std::fs::set_permissions(apps.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let state = tempfile::tempdir().unwrap();
     write(&apps.path().join("slow/manifest.yaml"), "command: [\"python3\", \"app.py\"]\nttl: 60s\n");
     write(
@@ -153,6 +155,8 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
 #[test]
 fn production_logs_are_json_with_one_access_line_per_request() {
     let apps = tempfile::tempdir().unwrap();
+    // Workers run as another user when marina is root: they must be able to enter it.
+    std::fs::set_permissions(apps.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let state = tempfile::tempdir().unwrap();
     write(&apps.path().join("site/index.html"), "<html><body>hi</body></html>");
     let port = free_port();
@@ -188,6 +192,8 @@ fn production_logs_are_json_with_one_access_line_per_request() {
 #[test]
 fn check_prints_manifest_errors_and_exits_1() {
     let apps = tempfile::tempdir().unwrap();
+    // Workers run as another user when marina is root: they must be able to enter it.
+    std::fs::set_permissions(apps.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     write(&apps.path().join("good/index.html"), "<html></html>");
     write(&apps.path().join("bad/index.html"), "<html></html>");
     write(&apps.path().join("bad/manifest.yaml"), "ttl: 5x\ntimeout: 0\n");

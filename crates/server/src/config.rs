@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use marina_core::settings::{dir_list, normalize_prefix, setting};
+use marina_workers::process::sandbox::SandboxOptions;
 
 pub use marina_core::settings::{ConfigError, RawSettings as RawConfig};
 
@@ -81,6 +82,8 @@ pub struct RuntimeConfig {
     pub auth: marina_auth::AuthConfig,
     /// Every value as given, for the plugins' own variables (`GATEWAY_*`, ...).
     pub raw: RawConfig,
+    /// Worker isolation (docs/security.md).
+    pub sandbox: SandboxOptions,
 }
 
 /// The default worker dirs: the bundled examples when run from the repository, else `./apps`.
@@ -140,8 +143,15 @@ impl RuntimeConfig {
             Some(s) => return Err(ConfigError::new("RUNTIME_JS", s, setting("RUNTIME_JS").check.expected())),
         };
         let database_url = raw.get("DATABASE_URL").map(str::to_string);
+        let sandbox = SandboxOptions {
+            worker_user: raw.get("RUNTIME_WORKER_USER").map(str::to_string),
+            worker_uids: raw.get("RUNTIME_WORKER_UIDS").map(str::to_string),
+            cgroup_parent: raw.get("RUNTIME_CGROUP_PARENT").map(str::to_string),
+            max_procs: Some(raw.count("RUNTIME_WORKER_MAX_PROCS", 512)? as u32),
+        };
         let auth = auth_config(raw)?;
         Ok(Self {
+            sandbox,
             host,
             port,
             worker_dirs,

@@ -133,10 +133,12 @@ impl Server {
         catalog: Catalog,
         plugins: Vec<Loaded>,
     ) -> Result<Self, Error> {
+        harden_process();
         std::fs::create_dir_all(&config.state_dir)
             .map_err(|e| Error::internal(format!("cannot create the state dir {}: {e}", config.state_dir.display())))?;
         let store = Store::open(config.database_url.as_deref(), &config.state_dir).await?;
         store.migrate_system().await?;
+        protect_state_files(&config.state_dir);
         for dir in &config.worker_dirs {
             if !dir.is_dir() {
                 tracing::warn!(dir = %dir.display(), "worker dir does not exist; no apps are served from it until it is created");
@@ -169,6 +171,7 @@ impl Server {
             plugin_dirs: config.plugin_dirs.clone(),
             app_database: app_database_path(&store, &config.state_dir),
             tokens: Some(tokens.clone()),
+            sandbox: config.sandbox.clone(),
         })?;
         // One authentication state for everything: the pipeline's first phase, `/api/keys` and
         // the data services' admin keys.
@@ -324,6 +327,36 @@ impl Server {
         runtime.pool.shutdown(Duration::from_secs(5)).await;
         tracing::info!("marina stopped");
         Ok(())
+    }
+}
+
+/// Raises the open-file limit to its hard limit, so that many clients do not make `accept`
+/// fail. (marina makes itself non-dumpable when the worker sandbox starts, see
+/// `marina_workers::process::sandbox`.)
+fn harden_process() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!("could not raise the open-file limit from {soft} to {hard}: {e}");
+    }
+}
+
+/// marina's database is its own: `marina.db` (SQLite copies its mode to the `-wal` and `-shm`
+/// files) is 0600. The state dir itself is 0700, or 0711 when workers run as another user and
+/// must pass through it to their own dirs, and each app's database dir belongs to that app's
+/// worker (the worker sandbox sets both). Not a umask: marina may share its process with other
+/// code (tests).
+fn protect_state_files(state_dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for (name, mode) in [("marina.db", 0o600), ("marina.db-wal", 0o600), ("marina.db-shm", 0o600)] {
+        let path = state_dir.join(name);
+        if path.exists()
+            && let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+        {
+            tracing::warn!(path = %path.display(), "could not make it private to marina: {e}");
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! App migrations before an app version's first worker starts.
 //!
 //! An app with a `migrations/` dir has its pending migrations applied to its own database
-//! (`{state}/apps/{name}.db`, or schema `app_{name}` on PostgreSQL) the first time a request
+//! (`{state}/apps/{name}/app.db`, or schema `app_{name}` on PostgreSQL) the first time a request
 //! reaches it, before any worker of it starts, under the store's migration lock (so several
 //! marina instances apply each migration once). A failure answers 503 `APP_MIGRATION_FAILED`
 //! for that app only, shows in `/api/apps`, and sticks until the app's files change (a fixed

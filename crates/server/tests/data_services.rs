@@ -37,7 +37,24 @@ fn app(worker_dir: &Path, name: &str) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/data-app/index.mjs");
     std::fs::copy(src, dir.join("index.mjs")).unwrap();
     std::fs::write(dir.join("manifest.yaml"), "entrypoint: index.mjs\nttl: 60s\ntimeout: 60s\n").unwrap();
-    std::os::unix::fs::symlink(libsql_node_modules(), dir.join("node_modules")).unwrap();
+    // A copy, not a symlink: a confined worker may read only its own app dir (docs/security.md).
+    copy_tree(&libsql_node_modules(), &dir.join("node_modules"));
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let kind = entry.file_type().unwrap();
+        let target = to.join(entry.file_name());
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path()).unwrap(), &target).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
 }
 
 struct Srv {
@@ -51,6 +68,8 @@ struct Srv {
 
 async fn start() -> Srv {
     let apps = tempfile::tempdir().unwrap();
+    // Workers run as another user when marina is root: they must be able to enter it.
+    std::fs::set_permissions(apps.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     app(apps.path(), "alpha");
     app(apps.path(), "beta");
     let state = tempfile::tempdir().unwrap();

@@ -17,6 +17,8 @@ fn write(path: &Path, text: &str) {
 /// Two versions of a static app, a simple one, and one with a broken manifest.
 fn apps() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
+    // Workers run as another user when marina is root: they must be able to enter it.
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let root = dir.path();
     for v in ["1.0.0", "1.4.2", "2.0.0"] {
         write(&root.join(format!("site/{v}/index.html")), &format!("<html><head></head><body>site {v}</body></html>"));

@@ -140,7 +140,16 @@ async fn manifest_rules_forward_http_and_websocket_and_follow_manifest_changes()
         &apps.path().join("loop"),
         &format!("entrypoint: index.html\nproxy:\n  - pattern: \"^/\"\n    target: http://{}\n", srv.addr),
     );
-    let resp = client.get(format!("{}/loop/x", srv.base)).send().await.unwrap();
+    // The new app dir reaches the registry through the file watcher: poll until it is known.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let resp = loop {
+        let resp = client.get(format!("{}/loop/x", srv.base)).send().await.unwrap();
+        if resp.status() != 404 {
+            break resp;
+        }
+        assert!(Instant::now() < deadline, "the new app dir was not picked up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(resp.status(), 502);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["code"], "PROXY_TARGET_REFUSED", "{body}");

@@ -31,6 +31,8 @@ fn copy_app(from: &Path, to: &Path, manifest: &str) {
 /// on the machine; Bun is covered by the pool's own tests).
 async fn start() -> (common::Running, tempfile::TempDir) {
     let apps = tempfile::tempdir().unwrap();
+    // Workers run as another user when marina is root: they must be able to enter it.
+    std::fs::set_permissions(apps.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     copy_app(
         &fixture("js-echo"),
         &apps.path().join("echo"),

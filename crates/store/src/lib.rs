@@ -4,7 +4,7 @@
 //! `DATABASE_URL` picks the backend ([`DatabaseUrl`]): unset means
 //! `sqlite://{RUNTIME_STATE_DIR}/marina.db`, so marina runs with nothing to install;
 //! `postgres://...` lets several marina instances share state. Every app also gets a database
-//! of its own ([`Store::open_app`]): a file `{state_dir}/apps/{name}.db`, or a schema
+//! of its own ([`Store::open_app`]): a file `{state_dir}/apps/{name}/app.db`, or a schema
 //! `app_{name}` on the same PostgreSQL server.
 //!
 //! Why the drivers are what they are: rusqlite (bundled SQLite, run on the blocking pool so the

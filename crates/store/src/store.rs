@@ -53,7 +53,7 @@ impl Store {
         Self::open_url(&url, SYSTEM_SCHEMA).await
     }
 
-    /// Open app `name`'s own database: on SQLite a file `{state_dir}/apps/{name}.db` (in memory
+    /// Open app `name`'s own database: on SQLite a file `{state_dir}/apps/{name}/app.db` (in memory
     /// when marina's is), on PostgreSQL the schema `app_{name}` of the same server.
     ///
     /// # Errors
@@ -204,9 +204,11 @@ impl Store {
     }
 }
 
-/// `{state_dir}/apps/{ident}.db`.
+/// `{state_dir}/apps/{ident}/app.db`: a directory per app, because the app's workers open the
+/// file themselves and SQLite creates its journal beside it, while the worker sandbox lets a
+/// worker write only its own app's directory.
 pub fn app_sqlite_path(state_dir: &Path, ident: &str) -> PathBuf {
-    state_dir.join("apps").join(format!("{ident}.db"))
+    state_dir.join("apps").join(ident).join("app.db")
 }
 
 /// An open transaction. Dropping it without [`Tx::commit`] rolls it back.

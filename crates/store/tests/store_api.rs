@@ -126,7 +126,7 @@ async fn apps_get_their_own_databases() {
         assert!(b.query("SELECT * FROM items", &[]).await.is_err(), "apps cannot see each other's tables");
         match db.kind {
             BackendKind::Sqlite => {
-                assert_eq!(a.sqlite_path().unwrap(), db.state_dir().join("apps/todo_app.db"));
+                assert_eq!(a.sqlite_path().unwrap(), db.state_dir().join("apps/todo_app/app.db"));
                 assert!(db.state_dir().join("marina.db").exists());
             }
             BackendKind::Postgres => assert_eq!(a.pg_schema(), Some("app_todo_app")),

@@ -107,8 +107,29 @@ pub trait Instance: Send + Sync + 'static {
     /// Stops now. The exit that follows is expected.
     fn kill(&self);
 
-    /// Memory in use now, bytes (a process tree's RSS), if the kind can tell.
+    /// Memory in use now, bytes (a process tree's RSS, or its cgroup's use), if the kind can tell.
     fn memory(&self) -> Option<u64>;
+
+    /// The highest memory use so far, bytes, when the kind measures it itself (a cgroup's peak).
+    fn peak_memory(&self) -> Option<u64> {
+        None
+    }
+
+    /// Whether the kernel enforces `maxMemory` for this instance (a memory cgroup), so the pool
+    /// need not sample and kill it.
+    fn memory_enforced(&self) -> bool {
+        false
+    }
+
+    /// Whether it was killed for going over `maxMemory` (by the kernel).
+    fn memory_killed(&self) -> bool {
+        false
+    }
+
+    /// Lines of its output not logged because of the log rate limit.
+    fn log_lines_dropped(&self) -> u64 {
+        0
+    }
 
     /// The OS process id to show in `/api/workers`, for kinds that have one.
     fn pid(&self) -> Option<u32> {

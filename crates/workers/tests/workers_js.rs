@@ -92,7 +92,11 @@ async fn worker_sees_only_its_env_and_marina_variables() {
         assert_eq!(cfg["publicRoutes"], serde_json::json!(["/health", "/public/**"]));
         assert_eq!(env["RUNTIME_WORKER_DIRS"], "/srv/apps:/srv/more");
         assert_eq!(env["RUNTIME_PLUGIN_DIRS"], "/srv/plugins");
-        assert_eq!(env["APP_DATABASE_PATH"], "/srv/state/apps/envy.db", "where its own SQLite database is");
+        assert_eq!(
+            env["APP_DATABASE_PATH"],
+            state.path().join("apps/envy/app.db").display().to_string(),
+            "where its own SQLite database is"
+        );
         for (k, _) in std::env::vars() {
             if !["PATH", "HOME"].contains(&k.as_str()) && !env.contains_key(&k) {
                 continue;
@@ -165,6 +169,8 @@ async fn auto_install_runs_bun_install_before_start() {
     }
     // Work on a copy so node_modules never lands in the source tree.
     let work = tempfile::tempdir().unwrap();
+    // Workers run as another user when marina is root: they must be able to enter it.
+    std::fs::set_permissions(work.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let dir = work.path().join("app");
     copy_dir(&fixture("js-autoinstall"), &dir);
     let state = tempfile::tempdir().unwrap();

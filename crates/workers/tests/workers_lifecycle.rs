@@ -7,15 +7,17 @@ use common::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn marker(dir: &tempfile::TempDir) -> (String, std::path::PathBuf) {
-    let p = dir.path().join("marker.log");
+/// A file the app writes its lifecycle events to: in its private data dir, the one place
+/// besides its tmp dir a worker may write.
+fn marker(state: &tempfile::TempDir, app: &str) -> (String, std::path::PathBuf) {
+    let p = state.path().join("workers").join(app).join("data/marker.log");
     (p.display().to_string(), p)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttl_slides_then_retires_with_on_terminate() {
     let state = tempfile::tempdir().unwrap();
-    let (m, mpath) = marker(&state);
+    let (m, mpath) = marker(&state, "ttl");
     let pool = pool(state.path(), Some("node"), |_| {});
     let app = js_app("ttl", "js-echo", "index.js", |c| {
         c.ttl = Duration::from_millis(1000);
@@ -113,13 +115,15 @@ async fn max_requests_recycles_after_draining_in_flight() {
 async fn timeout_answers_504_and_kills_a_hung_worker_within_a_second() {
     let state = tempfile::tempdir().unwrap();
     let pool = pool(state.path(), Some("node"), |_| {});
-    let app = js_app("hang", "js-echo", "index.js", |c| c.timeout = Duration::from_millis(500));
+    // 2 s rather than less: the request after the kill goes to a freshly started Node process,
+    // whose first answer can take most of a second on a loaded 2-core CI machine.
+    let app = js_app("hang", "js-echo", "index.js", |c| c.timeout = Duration::from_secs(2));
     let pid: u32 = get(&pool, &app, "/pid").await.text.parse().unwrap();
     let started = Instant::now();
     let err = call(&pool, &app, "GET", "/hang", "").await.err().expect("timeout");
     let took = started.elapsed();
     assert_eq!((err.status().as_u16(), err.code()), (504, "WORKER_TIMEOUT"));
-    assert!(took >= Duration::from_millis(480) && took < Duration::from_millis(1500), "{took:?}");
+    assert!(took >= Duration::from_millis(1980) && took < Duration::from_millis(3000), "{took:?}");
     assert!(eventually(Duration::from_secs(1), || gone(pid)).await, "the looping worker is gone within 1 s");
     let next: u32 = get(&pool, &app, "/pid").await.text.parse().unwrap();
     assert_ne!(next, pid);
@@ -171,12 +175,17 @@ async fn idle_timeout_calls_on_idle_once_and_keeps_the_worker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_memory_restarts_a_worker_within_about_a_second() {
+async fn max_memory_kills_a_worker_within_about_a_second() {
     let state = tempfile::tempdir().unwrap();
     let pool = pool(state.path(), Some("node"), |_| {});
     let app = js_app("fat", "js-echo", "index.js", |c| c.max_memory = Some(120 * 1024 * 1024));
     let pid: u32 = get(&pool, &app, "/pid").await.text.parse().unwrap();
-    assert!(get(&pool, &app, "/grow").await.text.starts_with("holding 160"));
+    // With a memory cgroup the kernel stops it mid-request (502 WORKER_MEMORY_LIMIT); with
+    // sampling the request may finish first and the next sample kills it.
+    match call(&pool, &app, "GET", "/grow", "").await {
+        Ok(r) => assert!(r.text.starts_with("holding 160"), "{}", r.text),
+        Err(e) => assert_eq!((e.status().as_u16(), e.code()), (502, "WORKER_MEMORY_LIMIT"), "{}", e.message()),
+    }
     let grown = Instant::now();
     assert!(eventually(Duration::from_secs(3), || gone(pid)).await, "over maxMemory the worker is replaced");
     assert!(grown.elapsed() < Duration::from_millis(2500), "{:?}", grown.elapsed());
@@ -215,7 +224,7 @@ async fn instances_spread_concurrent_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_runs_on_terminate_drains_and_kills() {
     let state = tempfile::tempdir().unwrap();
-    let (m, mpath) = marker(&state);
+    let (m, mpath) = marker(&state, "js");
     let pool = pool(state.path(), None, |_| {});
     let js = js_app("js", "js-echo", "index.js", |c| {
         c.env.insert("MARKER_FILE".into(), m);

@@ -21,7 +21,8 @@ async fn orphan_host() {
     let py = py_app("py", |_| {});
     pids.push(get(&pool, &py, "/pid").await.text);
     // A process app whose command starts a grandchild of its own (like `npm start` does).
-    let grandchild_file = std::path::Path::new(&state).join("grandchild.pid");
+    // In the app's data dir: the one place (with its tmp dir) a worker may write.
+    let grandchild_file = std::path::Path::new(&state).join("workers/forking/data/grandchild.pid");
     let forking = py_app("forking", |c| {
         c.command =
             Some(vec!["sh".into(), "-c".into(), r#"sleep 300 & echo $! > "$GRANDCHILD_FILE"; python3 app.py"#.into()]);

@@ -44,6 +44,8 @@ async fn python_app_serves_with_health_path_env_and_cookies() {
         "RUNTIME_PLUGIN_DIRS",
         "APP_DATABASE_PATH",
         "LC_CTYPE",
+        "TMPDIR",
+        "APP_DATA_DIR",
     ];
     for k in env.keys() {
         // pyenv's python3 shim is a bash script: bash and pyenv add their own variables.

@@ -178,8 +178,10 @@ pub(super) async fn tenants(db: &Database) -> Result<Response<Body>, Error> {
     let mut names: Vec<String> = match db.inner.kind {
         BackendKind::Sqlite => std::fs::read_dir(db.inner.state_dir.join("apps"))
             .map(|rd| {
+                // One dir per app holding its `app.db` (marina_store::app_sqlite_path).
                 rd.flatten()
-                    .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".db")).map(str::to_string))
+                    .filter(|e| e.path().join("app.db").is_file())
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
                     .collect()
             })
             .unwrap_or_default(),

@@ -13,6 +13,9 @@ pub struct Running {
     pub base: String,
     #[allow(dead_code)]
     pub addr: SocketAddr,
+    /// marina's state dir (a temp dir removed when the server is dropped).
+    #[allow(dead_code)]
+    pub state_dir: std::path::PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
     _state: tempfile::TempDir,
@@ -52,5 +55,12 @@ pub async fn start_with(worker_dir: &Path, tweak: impl FnOnce(&mut RawConfig), p
             .await
             .unwrap();
     });
-    Running { base: format!("http://{addr}"), addr, stop: Some(tx), task, _state: state }
+    Running {
+        base: format!("http://{addr}"),
+        addr,
+        state_dir: state.path().to_path_buf(),
+        stop: Some(tx),
+        task,
+        _state: state,
+    }
 }

@@ -44,6 +44,7 @@ use self::shared::Shared;
 use self::worker::{Phase, Worker};
 use crate::backend::{Backend, CallError, Event, Policy, StartSpec};
 use crate::html::{self, Injection};
+use crate::process::sandbox::{SandboxOptions, SandboxStatus};
 use crate::process::{CONTROL_HEADER, ProcessBackend, ProcessOptions};
 use crate::static_kind::StaticBackend;
 /// How often ttl, idleTimeout and maxMemory are checked.
@@ -88,6 +89,8 @@ pub struct PoolOptions {
     /// When set, each process worker gets a scoped token (revoked when it exits) as
     /// `LIBSQL_AUTH_TOKEN`, and `LIBSQL_URL` = `{runtime_api_url}/database/api/`.
     pub tokens: Option<crate::tokens::WorkerTokens>,
+    /// Worker user, uid range, cgroups (see [`crate::process::sandbox`], docs/security.md).
+    pub sandbox: SandboxOptions,
 }
 
 /// Maps an app name to its SQLite database file. A function rather than a directory because
@@ -144,6 +147,11 @@ pub struct WorkerInfo {
     pub avg_latency_ms: f64,
     /// 99th percentile of the same.
     pub p99_latency_ms: f64,
+    /// The highest memory use seen, bytes: the kernel's peak for a worker in a memory cgroup,
+    /// else the highest sample.
+    pub peak_rss_bytes: Option<u64>,
+    /// Lines of its output not logged because it printed faster than the log rate limit.
+    pub log_lines_dropped: u64,
     /// Memory of the worker, bytes (last sample): for a process, the resident memory of it and
     /// every process it started.
     pub rss_bytes: Option<u64>,
@@ -247,6 +255,8 @@ struct Counters {
 
 pub(crate) struct Inner {
     opts: PoolOptions,
+    /// How process workers are isolated on this machine (decided at start).
+    sandbox: SandboxStatus,
     /// One backend per kind; the only place a kind is looked at.
     backends: HashMap<WorkerKind, Arc<dyn Backend>>,
     /// Instances of [`Policy::Shared`] kinds.
@@ -275,7 +285,7 @@ impl WorkerPool {
         let pool_size = NonZeroUsize::new(opts.pool_size).ok_or_else(|| {
             Error::internal(format!("RUNTIME_POOL_SIZE is {}, expected a positive number", opts.pool_size))
         })?;
-        let process: Arc<dyn Backend> = Arc::new(ProcessBackend::new(ProcessOptions {
+        let process = Arc::new(ProcessBackend::new(ProcessOptions {
             state_dir: opts.state_dir.clone(),
             runtime_api_url: opts.runtime_api_url.clone(),
             node_env: opts.node_env.clone(),
@@ -285,7 +295,10 @@ impl WorkerPool {
             plugin_dirs: join_dirs(&opts.plugin_dirs),
             app_database: opts.app_database.clone(),
             tokens: opts.tokens.clone(),
+            sandbox: opts.sandbox.clone(),
         })?);
+        let sandbox = process.sandbox_status();
+        let process: Arc<dyn Backend> = process;
         let backends: HashMap<WorkerKind, Arc<dyn Backend>> = HashMap::from([
             (WorkerKind::Static, Arc::new(StaticBackend) as Arc<dyn Backend>),
             (WorkerKind::Js, process.clone()),
@@ -293,6 +306,7 @@ impl WorkerPool {
         ]);
         let concurrency = opts.ephemeral_concurrency.clamp(1, opts.pool_size);
         let inner = Arc::new_cyclic(|me| Inner {
+            sandbox,
             backends,
             shared: Shared::default(),
             gate: Gate::new(concurrency, opts.ephemeral_queue_limit),
@@ -438,6 +452,11 @@ impl WorkerPool {
     /// Pool-wide metrics (buntime.md §3.8).
     pub fn metrics(&self) -> PoolMetrics {
         self.inner.metrics()
+    }
+
+    /// How process workers are isolated on this machine, and what is not isolated.
+    pub fn sandbox(&self) -> SandboxStatus {
+        self.inner.sandbox.clone()
     }
 
     /// Stops every worker: `onTerminate` to each, then up to `drain` for in-flight requests to
@@ -639,11 +658,25 @@ impl Inner {
             }
             Ok(Err(CallError::Lost(e))) => {
                 worker.errors.fetch_add(1, Ordering::Relaxed);
-                // Give the exit watcher a moment so the message can say how the process ended.
+                // Give the exit watcher a moment so the message can say how the process ended
+                // (and whether the kernel killed it for its memory).
                 if !worker.has_exited() {
-                    worker.wait_exit(Duration::from_millis(50)).await;
+                    worker.wait_exit(Duration::from_millis(500)).await;
                 }
                 let exit = worker.exit_status.lock().clone();
+                if worker.over_memory() {
+                    let limit = app.config.max_memory.unwrap_or_default();
+                    return Err(Error::bad_gateway(
+                        "WORKER_MEMORY_LIMIT",
+                        format!(
+                            "app '{}' went over its maxMemory of {limit} bytes and its worker was killed",
+                            worker.key
+                        ),
+                    )
+                    .with_data(
+                        json!({ "app": worker.key, "worker": worker.id, "maxMemoryBytes": limit, "exit": exit }),
+                    ));
+                }
                 let how = match &exit {
                     Some(status) => format!("its worker exited ({status})"),
                     None => "its worker closed the connection".to_string(),
@@ -743,6 +776,13 @@ impl Inner {
     /// Called by a worker's exit watcher. `unexpected` = marina did not ask it to stop.
     pub(crate) fn on_exit(&self, worker: &Arc<Worker>, unexpected: bool) {
         self.forget(worker);
+        if worker.over_memory() {
+            let limit = worker.app.config.max_memory.unwrap_or_default();
+            let reason = format!("maxMemory: went over {limit} bytes and was killed");
+            tracing::warn!(app = %worker.key, worker = %worker.id, "{reason}");
+            self.note_restart(worker, &reason);
+            return;
+        }
         if !unexpected || worker.ephemeral {
             return;
         }
@@ -788,19 +828,19 @@ impl Inner {
             if w.phase() != Phase::Ready {
                 continue;
             }
-            if (sample_all || w.app.config.max_memory.is_some())
+            // Where the kernel enforces maxMemory (a memory cgroup), only sample for the stats.
+            let enforced = w.instance().is_some_and(|i| i.memory_enforced());
+            if (sample_all || (w.app.config.max_memory.is_some() && !enforced))
                 && let Some(rss) = w.memory()
             {
                 w.rss.store(rss, Ordering::Relaxed);
+                w.peak.fetch_max(rss, Ordering::Relaxed);
                 if let Some(max) = w.app.config.max_memory
                     && rss > max
+                    && !enforced
                 {
-                    let reason = format!("maxMemory: memory {rss} bytes above the limit of {max} bytes");
-                    if w.ephemeral {
-                        w.kill();
-                    } else {
-                        self.retire(&w, Some(reason.clone()), &reason);
-                    }
+                    tracing::warn!(app = %w.key, worker = %w.id, "maxMemory: memory {rss} bytes above the limit of {max} bytes; killing the worker");
+                    w.kill_for_memory();
                     continue;
                 }
             }
@@ -882,6 +922,8 @@ impl Inner {
                         0 => w.memory(),
                         r => Some(r),
                     },
+                    peak_rss_bytes: w.peak_memory(),
+                    log_lines_dropped: w.instance().map_or(0, |i| i.log_lines_dropped()),
                     age_ms: w.created.elapsed().as_millis() as u64,
                     idle_ms: w.idle_for().as_millis() as u64,
                 }
@@ -907,6 +949,8 @@ impl Inner {
                     avg_latency_ms: 0.0,
                     p99_latency_ms: 0.0,
                     rss_bytes: None,
+                    peak_rss_bytes: None,
+                    log_lines_dropped: 0,
                     age_ms: 0,
                     idle_ms: 0,
                 });
@@ -1086,6 +1130,8 @@ mod tests {
             avg_latency_ms: 1.0,
             p99_latency_ms: 1.0,
             rss_bytes: Some(1),
+            peak_rss_bytes: Some(1),
+            log_lines_dropped: 0,
             age_ms: 1,
             idle_ms: 1,
         };

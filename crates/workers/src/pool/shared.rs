@@ -128,6 +128,8 @@ impl Shared {
                     avg_latency_ms: e.latency.avg_ms(),
                     p99_latency_ms: e.latency.p99_ms(),
                     rss_bytes: None,
+                    peak_rss_bytes: None,
+                    log_lines_dropped: 0,
                     age_ms: now.duration_since(e.first_seen).as_millis() as u64,
                     idle_ms: idle.as_millis() as u64,
                 }

@@ -59,6 +59,10 @@ pub(crate) struct Worker {
     pub drained: Notify,
     /// Last sampled memory, bytes (0 = not sampled yet).
     pub rss: AtomicU64,
+    /// The highest sampled memory, bytes.
+    pub peak: AtomicU64,
+    /// Set when marina killed it for going over `maxMemory` (sampled, no memory cgroup).
+    pub memory_killed: AtomicBool,
     pool: Weak<Inner>,
 }
 
@@ -91,6 +95,8 @@ impl Worker {
             exit_status: Mutex::new(None),
             drained: Notify::new(),
             rss: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+            memory_killed: AtomicBool::new(false),
             pool,
         })
     }
@@ -108,6 +114,26 @@ impl Worker {
     /// Memory in use now, as the backend measures it.
     pub fn memory(&self) -> Option<u64> {
         self.instance().and_then(|i| i.memory())
+    }
+
+    /// The highest memory use seen: the backend's own peak when it keeps one, else the highest
+    /// sample.
+    pub fn peak_memory(&self) -> Option<u64> {
+        let sampled = self.peak.load(Ordering::Relaxed);
+        let own = self.instance().and_then(|i| i.peak_memory()).unwrap_or(0);
+        Some(sampled.max(own)).filter(|p| *p > 0)
+    }
+
+    /// Whether it was killed for going over `maxMemory`, by the kernel or by marina.
+    pub fn over_memory(&self) -> bool {
+        self.memory_killed.load(Ordering::SeqCst) || self.instance().is_some_and(|i| i.memory_killed())
+    }
+
+    /// Kills it for going over `maxMemory`: killed, not drained, because a worker over its
+    /// limit must not grow further; the request in flight gets 502 `WORKER_MEMORY_LIMIT`.
+    pub fn kill_for_memory(&self) {
+        self.memory_killed.store(true, Ordering::SeqCst);
+        self.kill();
     }
 
     pub fn phase(&self) -> Phase {

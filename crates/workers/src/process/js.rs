@@ -21,6 +21,13 @@ pub(crate) enum JsRuntime {
 }
 
 impl JsRuntime {
+    /// The executable.
+    pub fn path(&self) -> &Path {
+        match self {
+            JsRuntime::Bun(p) | JsRuntime::Node(p, _) => p,
+        }
+    }
+
     /// `"bun"` or `"node"`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -93,6 +100,8 @@ pub(crate) fn write_shim(state_dir: &Path) -> Result<PathBuf, Error> {
     let path = dir.join("host.mjs");
     let tmp = dir.join(format!("host.mjs.{}", std::process::id()));
     std::fs::write(&tmp, HOST_SHIM)
+        // Workers run as another user and must read it (marina's umask is 077).
+        .and_then(|()| std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644)))
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|e| Error::internal(format!("could not write the JS host shim to {}: {e}", path.display())))?;
     Ok(path)
@@ -104,7 +113,6 @@ pub(crate) fn command(
     shim: &Path,
     entrypoint: &Path,
     socket: &Path,
-    token: &str,
     low_memory: bool,
 ) -> Result<(OsString, Vec<OsString>), Error> {
     let mut args: Vec<OsString> = Vec::new();
@@ -132,7 +140,6 @@ pub(crate) fn command(
     };
     args.push(shim.into());
     args.push(socket.into());
-    args.push(token.into());
     Ok((program, args))
 }
 
@@ -150,7 +157,7 @@ mod tests {
     #[test]
     fn typescript_under_node_says_what_to_install() {
         let rt = JsRuntime::Node("/usr/bin/node".into(), 20);
-        let err = command(&rt, Path::new("/s/host.mjs"), Path::new("/a/index.ts"), Path::new("/s/w.sock"), "t", false)
+        let err = command(&rt, Path::new("/s/host.mjs"), Path::new("/a/index.ts"), Path::new("/s/w.sock"), false)
             .unwrap_err();
         assert_eq!(err.code(), "WORKER_START_FAILED");
         assert!(err.message().contains("install Bun"), "{}", err.message());

@@ -7,13 +7,13 @@
 //! keep-alive HTTP/1.1 connections ([`marina_proxy::Upstream`]).
 
 mod js;
-mod pdeathsig;
+pub mod sandbox;
 mod spawn;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -26,6 +26,8 @@ use nix::sys::signal::Signal;
 use serde_json::json;
 use tokio::sync::watch;
 
+use self::sandbox::output::Output;
+use self::sandbox::{Jail, JailRequest, Sandbox, SandboxOptions, SandboxStatus};
 use self::spawn::{SpawnSpec, StderrTail};
 use crate::backend::{Backend, CallError, Event, Instance, StartSpec};
 
@@ -62,6 +64,8 @@ pub struct ProcessOptions {
     pub app_database: Option<crate::pool::AppDatabasePath>,
     /// Issues each worker its `LIBSQL_AUTH_TOKEN` (see [`crate::tokens`]).
     pub tokens: Option<crate::tokens::WorkerTokens>,
+    /// Worker user, uid range, cgroups (see [`sandbox`] and docs/security.md).
+    pub sandbox: SandboxOptions,
 }
 
 /// Starts `js` and `process` workers.
@@ -69,21 +73,18 @@ pub struct ProcessBackend {
     opts: ProcessOptions,
     shim: PathBuf,
     js_runtime: Result<js::JsRuntime, Arc<Error>>,
+    sandbox: Arc<Sandbox>,
 }
 
 impl ProcessBackend {
     /// Writes the JS host shim under `{state_dir}/shim/`, prepares `{state_dir}/sock/` (removing
     /// sockets a previous run left) and picks the JS engine.
     pub fn new(opts: ProcessOptions) -> Result<Self, Error> {
-        let sock = opts.state_dir.join("sock");
-        std::fs::create_dir_all(&sock).map_err(|e| {
-            Error::internal(format!("could not create the worker socket directory {}: {e}", sock.display()))
-        })?;
-        if let Ok(entries) = std::fs::read_dir(&sock) {
+        let sandbox = Arc::new(Sandbox::init(&opts.sandbox, &opts.state_dir)?);
+        // Socket dirs (and sockets) of workers of an earlier run.
+        if let Ok(entries) = std::fs::read_dir(opts.state_dir.join("sock")) {
             for e in entries.flatten() {
-                if e.path().extension().is_some_and(|x| x == "sock") {
-                    let _ = std::fs::remove_file(e.path());
-                }
+                let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
             }
         }
         let shim = js::write_shim(&opts.state_dir)?;
@@ -92,7 +93,12 @@ impl ProcessBackend {
             Ok(rt) => tracing::info!(runtime = rt.name(), "JS workers will run under {}", rt.name()),
             Err(e) => tracing::warn!("JS workers cannot run: {}", e.message()),
         }
-        Ok(Self { opts, shim, js_runtime })
+        Ok(Self { opts, shim, js_runtime, sandbox })
+    }
+
+    /// How workers are isolated on this machine, and what is not isolated.
+    pub fn sandbox_status(&self) -> SandboxStatus {
+        self.sandbox.status()
     }
 
     fn runtime(&self) -> Result<js::JsRuntime, Error> {
@@ -113,6 +119,7 @@ impl Backend for ProcessBackend {
             runtime: self.runtime(),
             stderr: StderrTail::default(),
             token: uuid::Uuid::new_v4().simple().to_string(),
+            sandbox: self.sandbox.clone(),
         };
         Box::pin(async move { boot.run().await.map(|i| i as Arc<dyn Instance>) })
     }
@@ -127,6 +134,7 @@ struct Boot {
     runtime: Result<js::JsRuntime, Error>,
     stderr: StderrTail,
     token: String,
+    sandbox: Arc<Sandbox>,
 }
 
 impl Boot {
@@ -155,24 +163,26 @@ impl Boot {
             token_guard = crate::tokens::Revoke::new(tokens.clone(), self.spec.worker_id.clone());
         }
         let mut socket = None;
-        let (spec, target) = if app.kind == WorkerKind::Js {
+        let (spec, target, mut jail) = if app.kind == WorkerKind::Js {
             let runtime = self.runtime.as_ref().map_err(clone_error)?;
-            let path = self.opts.state_dir.join("sock").join(format!("{}.sock", &self.spec.worker_id[..13]));
+            let mut env = self.worker_env(&marina_env);
+            if app.config.auto_install {
+                self.auto_install(&env).await?;
+            }
+            let mut jail = self.jail(runtime.path(), self.shim.parent().map(PathBuf::from).into_iter().collect())?;
+            let path = jail.sock_dir.join("w.sock");
             if path.as_os_str().len() >= 100 {
+                tokio::task::spawn_blocking(move || jail.clean_up());
                 return Err(self.start_error(format!(
                     "the worker socket path {} is too long for a Unix socket (limit about 100 bytes); use a shorter RUNTIME_STATE_DIR",
                     path.display()
                 )));
             }
-            let _ = std::fs::remove_file(&path);
             socket = Some(path.clone());
-            let (program, args) =
-                js::command(runtime, &self.shim, &app.entrypoint, &path, &self.token, app.config.low_memory)?;
-            let env = spawn::worker_env(&app.config.env, &marina_env);
-            if app.config.auto_install {
-                self.auto_install(&env).await?;
-            }
-            (SpawnSpec { program, args, cwd: app.dir.clone(), env }, Target::Unix(path))
+            let (program, args) = js::command(runtime, &self.shim, &app.entrypoint, &path, app.config.low_memory)?;
+            env.append(&mut jail.env);
+            let stdin = Some(format!("{}\n", self.token));
+            (SpawnSpec { program, args, cwd: app.dir.clone(), env, stdin }, Target::Unix(path), jail)
         } else {
             let command = app.config.command.as_deref().unwrap_or_default();
             let Some((program, rest)) = command.split_first() else {
@@ -182,24 +192,40 @@ impl Boot {
             let port =
                 free_port().map_err(|e| self.start_error(format!("could not find a free loopback port: {e}")))?;
             marina_env.push(("PORT", port.to_string()));
-            let env = spawn::worker_env(&app.config.env, &marina_env);
+            let mut env = self.worker_env(&marina_env);
+            let resolved = spawn::resolve_program(program.as_ref(), env.get("PATH").map(String::as_str));
+            let mut jail = self.jail(resolved.as_deref().unwrap_or(std::path::Path::new(program)), Vec::new())?;
+            env.append(&mut jail.env);
             let spec = SpawnSpec {
                 program: program.into(),
                 args: rest.iter().map(Into::into).collect(),
                 cwd: app.dir.clone(),
                 env,
+                stdin: None,
             };
-            (spec, Target::Tcp(([127, 0, 0, 1], port).into()))
+            (spec, Target::Tcp(([127, 0, 0, 1], port).into()), jail)
         };
 
-        let (mut child, mut stderr_pump) = spawn::spawn(&spec, &self.key, &self.spec.worker_id, &self.stderr)
-            .map_err(|e| self.start_error(format!("could not run '{}': {e}", spec.program.to_string_lossy())))?;
+        let output = Output::new(&self.key, &self.spec.worker_id);
+        let (mut child, mut stderr_pump) = match spawn::spawn(&spec, &mut jail, &output, &self.stderr) {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                tokio::task::spawn_blocking(move || jail.clean_up());
+                return Err(self.start_error(format!("could not run '{}': {e}", spec.program.to_string_lossy())));
+            }
+        };
+        let jail = Arc::new(jail);
         let pid = child.id().unwrap_or(0);
         let upstream = Arc::new(Upstream::new(target));
         let (exit_tx, exit_rx) = watch::channel(None);
+        let memory_killed = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(0));
         {
             let upstream = upstream.clone();
             let socket = socket.clone();
+            let jail = jail.clone();
+            let memory_killed = memory_killed.clone();
+            let peak = peak.clone();
             tokio::spawn(async move {
                 let text = match child.wait().await {
                     Ok(s) => s.to_string(),
@@ -211,6 +237,15 @@ impl Boot {
                 drop(token_guard);
                 // Children of the worker that outlived it die with it.
                 spawn::signal_group(pid, Signal::SIGKILL);
+                if let Some(cg) = &jail.cgroup {
+                    if cg.oom_kills() > 0 {
+                        memory_killed.store(true, Ordering::SeqCst);
+                    }
+                    peak.fetch_max(cg.peak().unwrap_or(0), Ordering::Relaxed);
+                }
+                // Whatever left the process group (setsid) is still in the cgroup: kill it,
+                // then remove the worker's cgroups and socket dir.
+                let _ = tokio::task::spawn_blocking(move || jail.clean_up()).await;
                 upstream.close_idle();
                 exit_tx.send_replace(Some(text));
             });
@@ -218,6 +253,10 @@ impl Boot {
         let instance = Arc::new(ProcessInstance {
             pid,
             app_pid: AtomicU32::new(0),
+            cgroup: jail,
+            output,
+            memory_killed,
+            peak,
             upstream,
             hooks: app.kind == WorkerKind::Js,
             token: self.token.clone(),
@@ -314,8 +353,42 @@ impl Boot {
         Ok(())
     }
 
+    /// The worker's environment ([`spawn::worker_env`]) with a `PATH` its user can use.
+    fn worker_env(&self, marina_env: &[(&str, String)]) -> BTreeMap<String, String> {
+        let app = &self.spec.app;
+        let mut env = spawn::worker_env(&app.config.env, marina_env);
+        if !app.config.env.contains_key("PATH")
+            && let Some(path) = env.get_mut("PATH")
+        {
+            *path = self.sandbox.worker_path(&app.name, path);
+        }
+        env
+    }
+
+    /// Prepares the worker's confinement; `program` is the executable (its install prefix may be
+    /// read), `reads` more paths it may read.
+    fn jail(&self, program: &std::path::Path, mut reads: Vec<PathBuf>) -> Result<Jail, Error> {
+        let app = &self.spec.app;
+        reads.extend(runtime_prefix(program));
+        self.sandbox
+            .jail(JailRequest {
+                app_name: &app.name,
+                db_dir: self
+                    .opts
+                    .app_database
+                    .as_ref()
+                    .and_then(|f| (f.0)(&app.name))
+                    .and_then(|db| db.parent().map(PathBuf::from)),
+                app_dir: &app.dir,
+                worker_id: &self.spec.worker_id[..13],
+                reads,
+                max_memory: app.config.max_memory,
+            })
+            .map_err(|reason| self.start_error(reason))
+    }
+
     fn start_error(&self, reason: String) -> Error {
-        let stderr: Vec<String> = self.stderr.lock().iter().cloned().collect();
+        let stderr: Vec<String> = self.stderr.lines();
         Error::new(
             StatusCode::BAD_GATEWAY,
             "WORKER_START_FAILED",
@@ -344,6 +417,14 @@ struct ProcessInstance {
     pid: u32,
     /// The app's own process under it, once known.
     app_pid: AtomicU32,
+    /// Its confinement: the cgroups that measure (and limit) its memory, once it has them.
+    cgroup: Arc<Jail>,
+    /// Its log output, with the count of lines the rate limit dropped.
+    output: Output,
+    /// Set when the kernel killed it for going over `maxMemory`.
+    memory_killed: Arc<AtomicBool>,
+    /// The highest memory use seen (the cgroup's peak, kept after the cgroup is gone).
+    peak: Arc<AtomicU64>,
     upstream: Arc<Upstream>,
     /// Whether it has the shim's lifecycle hooks (`js`).
     hooks: bool,
@@ -408,10 +489,36 @@ impl Instance for ProcessInstance {
 
     fn kill(&self) {
         spawn::signal_group(self.pid, Signal::SIGKILL);
+        if let Some(cg) = &self.cgroup.cgroup {
+            cg.kill_all();
+        }
     }
 
     fn memory(&self) -> Option<u64> {
-        spawn::tree_rss(self.pid)
+        match &self.cgroup.cgroup {
+            Some(cg) => cg.current(),
+            None => spawn::tree_rss(self.pid),
+        }
+    }
+
+    fn peak_memory(&self) -> Option<u64> {
+        let now = self.cgroup.cgroup.as_ref().and_then(|cg| cg.peak()).unwrap_or(0);
+        match self.peak.fetch_max(now, Ordering::Relaxed).max(now) {
+            0 => None,
+            p => Some(p),
+        }
+    }
+
+    fn memory_enforced(&self) -> bool {
+        self.cgroup.cgroup.is_some()
+    }
+
+    fn memory_killed(&self) -> bool {
+        self.memory_killed.load(Ordering::SeqCst)
+    }
+
+    fn log_lines_dropped(&self) -> u64 {
+        self.output.dropped.load(Ordering::Relaxed)
     }
 
     fn pid(&self) -> Option<u32> {
@@ -469,6 +576,14 @@ fn worker_config_json(app: &App) -> String {
         "maxMemoryBytes": c.max_memory,
     })
     .to_string()
+}
+
+/// The install prefix of a runtime (`/usr/bin/node` → `/usr`,
+/// `…/node_modules/bun/bin/bun.exe` → `…/node_modules/bun`), which a confined worker may read.
+fn runtime_prefix(program: &std::path::Path) -> Option<PathBuf> {
+    let real = std::fs::canonicalize(program).ok()?;
+    let bin = real.parent()?;
+    Some(bin.parent().filter(|p| p.parent().is_some()).unwrap_or(bin).to_path_buf())
 }
 
 /// A loopback port that was free a moment ago (the process app binds it right after).

@@ -1,25 +1,21 @@
 //! Starting a worker process: a clean environment, its own process group, death with marina,
-//! and its output in marina's log.
+//! its confinement (see [`super::sandbox`]) and its output in marina's log.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use parking_lot::Mutex;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 
-use super::pdeathsig::die_with_parent;
+use super::sandbox::Jail;
+use super::sandbox::output::{Output, Tail};
 
-/// How many of a worker's last stderr lines are kept for start-failure messages.
-const STDERR_TAIL: usize = 20;
-
-/// The last lines a worker wrote to stderr.
-pub(crate) type StderrTail = Arc<Mutex<VecDeque<String>>>;
+/// The last lines a worker wrote to stderr (bounded in lines and bytes).
+pub(crate) type StderrTail = Tail;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -29,6 +25,9 @@ pub(crate) struct SpawnSpec {
     pub cwd: PathBuf,
     /// The worker's entire environment (see [`worker_env`]).
     pub env: BTreeMap<String, String>,
+    /// Written to the worker's stdin, which is then closed: the JS shim reads its lifecycle
+    /// token there, so the token is in neither its argv nor its environment.
+    pub stdin: Option<String>,
 }
 
 /// Builds the environment a worker sees: its app's `env` (manifest merged with `.env`), then
@@ -49,13 +48,13 @@ pub(crate) fn worker_env(app_env: &BTreeMap<String, String>, marina: &[(&str, St
     env
 }
 
-/// Spawns the process in its own process group (so a kill reaches its children too) with
-/// stdout and stderr forwarded line by line to `tracing`, tagged with the app key.
+/// Spawns the process in its own process group (so a kill reaches its children too), confined
+/// by `jail`, with stdout and stderr forwarded line by line to `tracing` through `output`.
 /// Returns the child and the task reading its stderr (it ends when the process closes stderr).
 pub(crate) fn spawn(
     spec: &SpawnSpec,
-    app_key: &str,
-    worker_id: &str,
+    jail: &mut Jail,
+    output: &Output,
     tail: &StderrTail,
 ) -> std::io::Result<(Child, Option<tokio::task::JoinHandle<()>>)> {
     // Resolve the program with the worker's own PATH first, for a clear "not found" error
@@ -70,15 +69,21 @@ pub(crate) fn spawn(
     args.extend(spec.args.iter().cloned());
     let mut cmd = command("/bin/sh".as_ref(), &args, &spec.cwd, &spec.env);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    die_with_parent(&mut cmd, libc::SIGHUP);
-    let mut child = cmd.spawn()?;
-    if let Some(out) = child.stdout.take() {
-        tokio::spawn(pump(out, app_key.to_string(), worker_id.to_string(), "stdout", None));
+    if spec.stdin.is_some() {
+        cmd.stdin(Stdio::piped());
     }
-    let stderr = child
-        .stderr
-        .take()
-        .map(|err| tokio::spawn(pump(err, app_key.to_string(), worker_id.to_string(), "stderr", Some(tail.clone()))));
+    jail.apply(&mut cmd);
+    let mut child = cmd.spawn()?;
+    if let (Some(mut stdin), Some(text)) = (child.stdin.take(), spec.stdin.clone()) {
+        // A pipe holds 64 KiB, so this never waits on the worker; dropping it closes stdin.
+        tokio::spawn(async move {
+            let _ = stdin.write_all(text.as_bytes()).await;
+        });
+    }
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(output.clone().pump(out, "stdout", None));
+    }
+    let stderr = child.stderr.take().map(|err| tokio::spawn(output.clone().pump(err, "stderr", Some(tail.clone()))));
     Ok((child, stderr))
 }
 
@@ -92,26 +97,6 @@ pub(crate) fn command(program: &OsStr, args: &[OsString], cwd: &Path, env: &BTre
     cmd
 }
 
-async fn pump(
-    stream: impl AsyncRead + Unpin,
-    app: String,
-    worker: String,
-    name: &'static str,
-    tail: Option<StderrTail>,
-) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        tracing::info!(target: "marina::worker", app = %app, worker = %worker, stream = name, "{line}");
-        if let Some(tail) = &tail {
-            let mut t = tail.lock();
-            if t.len() == STDERR_TAIL {
-                t.pop_front();
-            }
-            t.push_back(line);
-        }
-    }
-}
-
 /// The supervising shell every worker runs under (`sh -c SUPERVISOR marina-worker program args`).
 ///
 /// It is the process group leader and the one process with `PR_SET_PDEATHSIG` (SIGHUP): when
@@ -121,9 +106,14 @@ async fn pump(
 /// is not inherited across `fork`. SIGTERM/SIGINT get a no-op handler (not `''`, which children
 /// would inherit as "ignored"), so a graceful stop reaches the app through the group and the
 /// shell waits for it to finish; the shell exits with the app's status.
+///
+/// The app gets the shell's stdin explicitly (fd 3): a background command's stdin would
+/// otherwise be `/dev/null`, and the JS shim reads its lifecycle token from stdin.
 const SUPERVISOR: &str = r#"trap 'kill -KILL 0' HUP
 trap ':' TERM INT
-"$@" &
+exec 3<&0
+"$@" <&3 3<&- &
+exec 3<&-
 child=$!
 while :; do
   wait "$child"
@@ -131,7 +121,7 @@ while :; do
   kill -0 "$child" 2>/dev/null || exit "$status"
 done"#;
 
-fn resolve_program(program: &std::ffi::OsStr, path: Option<&str>) -> Option<PathBuf> {
+pub(crate) fn resolve_program(program: &std::ffi::OsStr, path: Option<&str>) -> Option<PathBuf> {
     let p = PathBuf::from(program);
     if program.to_string_lossy().contains('/') {
         return p.is_file().then_some(p);

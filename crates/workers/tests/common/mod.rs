@@ -64,10 +64,15 @@ pub fn options(state: &Path, js: Option<&str>) -> PoolOptions {
         js_runtime: js.map(str::to_string),
         worker_dirs: vec!["/srv/apps".into(), "/srv/more".into()],
         plugin_dirs: vec!["/srv/plugins".into()],
-        app_database: Some(marina_workers::AppDatabasePath(std::sync::Arc::new(|name: &str| {
-            Some(std::path::PathBuf::from(format!("/srv/state/apps/{name}.db")))
-        }))),
+        app_database: {
+            // The store's layout: a dir per app under the state dir (the worker may write it).
+            let apps = state.join("apps");
+            Some(marina_workers::AppDatabasePath(std::sync::Arc::new(move |name: &str| {
+                Some(apps.join(name).join("app.db"))
+            })))
+        },
         tokens: None,
+        sandbox: Default::default(),
     }
 }
 

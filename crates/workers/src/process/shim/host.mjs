@@ -1,12 +1,20 @@
 // marina's JS host shim. Shipped inside the marina binary and written to {state_dir}/shim/.
-// Usage: bun|node host.mjs <socket-path> <control-token>
+// Usage: bun|node host.mjs <socket-path>, with the control token as the first line of stdin
+// (never in argv or the environment, where other processes could read it).
 // Imports $ENTRYPOINT, whose default export is { fetch } or { routes, fetch? } with optional
 // onIdle / onTerminate (Buntime's contract), and serves it over HTTP/1.1 on a Unix socket.
 // marina sends lifecycle events as POST /__marina/lifecycle with the control token, which only
 // marina knows (it is not in the app's environment).
 import { pathToFileURL } from "node:url";
+import { readFileSync } from "node:fs";
 
-const [, , socketPath, token] = process.argv;
+const [, , socketPath] = process.argv;
+let token = "";
+try {
+  token = readFileSync(0, "utf8").split("\n")[0].trim();
+} catch {
+  /* no stdin: no lifecycle call can be authenticated */
+}
 const entrypoint = process.env.ENTRYPOINT;
 const isBun = typeof globalThis.Bun !== "undefined";
 
@@ -15,7 +23,7 @@ function fail(message) {
   process.exit(3);
 }
 
-if (!socketPath || !token || !entrypoint) fail("usage: host.mjs <socket> <token> with ENTRYPOINT set");
+if (!socketPath || !token || !entrypoint) fail("usage: host.mjs <socket> with the control token on stdin and ENTRYPOINT set");
 
 let mod;
 try {

@@ -1,0 +1,88 @@
+//! The one piece of `unsafe` in the workers: what a worker's process does to itself between
+//! `fork` and `exec`.
+//!
+//! Why here and not elsewhere: the confinement has to be in place before the app's first
+//! instruction, and in a fixed order — join the cgroups while still privileged (cgroup files
+//! are root's), then drop to the worker's uid and gid, then ask for the death signal (a
+//! credential change clears it), then `no_new_privs` and Landlock (which cannot be undone).
+//! std's `CommandExt::uid` runs *before* `pre_exec` closures, which is the wrong order for the
+//! cgroup step, so the ids are set here too. The alternative, re-executing marina's binary as a
+//! small launcher that confines itself and then execs the worker, costs an extra `exec` per
+//! worker start and does not work from the test binaries, which are not marina.
+//!
+//! Everything that allocates (paths as `CString`s, the Landlock ruleset, which the `landlock`
+//! crate builds and checks in marina) happens before `fork`; the closure only makes
+//! async-signal-safe system calls on data it owns.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+/// What the child does before `exec`, prepared in marina.
+#[derive(Debug, Default)]
+pub(crate) struct ChildSetup {
+    /// `cgroup.procs` files to write `0` (= "this process") into.
+    pub cgroup_procs: Vec<CString>,
+    /// The uid and gid to run as (supplementary groups are dropped); `None` = marina's.
+    pub ids: Option<(u32, u32)>,
+    /// A Landlock ruleset to confine the process with.
+    pub landlock: Option<OwnedFd>,
+    /// The signal the kernel sends the child when marina dies.
+    pub death_signal: libc::c_int,
+    /// Files the worker creates are private to its uid by default.
+    pub umask: libc::mode_t,
+}
+
+/// Installs the setup as `cmd`'s `pre_exec` step.
+pub(crate) fn install(cmd: &mut tokio::process::Command, setup: ChildSetup) {
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before `exec`, where only async-signal-safe
+    // functions may be called. It calls `open`, `write`, `close`, `setgroups`, `setgid`,
+    // `setuid`, `umask`, `prctl`, `getppid`, `syscall(landlock_restrict_self)` and `_exit`, all
+    // of which are system calls that neither allocate nor take locks; the data it reads
+    // (`CString`s, the ruleset fd) was built before `fork` and is owned by the closure. Errors
+    // are built with `io::Error::last_os_error`, which does not allocate.
+    unsafe {
+        cmd.pre_exec(move || {
+            for path in &setup.cgroup_procs {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let err = io::Error::last_os_error();
+                libc::close(fd);
+                if written != 1 {
+                    return Err(err);
+                }
+            }
+            if let Some((uid, gid)) = setup.ids {
+                if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // setuid(2) can leave the saved uid alone in odd setups; root must not be regained.
+                if libc::setuid(0) == 0 && uid != 0 {
+                    libc::_exit(126);
+                }
+            }
+            libc::umask(setup.umask);
+            if libc::prctl(libc::PR_SET_PDEATHSIG, setup.death_signal as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // marina died between fork and prctl: nobody would send the signal.
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
+            if let Some(ruleset) = &setup.landlock {
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), 0u32) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}

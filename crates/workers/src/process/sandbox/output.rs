@@ -1,0 +1,216 @@
+//! A worker's stdout and stderr into marina's log, without letting the worker hurt marina.
+//!
+//! A worker is untrusted: it can print 200 MB without a newline, invalid UTF-8, or a million
+//! lines a second. So lines are cut at [`MAX_LINE`] bytes (the rest of the line is skipped and
+//! counted, never buffered), bytes are decoded lossily, the streams are always read to the end
+//! (a worker never blocks on a full pipe or gets EPIPE because marina stopped reading), and a
+//! per-worker rate limit (GCRA, the `governor` crate) drops lines past [`LINES_PER_SECOND`],
+//! counting them and saying so in the log once the flood stops. The stderr tail kept for error
+//! bodies is bounded in lines and bytes.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// The longest line logged as is; longer ones are cut here and marked.
+pub(crate) const MAX_LINE: usize = 16 * 1024;
+/// How many lines a second one worker may log (both streams together) after its burst.
+pub(crate) const LINES_PER_SECOND: u32 = 200;
+/// How many lines a worker may log at once before the rate applies.
+const BURST: u32 = 1000;
+/// Lines kept in the stderr tail.
+pub(crate) const TAIL_LINES: usize = 20;
+/// Bytes kept of each tail line.
+pub(crate) const TAIL_LINE_BYTES: usize = 2048;
+
+/// The last lines a worker wrote to stderr, bounded by [`TAIL_LINES`] × [`TAIL_LINE_BYTES`].
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Tail(Arc<Mutex<VecDeque<String>>>);
+
+impl Tail {
+    pub fn push(&self, line: &str) {
+        let mut t = self.0.lock();
+        if t.len() == TAIL_LINES {
+            t.pop_front();
+        }
+        t.push_back(truncate(line, TAIL_LINE_BYTES).to_string());
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().iter().cloned().collect()
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// What one worker's output goes through: its log tags, rate limit and drop counter.
+#[derive(Clone)]
+pub(crate) struct Output {
+    app: Arc<str>,
+    worker: Arc<str>,
+    limiter: Arc<DefaultDirectRateLimiter>,
+    /// Lines not logged because of the rate limit, over the worker's life.
+    pub dropped: Arc<AtomicU64>,
+    pending_drops: Arc<AtomicU64>,
+}
+
+impl Output {
+    pub fn new(app: &str, worker: &str) -> Self {
+        let quota = Quota::per_second(NonZeroU32::new(LINES_PER_SECOND).expect("nonzero"))
+            .allow_burst(NonZeroU32::new(BURST).expect("nonzero"));
+        Self {
+            app: app.into(),
+            worker: worker.into(),
+            limiter: Arc::new(RateLimiter::direct(quota)),
+            dropped: Arc::default(),
+            pending_drops: Arc::default(),
+        }
+    }
+
+    /// Reads `stream` to its end, logging each line (and keeping stderr's tail when given).
+    pub async fn pump(self, mut stream: impl AsyncRead + Unpin, name: &'static str, tail: Option<Tail>) {
+        let mut buf = vec![0u8; 8 * 1024];
+        let mut line: Vec<u8> = Vec::with_capacity(256);
+        // Bytes of the current line skipped after the cut; > 0 means "cutting".
+        let mut skipped: u64 = 0;
+        loop {
+            let n = match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let mut chunk = &buf[..n];
+            while !chunk.is_empty() {
+                let newline = chunk.iter().position(|&b| b == b'\n');
+                let (part, rest, ends) = match newline {
+                    Some(i) => (&chunk[..i], &chunk[i + 1..], true),
+                    None => (chunk, &[][..], false),
+                };
+                chunk = rest;
+                if skipped > 0 {
+                    skipped += part.len() as u64;
+                } else {
+                    let room = MAX_LINE - line.len();
+                    if part.len() > room {
+                        line.extend_from_slice(&part[..room]);
+                        skipped = (part.len() - room) as u64;
+                        self.emit(&line, name, tail.as_ref(), false);
+                        line.clear();
+                    } else {
+                        line.extend_from_slice(part);
+                    }
+                }
+                if ends {
+                    if skipped > 0 {
+                        skipped = 0;
+                    } else {
+                        self.emit(&line, name, tail.as_ref(), true);
+                        line.clear();
+                    }
+                }
+            }
+        }
+        if !line.is_empty() {
+            self.emit(&line, name, tail.as_ref(), true);
+        }
+        self.report_drops(name);
+    }
+
+    fn emit(&self, bytes: &[u8], name: &'static str, tail: Option<&Tail>, whole: bool) {
+        let text = String::from_utf8_lossy(bytes);
+        let text = text.strip_suffix('\r').unwrap_or(&text);
+        if let Some(tail) = tail {
+            tail.push(text);
+        }
+        if self.limiter.check().is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.pending_drops.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.report_drops(name);
+        let (app, worker) = (&*self.app, &*self.worker);
+        if whole {
+            tracing::info!(target: "marina::worker", app = %app, worker = %worker, stream = name, "{text}");
+        } else {
+            tracing::info!(target: "marina::worker", app = %app, worker = %worker, stream = name, "{text} …[line cut at {MAX_LINE} bytes]");
+        }
+    }
+
+    fn report_drops(&self, name: &'static str) {
+        let n = self.pending_drops.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            let (app, worker) = (&*self.app, &*self.worker);
+            tracing::warn!(
+                target: "marina::worker", app = %app, worker = %worker, stream = name, dropped = n,
+                "dropped {n} lines of worker output (more than {LINES_PER_SECOND} lines a second)"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_is_bounded_in_lines_and_bytes() {
+        let tail = Tail::default();
+        for i in 0..100 {
+            tail.push(&format!("{i}{}", "é".repeat(5000)));
+        }
+        let lines = tail.lines();
+        assert_eq!(lines.len(), TAIL_LINES);
+        assert!(lines.iter().all(|l| l.len() <= TAIL_LINE_BYTES), "a line is longer than the bound");
+        assert!(lines[0].starts_with("80"), "{}", &lines[0][..10]);
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_cut_and_invalid_utf8_replaced() {
+        let out = Output::new("a@1", "w");
+        let tail = Tail::default();
+        let mut input = vec![b'x'; MAX_LINE * 10];
+        input.extend_from_slice(b"\nok \xff\xfe done\nlast");
+        out.clone().pump(&input[..], "stderr", Some(tail.clone())).await;
+        let lines = tail.lines();
+        assert_eq!(lines.len(), 3, "{:?}", lines.iter().map(|l| l.len()).collect::<Vec<_>>());
+        assert_eq!(lines[0].len(), TAIL_LINE_BYTES);
+        assert_eq!(lines[1], "ok \u{fffd}\u{fffd} done");
+        assert_eq!(lines[2], "last");
+        assert_eq!(out.dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_line_exactly_at_the_bound_is_not_cut() {
+        let out = Output::new("a@1", "w");
+        let tail = Tail::default();
+        let mut input = vec![b'y'; MAX_LINE];
+        input.extend_from_slice(b"\nnext\n");
+        out.pump(&input[..], "stderr", Some(tail.clone())).await;
+        assert_eq!(tail.lines().len(), 2);
+        assert_eq!(tail.lines()[1], "next");
+    }
+
+    #[tokio::test]
+    async fn a_flood_is_rate_limited_and_counted() {
+        let out = Output::new("a@1", "w");
+        let input = "line\n".repeat(5000);
+        out.clone().pump(input.as_bytes(), "stdout", None).await;
+        let dropped = out.dropped.load(Ordering::Relaxed);
+        assert!(dropped >= 3000, "only {dropped} of 5000 lines dropped");
+        assert!(dropped < 5000, "every line dropped");
+    }
+}
