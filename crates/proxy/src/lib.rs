@@ -7,10 +7,12 @@
 //! - [`Remote`]: the pooled HTTP(S) client for rule targets, with connect and response
 //!   deadlines, TLS verification per rule, and the SSRF [`TargetPolicy`] applied on connect.
 //! - [`rules`]: rule validation and the [`RuleSet`] that matches a path with one compiled set.
+//! - [`HtmlRewrite`]: a rule's `base`/`relativePaths`, applied to HTML answers as they stream.
 //! - [`set_forwarding_headers`]: the one forwarding-header policy, used by both paths.
 
 pub mod forwarded;
 pub mod headers;
+pub mod html;
 pub mod limit;
 pub mod policy;
 pub mod remote;
@@ -20,6 +22,7 @@ pub mod upstream;
 
 pub use forwarded::{ClientInfo, set_forwarding_headers};
 pub use headers::{is_upgrade, strip_hop_by_hop};
+pub use html::HtmlRewrite;
 pub use limit::{BodyTooLarge, LimitedBody};
 pub use policy::TargetPolicy;
 pub use remote::{Remote, RemoteConfig};

@@ -134,7 +134,8 @@ impl Remote {
     /// `Host` (and `Origin`) follow `changeOrigin`, the rule's headers are set last. The body
     /// streams both ways; the upstream's `Content-Encoding` is passed through untouched. A
     /// WebSocket upgrade (when the rule's `ws` allows it) is spliced end to end once both sides
-    /// have switched protocols.
+    /// have switched protocols. A rule with `base` or `relativePaths` rewrites HTML answers as
+    /// they stream ([`crate::html`]).
     pub async fn forward(
         &self,
         rule: &Rule,
@@ -163,6 +164,11 @@ impl Remote {
         for (name, value) in rule.headers() {
             headers.insert(name.clone(), value.clone());
         }
+        let html = if upgrade { None } else { rule.html() };
+        if let Some(html) = html {
+            html.prepare(headers);
+        }
+        let head = req.method() == http::Method::HEAD;
         let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
         let http = if rule.secure() { &self.verified } else { &self.insecure };
         let sent = tokio::time::timeout(self.config.response_timeout, http.request(req)).await;
@@ -205,7 +211,11 @@ impl Remote {
             }
             _ => strip_hop_by_hop(resp.headers_mut(), false),
         }
-        Ok(resp.map(body::boxed))
+        let resp = resp.map(body::boxed);
+        Ok(match html {
+            Some(html) => html.apply(resp, head),
+            None => resp,
+        })
     }
 
     fn classify(&self, rule: &Rule, e: hyper_util::client::legacy::Error) -> Error {

@@ -58,7 +58,11 @@ async fn start(state: &Path, database_url: Option<&str>, static_rules: Value) ->
     let mut spec = ProxyPlugin::default_spec();
     spec.options.insert("rules".into(), static_rules);
     let plugin = Arc::new(ProxyPlugin::new(&spec));
-    let server = Server::bind_with(config, vec![Loaded::new(spec, plugin)]).await.expect("server binds");
+    run(Server::bind_with(config, vec![Loaded::new(spec, plugin)]).await.expect("server binds"))
+}
+
+/// Runs `server` until [`Running::stop`].
+fn run(server: Server) -> Running {
     let addr = server.local_addr();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -70,6 +74,38 @@ async fn start(state: &Path, database_url: Option<&str>, static_rules: Value) ->
             .unwrap();
     });
     Running { base: format!("http://{addr}"), addr, stop: tx, task }
+}
+
+/// A fresh clone loads the proxy plugin: the bundled `examples/plugins` (the default plugin dir
+/// when marina runs from the repository) has its manifest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundled_manifest_loads_the_plugin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let apps = tmp.path().join("apps");
+    std::fs::create_dir_all(&apps).unwrap();
+    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plugins");
+    let mut raw = RawConfig::new();
+    raw.set("PORT", "0")
+        .set("RUNTIME_WORKER_DIRS", apps.display().to_string())
+        .set("RUNTIME_STATE_DIR", tmp.path().display().to_string())
+        .set("RUNTIME_PLUGIN_DIRS", bundled.display().to_string())
+        .set("NODE_ENV", "test");
+    let config = RuntimeConfig::from_raw(&raw, Path::new("/")).unwrap();
+    let srv = run(Server::bind(config).await.expect("server binds"));
+    let (status, loaded) = send("GET", &format!("{}/api/plugins/loaded", srv.base), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let proxy = loaded.as_array().unwrap().iter().find(|p| p["name"] == "@buntime/plugin-proxy");
+    assert_eq!(proxy.map(|p| p["base"].clone()), Some(json!("/redirects")), "{loaded}");
+    let (status, rules) = send("GET", &srv.api("/rules"), None).await;
+    assert_eq!((status, rules), (StatusCode::OK, json!([])));
+
+    let up = upstream("one").await;
+    let body = format!(r#"{{"pattern":"^/ext/(.*)$","target":"http://{up}","rewrite":"/$1"}}"#);
+    let (status, rule) = send("POST", &srv.api("/rules"), Some(&body)).await;
+    assert_eq!(status, 201, "{rule}");
+    let (status, got) = who(&srv, "/ext/a").await;
+    assert_eq!((status, got["who"].as_str(), got["path"].as_str()), (StatusCode::OK, Some("one"), Some("/a")));
+    srv.stop().await;
 }
 
 /// An upstream answering `{"who", "path"}`.

@@ -27,6 +27,7 @@ pub use public::PublicRoutes;
 pub use rewrite::Template;
 pub use spec::{PublicRoutesSpec, RuleSpec};
 
+use crate::html::HtmlRewrite;
 use crate::policy::TargetPolicy;
 
 /// Longest `pattern` accepted, in characters.
@@ -155,6 +156,7 @@ pub struct Rule {
     rewrite: Option<Template>,
     headers: Vec<(HeaderName, HeaderValue)>,
     public: Option<PublicRoutes>,
+    html: Option<HtmlRewrite>,
 }
 
 impl Rule {
@@ -200,7 +202,8 @@ impl Rule {
             Some(p) => Some(PublicRoutes::compile(p).map_err(|(f, m)| RuleError::new(f, m))?),
             None => None,
         };
-        Ok(Self { id, readonly, spec, target, regex, rewrite, headers, public })
+        let html = HtmlRewrite::new(spec.base.as_deref(), spec.relative_paths.unwrap_or(false));
+        Ok(Self { id, readonly, spec, target, regex, rewrite, headers, public, html })
     }
 
     /// Whether the rule takes requests (`enabled`, default true).
@@ -226,6 +229,11 @@ impl Rule {
     /// The headers the rule sets.
     pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
         &self.headers
+    }
+
+    /// What `base` and `relativePaths` do to HTML answers (`None`: neither is set).
+    pub fn html(&self) -> Option<&HtmlRewrite> {
+        self.html.as_ref()
     }
 
     /// Whether auth plugins should let `path` through without credentials.
