@@ -207,3 +207,140 @@ fn check_prints_manifest_errors_and_exits_1() {
     let out = Command::new(BIN).arg("check").arg(apps.path().join("good")).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+/// A raw HTTP/1.1 GET; returns the whole response (status line, headers, body).
+fn http_get_raw(port: u16, path: &str, timeout: Duration) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(timeout))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// Polls `check` every 20 ms until it holds or `limit` passes.
+fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check()
+}
+
+/// A JS app that sleeps `?ms=` before answering and notes `onTerminate` in its data dir
+/// (`{state}/workers/napper/data/terminated`).
+fn napper_app(apps: &Path) {
+    write(&apps.join("napper/manifest.yaml"), "entrypoint: index.js\nttl: 60s\ntimeout: 60s\n");
+    write(
+        &apps.join("napper/index.js"),
+        r#"import { appendFileSync } from "node:fs";
+export default {
+  async fetch(req) {
+    const ms = Number(new URL(req.url).searchParams.get("ms") || 0);
+    if (ms) await new Promise((r) => setTimeout(r, ms));
+    return new Response(`slept ${ms}`);
+  },
+  onTerminate() {
+    appendFileSync(`${process.env.APP_DATA_DIR}/terminated`, `terminate ${process.pid}\n`);
+  },
+};
+"#,
+    );
+}
+
+fn in_flight(port: u16) -> u64 {
+    let Ok((_, body)) = http_get(port, "/api/workers", Duration::from_secs(2)) else { return 0 };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["workers"].as_array().map(|ws| ws.iter().filter_map(|w| w["inFlight"].as_u64()).sum()).unwrap_or(0)
+}
+
+#[test]
+fn sigterm_flips_readiness_then_serves_through_the_delay_and_runs_on_terminate() {
+    let apps = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(apps.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    napper_app(apps.path());
+    let port = free_port();
+    let delay = Duration::from_secs(4);
+    let mut child = serve(
+        apps.path(),
+        state.path(),
+        port,
+        &[("RUNTIME_SHUTDOWN_DELAY", "4s"), ("RUNTIME_SHUTDOWN_TIMEOUT", "10s")],
+    );
+    wait_ready(port);
+    assert!(http_get(port, "/napper/", Duration::from_secs(15)).unwrap().0.contains("200"));
+    let (status, _) = http_get(port, "/api/health/ready", Duration::from_secs(2)).unwrap();
+    assert!(status.contains("200"), "{status}");
+
+    let t0 = Instant::now();
+    sigterm(&child);
+    let mut ready = String::new();
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            ready = http_get_raw(port, "/api/health/ready", Duration::from_secs(2)).unwrap_or_default();
+            ready.starts_with("HTTP/1.1 503")
+        }),
+        "readiness answers 503 soon after SIGTERM: {ready}"
+    );
+    assert!(ready.contains("\"draining\""), "{ready}");
+    // Still serving, on a new connection, during the delay.
+    let (status, body) = http_get(port, "/napper/?ms=50", Duration::from_secs(5)).unwrap();
+    assert!(t0.elapsed() < delay, "the test itself was too slow to check the delay");
+    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "slept 50"));
+
+    let exit = wait_exit(&mut child, Duration::from_secs(20));
+    assert_eq!(exit.code(), Some(0));
+    assert!(t0.elapsed() >= delay, "marina kept serving for the delay: exited after {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(12), "within the timeout: {:?}", t0.elapsed());
+    let marker = state.path().join("workers/napper/data/terminated");
+    let text = std::fs::read_to_string(&marker).unwrap_or_default();
+    assert!(text.contains("terminate"), "onTerminate ran before the worker stopped: {text:?}");
+}
+
+#[test]
+fn the_shutdown_timeout_bounds_the_exit_and_cut_requests_get_503_shutting_down() {
+    let apps = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(apps.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    napper_app(apps.path());
+    let port = free_port();
+    let timeout = Duration::from_secs(4);
+    let mut child = serve(apps.path(), state.path(), port, &[("RUNTIME_SHUTDOWN_TIMEOUT", "4s")]);
+    wait_ready(port);
+    assert!(http_get(port, "/napper/", Duration::from_secs(15)).unwrap().0.contains("200"));
+
+    let short = std::thread::spawn(move || http_get_raw(port, "/napper/short?ms=1500", Duration::from_secs(20)));
+    let long = std::thread::spawn(move || http_get_raw(port, "/napper/long?ms=30000", Duration::from_secs(40)));
+    assert!(eventually(Duration::from_secs(10), || in_flight(port) == 2), "both requests reach the worker");
+    let t0 = Instant::now();
+    sigterm(&child);
+
+    let short = short.join().unwrap().expect("the short request is answered");
+    assert!(short.starts_with("HTTP/1.1 200"), "{short}");
+    assert!(short.ends_with("slept 1500"), "{short}");
+    let long = long.join().unwrap().expect("the long request is answered");
+    assert!(long.starts_with("HTTP/1.1 503"), "{long}");
+    assert!(long.to_ascii_lowercase().contains("\r\nretry-after: 1\r\n"), "{long}");
+    assert!(long.contains("\"code\":\"SHUTTING_DOWN\""), "{long}");
+    assert!(t0.elapsed() < timeout + Duration::from_millis(500), "cut before the deadline: {:?}", t0.elapsed());
+
+    let exit = wait_exit(&mut child, Duration::from_secs(20));
+    assert_eq!(exit.code(), Some(0));
+    let took = t0.elapsed();
+    assert!(took < timeout + Duration::from_secs(1), "the whole exit within the timeout + 1 s: {took:?}");
+    let marker = state.path().join("workers/napper/data/terminated");
+    let text = std::fs::read_to_string(&marker).unwrap_or_default();
+    assert!(text.contains("terminate"), "onTerminate ran: {text:?}");
+    // The cut request has its access line, written before marina exited.
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let cut = stderr
+        .lines()
+        .find(|l| l.contains("marina::access") && l.contains("/napper/long"))
+        .unwrap_or_else(|| panic!("an access line for the cut request in {stderr}"));
+    assert!(cut.contains("status=503"), "{cut}");
+}

@@ -104,6 +104,13 @@ impl Error {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
     }
 
+    /// 503 `SHUTTING_DOWN`: marina is stopping and will not answer this request; the client may
+    /// retry (another instance, behind a load balancer), so it says when: `Retry-After: 1`.
+    pub fn shutting_down(message: impl Into<String>) -> Self {
+        Self::unavailable("SHUTTING_DOWN", message)
+            .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
+    }
+
     /// 504: a worker did not answer before its deadline.
     pub fn gateway_timeout(message: impl Into<String>) -> Self {
         Self::new(StatusCode::GATEWAY_TIMEOUT, "WORKER_TIMEOUT", message)

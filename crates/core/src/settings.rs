@@ -184,7 +184,14 @@ pub static SETTINGS: &[Setting] = &[
         var: "RUNTIME_SHUTDOWN_TIMEOUT",
         flag: "shutdown-timeout",
         default: "`30s`",
-        help: "how long in-flight requests may finish after SIGTERM/SIGINT",
+        help: "the longest the exit after SIGTERM/SIGINT may take, the delay, in-flight requests (cut ones get 503 `SHUTTING_DOWN`), `onTerminate` and stopping workers included",
+        check: Check::Seconds,
+    },
+    Setting {
+        var: "RUNTIME_SHUTDOWN_DELAY",
+        flag: "shutdown-delay",
+        default: "`0`",
+        help: "after SIGTERM/SIGINT, how long marina keeps serving (readiness already 503) before it stops accepting; a few seconds behind a load balancer",
         check: Check::Seconds,
     },
     Setting {

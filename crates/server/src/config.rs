@@ -68,8 +68,10 @@ pub struct RuntimeConfig {
     pub state_dir: PathBuf,
     /// `NODE_ENV`.
     pub node_env: NodeEnv,
-    /// How long in-flight requests may run after SIGTERM/SIGINT.
+    /// The longest the whole exit after SIGTERM/SIGINT may take (delay and workers included).
     pub shutdown_timeout: Duration,
+    /// How long marina keeps serving after SIGTERM/SIGINT, readiness already 503.
+    pub shutdown_delay: Duration,
     /// `ttl: 0` requests running at once.
     pub ephemeral_concurrency: usize,
     /// `ttl: 0` requests waiting before 503.
@@ -132,6 +134,7 @@ impl RuntimeConfig {
         let state_dir =
             raw.get("RUNTIME_STATE_DIR").map(PathBuf::from).map(absolute).unwrap_or_else(|| cwd.join(".marina"));
         let shutdown_timeout = raw.seconds("RUNTIME_SHUTDOWN_TIMEOUT", Duration::from_secs(30))?;
+        let shutdown_delay = raw.seconds("RUNTIME_SHUTDOWN_DELAY", Duration::ZERO)?;
         let ephemeral_concurrency = raw.count("RUNTIME_EPHEMERAL_CONCURRENCY", 2)?.min(pool_size);
         let ephemeral_queue_limit = raw.count("RUNTIME_EPHEMERAL_QUEUE_LIMIT", 100)?;
         let js_runtime = match raw.get("RUNTIME_JS") {
@@ -163,6 +166,7 @@ impl RuntimeConfig {
             state_dir,
             node_env,
             shutdown_timeout,
+            shutdown_delay,
             ephemeral_concurrency,
             ephemeral_queue_limit,
             js_runtime,

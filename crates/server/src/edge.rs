@@ -4,7 +4,7 @@
 //! (NODE_ENV=production or staging: upstream and internal errors show only their code and the
 //! request id, never paths, stderr, stacks or thrown text).
 
-use http::{HeaderValue, Method, Response, header};
+use http::{HeaderValue, Method, Response, StatusCode, header};
 use marina_core::{Body, Error, Source, body};
 use marina_plugins::RequestContext;
 
@@ -20,6 +20,13 @@ pub fn render(err: &Error, ctx: &RequestContext, hide_detail: bool) -> Response<
         for (name, value) in extra {
             resp.headers_mut().append(name, value.clone());
         }
+    }
+    // A 503 that knows when to come back says so in the header clients and proxies read.
+    if err.status() == StatusCode::SERVICE_UNAVAILABLE
+        && !resp.headers().contains_key(header::RETRY_AFTER)
+        && let Some(ms) = err.data().and_then(|d| d.get("retryAfterMs")).and_then(|v| v.as_u64())
+    {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000).max(1)));
     }
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));

@@ -16,24 +16,21 @@ mod completion;
 pub mod config;
 mod dispatch;
 pub mod edge;
+mod listen;
 pub mod migrations;
 pub mod reload;
 pub mod request_id;
 pub mod route;
+mod shutdown;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use marina_apps::registry::Registry;
 use marina_core::{Body, Error, body};
 use marina_plugins::{Catalog, Loaded, PluginEnv, PluginSet, RequestContext};
@@ -42,6 +39,7 @@ use marina_workers::{AppDatabasePath, PoolOptions, WorkerPool};
 use parking_lot::RwLock;
 use route::Target;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 pub use config::{LogFormat, NodeEnv, RawConfig, RuntimeConfig};
 
@@ -73,6 +71,9 @@ pub struct Runtime {
     /// Which app versions have had their migrations applied.
     pub migrations: migrations::AppMigrations,
     draining: AtomicBool,
+    /// Cancelled at the shutdown deadline: requests still waiting for their response are
+    /// answered 503 `SHUTTING_DOWN`.
+    cut: CancellationToken,
     _watch: Option<marina_apps::registry::WatchHandle>,
 }
 
@@ -239,6 +240,7 @@ impl Server {
             database,
             migrations: migrations::AppMigrations::default(),
             draining: AtomicBool::new(false),
+            cut: CancellationToken::new(),
             _watch: watch,
         });
         if runtime._watch.is_some() {
@@ -257,74 +259,25 @@ impl Server {
         self.runtime.clone()
     }
 
-    /// Serve until `shutdown` resolves, then stop accepting, let in-flight requests finish
-    /// (bounded by the shutdown timeout), stop the workers and return.
+    /// Serve until `shutdown` resolves, then exit as [`shutdown`] describes: readiness 503,
+    /// `RUNTIME_SHUTDOWN_DELAY` more of serving, stop accepting, in-flight requests finish (or
+    /// get 503 `SHUTTING_DOWN` at the deadline), plugins and workers stop; all of it within
+    /// `RUNTIME_SHUTDOWN_TIMEOUT`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let Server { runtime, listener } = self;
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .keep_alive(true)
-            // Also bounds how long an idle keep-alive connection may wait for its next request.
-            .header_read_timeout(Duration::from_secs(30))
-            .max_buf_size(64 * 1024);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(256)
-            .max_header_list_size(64 * 1024)
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(20));
-        let graceful = GracefulShutdown::new();
-        // Built once: the router holds the runtime and is cloned (cheaply) per API request.
-        let api_router = api::router(runtime.clone());
-        tokio::pin!(shutdown);
+        let mut listener = listen::Listener::new(runtime.clone(), listener);
         tracing::info!(
             addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             api = %runtime.config.api_base(),
             worker_dirs = ?runtime.config.worker_dirs,
             "marina is serving"
         );
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(pair) => pair,
-                        Err(e) => {
-                            // Out of file descriptors and the like: back off briefly, keep serving.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let rt = runtime.clone();
-                    let api_router = api_router.clone();
-                    let service = service_fn(move |req| handle(rt.clone(), api_router.clone(), req, peer));
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let conn = graceful.watch(conn.into_owned());
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, %peer, "connection ended with an error");
-                        }
-                    });
-                }
-                _ = &mut shutdown => break,
-            }
-        }
-        runtime.draining.store(true, Ordering::Relaxed);
-        drop(listener);
-        let timeout = runtime.config.shutdown_timeout;
-        tracing::info!(
-            timeout_ms = timeout.as_millis() as u64,
-            "shutting down: no new connections, draining in-flight requests"
-        );
-        if tokio::time::timeout(timeout, graceful.shutdown()).await.is_err() {
-            tracing::warn!("in-flight requests did not finish within the shutdown timeout; closing them");
-        }
-        runtime.plugins().shutdown().await;
-        runtime.pool.shutdown(Duration::from_secs(5)).await;
+        listener.accept_until(shutdown).await;
+        let exit = shutdown::Exit::begin(&runtime);
+        listener.accept_until(tokio::time::sleep_until(exit.serve_until())).await;
+        let (graceful, hard_stop) = listener.close();
+        exit.close_connections(&runtime, graceful, hard_stop).await;
+        exit.stop(&runtime).await;
         tracing::info!("marina stopped");
         Ok(())
     }
@@ -376,7 +329,11 @@ async fn handle(
     let plugins = rt.plugins();
     // 2.–5. hooks, route, dispatch; errors become responses at the one edge
     let hide = rt.config.hides_error_detail();
-    let mut resp = match pipeline(&rt, &plugins, &api_router, req, &mut ctx).await {
+    let outcome = tokio::select! {
+        outcome = pipeline(&rt, &plugins, &api_router, req, &mut ctx) => outcome,
+        () = rt.cut.cancelled() => Err(Error::shutting_down("marina is shutting down; the request did not finish in time")),
+    };
+    let mut resp = match outcome {
         Ok(resp) => resp,
         Err(err) => edge::render(&err, &ctx, hide),
     };

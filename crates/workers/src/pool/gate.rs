@@ -76,11 +76,7 @@ impl Gate {
                 "pending": before,
             })));
         }
-        self.slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::unavailable("SHUTTING_DOWN", "the worker pool is shutting down"))
+        self.slots.clone().acquire_owned().await.map_err(|_| Error::shutting_down("the worker pool is shutting down"))
     }
 
     /// Refuses every waiter and future entry (shutdown).

@@ -355,7 +355,7 @@ impl WorkerPool {
     pub async fn dispatch(&self, app: Arc<App>, mut req: Request<Body>) -> Result<Response<Body>, Error> {
         let inner = &self.inner;
         if inner.shutting_down.load(Ordering::Acquire) {
-            return Err(Error::unavailable("SHUTTING_DOWN", "marina is shutting down and takes no new requests"));
+            return Err(Error::shutting_down("marina is shutting down and takes no new requests"));
         }
         let backend = inner.backend(&app)?;
         // A declared length over `maxBodySize` is refused before anything else, for every kind:
@@ -459,11 +459,12 @@ impl WorkerPool {
         self.inner.sandbox.clone()
     }
 
-    /// Stops every worker: `onTerminate` to each, then up to `drain` for in-flight requests to
-    /// finish, then SIGTERM and SIGKILL to every process group. New requests get 503 from the
-    /// moment it starts. Calling it again waits for the first call to finish.
-    pub async fn shutdown(&self, drain: Duration) {
-        self.inner.shutdown(drain).await;
+    /// Stops every worker within `budget`: in-flight requests may finish (up to half of it),
+    /// then `onTerminate` to each, then SIGTERM, and SIGKILL to every process group when the
+    /// budget is spent. New requests get 503 `SHUTTING_DOWN` from the moment it starts. Calling
+    /// it again waits for the first call to finish.
+    pub async fn shutdown(&self, budget: Duration) {
+        self.inner.shutdown(budget).await;
     }
 }
 
@@ -997,25 +998,30 @@ impl Inner {
         }
     }
 
-    async fn shutdown(&self, drain: Duration) {
+    async fn shutdown(&self, budget: Duration) {
         if self.shutting_down.swap(true, Ordering::AcqRel) {
             let mut rx = self.shutdown_done.subscribe();
             let _ = rx.wait_for(|d| *d).await;
             return;
         }
+        let start = tokio::time::Instant::now();
+        let deadline = start + budget;
         self.gate.close();
         let workers: Vec<Arc<Worker>> = self.all.lock().values().cloned().collect();
-        tracing::info!(workers = workers.len(), "stopping workers");
+        tracing::info!(workers = workers.len(), budget_ms = budget.as_millis() as u64, "stopping workers");
         for w in &workers {
             w.begin_drain();
         }
-        // onTerminate to everyone at once, bounded by the drain.
+        // In-flight requests finish first (at most half the budget), then every worker hears
+        // `onTerminate` at once (bounded by the backend, and by what is left of the budget), and
+        // only then is it stopped: SIGTERM, and SIGKILL when the budget runs out.
+        let drains = futures_util::future::join_all(workers.iter().map(|w| w.drain(budget)));
+        let _ = tokio::time::timeout_at(start + budget / 2, drains).await;
+        let now = tokio::time::Instant::now();
         let notify = futures_util::future::join_all(workers.iter().map(|w| w.lifecycle(Event::Terminate)));
-        let deadline = tokio::time::Instant::now() + drain;
-        let _ = tokio::time::timeout_at(deadline, notify).await;
-        let drains = futures_util::future::join_all(workers.iter().map(|w| w.drain(drain)));
-        let _ = tokio::time::timeout_at(deadline, drains).await;
-        futures_util::future::join_all(workers.iter().map(|w| w.stop(KILL_GRACE))).await;
+        let _ = tokio::time::timeout_at(now + deadline.saturating_duration_since(now) / 2, notify).await;
+        let grace = deadline.saturating_duration_since(tokio::time::Instant::now()).min(KILL_GRACE);
+        futures_util::future::join_all(workers.iter().map(|w| w.stop(grace))).await;
         for w in &workers {
             w.kill();
         }
