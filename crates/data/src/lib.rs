@@ -2,9 +2,10 @@
 //! store on `marina_store::kv`) and database (`/database/api`, each app's own SQL database in
 //! libSQL's Hrana protocol and Buntime's admin routes).
 //!
-//! Both are Buntime plugins; they live in their own crate, between workers (whose scoped
-//! tokens they accept, see [`access`]) and the server (which routes `/keyval/api` and
-//! `/database/api` to them), so that the plugin pipeline can wrap them without owning them.
+//! Both are Buntime plugins; the services live in their own crate, between workers (whose
+//! scoped tokens they accept, see [`access`]) and `marina_plugins` (whose `data` module wraps
+//! them as `Plugin`s loaded from manifests), so they can be driven without the pipeline and
+//! the plugin layer depends on them, never the other way.
 
 #![warn(missing_docs)]
 

@@ -86,6 +86,13 @@ pub(crate) fn reply(status: StatusCode, value: &Json) -> Response<Body> {
     resp
 }
 
+/// A 200 text reply of `content_type`.
+pub(crate) fn text(content_type: &'static str, text: String) -> Response<Body> {
+    let mut resp = Response::new(body::full(text));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
 /// A 200 JSON reply.
 pub(crate) fn ok(value: &Json) -> Response<Body> {
     reply(StatusCode::OK, value)

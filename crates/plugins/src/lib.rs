@@ -19,6 +19,7 @@
 pub mod api;
 pub mod auth;
 pub mod context;
+pub mod data;
 pub mod gateway;
 pub mod loader;
 pub mod manifest;

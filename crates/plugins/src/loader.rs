@@ -34,12 +34,16 @@ impl Catalog {
         Self::default()
     }
 
-    /// marina's core plugins: the proxy plugin (`@buntime/plugin-proxy`, `/redirects`) and the
-    /// gateway (`@buntime/plugin-gateway`, `/gateway`). Each core plugin registers here as it lands.
+    /// marina's core plugins: the proxy plugin (`@buntime/plugin-proxy`, `/redirects`), the
+    /// gateway (`@buntime/plugin-gateway`, `/gateway`), keyval (`@buntime/plugin-keyval`,
+    /// `/keyval`) and database (`@buntime/plugin-database`, `/database`). Each core plugin
+    /// registers here as it lands.
     pub fn builtin() -> Self {
         let mut catalog = Self::new();
         catalog.register(crate::proxy::NAME, crate::proxy::factory());
         catalog.register(crate::gateway::NAME, crate::gateway::Gateway::factory());
+        catalog.register(crate::data::KEYVAL, crate::data::KeyvalPlugin::factory());
+        catalog.register(crate::data::DATABASE, crate::data::DatabasePlugin::factory());
         catalog
     }
 

@@ -155,6 +155,14 @@ pub struct PluginEnv {
     pub listen: std::net::SocketAddr,
     /// The pooled client for remote upstreams, with the SSRF policy (shared with app rules).
     pub remote: Arc<marina_proxy::Remote>,
+    /// marina's authentication state (API keys, the root key): the one the pipeline uses.
+    pub auth: Arc<marina_auth::Auth>,
+    /// The live worker tokens (`LIBSQL_AUTH_TOKEN`), which the data plugins accept.
+    pub tokens: marina_workers::WorkerTokens,
+    /// `DATABASE_URL` as marina was started with (`None`: SQLite in the state dir).
+    pub database_url: Option<String>,
+    /// marina's state dir (resolved), where app databases live on SQLite.
+    pub state_dir: PathBuf,
 }
 
 /// Builds a plugin from its spec. Cheap and synchronous; async set-up belongs in

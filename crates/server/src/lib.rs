@@ -62,10 +62,6 @@ pub struct Runtime {
     /// What plugins are given.
     pub plugin_env: PluginEnv,
     plugins: RwLock<Arc<PluginSet>>,
-    /// The keyval service at `/keyval/api`.
-    pub keyval: marina_data::Keyval,
-    /// The database service at `/database/api`.
-    pub database: marina_data::Database,
     catalog: Catalog,
     code_plugins: Vec<Loaded>,
     /// Which app versions have had their migrations applied.
@@ -175,13 +171,8 @@ impl Server {
             sandbox: config.sandbox.clone(),
         })?;
         // One authentication state for everything: the pipeline's first phase, `/api/keys` and
-        // the data services' admin keys.
+        // the data plugins' admin keys.
         let auth = Arc::new(marina_auth::Auth::new(&config.auth, store.clone())?);
-        let access = marina_data::Access { tokens, auth: Some(auth.clone()) };
-        let kv = marina_store::kv::Kv::open(store.clone(), marina_store::kv::KvLimits::default()).await?;
-        let keyval = marina_data::Keyval::new(kv, access.clone());
-        let database =
-            marina_data::Database::new(access, config.database_url.clone(), config.state_dir.clone(), store.kind());
         // marina's own listener is a proxy target no rule may have (it would loop).
         let policy = marina_proxy::TargetPolicy::new(vec![local], Vec::new());
         let remote = Arc::new(marina_proxy::Remote::new(marina_proxy::RemoteConfig {
@@ -197,6 +188,10 @@ impl Server {
             production: config.hides_error_detail(),
             listen: local,
             remote: remote.clone(),
+            auth: auth.clone(),
+            tokens,
+            database_url: config.database_url.clone(),
+            state_dir: config.state_dir.clone(),
         };
         // Authentication is built in and runs first, whatever the plugin dirs hold: the internal
         // API's key requirement must not hang on a manifest, and later hooks (a rate limit by
@@ -236,8 +231,6 @@ impl Server {
             pool,
             store,
             remote,
-            keyval,
-            database,
             migrations: migrations::AppMigrations::default(),
             draining: AtomicBool::new(false),
             cut: CancellationToken::new(),
@@ -364,15 +357,6 @@ async fn pipeline(
         return Ok(resp);
     }
     let path = req.uri().path().to_string();
-    // The keyval and database services (after the global hooks, before plugins and apps).
-    if let Some(rest) = marina_data::under(&path, "/keyval/api") {
-        let rest = rest.to_string();
-        return rt.keyval.handle(req, &rest).await;
-    }
-    if let Some(rest) = marina_data::under(&path, "/database/api") {
-        let rest = rest.to_string();
-        return rt.database.handle(req, &rest).await;
-    }
     match route::route(rt, plugins, &path) {
         Target::InternalApi => marina_plugins::api::call(api_router, req).await,
         Target::WellKnown => {

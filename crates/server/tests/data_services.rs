@@ -1,14 +1,18 @@
 //! The keyval and database services through the whole server over real HTTP, driven by a real
 //! Node app that uses the unmodified `@libsql/client` from npm with its own worker token:
 //! both stores from an app, transactions, batches and errors through libSQL's client, per-app
-//! isolation, admin keys, watch over SSE, and bad input.
+//! isolation, admin keys, watch over SSE, and bad input. Both services are plugins loaded from
+//! the bundled manifests (`examples/plugins/{keyval,database}`); on PostgreSQL each app's SQL
+//! runs as its own login role.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::Running;
 use futures_util::StreamExt;
-use marina_server::{RawConfig, RuntimeConfig, Server};
 use serde_json::{Value, json};
 
 /// `@libsql/client` installed once from npm into the target's test dir.
@@ -58,59 +62,48 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 struct Srv {
+    run: Running,
     base: String,
-    rt: std::sync::Arc<marina_server::Runtime>,
-    state: tempfile::TempDir,
     _apps: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
 }
 
-async fn start() -> Srv {
+/// marina with the bundled plugins, serving copies of the data app as `names`; `tweak` adds
+/// settings.
+async fn start_apps(names: &[&str], tweak: impl FnOnce(&mut marina_server::RawConfig)) -> Srv {
     let apps = tempfile::tempdir().unwrap();
     // Workers run as another user when marina is root: they must be able to enter it.
     std::fs::set_permissions(apps.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    app(apps.path(), "alpha");
-    app(apps.path(), "beta");
-    let state = tempfile::tempdir().unwrap();
-    let mut raw = RawConfig::new();
-    raw.set("PORT", "0")
-        .set("RUNTIME_WORKER_DIRS", apps.path().display().to_string())
-        .set("RUNTIME_STATE_DIR", state.path().display().to_string())
-        .set("NODE_ENV", "test")
-        .set("RUNTIME_JS", "node");
-    let server = Server::bind(RuntimeConfig::from_raw(&raw, Path::new("/")).unwrap()).await.expect("binds");
-    let base = format!("http://{}", server.local_addr());
-    let rt = server.runtime();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-    });
-    Srv { base, rt, state, _apps: apps, stop: Some(tx), task }
+    for name in names {
+        app(apps.path(), name);
+    }
+    let run = common::start(apps.path(), |raw| {
+        raw.set("RUNTIME_JS", "node").set("RUNTIME_PLUGIN_DIRS", common::bundled_plugins());
+        tweak(raw);
+    })
+    .await;
+    Srv { base: run.base.clone(), run, _apps: apps }
+}
+
+async fn start() -> Srv {
+    start_apps(&["alpha", "beta"], |_| {}).await
 }
 
 impl Srv {
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(20), &mut self.task).await.expect("stops").unwrap();
+    async fn stop(self) {
+        self.run.stop().await;
     }
 
     /// An admin API key, created in marina's own database the way `marina keys create` does.
     async fn admin_key(&self) -> String {
-        let store = marina_store::Store::open(None, self.state.path()).await.unwrap();
-        let keys = marina_auth::keys::KeyStore::new(store);
-        let new = marina_auth::keys::NewKey {
-            name: Some("test admin".into()),
-            role: Some("admin".into()),
-            ..Default::default()
-        };
-        keys.create(new, None).await.unwrap().key
+        admin_key_in(marina_store::Store::open(None, &self.run.state_dir).await.unwrap()).await
     }
+}
+
+async fn admin_key_in(store: marina_store::Store) -> String {
+    let keys = marina_auth::keys::KeyStore::new(store);
+    let new =
+        marina_auth::keys::NewKey { name: Some("test admin".into()), role: Some("admin".into()), ..Default::default() };
+    keys.create(new, None).await.unwrap().key
 }
 
 async fn send(c: &reqwest::Client, method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
@@ -272,7 +265,7 @@ async fn watch_over_sse_and_bad_input() {
     drop(stream);
 
     // The token dies with its worker.
-    srv.rt.pool.shutdown(Duration::from_secs(5)).await;
+    srv.run.runtime.pool.shutdown(Duration::from_secs(5)).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (status, _) = send(&c, "GET", &format!("{b}/keyval/api/keys/doc"), Some(&t), None).await;
@@ -288,30 +281,18 @@ async fn watch_over_sse_and_bad_input() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_notes_example_uses_both_stores() {
     let apps = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(apps.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let dir = apps.path().join("notes");
     std::fs::create_dir_all(&dir).unwrap();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/apps/notes");
     for f in ["index.mjs", "manifest.yaml"] {
         std::fs::copy(src.join(f), dir.join(f)).unwrap();
     }
-    let state = tempfile::tempdir().unwrap();
-    let mut raw = RawConfig::new();
-    raw.set("PORT", "0")
-        .set("RUNTIME_WORKER_DIRS", apps.path().display().to_string())
-        .set("RUNTIME_STATE_DIR", state.path().display().to_string())
-        .set("NODE_ENV", "test")
-        .set("RUNTIME_JS", "node");
-    let server = Server::bind(RuntimeConfig::from_raw(&raw, Path::new("/")).unwrap()).await.unwrap();
-    let b = format!("http://{}", server.local_addr());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-    });
+    let run = common::start(apps.path(), |raw| {
+        raw.set("RUNTIME_JS", "node").set("RUNTIME_PLUGIN_DIRS", common::bundled_plugins());
+    })
+    .await;
+    let b = run.base.clone();
     let c = reqwest::Client::new();
     for text in ["first", "second"] {
         let (status, r) =
@@ -322,8 +303,7 @@ async fn the_notes_example_uses_both_stores() {
     assert_eq!(status, 200, "{r}");
     assert_eq!(r, json!({"notes": [{"id": 1, "text": "first"}, {"id": 2, "text": "second"}], "created": 2}));
     assert_eq!(send(&c, "POST", &format!("{b}/notes"), None, Some("{}")).await.0, 400);
-    let _ = tx.send(());
-    tokio::time::timeout(Duration::from_secs(20), task).await.unwrap().unwrap();
+    run.stop().await;
 }
 
 /// Two marina instances on one PostgreSQL database: a watch on one sees a write made through
@@ -338,25 +318,12 @@ async fn watch_across_two_instances_on_postgres() {
     let apps = tempfile::tempdir().unwrap();
     let mut servers = Vec::new();
     for _ in 0..2 {
-        let state = tempfile::tempdir().unwrap();
-        let mut raw = RawConfig::new();
-        raw.set("PORT", "0")
-            .set("RUNTIME_WORKER_DIRS", apps.path().display().to_string())
-            .set("RUNTIME_STATE_DIR", state.path().display().to_string())
-            .set("NODE_ENV", "test")
-            .set("DATABASE_URL", url.clone());
-        let server = Server::bind(RuntimeConfig::from_raw(&raw, Path::new("/")).unwrap()).await.unwrap();
-        let base = format!("http://{}", server.local_addr());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server
-                .run(async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-        });
-        servers.push((base, tx, task, state));
+        servers.push(
+            common::start(apps.path(), |raw| {
+                raw.set("RUNTIME_PLUGIN_DIRS", common::bundled_plugins()).set("DATABASE_URL", url.clone());
+            })
+            .await,
+        );
     }
     let store = marina_store::Store::open(Some(&url), Path::new("/")).await.unwrap();
     let keys = marina_auth::keys::KeyStore::new(store);
@@ -365,7 +332,7 @@ async fn watch_across_two_instances_on_postgres() {
     let admin = keys.create(new, None).await.unwrap().key;
     let ns = format!("pgwatch{}", std::process::id());
     let c = reqwest::Client::new();
-    let (a, b) = (&servers[0].0, &servers[1].0);
+    let (a, b) = (&servers[0].base, &servers[1].base);
     let resp = c
         .get(format!("{a}/keyval/api/watch?keys=k/1&initial=false&namespace={ns}"))
         .bearer_auth(&admin)
@@ -386,8 +353,225 @@ async fn watch_across_two_instances_on_postgres() {
     }
     assert!(seen.contains(r#""value":"from b""#), "{seen}");
     drop(stream);
-    for (_, tx, task, _state) in servers {
-        let _ = tx.send(());
-        tokio::time::timeout(Duration::from_secs(20), task).await.unwrap().unwrap();
+    for s in servers {
+        s.stop().await;
     }
+}
+
+fn plugin_dir(keyval: &str, database: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, manifest) in [("keyval", keyval), ("database", database)] {
+        std::fs::create_dir_all(dir.path().join(name)).unwrap();
+        std::fs::write(dir.path().join(name).join("manifest.yaml"), manifest).unwrap();
+    }
+    dir
+}
+
+/// The data services are plugins from manifests: a disabled one answers nothing (404), its
+/// options set the engine's limits, and a bad option keeps it from loading (the log names it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugins_follow_their_manifests() {
+    let c = reqwest::Client::new();
+    let apps = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir(
+        "name: \"@buntime/plugin-keyval\"\nbase: /keyval\nenabled: false\n",
+        "name: \"@buntime/plugin-database\"\nbase: /database\n",
+    );
+    let run = common::start(apps.path(), |raw| {
+        raw.set("RUNTIME_PLUGIN_DIRS", plugins.path().display().to_string());
+    })
+    .await;
+    let admin = admin_key_in(marina_store::Store::open(None, &run.state_dir).await.unwrap()).await;
+    let b = &run.base;
+    let (status, r) = send(&c, "GET", &format!("{b}/keyval/api/keys/a"), Some(&admin), None).await;
+    assert_eq!(status, 404, "a disabled keyval answers nothing: {r}");
+    let (status, r) = send(&c, "GET", &format!("{b}/database/api/tenants"), Some(&admin), None).await;
+    assert_eq!(status, 200, "{r}");
+    let (_, loaded) = send(&c, "GET", &format!("{b}/api/plugins/loaded"), Some(&admin), None).await;
+    let names: Vec<&str> = loaded.as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+    assert!(names.contains(&"@buntime/plugin-database") && !names.contains(&"@buntime/plugin-keyval"), "{loaded}");
+    run.stop().await;
+
+    // Limits from the manifest; the database plugin disabled this time.
+    let plugins = plugin_dir(
+        "name: \"@buntime/plugin-keyval\"\nbase: /keyval\nmaxValueSize: 16\nmaxKeyDepth: 2\nmaxBatchSize: 2\n",
+        "name: \"@buntime/plugin-database\"\nbase: /database\nenabled: false\n",
+    );
+    let run = common::start(apps.path(), |raw| {
+        raw.set("RUNTIME_PLUGIN_DIRS", plugins.path().display().to_string());
+    })
+    .await;
+    let admin = admin_key_in(marina_store::Store::open(None, &run.state_dir).await.unwrap()).await;
+    let b = &run.base;
+    assert_eq!(send(&c, "PUT", &format!("{b}/keyval/api/keys/a"), Some(&admin), Some("\"0123456789\"")).await.0, 200);
+    let (status, e) =
+        send(&c, "PUT", &format!("{b}/keyval/api/keys/a"), Some(&admin), Some("\"0123456789abcdefg\"")).await;
+    assert_eq!(
+        (status, e["code"].as_str(), e["data"]["limit"].as_str()),
+        (413, Some("KV_VALUE_TOO_LARGE"), Some("maxValueSize")),
+        "{e}"
+    );
+    assert!(e["message"].as_str().unwrap().contains("16"), "{e}");
+    let (status, e) = send(&c, "PUT", &format!("{b}/keyval/api/keys/a/b/c"), Some(&admin), Some("1")).await;
+    assert_eq!((status, e["data"]["limit"].as_str()), (400, Some("maxKeyDepth")), "{e}");
+    let (status, e) = send(
+        &c,
+        "POST",
+        &format!("{b}/keyval/api/keys/batch"),
+        Some(&admin),
+        Some(r#"{"keys": [["a"], ["b"], ["c"]]}"#),
+    )
+    .await;
+    assert_eq!((status, e["data"]["limit"].as_str()), (400, Some("maxBatchSize")), "{e}");
+    assert_eq!(send(&c, "GET", &format!("{b}/database/api/tenants"), Some(&admin), None).await.0, 404);
+    // Outside `/api` under the base there is nothing (Buntime's UI is not served).
+    assert_eq!(send(&c, "GET", &format!("{b}/keyval/"), Some(&admin), None).await.0, 404);
+    run.stop().await;
+
+    // A bad option: the plugin does not load, nothing else is affected.
+    let plugins = plugin_dir(
+        "name: \"@buntime/plugin-keyval\"\nbase: /keyval\nmaxValueSize: lots\n",
+        "name: \"@buntime/plugin-database\"\nbase: /database\n",
+    );
+    let run = common::start(apps.path(), |raw| {
+        raw.set("RUNTIME_PLUGIN_DIRS", plugins.path().display().to_string());
+    })
+    .await;
+    let admin = admin_key_in(marina_store::Store::open(None, &run.state_dir).await.unwrap()).await;
+    let b = &run.base;
+    assert_eq!(send(&c, "GET", &format!("{b}/keyval/api/keys/a"), Some(&admin), None).await.0, 404);
+    assert_eq!(send(&c, "GET", &format!("{b}/database/api/tenants"), Some(&admin), None).await.0, 200);
+    run.stop().await;
+}
+
+/// `/metrics` (JSON and Prometheus) and the poll variants of watch, over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyval_metrics_and_polls() {
+    let c = reqwest::Client::new();
+    let apps = tempfile::tempdir().unwrap();
+    let run = common::start(apps.path(), |raw| {
+        raw.set("RUNTIME_PLUGIN_DIRS", common::bundled_plugins());
+    })
+    .await;
+    let admin = admin_key_in(marina_store::Store::open(None, &run.state_dir).await.unwrap()).await;
+    let k = format!("{}/keyval/api", run.base);
+    let a = Some(admin.as_str());
+
+    // Poll by keys: everything is new at first, nothing once the client has the stamps.
+    send(&c, "PUT", &format!("{k}/keys/p/1"), a, Some("\"one\"")).await;
+    let (status, r) = send(&c, "GET", &format!("{k}/watch/poll?keys=p/1,p/2"), a, None).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["entries"].as_array().unwrap().len(), 1, "an absent key with no stamp is unchanged: {r}");
+    assert_eq!(r["entries"][0]["value"], "one");
+    let stamps: Vec<String> =
+        r["versionstamps"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect();
+    assert_eq!(stamps[1], "");
+    let (_, r) =
+        send(&c, "GET", &format!("{k}/watch/poll?keys=p/1,p/2&versionstamps={}", stamps.join(",")), a, None).await;
+    assert_eq!(r["entries"], json!([]), "{r}");
+    send(&c, "PUT", &format!("{k}/keys/p/2"), a, Some("\"two\"")).await;
+    let (_, r) =
+        send(&c, "GET", &format!("{k}/watch/poll?keys=p/1,p/2&versionstamps={}", stamps.join(",")), a, None).await;
+    assert_eq!(r["entries"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["entries"][0]["key"], json!(["p", 2]));
+    let (status, e) = send(&c, "GET", &format!("{k}/watch/poll"), a, None).await;
+    assert_eq!((status, e["data"]["path"].as_str()), (400, Some("keys")), "{e}");
+
+    // Poll by prefix: new, then unchanged, then a deletion reported with a null value.
+    let (_, r) = send(&c, "GET", &format!("{k}/watch/prefix/poll?prefix=p"), a, None).await;
+    assert_eq!(r["entries"].as_array().unwrap().len(), 2, "{r}");
+    let vs = r["versionstamps"].as_str().unwrap().to_string();
+    assert!(vs.starts_with("p/1:") && vs.contains(",p/2:"), "{vs}");
+    let q = |vs: &str| format!("{k}/watch/prefix/poll?prefix=p&versionstamps={}", urlencode(vs));
+    let (_, r) = send(&c, "GET", &q(&vs), a, None).await;
+    assert_eq!(r["entries"], json!([]), "{r}");
+    send(&c, "DELETE", &format!("{k}/keys/p/1"), a, None).await;
+    let (_, r) = send(&c, "GET", &q(&vs), a, None).await;
+    assert_eq!(r["entries"], json!([{"key": ["p", 1], "value": null, "versionstamp": null}]), "{r}");
+    let (status, _) = send(&c, "GET", &format!("{k}/watch/prefix/poll"), a, None).await;
+    assert_eq!(status, 400);
+
+    // Metrics: this namespace's operations, queue and storage.
+    send(&c, "GET", &format!("{k}/keys/nope"), a, None).await;
+    send(&c, "POST", &format!("{k}/queue/enqueue"), a, Some(r#"{"value": 1}"#)).await;
+    let (status, m) = send(&c, "GET", &format!("{k}/metrics"), a, None).await;
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(m["operations"]["set"]["count"], 2, "{m}");
+    assert_eq!(m["operations"]["get"]["errors"], 1, "the 404 counts as an error: {m}");
+    assert_eq!(m["queue"], json!({"pending": 1, "processing": 0, "dlq": 0, "total": 1}), "{m}");
+    assert_eq!(m["storage"]["entries"], 1, "{m}");
+    assert!(m["totals"]["operations"].as_u64().unwrap() >= 8, "{m}");
+    let (_, other) = send(&c, "GET", &format!("{k}/metrics?namespace=elsewhere"), a, None).await;
+    assert_eq!((other["operations"].clone(), other["storage"]["entries"].clone()), (json!({}), json!(0)), "{other}");
+    let resp = c.get(format!("{k}/metrics/prometheus")).bearer_auth(&admin).send().await.unwrap();
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("keyval_operations_total{operation=\"set\"} 2"), "{text}");
+    assert!(text.contains("keyval_operation_duration_ms_bucket{operation=\"get\",le=\"+Inf\"}"), "{text}");
+    assert!(text.contains("keyval_queue_pending 1") && text.contains("keyval_storage_entries 1"), "{text}");
+    // Still not there: full-text search.
+    assert_eq!(send(&c, "GET", &format!("{k}/search?prefix=p&query=x"), a, None).await.0, 501);
+    run.stop().await;
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// On PostgreSQL each app's SQL runs as its own login role: `@libsql/client` works with the
+/// app's token, and neither marina's tables nor another app's schema are reachable, not even
+/// with `SET ROLE`/`RESET ROLE`. Admin keys still see every tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_apps_reach_only_their_own_schema() {
+    let Some(url) = std::env::var("MARINA_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) else {
+        assert!(std::env::var("CI").is_err(), "CI must test PostgreSQL (MARINA_TEST_DATABASE_URL)");
+        eprintln!("skip: MARINA_TEST_DATABASE_URL is unset");
+        return;
+    };
+    // Names of this run only: the database is shared with other test binaries and runs.
+    let (one, two) = (format!("pgone{}", std::process::id()), format!("pgtwo{}", std::process::id()));
+    let srv = start_apps(&[&one, &two], |raw| {
+        raw.set("DATABASE_URL", url.clone());
+    })
+    .await;
+    let c = reqwest::Client::new();
+    let b = &srv.base;
+    let (status, r) = send(&c, "GET", &format!("{b}/{one}/pgtest?other={two}"), None, None).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["insertedId"], "1", "{r}");
+    assert_eq!(r["rows"], json!(["first", "in tx"]), "committed kept, rolled back and failed batch gone: {r}");
+    assert!(r["batchError"].as_str().unwrap().starts_with("SQLITE_CONSTRAINT"), "{r}");
+    assert!(r["whoami"].as_str().unwrap().starts_with(&format!("app_{one}_")), "{r}");
+    for probe in ["marinaTables", "marinaKv", "otherApp", "otherInsert", "setRole", "resetRole", "newSchema", "newRole"]
+    {
+        let got = r[probe].as_str().unwrap();
+        let refused = ["permission denied", "must be member", "does not exist"].iter().any(|w| got.contains(w));
+        assert!(got != "allowed" && refused, "{probe}: {got}");
+    }
+    // The other app: its own table, not the first app's rows.
+    let (status, r2) = send(&c, "GET", &format!("{b}/{two}/pgtest?other={one}"), None, None).await;
+    assert_eq!(status, 200, "{r2}");
+    assert_eq!(r2["rows"], json!(["first", "in tx"]), "{r2}");
+    assert!(r2["otherApp"].as_str().unwrap().contains("permission denied"), "{r2}");
+    // Raw Hrana with the second app's token on the first app's schema.
+    let (_, token) = send(&c, "GET", &format!("{b}/{two}/token"), None, None).await;
+    let pipeline =
+        json!({"requests": [{"type": "execute", "stmt": {"sql": format!("SELECT body FROM app_{one}.notes")}}]})
+            .to_string();
+    let (status, r) = send(&c, "POST", &format!("{b}/database/api/v2/pipeline"), token.as_str(), Some(&pipeline)).await;
+    assert_eq!(status, 200);
+    assert!(r["results"][0]["error"]["message"].as_str().unwrap().contains("permission denied"), "{r}");
+    // Admin keys reach every tenant, including what the app's role created.
+    let admin = admin_key_in(marina_store::Store::open(Some(&url), Path::new("/")).await.unwrap()).await;
+    let (status, r) =
+        send(&c, "GET", &format!("{b}/database/api/tables/notes/rows?tenant={one}"), Some(&admin), None).await;
+    assert_eq!((status, r["total"].clone()), (200, json!(2)), "{r}");
+    let (_, r) = send(&c, "GET", &format!("{b}/database/api/tenants"), Some(&admin), None).await;
+    assert!(r["tenants"].as_array().unwrap().contains(&json!(one)), "{r}");
+    srv.stop().await;
 }

@@ -79,7 +79,13 @@ pub(crate) fn open_sqlite(path: Option<&Path>) -> Result<rusqlite::Connection, E
     Ok(conn)
 }
 
-pub(crate) async fn open_postgres(url: &str, schema: &str) -> Result<Backend, Error> {
+/// `login`: connect as an app's own role (its schema exists already; the role may not create
+/// schemas) instead of the URL's user.
+pub(crate) async fn open_postgres(
+    url: &str,
+    schema: &str,
+    login: Option<&crate::app_role::AppLogin>,
+) -> Result<Backend, Error> {
     let shown = redact(url);
     let (driver_url, root_cert) = take_param(url, "sslrootcert");
     let mut config: tokio_postgres::Config = driver_url
@@ -103,6 +109,9 @@ pub(crate) async fn open_postgres(url: &str, schema: &str) -> Result<Backend, Er
         _ => format!("-c search_path={schema}"),
     };
     config.options(&options);
+    if let Some(login) = login {
+        config.user(&login.role).password(&login.password);
+    }
     let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
     let tls = if require_tls { Some(tls_config(root_cert.as_deref(), &shown)?) } else { None };
     let listen = Box::new(ListenConfig { config: config.clone(), tls: tls.clone() });
@@ -124,6 +133,9 @@ pub(crate) async fn open_postgres(url: &str, schema: &str) -> Result<Backend, Er
     // Connect now, so an unreachable server is reported at start, not at the first request.
     let conn = backend.conn().await?;
     let Conn::Postgres(client) = &conn else { unreachable!("a PostgreSQL backend leases PostgreSQL connections") };
+    if login.is_some() {
+        return Ok(backend);
+    }
     let create = format!("CREATE SCHEMA IF NOT EXISTS {}", sql::quote_ident(schema));
     if let Err(e) = client.batch_execute(&create).await {
         // Two processes creating the schema at once: one loses the race on the catalog's

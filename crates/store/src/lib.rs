@@ -35,6 +35,7 @@
 
 #![warn(missing_docs)]
 
+pub mod app_role;
 mod conn;
 pub mod hrana;
 pub mod kv;

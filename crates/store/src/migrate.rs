@@ -55,6 +55,8 @@ const SYSTEM: &[(&str, &str)] = &[
     ("0012_api_keys.down.sql", include_str!("../migrations/0012_api_keys.down.sql")),
     ("0014_proxy_rules.up.sql", include_str!("../migrations/0014_proxy_rules.up.sql")),
     ("0014_proxy_rules.down.sql", include_str!("../migrations/0014_proxy_rules.down.sql")),
+    ("0016_app_roles.up.sql", include_str!("../migrations/0016_app_roles.up.sql")),
+    ("0016_app_roles.down.sql", include_str!("../migrations/0016_app_roles.down.sql")),
 ];
 
 fn err(status: StatusCode, code: &'static str, message: String) -> Error {

@@ -50,7 +50,7 @@ impl Store {
     /// `DATABASE_UNAVAILABLE` when the file cannot be opened or the server cannot be reached.
     pub async fn open(database_url: Option<&str>, state_dir: &Path) -> Result<Store, Error> {
         let url = DatabaseUrl::parse(database_url, state_dir)?;
-        Self::open_url(&url, SYSTEM_SCHEMA).await
+        Self::open_url(&url, SYSTEM_SCHEMA, None).await
     }
 
     /// Open app `name`'s own database: on SQLite a file `{state_dir}/apps/{name}/app.db` (in memory
@@ -65,10 +65,37 @@ impl Store {
             DatabaseUrl::SqliteFile(_) => DatabaseUrl::SqliteFile(app_sqlite_path(state_dir, &ident)),
             other => other,
         };
-        Self::open_url(&url, &format!("app_{ident}")).await
+        Self::open_url(&url, &format!("app_{ident}"), None).await
     }
 
-    async fn open_url(url: &DatabaseUrl, schema: &str) -> Result<Store, Error> {
+    /// Open app `name`'s database as the app itself: on PostgreSQL logged in as the app's own
+    /// role ([`crate::app_role`], created or updated through marina's `system` store), so SQL
+    /// the app sends cannot reach marina's schema or another app's; on SQLite the same as
+    /// [`Store::open_app`] (the file holds nothing else).
+    ///
+    /// # Errors
+    /// As [`Store::open_app`], plus `DATABASE_APP_ROLES_UNAVAILABLE`.
+    pub async fn open_app_as_app(
+        system: &Store,
+        database_url: Option<&str>,
+        state_dir: &Path,
+        name: &str,
+    ) -> Result<Store, Error> {
+        if system.kind() != BackendKind::Postgres {
+            return Self::open_app(database_url, state_dir, name).await;
+        }
+        let ident = sql::app_ident(name)?;
+        let login = crate::app_role::ensure(system, name).await?;
+        let url = DatabaseUrl::parse(database_url, state_dir)?;
+        let store = Self::open_url(&url, &format!("app_{ident}"), Some(&login)).await?;
+        Ok(Store { label: format!("{} as {}", store.label, login.role), ..store })
+    }
+
+    async fn open_url(
+        url: &DatabaseUrl,
+        schema: &str,
+        login: Option<&crate::app_role::AppLogin>,
+    ) -> Result<Store, Error> {
         let label = match url {
             DatabaseUrl::Postgres(_) => format!("{} (schema {schema})", url.redacted()),
             _ => url.redacted(),
@@ -84,7 +111,7 @@ impl Store {
             DatabaseUrl::SqliteMemory => {
                 Backend::Sqlite { conn: Arc::new(Mutex::new(conn::open_sqlite(None)?)), path: None }
             }
-            DatabaseUrl::Postgres(u) => conn::open_postgres(u, schema).await?,
+            DatabaseUrl::Postgres(u) => conn::open_postgres(u, schema, login).await?,
         };
         Ok(Store { backend: Arc::new(backend), label })
     }

@@ -186,8 +186,8 @@ pub(super) async fn tenants(db: &Database) -> Result<Response<Body>, Error> {
             })
             .unwrap_or_default(),
         BackendKind::Postgres => {
-            let store = Store::open(db.inner.database_url.as_deref(), &db.inner.state_dir).await?;
-            store
+            db.inner
+                .system
                 .query("SELECT schema_name::text AS s FROM information_schema.schemata WHERE schema_name LIKE 'app\\_%' ORDER BY schema_name", &[])
                 .await?
                 .iter()
@@ -224,8 +224,10 @@ pub(super) async fn delete_tenant(db: &Database, id: &str) -> Result<Response<Bo
             }
         }
         BackendKind::Postgres => {
-            let store = Store::open(db.inner.database_url.as_deref(), &db.inner.state_dir).await?;
-            store
+            // The app's role stays (its password in marina_app_roles): a tenant created again
+            // under the same name gets it back.
+            db.inner
+                .system
                 .execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", sql::quote_ident(&format!("app_{ident}"))), &[])
                 .await?;
         }

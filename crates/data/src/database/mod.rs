@@ -12,9 +12,10 @@
 //! A worker token reaches its app's database; an admin key picks one with `?tenant=` or the
 //! `x-database-namespace` header (default `default`). Tenants are app databases.
 //!
-//! On PostgreSQL, app tokens are refused (403 `DATABASE_APP_ACCESS_UNAVAILABLE`): an app's
-//! schema is reached with marina's own database role, and a schema-qualified name would
-//! reach marina's tables. Per-app roles are not built yet; admin keys work.
+//! On PostgreSQL each tenant's SQL runs logged in as the app's own role
+//! (`marina_store::app_role`), which can use only the app's schema: a schema-qualified name
+//! cannot reach marina's tables or another app's, whether the caller is the app's worker or an
+//! admin key. On SQLite each app has a file of its own.
 
 mod admin;
 
@@ -43,6 +44,7 @@ pub struct Database {
 
 struct Inner {
     access: Access,
+    system: Store,
     database_url: Option<String>,
     state_dir: PathBuf,
     kind: BackendKind,
@@ -50,10 +52,16 @@ struct Inner {
 }
 
 impl Database {
-    /// The plugin over the app databases of marina's `store` (`database_url` and `state_dir`
-    /// as marina was started with).
-    pub fn new(access: Access, database_url: Option<String>, state_dir: PathBuf, kind: BackendKind) -> Self {
-        Self { inner: Arc::new(Inner { access, database_url, state_dir, kind, open: Mutex::default() }) }
+    /// The plugin over the app databases beside marina's own store `system` (`database_url`
+    /// and `state_dir` as marina was started with).
+    pub fn new(access: Access, system: Store, database_url: Option<String>, state_dir: PathBuf) -> Self {
+        let kind = system.kind();
+        Self { inner: Arc::new(Inner { access, system, database_url, state_dir, kind, open: Mutex::default() }) }
+    }
+
+    /// Close every open app database (their connections go when the last request using them ends).
+    pub async fn close(&self) {
+        self.inner.open.lock().await.clear();
     }
 
     /// The executor of app (tenant) `name`'s database, opened on first use.
@@ -63,7 +71,8 @@ impl Database {
         if let Some(h) = open.get(&ident) {
             return Ok(h.clone());
         }
-        let store = Store::open_app(self.inner.database_url.as_deref(), &self.inner.state_dir, name).await?;
+        let i = &self.inner;
+        let store = Store::open_app_as_app(&i.system, i.database_url.as_deref(), &i.state_dir, name).await?;
         let h = Arc::new(Hrana::new(store));
         open.insert(ident, h.clone());
         Ok(h)
@@ -94,16 +103,7 @@ impl Database {
         let caller = self.inner.access.caller(&parts.headers).await?;
         let q = web::query(parts.uri.query());
         let tenant = match &caller {
-            Caller::App(app) => {
-                if self.inner.kind == BackendKind::Postgres {
-                    return Err(Error::new(
-                        StatusCode::FORBIDDEN,
-                        "DATABASE_APP_ACCESS_UNAVAILABLE",
-                        "app tokens cannot reach the database plugin when marina runs on PostgreSQL (per-app database roles are not built yet); use an admin key",
-                    ));
-                }
-                app.clone()
-            }
+            Caller::App(app) => app.clone(),
             Caller::Admin => q
                 .get("tenant")
                 .filter(|t| !t.is_empty())

@@ -6,11 +6,20 @@
 //! `default`). Watches and queue listeners are server-sent events driven by the engine's
 //! change notification, never by polling, and they stop when the client leaves.
 //!
-//! Not implemented (answered 501 `NOT_IMPLEMENTED`): full-text indexes and search, metrics,
-//! and the `/watch/poll` and `/watch/prefix/poll` variants.
+//! `/watch/poll` and `/watch/prefix/poll` answer once with what changed since the
+//! versionstamps the client sends (Buntime's shapes); `/metrics` counts this instance's
+//! operations per namespace ([`metrics`]).
+//!
+//! Not implemented (answered 501 `NOT_IMPLEMENTED`): full-text indexes and search.
 
 mod keys;
+pub mod limits;
+mod metrics;
+mod poll;
 mod streams;
+
+use std::sync::Arc;
+use std::time::Instant;
 
 use http::{Method, Request, Response, StatusCode};
 use marina_core::{Body, Error};
@@ -29,6 +38,7 @@ pub const BASE: &str = "/keyval";
 pub struct Keyval {
     kv: Kv,
     access: Access,
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// The namespace of app `name`.
@@ -39,7 +49,7 @@ pub fn app_namespace(name: &str) -> String {
 impl Keyval {
     /// The plugin over an engine.
     pub fn new(kv: Kv, access: Access) -> Self {
-        Self { kv, access }
+        Self { kv, access, metrics: Arc::default() }
     }
 
     /// Serve a request whose path is under `/keyval/api`; `rest` is the path after it.
@@ -64,30 +74,52 @@ impl Keyval {
         let method = parts.method.clone();
         let segs: Vec<String> = rest.trim_matches('/').split('/').filter(|s| !s.is_empty()).map(web::decode).collect();
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
-        match (&method, segs.as_slice()) {
-            (&Method::GET, ["keys"]) => keys::list_get(&ns, &q).await,
-            (&Method::GET, ["keys", "count"]) => keys::count(&ns, &q).await,
-            (&Method::GET, ["keys", "paginate"]) => keys::paginate(&ns, &q).await,
+        let op = metrics::op_name(&method, &segs);
+        let started = Instant::now();
+        let result = self.route(&ns, &method, &segs, &q, body).await;
+        if op != "metrics" {
+            self.metrics.record(ns.name(), op, started.elapsed(), result.is_err());
+        }
+        result
+    }
+
+    async fn route(
+        &self,
+        ns: &marina_store::kv::Namespace,
+        method: &Method,
+        segs: &[&str],
+        q: &std::collections::HashMap<String, String>,
+        body: Body,
+    ) -> Result<Response<Body>, Error> {
+        // Streams own their namespace handle (it outlives the request).
+        let ns = ns.clone();
+        match (method, segs) {
+            (&Method::GET, ["keys"]) => keys::list_get(&ns, q).await,
+            (&Method::GET, ["keys", "count"]) => keys::count(&ns, q).await,
+            (&Method::GET, ["keys", "paginate"]) => keys::paginate(&ns, q).await,
             (&Method::POST, ["keys", "list"]) => keys::list_post(&ns, body).await,
             (&Method::POST, ["keys", "batch"]) => keys::batch(&ns, body).await,
             (&Method::POST, ["keys", "delete-batch"]) => keys::delete_batch(&ns, body).await,
             (&Method::GET, ["keys", path @ ..]) => keys::get(&ns, path).await,
-            (&Method::PUT, ["keys", path @ ..]) => keys::set(&ns, path, &q, body).await,
+            (&Method::PUT, ["keys", path @ ..]) => keys::set(&ns, path, q, body).await,
             (&Method::DELETE, ["keys", path @ ..]) => keys::delete(&ns, path, body).await,
             (&Method::POST, ["atomic"]) => keys::atomic(&ns, body).await,
-            (&Method::GET, ["watch"]) => streams::watch(ns, &q).await,
-            (&Method::GET, ["watch", "prefix"]) => streams::watch_prefix(ns, &q).await,
+            (&Method::GET, ["watch"]) => streams::watch(ns, q).await,
+            (&Method::GET, ["watch", "prefix"]) => streams::watch_prefix(ns, q).await,
+            (&Method::GET, ["watch", "poll"]) => poll::keys(&ns, q).await,
+            (&Method::GET, ["watch", "prefix", "poll"]) => poll::prefix(&ns, q).await,
+            (&Method::GET, ["metrics"]) => Ok(web::ok(&self.metrics.json(&ns).await?)),
+            (&Method::GET, ["metrics", "prometheus"]) => {
+                Ok(web::text("text/plain; version=0.0.4; charset=utf-8", self.metrics.prometheus(&ns).await?))
+            }
             (&Method::POST, ["queue", "enqueue"]) => streams::enqueue(&ns, body).await,
             (&Method::GET, ["queue", "poll"]) => Ok(web::ok(&ns.dequeue().await?.map_or(Json::Null, |m| m.to_json()))),
             (&Method::GET, ["queue", "listen"]) => Ok(streams::listen(ns)),
             (&Method::POST, ["queue", "ack"]) => streams::ack(&ns, body).await,
             (&Method::POST, ["queue", "nack"]) => streams::nack(&ns, body).await,
             (&Method::GET, ["queue", "stats"]) => streams::stats(&ns).await,
-            (_, ["queue", "dlq", ..]) => streams::dlq(&ns, &method, &segs[2..], &q).await,
-            (
-                _,
-                ["indexes", ..] | ["search", ..] | ["metrics", ..] | ["watch", "poll"] | ["watch", "prefix", "poll"],
-            ) => Err(Error::new(
+            (_, ["queue", "dlq", ..]) => streams::dlq(&ns, method, &segs[2..], q).await,
+            (_, ["indexes", ..] | ["search", ..]) => Err(Error::new(
                 StatusCode::NOT_IMPLEMENTED,
                 "NOT_IMPLEMENTED",
                 format!("{method} /keyval/api/{} is not implemented in marina yet", segs.join("/")),

@@ -6,19 +6,36 @@ use http::{Method, Response, StatusCode};
 use marina_core::{Body, Error};
 use marina_store::kv::Namespace;
 use marina_store::kv::queue::{self, Nacked};
+use marina_store::kv::watch::{PrefixWatcher, WatchEvent, Watcher};
 use serde_json::{Value as Json, json};
 
 use super::path_key;
 use crate::web;
 
-pub(super) async fn watch(ns: Namespace, q: &HashMap<String, String>) -> Result<Response<Body>, Error> {
-    let keys: Vec<_> =
-        q.get("keys").map(|k| k.split(',').filter(|s| !s.is_empty()).map(path_key).collect()).unwrap_or_default();
-    let mut w = ns.watch(keys, q.get("initial").is_none_or(|v| v != "false")).await?;
-    Ok(web::sse(move |tx| async move {
+/// What both watches share: the next batch of changes, waiting on change notification.
+trait Changes: Send + 'static {
+    fn next_batch(&mut self) -> impl std::future::Future<Output = Result<Vec<WatchEvent>, Error>> + Send;
+}
+
+impl Changes for Watcher {
+    fn next_batch(&mut self) -> impl std::future::Future<Output = Result<Vec<WatchEvent>, Error>> + Send {
+        self.next()
+    }
+}
+
+impl Changes for PrefixWatcher {
+    fn next_batch(&mut self) -> impl std::future::Future<Output = Result<Vec<WatchEvent>, Error>> + Send {
+        self.next()
+    }
+}
+
+/// An SSE stream of `change` events from a watcher (an `error` event ends it); it stops as
+/// soon as the client leaves.
+fn change_stream(mut w: impl Changes) -> Response<Body> {
+    web::sse(move |tx| async move {
         loop {
             tokio::select! {
-                r = w.next() => match r {
+                r = w.next_batch() => match r {
                     Ok(events) => {
                         let data = Json::Array(events.iter().map(|e| e.to_json()).collect());
                         if tx.send(("change".into(), data)).await.is_err() {
@@ -33,32 +50,22 @@ pub(super) async fn watch(ns: Namespace, q: &HashMap<String, String>) -> Result<
                 () = tx.closed() => return,
             }
         }
-    }))
+    })
+}
+
+fn initial(q: &HashMap<String, String>) -> bool {
+    q.get("initial").is_none_or(|v| v != "false")
+}
+
+pub(super) async fn watch(ns: Namespace, q: &HashMap<String, String>) -> Result<Response<Body>, Error> {
+    let keys = super::poll::keys_query(q)?;
+    Ok(change_stream(ns.watch(keys, initial(q)).await?))
 }
 
 pub(super) async fn watch_prefix(ns: Namespace, q: &HashMap<String, String>) -> Result<Response<Body>, Error> {
     let prefix = q.get("prefix").map(|p| path_key(p)).unwrap_or_default();
     let limit = web::query_num(q, "limit")?;
-    let mut w = ns.watch_prefix(prefix, limit, q.get("initial").is_none_or(|v| v != "false")).await?;
-    Ok(web::sse(move |tx| async move {
-        loop {
-            tokio::select! {
-                r = w.next() => match r {
-                    Ok(events) => {
-                        let data = Json::Array(events.iter().map(|e| e.to_json()).collect());
-                        if tx.send(("change".into(), data)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(("error".into(), json!({ "code": e.code(), "message": e.message() }))).await;
-                        return;
-                    }
-                },
-                () = tx.closed() => return,
-            }
-        }
-    }))
+    Ok(change_stream(ns.watch_prefix(prefix, limit, initial(q)).await?))
 }
 
 /// Deliver messages as `message` events. A message is taken from the queue only while the

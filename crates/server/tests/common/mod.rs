@@ -16,6 +16,9 @@ pub struct Running {
     /// marina's state dir (a temp dir removed when the server is dropped).
     #[allow(dead_code)]
     pub state_dir: std::path::PathBuf,
+    /// The server's shared state (its worker pool, plugins, ...).
+    #[allow(dead_code)]
+    pub runtime: std::sync::Arc<marina_server::Runtime>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
     _state: tempfile::TempDir,
@@ -26,6 +29,13 @@ impl Running {
         let _ = self.stop.take().unwrap().send(());
         tokio::time::timeout(Duration::from_secs(20), &mut self.task).await.expect("server stops").unwrap();
     }
+}
+
+/// The repository's bundled plugin dir (`examples/plugins`: gateway, keyval, database, ...), for
+/// `RUNTIME_PLUGIN_DIRS`.
+#[allow(dead_code)]
+pub fn bundled_plugins() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plugins").display().to_string()
 }
 
 /// Serve the apps in `worker_dir` with a fresh state dir; `tweak` adjusts the raw config.
@@ -46,6 +56,7 @@ pub async fn start_with(worker_dir: &Path, tweak: impl FnOnce(&mut RawConfig), p
     let config = RuntimeConfig::from_raw(&raw, Path::new("/")).unwrap();
     let server = Server::bind_with(config, plugins).await.expect("server binds");
     let addr = server.local_addr();
+    let runtime = server.runtime();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         server
@@ -59,6 +70,7 @@ pub async fn start_with(worker_dir: &Path, tweak: impl FnOnce(&mut RawConfig), p
         base: format!("http://{addr}"),
         addr,
         state_dir: state.path().to_path_buf(),
+        runtime,
         stop: Some(tx),
         task,
         _state: state,

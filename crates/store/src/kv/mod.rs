@@ -295,6 +295,28 @@ impl Namespace {
         Ok(text)
     }
 
+    /// How many live entries the namespace holds and their values' size (bytes of JSON text),
+    /// for metrics.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn storage(&self) -> Result<(u64, u64), Error> {
+        let r = self
+            .store()
+            .query_opt(
+                &format!(
+                    "SELECT COUNT(*) AS n, COALESCE(SUM(LENGTH(value)), 0) AS b FROM kv_entries WHERE ns = $1 AND {LIVE}"
+                ),
+                &[self.name().into(), Value::Integer(now_ms())],
+            )
+            .await?;
+        let (n, b): (i64, i64) = match r {
+            Some(r) => (r.get("n")?, r.get("b")?),
+            None => (0, 0),
+        };
+        Ok((n.max(0) as u64, b.max(0) as u64))
+    }
+
     pub(crate) fn check_batch(&self, n: usize, field: &str) -> Result<(), Error> {
         let max = self.limits().max_batch;
         if n > max {

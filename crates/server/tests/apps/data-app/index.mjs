@@ -65,10 +65,54 @@ async function selftest() {
   return out;
 }
 
+async function code(fn) {
+  try {
+    await fn();
+    return "allowed";
+  } catch (e) {
+    return `${e.code ?? "?"}: ${e.message}`;
+  }
+}
+
+// The same through marina on PostgreSQL, where the app's SQL runs as its own login role.
+// `other` is another app's schema ident, which this app must not reach.
+async function pgtest(other) {
+  const out = {};
+  await db.execute("CREATE TABLE IF NOT EXISTS notes (id BIGSERIAL PRIMARY KEY, body TEXT UNIQUE NOT NULL)");
+  const ins = await db.execute({ sql: "INSERT INTO notes (body) VALUES (?) RETURNING id", args: ["first"] });
+  out.insertedId = String(ins.rows[0].id);
+  const tx = await db.transaction("write");
+  await tx.execute({ sql: "INSERT INTO notes (body) VALUES (?)", args: ["in tx"] });
+  await tx.commit();
+  const tx2 = await db.transaction("write");
+  await tx2.execute({ sql: "INSERT INTO notes (body) VALUES (?)", args: ["rolled back"] });
+  await tx2.rollback();
+  out.batchError = await code(() =>
+    db.batch([
+      { sql: "INSERT INTO notes (body) VALUES (?)", args: ["b1"] },
+      { sql: "INSERT INTO notes (body) VALUES (?)", args: ["first"] },
+    ], "write"));
+  out.rows = (await db.execute("SELECT body FROM notes ORDER BY id")).rows.map((r) => r.body);
+  out.whoami = (await db.execute("SELECT current_user::text AS u")).rows[0].u;
+  out.marinaTables = await code(() => db.execute("SELECT * FROM marina.marina_api_keys"));
+  out.marinaKv = await code(() => db.execute("SELECT * FROM marina.kv_entries"));
+  out.otherApp = await code(() => db.execute(`SELECT * FROM app_${other}.notes`));
+  out.otherInsert = await code(() => db.execute(`CREATE TABLE app_${other}.planted (x INT)`));
+  out.setRole = await code(() => db.execute("SET ROLE marina"));
+  out.resetRole = await code(async () => {
+    await db.execute("RESET ROLE");
+    await db.execute("SELECT * FROM marina.marina_api_keys");
+  });
+  out.newSchema = await code(() => db.execute("CREATE SCHEMA planted"));
+  out.newRole = await code(() => db.execute("CREATE ROLE planted"));
+  return out;
+}
+
 export default {
   async fetch(req) {
     const url = new URL(req.url);
     if (url.pathname === "/selftest") return Response.json(await selftest());
+    if (url.pathname === "/pgtest") return Response.json(await pgtest(url.searchParams.get("other")));
     // For the isolation test only: a real app never shows its token.
     if (url.pathname === "/token") return new Response(process.env.LIBSQL_AUTH_TOKEN);
     return new Response("not found", { status: 404 });

@@ -1,0 +1,1 @@
+DROP TABLE marina_app_roles;
