@@ -48,6 +48,8 @@ pub enum Check {
     /// `*` or a comma-separated list of origins (`https://app.example.com`, with an optional
     /// port and no path).
     Origins,
+    /// A comma-separated list of IP ranges (`10.0.0.0/8`) or single addresses (`10.1.2.3`).
+    Cidrs,
 }
 
 impl Check {
@@ -65,6 +67,7 @@ impl Check {
             Check::Bool => parse_bool(value).is_some(),
             Check::JsRuntime => value == "bun" || value == "node" || value.contains('/'),
             Check::Origins => value == "*" || value.split(',').all(|o| is_origin(o.trim())),
+            Check::Cidrs => parse_cidrs(value).is_some(),
             Check::DatabaseUrl => {
                 value.starts_with("sqlite:") || value.starts_with("postgres://") || value.starts_with("postgresql://")
             }
@@ -89,6 +92,9 @@ impl Check {
             Check::DatabaseUrl => "sqlite://PATH or postgres://USER@HOST/DB".into(),
             Check::JsRuntime => "bun, node, or the path of an executable Bun or Node".into(),
             Check::Origins => "* or a comma-separated list of origins such as https://app.example.com".into(),
+            Check::Cidrs => {
+                "a comma-separated list of IP ranges or addresses such as 10.0.0.0/8,fd00::/8,192.0.2.7".into()
+            }
         }
     }
 }
@@ -328,6 +334,20 @@ pub static SETTINGS: &[Setting] = &[
         check: Check::Seconds,
     },
     Setting {
+        var: "RUNTIME_PROXY_ALLOW",
+        flag: "proxy-allow",
+        default: "none",
+        help: "proxy rules: IP ranges a rule's target may reach although refused by default (link-local and cloud metadata addresses, marina's own listener) or by `RUNTIME_PROXY_DENY`, comma-separated (`169.254.10.0/24`); see [docs/proxy.md](docs/proxy.md#ssrf-policy)",
+        check: Check::Cidrs,
+    },
+    Setting {
+        var: "RUNTIME_PROXY_DENY",
+        flag: "proxy-deny",
+        default: "none",
+        help: "proxy rules: IP ranges a rule's target may not reach besides the built-in ones, comma-separated (`10.0.0.0/8,192.168.0.0/16` on a shared server); checked on every address a name resolves to",
+        check: Check::Cidrs,
+    },
+    Setting {
         var: "GATEWAY_CORS_ORIGIN",
         flag: "gateway-cors-origin",
         default: "unset: no CORS headers",
@@ -475,6 +495,14 @@ impl RawSettings {
         }
     }
 
+    /// IP ranges (the row must be [`Check::Cidrs`]); empty when unset.
+    pub fn cidrs(&self, var: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        match self.get(var) {
+            None => Ok(Vec::new()),
+            Some(v) => parse_cidrs(v).ok_or_else(|| self.bad(var, v)),
+        }
+    }
+
     /// Any value that passes its row's check, as given (trimmed).
     pub fn checked(&self, var: &str) -> Result<Option<&str>, ConfigError> {
         match self.get(var) {
@@ -496,6 +524,18 @@ pub fn parse_seconds(value: &str) -> Option<Duration> {
         Ok(_) => None,
         Err(_) => parse_duration(value).ok(),
     }
+}
+
+/// `10.0.0.0/8, 192.0.2.7, fd00::/8` → ranges (an address is a range of one); `None` when any
+/// entry is neither. Blank entries are skipped, but at least one range is needed.
+pub fn parse_cidrs(value: &str) -> Option<Vec<ipnet::IpNet>> {
+    let nets: Option<Vec<ipnet::IpNet>> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<ipnet::IpNet>().ok().or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from)))
+        .collect();
+    nets.filter(|n| !n.is_empty())
 }
 
 fn parse_bool(value: &str) -> Option<bool> {
@@ -585,6 +625,23 @@ mod tests {
         assert_eq!(raw.seconds("RUNTIME_SHUTDOWN_TIMEOUT", Duration::ZERO).unwrap(), Duration::ZERO);
         raw.set("RUNTIME_SHUTDOWN_TIMEOUT", "1.5");
         assert_eq!(raw.seconds("RUNTIME_SHUTDOWN_TIMEOUT", Duration::ZERO).unwrap(), Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn ip_ranges_are_read_and_bad_ones_named() {
+        let mut raw = RawSettings::new();
+        assert_eq!(raw.cidrs("RUNTIME_PROXY_DENY").unwrap(), Vec::<ipnet::IpNet>::new());
+        raw.set("RUNTIME_PROXY_DENY", " 10.0.0.0/8, 192.0.2.7 ,fd00::/8,");
+        raw.validate().unwrap();
+        let nets: Vec<String> = raw.cidrs("RUNTIME_PROXY_DENY").unwrap().iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.0.2.7/32", "fd00::/8"]);
+        for bad in ["10.0.0.0/33", "example.com", "10.0.0.0/8;10.1.0.0/16", ",", "::1/129"] {
+            raw.set("RUNTIME_PROXY_ALLOW", bad);
+            let err = raw.validate().unwrap_err();
+            assert_eq!(err.var, "RUNTIME_PROXY_ALLOW", "{bad}");
+            assert!(err.to_string().contains("--proxy-allow") && err.to_string().contains("IP ranges"), "{err}");
+            assert!(raw.cidrs("RUNTIME_PROXY_ALLOW").is_err());
+        }
     }
 
     #[test]

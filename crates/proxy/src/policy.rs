@@ -74,15 +74,30 @@ impl TargetPolicy {
         if let Some(why) = self.refuse_ip(ip) {
             return Some(why);
         }
-        let ip = ip.to_canonical();
+        self.refuse_loop(SocketAddr::new(ip, port), false)
+    }
+
+    /// Why a connection just made to `peer`, whose local end is `local`, must not be used: it
+    /// reached marina's own listener. This is the check that catches every spelling of marina's
+    /// address — a host name resolving to it, `127.1`, an address of one of this host's
+    /// interfaces while marina listens on `0.0.0.0` — because it looks at where the connection
+    /// actually went. A connection to this host has the same address at both ends.
+    pub fn refuse_connected(&self, peer: SocketAddr, local: IpAddr) -> Option<String> {
+        let same_host = peer.ip().to_canonical() == local.to_canonical();
+        self.refuse_loop(peer, same_host)
+    }
+
+    fn refuse_loop(&self, peer: SocketAddr, same_host: bool) -> Option<String> {
+        let (ip, port) = (peer.ip().to_canonical(), peer.port());
         if self.allow.iter().any(|n| n.contains(&ip)) {
             return None;
         }
         let itself = self.own.iter().any(|own| {
+            let own_ip = own.ip().to_canonical();
             own.port() == port
-                && (own.ip().to_canonical() == ip
-                    || (own.ip().is_unspecified() && ip.is_loopback())
-                    || (ip.is_loopback() && own.ip().is_loopback()))
+                && (own_ip == ip
+                    || (own_ip.is_unspecified() && (ip.is_loopback() || same_host))
+                    || (ip.is_loopback() && own_ip.is_loopback()))
         });
         itself.then(|| format!("{ip}:{port} is marina's own listener; a rule pointing there would loop"))
     }
@@ -126,6 +141,21 @@ mod tests {
         assert!(p.refuse(ip("127.0.0.1"), 8001).is_none(), "another local port is a normal upstream");
         assert!(p.refuse(ip("93.184.216.34"), 443).is_none());
         assert!(p.refuse_host("example.com", 443).is_none(), "names are checked when they resolve");
+    }
+
+    #[test]
+    fn a_connection_that_reached_marina_itself_is_a_loop() {
+        let p = TargetPolicy::new(vec!["127.0.0.1:8000".parse().unwrap()], vec![]);
+        let lo = ip("127.0.0.1");
+        assert!(p.refuse_connected("127.0.0.1:8000".parse().unwrap(), lo).unwrap().contains("loop"));
+        assert!(p.refuse_connected("127.0.0.2:8000".parse().unwrap(), lo).is_some(), "any loopback address");
+        assert!(p.refuse_connected("127.0.0.1:8001".parse().unwrap(), lo).is_none());
+        let any = TargetPolicy::new(vec!["0.0.0.0:8000".parse().unwrap()], vec![]);
+        let me = ip("10.1.2.3");
+        assert!(any.refuse_connected("10.1.2.3:8000".parse().unwrap(), me).is_some(), "this host's own address");
+        assert!(any.refuse_connected("10.1.2.4:8000".parse().unwrap(), me).is_none(), "another host");
+        let allowed = TargetPolicy::new(vec!["127.0.0.1:8000".parse().unwrap()], vec!["127.0.0.0/8".parse().unwrap()]);
+        assert!(allowed.refuse_connected("127.0.0.1:8000".parse().unwrap(), lo).is_none(), "allowed on purpose");
     }
 
     #[test]

@@ -23,9 +23,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use marina_core::Error;
-use marina_core::body::{self, Body};
+use marina_core::body::{self, Body, BoxError};
 use rustls::pki_types::CertificateDer;
 use serde_json::json;
+use tokio::net::TcpStream;
 
 use crate::forwarded::{ClientInfo, set_forwarding_headers};
 use crate::headers::{is_upgrade, strip_hop_by_hop};
@@ -34,7 +35,7 @@ use crate::policy::TargetPolicy;
 use crate::rules::Rule;
 use crate::splice::splice;
 
-type Connector = HttpsConnector<HttpConnector<PolicyResolver>>;
+type Connector = HttpsConnector<LoopGuard>;
 
 /// Timeouts, pool sizes, trust and the SSRF policy of the remote client.
 #[derive(Debug, Clone)]
@@ -106,12 +107,16 @@ impl Remote {
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
             .with_no_client_auth();
         let build = |tls: rustls::ClientConfig| {
-            let mut http = HttpConnector::new_with_resolver(PolicyResolver(Arc::new(config.policy.clone())));
+            let policy = Arc::new(config.policy.clone());
+            let mut http = HttpConnector::new_with_resolver(PolicyResolver(policy.clone()));
             http.enforce_http(false);
             http.set_nodelay(true);
             http.set_connect_timeout(Some(config.connect_timeout));
-            let connector =
-                HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
+            let connector = HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(LoopGuard { http, policy });
             Client::builder(TokioExecutor::new())
                 .pool_timer(TokioTimer::new())
                 .pool_idle_timeout(config.pool_idle_timeout)
@@ -227,7 +232,11 @@ impl Remote {
                 let limit = inner.downcast_ref::<BodyTooLarge>().map_or(0, |b| b.limit);
                 return Error::payload_too_large(limit);
             }
-            if let Some(refused) = inner.downcast_ref::<Refused>() {
+            // The resolver's refusal travels inside an io::Error, whose `source()` skips it.
+            let refused = inner
+                .downcast_ref::<Refused>()
+                .or_else(|| inner.downcast_ref::<io::Error>().and_then(|io| io.get_ref()?.downcast_ref::<Refused>()));
+            if let Some(refused) = refused {
                 return Error::bad_gateway("PROXY_TARGET_REFUSED", format!("proxy rule '{}': {}", rule.id, refused.0))
                     .with_data(data);
             }
@@ -321,6 +330,40 @@ impl tower_service::Service<Name> for PolicyResolver {
                 return Err(io::Error::other(Refused(format!("'{host}' resolves to {why}"))));
             }
             Ok(allowed.into_iter())
+        })
+    }
+}
+
+/// The TCP connector with the check only a made connection allows: where it went. A target
+/// that reaches marina's own listener (by a name resolving to it, or any other spelling of its
+/// address) is dropped before a byte is sent ([`TargetPolicy::refuse_connected`]).
+#[derive(Clone)]
+struct LoopGuard {
+    http: HttpConnector<PolicyResolver>,
+    policy: Arc<TargetPolicy>,
+}
+
+impl tower_service::Service<http::Uri> for LoopGuard {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.http.call(uri);
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let io = connecting.await?;
+            let tcp = io.inner();
+            if let (Ok(peer), Ok(local)) = (tcp.peer_addr(), tcp.local_addr())
+                && let Some(why) = policy.refuse_connected(peer, local.ip())
+            {
+                return Err(Box::new(Refused(why)) as BoxError);
+            }
+            Ok(io)
         })
     }
 }

@@ -180,3 +180,42 @@ async fn ssrf_targets_are_refused() {
         assert_eq!(as_error.code(), "INVALID_PROXY_RULE");
     }
 }
+
+/// Targets that pass validation (they are host names, or spellings the validator cannot read
+/// as an address) but reach a refused address: caught when connecting, 502 with the reason.
+#[tokio::test]
+async fn names_reaching_refused_addresses_are_caught_on_connect() {
+    let up = http_upstream().await;
+    let deny = RemoteConfig {
+        policy: marina_proxy::TargetPolicy::new(vec![], vec![]).with_deny(vec!["127.0.0.0/8".parse().unwrap()]),
+        ..RemoteConfig::default()
+    };
+    let front = Front::start(deny).await;
+    let port = front.addr.port();
+    // `127.1` is not an IP address to Rust's parser, but the system resolver reads it as
+    // 127.0.0.1: a classic way around a validator. `localhost.localdomain`-style names are not
+    // portable, this one is.
+    front.set_rules(vec![
+        rule("^/loop", &format!("http://127.1:{port}")),
+        rule("^/denied", &format!("http://127.1:{}", up.port())),
+    ]);
+    let (status, body) = get_json(&front.url("/loop")).await;
+    assert_eq!((status, body["code"].as_str()), (502, Some("PROXY_TARGET_REFUSED")), "{body}");
+    let (status, body) = get_json(&front.url("/denied")).await;
+    assert_eq!((status, body["code"].as_str()), (502, Some("PROXY_TARGET_REFUSED")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("denies"), "{body}");
+
+    // Without the deny list, the same spelling of marina's own address is a loop, and another
+    // port on loopback is a normal upstream.
+    let front = Front::start(RemoteConfig::default()).await;
+    let port = front.addr.port();
+    front.set_rules(vec![
+        rule("^/loop", &format!("http://127.1:{port}")),
+        RuleSpec { rewrite: Some("/ok".into()), ..rule("^/fine", &format!("http://127.1:{}", up.port())) },
+    ]);
+    let (status, body) = get_json(&front.url("/loop")).await;
+    assert_eq!((status, body["code"].as_str()), (502, Some("PROXY_TARGET_REFUSED")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("would loop"), "{body}");
+    let (status, body) = get_json(&front.url("/fine")).await;
+    assert_eq!((status, body["path"].as_str()), (200, Some("/ok")), "{body}");
+}

@@ -174,7 +174,11 @@ impl Server {
         // the data plugins' admin keys.
         let auth = Arc::new(marina_auth::Auth::new(&config.auth, store.clone())?);
         // marina's own listener is a proxy target no rule may have (it would loop).
-        let policy = marina_proxy::TargetPolicy::new(vec![local], Vec::new());
+        // The operator's ranges (`RUNTIME_PROXY_ALLOW`/`_DENY`) hold for app and plugin rules alike.
+        // Both were validated with the rest of the configuration.
+        let ranges = |var| config.raw.cidrs(var).map_err(|e| Error::internal(e.to_string()));
+        let policy = marina_proxy::TargetPolicy::new(vec![local], ranges("RUNTIME_PROXY_ALLOW")?)
+            .with_deny(ranges("RUNTIME_PROXY_DENY")?);
         let remote = Arc::new(marina_proxy::Remote::new(marina_proxy::RemoteConfig {
             policy,
             ..marina_proxy::RemoteConfig::default()

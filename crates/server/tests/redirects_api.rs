@@ -44,6 +44,11 @@ impl Running {
 /// A server with the proxy plugin over `state` (and `database_url` when given); `static_rules`
 /// go into the plugin's configuration.
 async fn start(state: &Path, database_url: Option<&str>, static_rules: Value) -> Running {
+    start_with(state, database_url, static_rules, &[]).await
+}
+
+/// [`start`] with more configuration variables.
+async fn start_with(state: &Path, database_url: Option<&str>, static_rules: Value, vars: &[(&str, &str)]) -> Running {
     let apps = state.join("apps");
     std::fs::create_dir_all(&apps).unwrap();
     let mut raw = RawConfig::new();
@@ -53,6 +58,9 @@ async fn start(state: &Path, database_url: Option<&str>, static_rules: Value) ->
         .set("NODE_ENV", "test");
     if let Some(url) = database_url {
         raw.set("DATABASE_URL", url);
+    }
+    for (var, value) in vars {
+        raw.set(var, *value);
     }
     let config = RuntimeConfig::from_raw(&raw, Path::new("/")).unwrap();
     let mut spec = ProxyPlugin::default_spec();
@@ -405,5 +413,39 @@ async fn the_api_is_behind_the_api_keys() {
     assert_eq!((status.as_u16(), v["code"].as_str()), (403, Some("PERMISSION_DENIED")));
     let (status, v) = send_with("POST", &srv.api("/rules"), Some(body), Some(&admin)).await;
     assert_eq!(status, 201, "{v}");
+    srv.stop().await;
+}
+
+/// `RUNTIME_PROXY_DENY` and `RUNTIME_PROXY_ALLOW` reach the rules' policy; a target that is a
+/// spelling of marina's own address the validator cannot read (`127.1`) is caught as a loop
+/// when it is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ssrf_ranges_come_from_the_configuration() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = upstream("one").await;
+    let vars = [("RUNTIME_PROXY_DENY", "127.0.0.0/8"), ("RUNTIME_PROXY_ALLOW", "169.254.7.0/24")];
+    let srv = start_with(tmp.path(), None, json!([]), &vars).await;
+    let post = |target: String| format!(r#"{{"pattern":"^/x","target":"{target}"}}"#);
+    let (status, body) = send("POST", &srv.api("/rules"), Some(&post(format!("http://127.0.0.1:{}", up.port())))).await;
+    assert_eq!(
+        (status, body["code"].as_str(), body["data"]["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("INVALID_PROXY_RULE"), Some("target")),
+        "{body}"
+    );
+    assert!(body["message"].as_str().unwrap().contains("denies"), "{body}");
+    let (status, body) = send("POST", &srv.api("/rules"), Some(&post("http://169.254.7.1".into()))).await;
+    assert_eq!(status, 201, "an allowed link-local range: {body}");
+    let (status, body) = send("POST", &srv.api("/rules"), Some(&post("http://169.254.169.254".into()))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "the rest of link-local is still refused: {body}");
+    srv.stop().await;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = start(tmp.path(), None, json!([])).await;
+    let body = format!(r#"{{"pattern":"^/loop","target":"http://127.1:{}"}}"#, srv.addr.port());
+    let (status, rule) = send("POST", &srv.api("/rules"), Some(&body)).await;
+    assert_eq!(status, 201, "a host name is checked when it is used: {rule}");
+    let (status, got) = who(&srv, "/loop").await;
+    assert_eq!((status, got["code"].as_str()), (StatusCode::BAD_GATEWAY, Some("PROXY_TARGET_REFUSED")), "{got}");
+    assert!(got["message"].as_str().unwrap().contains("would loop"), "{got}");
     srv.stop().await;
 }
