@@ -449,3 +449,80 @@ async fn the_ssrf_ranges_come_from_the_configuration() {
     assert!(got["message"].as_str().unwrap().contains("would loop"), "{got}");
     srv.stop().await;
 }
+
+/// A database of its own on the test server, so that this case neither sees nor disturbs the
+/// rules and API keys other cases write into the shared one.
+async fn fresh_postgres_database(url: &str, state: &Path) -> String {
+    let store = marina_store::Store::open(Some(url), state).await.unwrap();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let name = format!("marina_proxy_follow_{}_{nanos}", std::process::id());
+    store.execute(&format!("CREATE DATABASE {name}"), &[]).await.unwrap();
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (server, _) = base.rsplit_once('/').unwrap();
+    match query {
+        Some(q) => format!("{server}/{name}?{q}"),
+        None => format!("{server}/{name}"),
+    }
+}
+
+/// Two marina instances on one PostgreSQL database: a rule created, changed, toggled or deleted
+/// through one instance's API is followed by the other without a restart (LISTEN/NOTIFY).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_changed_on_one_instance_reach_another_on_postgres() {
+    let Ok(url) = std::env::var("MARINA_TEST_DATABASE_URL") else {
+        assert!(std::env::var_os("CI").is_none(), "CI must test PostgreSQL (source .ci/postgres.sh)");
+        eprintln!("skip: MARINA_TEST_DATABASE_URL is unset; PostgreSQL case skipped");
+        return;
+    };
+    let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let url = fresh_postgres_database(&url, state_a.path()).await;
+    let one = upstream("one").await;
+    let two = upstream("two").await;
+    let a = start(state_a.path(), Some(&url), json!([])).await;
+    let b = start(state_b.path(), Some(&url), json!([])).await;
+
+    /// Polls `srv` until `path` answers as `want` says (the change crosses via PostgreSQL).
+    async fn until(srv: &Running, path: &str, want: impl Fn(StatusCode, &Value) -> bool, what: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, got) = who(srv, path).await;
+            if want(status, &got) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{what}: still {status} {got}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let is = |name: &'static str| move |s: StatusCode, v: &Value| s == StatusCode::OK && v["who"] == name;
+
+    let body = format!(r#"{{"pattern":"^/ext/(.*)$","target":"http://{one}","rewrite":"/$1"}}"#);
+    let (status, rule) = send("POST", &a.api("/rules"), Some(&body)).await;
+    assert_eq!(status, 201, "{rule}");
+    let id = rule["id"].as_str().unwrap().to_string();
+    until(&b, "/ext/x", is("one"), "a rule created on A reaches B").await;
+    let (status, list) = send("GET", &b.api("/rules"), None).await;
+    assert_eq!((status, list[0]["id"].as_str()), (StatusCode::OK, Some(id.as_str())), "B's API lists it");
+
+    // Changed on B: A follows.
+    let (status, _) =
+        send("PUT", &b.api(&format!("/rules/{id}")), Some(&format!(r#"{{"target":"http://{two}"}}"#))).await;
+    assert_eq!(status, 200);
+    until(&a, "/ext/x", is("two"), "a change on B reaches A").await;
+
+    // Toggled off on A: B stops proxying (the path falls through to B's 404).
+    let (status, _) = send("PATCH", &a.api(&format!("/rules/{id}/toggle")), None).await;
+    assert_eq!(status, 200);
+    until(&b, "/ext/x", |s, _| s == StatusCode::NOT_FOUND, "a toggle on A reaches B").await;
+    let (status, _) = send("PATCH", &b.api(&format!("/rules/{id}/toggle")), None).await;
+    assert_eq!(status, 200);
+    until(&a, "/ext/x", is("two"), "a toggle on B reaches A").await;
+
+    // Deleted on A: gone on B.
+    let (status, _) = send("DELETE", &a.api(&format!("/rules/{id}")), None).await;
+    assert_eq!(status, 200);
+    until(&b, "/ext/x", |s, _| s == StatusCode::NOT_FOUND, "a delete on A reaches B").await;
+    let (status, list) = send("GET", &b.api("/rules"), None).await;
+    assert_eq!((status, list), (StatusCode::OK, json!([])));
+    a.stop().await;
+    b.stop().await;
+}

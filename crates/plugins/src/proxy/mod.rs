@@ -5,10 +5,11 @@
 //! A change through the API is live when the API call returns: the new [`RuleSet`] is compiled
 //! (one `RegexSet` for every enabled rule) before the change is written, and swapped in after,
 //! so a request sees either the old set or the new one. Open WebSockets never look at the rule
-//! set again, so no change drops them. Rules are served from memory; another marina instance
-//! sharing the database reads the table when it starts (it does not yet follow changes live).
+//! set again, so no change drops them. Rules are served from memory; marina instances sharing a
+//! PostgreSQL database follow each other's changes through `LISTEN`/`NOTIFY` ([`follow`]).
 
 mod api;
+mod follow;
 mod store;
 
 use std::sync::{Arc, OnceLock};
@@ -62,6 +63,29 @@ impl Rules {
         *self.dynamic.lock() = dynamic;
         *self.set.write() = Arc::new(set);
     }
+
+    /// Reads the table again (another instance changed it) and swaps the new set in.
+    async fn reload(&self) -> Result<(), Error> {
+        let _guard = self.writes.lock().await;
+        let dynamic = load(&self.store, &self.policy).await?;
+        let set = self.build(&dynamic)?;
+        tracing::info!(rules = dynamic.len(), "proxy rules reloaded after a change by another instance");
+        self.swap(dynamic, set);
+        Ok(())
+    }
+}
+
+/// Every stored rule, compiled; one that no longer compiles is logged and left out.
+async fn load(store: &RuleStore, policy: &TargetPolicy) -> Result<Vec<Arc<Rule>>, Error> {
+    let mut dynamic = Vec::new();
+    for (id, spec) in store.all().await? {
+        match Rule::compile(id.clone(), spec, false, policy) {
+            Ok(rule) => dynamic.push(Arc::new(rule)),
+            // Valid when written; refused now (a stricter policy, a newer marina).
+            Err(e) => tracing::error!(rule = %id, error = %e, "a stored proxy rule is no longer valid; it is ignored"),
+        }
+    }
+    Ok(dynamic)
 }
 
 /// The proxy plugin.
@@ -70,12 +94,20 @@ pub struct ProxyPlugin {
     rules: OnceLock<Arc<Rules>>,
     router: OnceLock<axum::Router>,
     auth: OnceLock<marina_auth::Auth>,
+    /// The task following other instances' changes (PostgreSQL).
+    follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl ProxyPlugin {
     /// A plugin for `spec` (its `rules` option holds the read-only rules).
     pub fn new(spec: &PluginSpec) -> Self {
-        Self { spec: spec.clone(), rules: OnceLock::new(), router: OnceLock::new(), auth: OnceLock::new() }
+        Self {
+            spec: spec.clone(),
+            rules: OnceLock::new(),
+            router: OnceLock::new(),
+            auth: OnceLock::new(),
+            follower: Mutex::new(None),
+        }
     }
 
     /// The spec marina loads it with when no manifest says otherwise.
@@ -111,16 +143,9 @@ impl Plugin for ProxyPlugin {
             }
         }
         let store = RuleStore::new(env.store.clone());
-        let mut dynamic = Vec::new();
-        for (id, spec) in store.all().await? {
-            match Rule::compile(id.clone(), spec, false, &policy) {
-                Ok(rule) => dynamic.push(Arc::new(rule)),
-                // Valid when written; refused now (a stricter policy, a newer marina).
-                Err(e) => {
-                    tracing::error!(rule = %id, error = %e, "a stored proxy rule is no longer valid; it is ignored")
-                }
-            }
-        }
+        // Listen before reading, so that no change made in between goes unseen.
+        let session = follow::listen(&env.store).await;
+        let dynamic = load(&store, &policy).await?;
         let set = RuleSet::new(statics.clone(), dynamic.clone())
             .map_err(|e| Error::internal(format!("plugin {NAME}: the rules do not compile together: {e}")))?;
         let rules = Arc::new(Rules {
@@ -140,6 +165,10 @@ impl Plugin for ProxyPlugin {
         auth_config.jwt = None;
         let _ = self.auth.set(marina_auth::Auth::new(&auth_config, env.store.clone())?);
         let _ = self.router.set(api::router(rules.clone()));
+        if let Some(rx) = session {
+            let task = follow::follow(Arc::downgrade(&rules), env.store.clone(), rules.store.origin().to_string(), rx);
+            *self.follower.lock() = Some(tokio::spawn(task));
+        }
         let _ = self.rules.set(rules);
         Ok(())
     }
@@ -154,6 +183,12 @@ impl Plugin for ProxyPlugin {
         let client = ClientInfo { ip: ctx.client_ip, proto: "http" };
         let resp = rules.remote.forward(&m.rule, &path, owned, client).await?;
         Ok(Outcome::Respond(resp))
+    }
+
+    async fn shutdown(&self) {
+        if let Some(task) = self.follower.lock().take() {
+            task.abort();
+        }
     }
 
     fn has_routes(&self) -> bool {
