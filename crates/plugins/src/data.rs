@@ -129,3 +129,16 @@ impl Plugin for DatabasePlugin {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_base_other_than_the_one_workers_know_is_refused() {
+        assert!(fixed_base(&PluginSpec::new(DATABASE, "/database"), "/database").is_ok());
+        let e = fixed_base(&PluginSpec::new(DATABASE, "/db"), "/database").unwrap_err();
+        assert!(e.message().contains("`base` must be /database") && e.message().contains("\"/db\""), "{}", e.message());
+        assert_eq!(e.data().unwrap()["path"], "base");
+    }
+}
