@@ -444,9 +444,9 @@ async fn the_plugins_follow_their_manifests() {
     run.stop().await;
 }
 
-/// `/metrics` (JSON and Prometheus) and the poll variants of watch, over HTTP.
+/// `/metrics` (JSON and Prometheus), the poll variants of watch, indexes and search, over HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keyval_metrics_and_polls() {
+async fn keyval_metrics_polls_and_search() {
     let c = reqwest::Client::new();
     let apps = tempfile::tempdir().unwrap();
     let run = common::start(apps.path(), |raw| {
@@ -509,8 +509,55 @@ async fn keyval_metrics_and_polls() {
     assert!(text.contains("keyval_operations_total{operation=\"set\"} 2"), "{text}");
     assert!(text.contains("keyval_operation_duration_ms_bucket{operation=\"get\",le=\"+Inf\"}"), "{text}");
     assert!(text.contains("keyval_queue_pending 1") && text.contains("keyval_storage_entries 1"), "{text}");
-    // Still not there: full-text search.
-    assert_eq!(send(&c, "GET", &format!("{k}/search?prefix=p&query=x"), a, None).await.0, 501);
+
+    // Search: an index names the fields; unindexed prefixes are a clear 404.
+    for (id, title, lang) in [(1, "The Rust Book", "en"), (2, "Rust in Action", "en"), (3, "Programming Rust", "pt")] {
+        let body = json!({ "title": title, "meta": { "lang": lang } }).to_string();
+        send(&c, "PUT", &format!("{k}/keys/books/{id}"), a, Some(&body)).await;
+    }
+    let (status, e) = send(&c, "GET", &format!("{k}/search?prefix=books&query=rust"), a, None).await;
+    assert_eq!((status, e["code"].as_str()), (404, Some("KV_INDEX_NOT_FOUND")), "{e}");
+    // Buntime's client sends `{prefix, fields}`; its server wants `{prefix, options: {fields}}`: both work.
+    let (status, r) =
+        send(&c, "POST", &format!("{k}/indexes"), a, Some(r#"{"prefix": ["books"], "fields": ["title"]}"#)).await;
+    assert_eq!((status, r["ok"].clone()), (200, json!(true)), "{r}");
+    let (status, r) = send(
+        &c,
+        "POST",
+        &format!("{k}/indexes"),
+        a,
+        Some(r#"{"prefix": ["books"], "options": {"fields": ["title", "meta.lang"], "tokenize": "unicode61"}}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let (_, r) = send(&c, "GET", &format!("{k}/indexes"), a, None).await;
+    assert_eq!(r, json!([{"prefix": ["books"], "fields": ["title", "meta.lang"], "tokenize": "unicode61"}]), "{r}");
+    let (_, r) = send(&c, "GET", &format!("{k}/search?prefix=books&query=RUST%20act*"), a, None).await;
+    assert_eq!(
+        r.as_array().map(|a| a.iter().map(|e| e["key"].clone()).collect::<Vec<_>>()),
+        Some(vec![json!(["books", 2])]),
+        "{r}"
+    );
+    let (_, r) = send(
+        &c,
+        "POST",
+        &format!("{k}/search"),
+        a,
+        Some(
+            r#"{"prefix": ["books"], "query": "rust", "options": {"limit": 5, "where": {"meta.lang": {"$eq": "pt"}}}}"#,
+        ),
+    )
+    .await;
+    assert_eq!(r.as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r[0]["key"], json!(["books", 3]));
+    let (status, e) = send(&c, "POST", &format!("{k}/search"), a, Some(r#"{"prefix": ["books"]}"#)).await;
+    assert_eq!((status, e["data"]["path"].as_str()), (400, Some("query")), "{e}");
+    let (status, e) =
+        send(&c, "POST", &format!("{k}/indexes"), a, Some(r#"{"prefix": ["x"], "options": {"fields": []}}"#)).await;
+    assert_eq!((status, e["code"].as_str()), (400, Some("KV_INDEX_INVALID")), "{e}");
+    let (_, r) = send(&c, "DELETE", &format!("{k}/indexes?prefix=books"), a, None).await;
+    assert_eq!(r, json!({"ok": true, "removed": true}));
+    assert_eq!(send(&c, "GET", &format!("{k}/search?prefix=books&query=rust"), a, None).await.0, 404);
     run.stop().await;
 }
 

@@ -57,6 +57,8 @@ const SYSTEM: &[(&str, &str)] = &[
     ("0014_proxy_rules.down.sql", include_str!("../migrations/0014_proxy_rules.down.sql")),
     ("0016_app_roles.up.sql", include_str!("../migrations/0016_app_roles.up.sql")),
     ("0016_app_roles.down.sql", include_str!("../migrations/0016_app_roles.down.sql")),
+    ("0017_kv_indexes.up.sql", include_str!("../migrations/0017_kv_indexes.up.sql")),
+    ("0017_kv_indexes.down.sql", include_str!("../migrations/0017_kv_indexes.down.sql")),
 ];
 
 fn err(status: StatusCode, code: &'static str, message: String) -> Error {

@@ -403,3 +403,32 @@ async fn limits_and_bad_input_are_clear_errors_and_lose_nothing() {
         assert_eq!(ns.count(&Selector::default(), None).await.unwrap(), 1);
     }
 }
+
+#[tokio::test]
+async fn search_indexes_on_both_backends() {
+    for db in test_dbs().await {
+        let kv = kv_for(&db, KvLimits::default()).await;
+        let ns = kv.ns("search");
+        for (i, t) in ["red apple pie", "green apple", "red wine", "blue sky"].iter().enumerate() {
+            ns.set(k(&[json!("docs"), json!(i)]), json!({ "t": t, "n": i }), None).await.unwrap();
+        }
+        ns.set(k(&[json!("other"), json!(1)]), json!({ "t": "red apple" }), None).await.unwrap();
+        let prefix = k(&[json!("docs")]);
+        let e = ns.search(&prefix, "apple", None, None).await.unwrap_err();
+        assert_eq!(e.code(), "KV_INDEX_NOT_FOUND", "{:?}", db.kind);
+        ns.create_index(prefix.clone(), vec!["t".into()], None).await.unwrap();
+        ns.create_index(prefix.clone(), vec!["t".into()], Some("porter".into())).await.unwrap();
+        let idx = ns.list_indexes().await.unwrap();
+        assert_eq!((idx.len(), idx[0].tokenize.as_deref()), (1, Some("porter")), "{:?}", db.kind);
+        let keys = |es: Vec<marina_store::kv::Entry>| es.into_iter().map(|e| e.key).collect::<Vec<_>>();
+        let found = keys(ns.search(&prefix, "RED apple", None, None).await.unwrap());
+        assert_eq!(found, vec![k(&[json!("docs"), json!(0)])], "{:?}", db.kind);
+        assert_eq!(ns.search(&prefix, "apple", Some(1), None).await.unwrap().len(), 1);
+        let odd = Filter::parse(&json!({ "n": { "$gt": 0 } }), "where").unwrap();
+        let found = keys(ns.search(&prefix, "re*", None, Some(&odd)).await.unwrap());
+        assert_eq!(found, vec![k(&[json!("docs"), json!(2)])], "{:?}", db.kind);
+        assert!(ns.remove_index(&prefix).await.unwrap());
+        assert!(!ns.remove_index(&prefix).await.unwrap());
+        assert!(kv.ns("elsewhere").list_indexes().await.unwrap().is_empty());
+    }
+}

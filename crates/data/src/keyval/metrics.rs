@@ -153,6 +153,8 @@ pub(crate) fn op_name(method: &http::Method, segs: &[&str]) -> &'static str {
         (_, ["queue", "nack"]) => "nack",
         (_, ["queue", ..]) => "queue",
         (_, ["metrics", ..]) => "metrics",
+        (_, ["indexes", ..]) => "index",
+        (_, ["search", ..]) => "search",
         _ => "other",
     }
 }

@@ -10,12 +10,14 @@
 //! versionstamps the client sends (Buntime's shapes); `/metrics` counts this instance's
 //! operations per namespace ([`metrics`]).
 //!
-//! Not implemented (answered 501 `NOT_IMPLEMENTED`): full-text indexes and search.
+//! `/indexes` and `/search` search the text of indexed fields by scanning the prefix
+//! (`marina_store::kv::search`: bounded, unranked).
 
 mod keys;
 pub mod limits;
 mod metrics;
 mod poll;
+mod search;
 mod streams;
 
 use std::sync::Arc;
@@ -119,11 +121,11 @@ impl Keyval {
             (&Method::POST, ["queue", "nack"]) => streams::nack(&ns, body).await,
             (&Method::GET, ["queue", "stats"]) => streams::stats(&ns).await,
             (_, ["queue", "dlq", ..]) => streams::dlq(&ns, method, &segs[2..], q).await,
-            (_, ["indexes", ..] | ["search", ..]) => Err(Error::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "NOT_IMPLEMENTED",
-                format!("{method} /keyval/api/{} is not implemented in marina yet", segs.join("/")),
-            )),
+            (&Method::POST, ["indexes"]) => search::create(&ns, body).await,
+            (&Method::GET, ["indexes"]) => search::list(&ns).await,
+            (&Method::DELETE, ["indexes"]) => search::remove(&ns, q).await,
+            (&Method::GET, ["search"]) => search::search_get(&ns, q).await,
+            (&Method::POST, ["search"]) => search::search_post(&ns, body).await,
             _ => Err(Error::new(
                 StatusCode::NOT_FOUND,
                 "NOT_FOUND",

@@ -6,6 +6,7 @@
 //! - [`atomic`]: check-and-mutate commits (set, delete, sum, min, max, append, prepend);
 //! - [`filter`]: Buntime's where-filters;
 //! - [`queue`]: queues with delay, backoff, ack/nack and a dead-letter queue;
+//! - [`search`]: text search over a prefix's entries (Buntime's indexes, as a bounded scan);
 //! - [`watch`]: change notification (an in-process broadcast, fed on PostgreSQL by
 //!   `LISTEN/NOTIFY` so that a write on one marina instance reaches watchers on another).
 //!
@@ -19,6 +20,7 @@ pub mod filter;
 pub mod key;
 mod list;
 pub mod queue;
+pub mod search;
 pub mod watch;
 
 use std::sync::Arc;
