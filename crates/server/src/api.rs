@@ -94,7 +94,12 @@ async fn apps(State(rt): State<Arc<Runtime>>) -> ApiResult {
 }
 
 async fn workers(State(rt): State<Arc<Runtime>>) -> ApiResult {
-    reply(&json!({ "workers": rt.pool.workers(), "pool": rt.pool.metrics(), "sandbox": rt.pool.sandbox() }))
+    reply(&json!({
+        "workers": rt.pool.workers(),
+        "pool": rt.pool.metrics(),
+        "sandbox": rt.pool.sandbox(),
+        "requests": rt.stats.view(),
+    }))
 }
 
 /// Every plugin directory on disk, loaded or not (Buntime's `[{name, path}]`).

@@ -1,19 +1,113 @@
 //! The completion phase: the last thing every request passes through, whatever answered it
-//! (an app, a plugin, the API, an error). It alone writes the access log line and stamps
-//! `X-Request-Id`, so no path can skip them. (Per-app counters are kept by the worker pool,
-//! which answers for every app kind.)
+//! (an app, a plugin, the API, an error) — or when nothing did because the client went away
+//! first (an HTTP/2 reset, a closed connection): the request is then recorded with status 499,
+//! nginx's "client closed request", so no request escapes the log or the counters. It alone
+//! writes the access log line, stamps `X-Request-Id` and counts the request; per-worker counters
+//! are kept by the worker pool, which answers for every app kind.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{HeaderValue, Response};
 use marina_core::Body;
 use marina_plugins::RequestContext;
+use serde::Serialize;
 
-/// Finish a request: `X-Request-Id`, the access log line.
-pub fn finish(ctx: &RequestContext, resp: &mut Response<Body>) {
-    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
-        resp.headers_mut().insert("x-request-id", v);
+/// The status logged for a request the client abandoned before its response began.
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// Requests seen since start, by how they ended (`GET /api/workers` shows them as `requests`).
+#[derive(Debug, Default)]
+pub struct Stats {
+    total: AtomicU64,
+    /// 1xx, 2xx, 3xx, 4xx (499 included), 5xx.
+    by_class: [AtomicU64; 5],
+    client_closed: AtomicU64,
+}
+
+/// A snapshot of [`Stats`].
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatsView {
+    /// Every request that got an access log line.
+    pub total: u64,
+    /// Those the client abandoned before the response began (logged as 499).
+    pub client_closed: u64,
+    /// Answered 2xx.
+    #[serde(rename = "2xx")]
+    pub ok: u64,
+    /// Answered 3xx.
+    #[serde(rename = "3xx")]
+    pub redirect: u64,
+    /// Answered 4xx, and the 499s.
+    #[serde(rename = "4xx")]
+    pub client_error: u64,
+    /// Answered 5xx.
+    #[serde(rename = "5xx")]
+    pub server_error: u64,
+}
+
+impl Stats {
+    fn count(&self, status: u16) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        if let Some(class) = (status / 100).checked_sub(1).and_then(|i| self.by_class.get(i as usize)) {
+            class.fetch_add(1, Ordering::Relaxed);
+        }
+        if status == CLIENT_CLOSED {
+            self.client_closed.fetch_add(1, Ordering::Relaxed);
+        }
     }
+
+    /// The counters now.
+    pub fn view(&self) -> StatsView {
+        let n = |i: usize| self.by_class[i].load(Ordering::Relaxed);
+        StatsView {
+            total: self.total.load(Ordering::Relaxed),
+            client_closed: self.client_closed.load(Ordering::Relaxed),
+            ok: n(1),
+            redirect: n(2),
+            client_error: n(3),
+            server_error: n(4),
+        }
+    }
+}
+
+/// A request in progress: owns its context, and records the request when dropped without a
+/// response (the client went away and hyper dropped the handler).
+pub struct Record<'s> {
+    /// The request's context; the pipeline borrows it.
+    pub ctx: RequestContext,
+    stats: &'s Stats,
+    done: bool,
+}
+
+impl<'s> Record<'s> {
+    /// Starts recording the request `ctx` describes.
+    pub fn new(ctx: RequestContext, stats: &'s Stats) -> Self {
+        Self { ctx, stats, done: false }
+    }
+
+    /// Finish a request: `X-Request-Id`, the access log line, the counters.
+    pub fn finish(mut self, resp: &mut Response<Body>) {
+        if let Ok(v) = HeaderValue::from_str(&self.ctx.request_id) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+        self.done = true;
+        log(&self.ctx, resp.status().as_u16());
+        self.stats.count(resp.status().as_u16());
+    }
+}
+
+impl Drop for Record<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            log(&self.ctx, CLIENT_CLOSED);
+            self.stats.count(CLIENT_CLOSED);
+        }
+    }
+}
+
+fn log(ctx: &RequestContext, status: u16) {
     let elapsed = ctx.started.elapsed();
-    let status = resp.status().as_u16();
     let app = ctx.app.as_ref().map(|a| a.key());
     tracing::info!(
         target: "marina::access",
@@ -26,4 +120,19 @@ pub fn finish(ctx: &RequestContext, resp: &mut Response<Body>) {
         plugin = ctx.plugin.as_deref().unwrap_or("-"),
         "request"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_counted_by_class_and_499_apart() {
+        let s = Stats::default();
+        for status in [200, 204, 301, 404, 499, 503, 99, 700] {
+            s.count(status);
+        }
+        let v = s.view();
+        assert_eq!((v.total, v.ok, v.redirect, v.client_error, v.server_error, v.client_closed), (8, 2, 1, 2, 1, 1));
+    }
 }

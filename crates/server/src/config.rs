@@ -72,6 +72,14 @@ pub struct RuntimeConfig {
     pub shutdown_timeout: Duration,
     /// How long marina keeps serving after SIGTERM/SIGINT, readiness already 503.
     pub shutdown_delay: Duration,
+    /// `RUNTIME_MAX_CONNECTIONS`: open client connections at most.
+    pub max_connections: usize,
+    /// `RUNTIME_HEADER_TIMEOUT`: time to a request's headers, from connecting or the previous request.
+    pub header_timeout: Duration,
+    /// `RUNTIME_BODY_TIMEOUT`: time to a request's whole body, on its way to a worker.
+    pub body_timeout: Duration,
+    /// `RUNTIME_SEND_TIMEOUT`: how long a response may wait for the client to read on.
+    pub send_timeout: Duration,
     /// `ttl: 0` requests running at once.
     pub ephemeral_concurrency: usize,
     /// `ttl: 0` requests waiting before 503.
@@ -135,6 +143,10 @@ impl RuntimeConfig {
             raw.get("RUNTIME_STATE_DIR").map(PathBuf::from).map(absolute).unwrap_or_else(|| cwd.join(".marina"));
         let shutdown_timeout = raw.seconds("RUNTIME_SHUTDOWN_TIMEOUT", Duration::from_secs(30))?;
         let shutdown_delay = raw.seconds("RUNTIME_SHUTDOWN_DELAY", Duration::ZERO)?;
+        let max_connections = raw.count("RUNTIME_MAX_CONNECTIONS", 10_000)?;
+        let header_timeout = raw.seconds("RUNTIME_HEADER_TIMEOUT", Duration::from_secs(10))?;
+        let body_timeout = raw.seconds("RUNTIME_BODY_TIMEOUT", Duration::from_secs(60))?;
+        let send_timeout = raw.seconds("RUNTIME_SEND_TIMEOUT", Duration::from_secs(30))?;
         let ephemeral_concurrency = raw.count("RUNTIME_EPHEMERAL_CONCURRENCY", 2)?.min(pool_size);
         let ephemeral_queue_limit = raw.count("RUNTIME_EPHEMERAL_QUEUE_LIMIT", 100)?;
         let js_runtime = match raw.get("RUNTIME_JS") {
@@ -167,6 +179,10 @@ impl RuntimeConfig {
             node_env,
             shutdown_timeout,
             shutdown_delay,
+            max_connections,
+            header_timeout,
+            body_timeout,
+            send_timeout,
             ephemeral_concurrency,
             ephemeral_queue_limit,
             js_runtime,

@@ -57,3 +57,26 @@ fn log(err: &Error, ctx: &RequestContext) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> RequestContext {
+        RequestContext::new("r1".into(), ([127, 0, 0, 1], 9).into(), Method::GET, "/a/".into())
+    }
+
+    #[test]
+    fn a_503_with_a_retry_time_sends_retry_after() {
+        let err =
+            Error::unavailable("WORKER_CRASHLOOP", "backing off").with_data(serde_json::json!({"retryAfterMs": 1500}));
+        let resp = render(&err, &ctx(), false);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
+        let resp = render(&Error::shutting_down("stopping"), &ctx(), true);
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        // Without a retry time, none is made up.
+        let resp = render(&Error::unavailable("DATABASE_BUSY", "busy"), &ctx(), false);
+        assert!(!resp.headers().contains_key(header::RETRY_AFTER));
+    }
+}

@@ -9,10 +9,12 @@
 //! 4. dispatch: the worker pool answers for the app, whatever its kind;
 //! 5. errors from any layer become responses only in [`edge`];
 //! 6. the plugins' `on_response` hooks in reverse order;
-//! 7. completion ([`completion`]): `X-Request-Id`, one access log line, per-app counters.
+//! 7. completion ([`completion`]): `X-Request-Id`, one access log line, the request counters —
+//!    also for a request the client abandoned (status 499); a streaming response body is then
+//!    watched by [`send_timeout`].
 
 pub mod api;
-mod completion;
+pub mod completion;
 pub mod config;
 mod dispatch;
 pub mod edge;
@@ -21,6 +23,7 @@ pub mod migrations;
 pub mod reload;
 pub mod request_id;
 pub mod route;
+mod send_timeout;
 mod shutdown;
 
 use std::convert::Infallible;
@@ -70,6 +73,8 @@ pub struct Runtime {
     /// Cancelled at the shutdown deadline: requests still waiting for their response are
     /// answered 503 `SHUTTING_DOWN`.
     cut: CancellationToken,
+    /// Requests seen, by how they ended (`requests` in `/api/workers`).
+    pub stats: completion::Stats,
     _watch: Option<marina_apps::registry::WatchHandle>,
 }
 
@@ -169,6 +174,7 @@ impl Server {
             app_database: app_database_path(&store, &config.state_dir),
             tokens: Some(tokens.clone()),
             sandbox: config.sandbox.clone(),
+            body_timeout: config.body_timeout,
         })?;
         // One authentication state for everything: the pipeline's first phase, `/api/keys` and
         // the data plugins' admin keys.
@@ -238,6 +244,7 @@ impl Server {
             migrations: migrations::AppMigrations::default(),
             draining: AtomicBool::new(false),
             cut: CancellationToken::new(),
+            stats: completion::Stats::default(),
             _watch: watch,
         });
         if runtime._watch.is_some() {
@@ -316,10 +323,14 @@ async fn handle(
     api_router: axum::Router,
     req: Request<Incoming>,
     peer: SocketAddr,
+    close: CancellationToken,
 ) -> Result<Response<Body>, Infallible> {
     // 1. accept
     let request_id = request_id::for_request(req.headers());
-    let mut ctx = RequestContext::new(request_id, peer, req.method().clone(), req.uri().path().to_string());
+    let ctx = RequestContext::new(request_id, peer, req.method().clone(), req.uri().path().to_string());
+    // Records the request even if the client goes away before the answer (499).
+    let mut record = completion::Record::new(ctx, &rt.stats);
+    let ctx = &mut record.ctx;
     let mut req = req.map(body::boxed);
     // Only an authentication plugin may say who is calling; a client cannot claim it.
     req.headers_mut().remove(IDENTITY_HEADER);
@@ -327,22 +338,22 @@ async fn handle(
     // 2.–5. hooks, route, dispatch; errors become responses at the one edge
     let hide = rt.config.hides_error_detail();
     let outcome = tokio::select! {
-        outcome = pipeline(&rt, &plugins, &api_router, req, &mut ctx) => outcome,
+        outcome = pipeline(&rt, &plugins, &api_router, req, ctx) => outcome,
         () = rt.cut.cancelled() => Err(Error::shutting_down("marina is shutting down; the request did not finish in time")),
     };
     let mut resp = match outcome {
         Ok(resp) => resp,
-        Err(err) => edge::render(&err, &ctx, hide),
+        Err(err) => edge::render(&err, ctx, hide),
     };
     // 6. on_response, reverse order
     if !plugins.is_empty()
-        && let Err(err) = plugins.on_response(&mut resp, &mut ctx).await
+        && let Err(err) = plugins.on_response(&mut resp, ctx).await
     {
-        resp = edge::render(&err, &ctx, hide);
+        resp = edge::render(&err, ctx, hide);
     }
     // 7. completion
-    completion::finish(&ctx, &mut resp);
-    Ok(resp)
+    record.finish(&mut resp);
+    Ok(send_timeout::guard(resp, rt.config.send_timeout, &close))
 }
 
 /// The header workers read the caller's identity from.

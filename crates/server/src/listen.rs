@@ -2,10 +2,16 @@
 //! cleartext, detected per connection), watched by hyper-util's graceful shutdown so that the
 //! exit ([`crate::shutdown`]) can close idle keep-alive connections (`Connection: close`,
 //! HTTP/2 GOAWAY) while in-flight requests finish, and end what is left at the deadline.
+//!
+//! Clients cannot hold connections for free: at most `RUNTIME_MAX_CONNECTIONS` are open (one
+//! more is closed at once), a connection must bring its first request's headers within
+//! `RUNTIME_HEADER_TIMEOUT` (hyper's own header timeout covers later requests on HTTP/1.1, and
+//! HTTP/2 keep-alive pings find dead peers), and failed `accept`s back off.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
@@ -13,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::Runtime;
@@ -28,17 +35,25 @@ pub(crate) struct Listener {
     /// Ends every connection still open, whatever it is doing (the exit's deadline).
     pub hard_stop: CancellationToken,
     accept_errors: AcceptErrors,
+    /// One permit per open connection (`RUNTIME_MAX_CONNECTIONS`).
+    connections: Arc<Semaphore>,
+    /// Connections closed because the cap was reached, logged at most once a second.
+    refused: RateLog,
+    /// Time to the first request's headers (`None`: no limit).
+    first_request: Option<Duration>,
 }
 
 impl Listener {
     pub fn new(runtime: Arc<Runtime>, listener: TcpListener) -> Self {
+        let first_request = Some(runtime.config.header_timeout).filter(|t| !t.is_zero());
+        let connections = Arc::new(Semaphore::new(runtime.config.max_connections));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
             .keep_alive(true)
             // Also bounds how long an idle keep-alive connection may wait for its next request.
-            .header_read_timeout(Duration::from_secs(30))
+            .header_read_timeout(first_request)
             .max_buf_size(64 * 1024);
         builder
             .http2()
@@ -57,6 +72,9 @@ impl Listener {
             graceful: GracefulShutdown::new(),
             hard_stop: CancellationToken::new(),
             accept_errors: AcceptErrors::default(),
+            connections,
+            refused: RateLog::default(),
+            first_request,
         }
     }
 
@@ -72,7 +90,21 @@ impl Listener {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         self.accept_errors.reset();
-                        self.serve(stream, peer);
+                        match self.connections.clone().try_acquire_owned() {
+                            Ok(permit) => self.serve(stream, peer, permit),
+                            Err(_) => {
+                                // Closed before reading a byte: cheaper for marina than any
+                                // answer, and the client sees at once that it must retry.
+                                drop(stream);
+                                if let Some(n) = self.refused.hit() {
+                                    tracing::warn!(
+                                        max = self.runtime.config.max_connections,
+                                        refused = n,
+                                        "RUNTIME_MAX_CONNECTIONS reached; closing new connections"
+                                    );
+                                }
+                            }
+                        }
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off, keep serving.
@@ -93,24 +125,74 @@ impl Listener {
         (self.graceful, self.hard_stop)
     }
 
-    fn serve(&self, stream: TcpStream, peer: SocketAddr) {
+    fn serve(&self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
         let _ = stream.set_nodelay(true);
         let rt = self.runtime.clone();
         let api_router = self.api_router.clone();
-        let service = service_fn(move |req| crate::handle(rt.clone(), api_router.clone(), req, peer));
+        // Set by the first request's arrival: from then on hyper's timeouts apply.
+        let spoke = Arc::new(AtomicBool::new(false));
+        let heard = spoke.clone();
+        // Cancelled to close this connection at once (a client that stopped reading).
+        let close = CancellationToken::new();
+        let closer = close.clone();
+        let service = service_fn(move |req| {
+            heard.store(true, Ordering::Relaxed);
+            crate::handle(rt.clone(), api_router.clone(), req, peer, closer.clone())
+        });
         let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let conn = self.graceful.watch(conn.into_owned());
         let hard_stop = self.hard_stop.clone();
+        let first_request = self.first_request;
         tokio::spawn(async move {
+            let _permit = permit;
+            tokio::pin!(conn);
+            // Until the first request, nothing in hyper bounds the wait (HTTP/1.1 or HTTP/2 is
+            // not even known yet): a connection that sends nothing, or only part of a request,
+            // is closed here.
+            let silent = async {
+                match first_request {
+                    Some(limit) => {
+                        tokio::time::sleep(limit).await;
+                        if spoke.load(Ordering::Relaxed) {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                result = conn => {
+                result = &mut conn => {
                     if let Err(e) = result {
                         tracing::debug!(error = %e, %peer, "connection ended with an error");
                     }
                 }
+                () = silent => tracing::debug!(%peer, "no request within RUNTIME_HEADER_TIMEOUT; connection closed"),
                 () = hard_stop.cancelled() => {}
+                () = close.cancelled() => {}
             }
         });
+    }
+}
+
+/// Counts events and says when to log them: at most once a second, with how many happened
+/// since the last line.
+#[derive(Default)]
+struct RateLog {
+    unlogged: u64,
+    last: Option<Instant>,
+}
+
+impl RateLog {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    /// Records one event; `Some(count)` when a line is due.
+    fn hit(&mut self) -> Option<u64> {
+        self.unlogged += 1;
+        if self.last.is_some_and(|t| t.elapsed() < Self::EVERY) {
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.unlogged))
     }
 }
 
@@ -120,12 +202,10 @@ impl Listener {
 #[derive(Default)]
 struct AcceptErrors {
     streak: u32,
-    unlogged: u64,
-    last_log: Option<Instant>,
+    log: RateLog,
 }
 
 impl AcceptErrors {
-    const LOG_EVERY: Duration = Duration::from_secs(1);
     const MAX_PAUSE: Duration = Duration::from_secs(1);
 
     fn reset(&mut self) {
@@ -134,11 +214,8 @@ impl AcceptErrors {
 
     /// Records a failure; returns how long to wait before accepting again.
     fn failed(&mut self, e: &std::io::Error) -> Duration {
-        self.unlogged += 1;
-        if self.last_log.is_none_or(|t| t.elapsed() >= Self::LOG_EVERY) {
-            tracing::warn!(error = %e, failures = self.unlogged, "accept failed; backing off");
-            self.unlogged = 0;
-            self.last_log = Some(Instant::now());
+        if let Some(failures) = self.log.hit() {
+            tracing::warn!(error = %e, failures, "accept failed; backing off");
         }
         let pause = Duration::from_millis(10) * 2u32.pow(self.streak.min(7));
         self.streak += 1;
@@ -160,7 +237,7 @@ mod tests {
         assert!(pauses.windows(2).all(|w| w[0] <= w[1]));
         assert_eq!(*pauses.last().unwrap(), Duration::from_secs(1));
         // One line for the first failure; the other nine wait for the next second.
-        assert_eq!(errors.unlogged, 9);
+        assert_eq!(errors.log.unlogged, 9);
         errors.reset();
         assert_eq!(errors.failed(&e), Duration::from_millis(10));
     }

@@ -8,6 +8,7 @@
 //! kind of an app only picks its backend. Kinds with [`Policy::Shared`] (static) skip the
 //! lifecycle: one instance per app version. See `docs/workers.md`.
 
+mod client_body;
 mod gate;
 mod reload;
 mod shared;
@@ -37,8 +38,9 @@ use marina_proxy::LimitedBody;
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::watch;
 
+use self::client_body::{ClientBody, Upload};
 use self::gate::Gate;
 use self::shared::Shared;
 use self::worker::{Phase, Worker};
@@ -91,6 +93,9 @@ pub struct PoolOptions {
     pub tokens: Option<crate::tokens::WorkerTokens>,
     /// Worker user, uid range, cgroups (see [`crate::process::sandbox`], docs/security.md).
     pub sandbox: SandboxOptions,
+    /// `RUNTIME_BODY_TIMEOUT`: how long a client may take to send a request body to a worker
+    /// (zero: no limit). The worker's `timeout` starts once the whole body is in.
+    pub body_timeout: Duration,
 }
 
 /// Maps an app name to its SQLite database file. A function rather than a directory because
@@ -375,16 +380,17 @@ impl WorkerPool {
         // Only marina may send lifecycle calls; a client cannot smuggle the control header in.
         req.headers_mut().remove(&CONTROL_HEADER);
         let (parts, body) = req.into_parts();
-        let (body, tripped) = if http_body::Body::is_end_stream(&body) {
-            (body, Arc::new(AtomicBool::new(false)))
+        let (body, tripped, upload) = if http_body::Body::is_end_stream(&body) {
+            (body, Arc::new(AtomicBool::new(false)), Upload::complete())
         } else {
-            let (limited, tripped) = LimitedBody::new(body, limit);
-            (body::boxed(limited), tripped)
+            let (client, upload) = ClientBody::new(body, inner.opts.body_timeout);
+            let (limited, tripped) = LimitedBody::new(body::boxed(client), limit);
+            (body::boxed(limited), tripped, upload)
         };
         let req = Request::from_parts(parts, body);
 
         let (worker, permit) = if app.config.ttl.is_zero() {
-            let permit = inner.gate.enter().await?;
+            let permit = inner.gate.enter(&app.name).await?;
             inner.counters.misses.fetch_add(1, Ordering::Relaxed);
             let worker = inner.spawn_worker(app.clone(), true);
             (worker, Some(permit))
@@ -401,7 +407,7 @@ impl WorkerPool {
         worker.wait_ready().await?;
         let base = req.headers().get("x-base").and_then(|v| v.to_str().ok()).unwrap_or("");
         let injection = Injection::from_config(&app.config, base);
-        let resp = inner.forward(guard, req, tripped).await?;
+        let resp = inner.forward(guard, req, tripped, upload).await?;
         match injection {
             Some(inj) => html::inject_response(resp, &inj).await,
             None => Ok(resp),
@@ -612,6 +618,7 @@ impl Inner {
         guard: Arc<InFlight>,
         req: Request<Body>,
         tripped: Arc<AtomicBool>,
+        upload: Upload,
     ) -> Result<Response<Body>, Error> {
         let worker = guard.worker.clone();
         let app = worker.app.clone();
@@ -636,7 +643,20 @@ impl Inner {
             return Err(Error::internal(format!("worker {} of app '{}' is not ready", worker.id, worker.key)));
         };
         let started = Instant::now();
-        let outcome = tokio::time::timeout(app.config.timeout, instance.call(req)).await;
+        // The worker's `timeout` is the worker's time: it starts once the client has sent the
+        // whole body (a slow upload is the client's business, bounded by RUNTIME_BODY_TIMEOUT).
+        let call = instance.call(req);
+        tokio::pin!(call);
+        let outcome = tokio::select! {
+            biased;
+            result = &mut call => Ok(result),
+            () = upload.finished() => tokio::time::timeout(app.config.timeout, &mut call).await,
+        };
+        if outcome.as_ref().is_ok_and(|r| r.is_err())
+            && let Some(e) = upload.client_error()
+        {
+            return Err(e);
+        }
         match outcome {
             Err(_) => {
                 worker.errors.fetch_add(1, Ordering::Relaxed);
@@ -1050,12 +1070,12 @@ fn default_content_type(resp: &mut Response<Body>) {
 /// then an ephemeral worker is stopped and its gate slot freed.
 struct InFlight {
     worker: Arc<Worker>,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<gate::Permit>,
     pool: Weak<Inner>,
 }
 
 impl InFlight {
-    fn enter(worker: Arc<Worker>, permit: Option<OwnedSemaphorePermit>, pool: Weak<Inner>) -> Self {
+    fn enter(worker: Arc<Worker>, permit: Option<gate::Permit>, pool: Weak<Inner>) -> Self {
         worker.in_flight.fetch_add(1, Ordering::AcqRel);
         worker.idle_notified.store(false, Ordering::Release);
         worker.touch();

@@ -73,6 +73,7 @@ pub fn options(state: &Path, js: Option<&str>) -> PoolOptions {
         },
         tokens: None,
         sandbox: Default::default(),
+        body_timeout: std::time::Duration::from_secs(60),
     }
 }
 

@@ -1,0 +1,356 @@
+//! Hostile and careless clients against a real `marina serve` with real workers: connections
+//! that send nothing, too many connections, slow uploads, malformed chunked bodies, clients that
+//! never read their response, and clients that give up (HTTP/2 reset, closed connection). None
+//! of them may hold shared capacity or get a worker blamed, and every request is on record.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_marina");
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `check` every 20 ms until it holds or `limit` passes.
+fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check()
+}
+
+/// Sends raw bytes, then reads whatever comes back until EOF, an error or `timeout`.
+fn exchange(port: u16, request: &[u8], timeout: Duration) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    s.set_read_timeout(Some(timeout)).unwrap();
+    if s.write_all(request).is_err() {
+        return String::new();
+    }
+    read_all(&mut s)
+}
+
+/// Reads until EOF or an error, keeping what arrived (a reset after the response is fine).
+fn read_all(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn get(port: u16, path: &str) -> String {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    exchange(port, req.as_bytes(), Duration::from_secs(30))
+}
+
+fn body(resp: &str) -> &str {
+    resp.split("\r\n\r\n").nth(1).unwrap_or_default()
+}
+
+/// `marina serve` on `port` with its stderr collected line by line.
+struct Marina {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+    _apps: tempfile::TempDir,
+    _state: tempfile::TempDir,
+}
+
+impl Marina {
+    fn start(apps: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
+        // Workers run as another user when marina is root: they must be able to enter it.
+        std::fs::set_permissions(apps.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .env("PORT", port.to_string())
+            .env("RUNTIME_WORKER_DIRS", apps.path())
+            .env("RUNTIME_STATE_DIR", state.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("NODE_ENV")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let m = Self { child, port, log, _apps: apps, _state: state };
+        assert!(
+            eventually(Duration::from_secs(20), || get(port, "/api/health").starts_with("HTTP/1.1 200")),
+            "marina did not become healthy: {:?}",
+            m.log.lock().unwrap()
+        );
+        m
+    }
+
+    /// The first log line containing every one of `parts`, waiting up to `limit` for it.
+    fn log_line(&self, parts: &[&str], limit: Duration) -> Option<String> {
+        let mut found = None;
+        eventually(limit, || {
+            found = self.log.lock().unwrap().iter().find(|l| parts.iter().all(|p| l.contains(p))).cloned();
+            found.is_some()
+        });
+        found
+    }
+
+    fn workers(&self) -> serde_json::Value {
+        serde_json::from_str(body(&get(self.port, "/api/workers"))).unwrap_or_default()
+    }
+
+    fn in_flight(&self) -> u64 {
+        in_flight(self.port)
+    }
+}
+
+impl Drop for Marina {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A warm JS app: `/pid`, `/count` (reads the whole body), `?ms=` sleeps.
+fn app_dir() -> tempfile::TempDir {
+    let apps = tempfile::tempdir().unwrap();
+    write(&apps.path().join("echo/manifest.yaml"), "entrypoint: index.js\nttl: 60s\ntimeout: 1s\n");
+    write(
+        &apps.path().join("echo/index.js"),
+        r#"export default {
+  async fetch(req) {
+    const url = new URL(req.url);
+    if (url.pathname === "/pid") return new Response(String(process.pid));
+    if (url.pathname === "/count") return new Response(String((await req.arrayBuffer()).byteLength));
+    const ms = Number(url.searchParams.get("ms") || 0);
+    if (ms) await new Promise((r) => setTimeout(r, ms));
+    return new Response(`slept ${ms}`);
+  },
+};
+"#,
+    );
+    apps
+}
+
+#[test]
+fn silent_and_half_sent_connections_are_closed_after_the_header_timeout() {
+    let m = Marina::start(app_dir(), &[("RUNTIME_HEADER_TIMEOUT", "1s")]);
+    for sent in [&b""[..], b"GET /echo/ HT"] {
+        let mut s = TcpStream::connect(("127.0.0.1", m.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        s.write_all(sent).unwrap();
+        let t0 = Instant::now();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf);
+        assert!(matches!(n, Ok(0)) || n.is_err(), "closed, not answered: {n:?}");
+        let waited = t0.elapsed();
+        assert!(waited >= Duration::from_millis(900), "not before the timeout: {waited:?}");
+        assert!(waited < Duration::from_secs(10), "closed by marina, not by the test's read timeout: {waited:?}");
+    }
+    // A client that speaks is served as usual.
+    assert!(get(m.port, "/echo/pid").starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn connections_past_the_cap_are_closed_at_once() {
+    let m = Marina::start(app_dir(), &[("RUNTIME_MAX_CONNECTIONS", "2")]);
+    let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(("127.0.0.1", m.port)).unwrap()).collect();
+    let mut extra = None;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let mut s = TcpStream::connect(("127.0.0.1", m.port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = s.write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let text = read_all(&mut s);
+            let refused = text.is_empty();
+            extra = Some(text);
+            refused
+        }),
+        "a third connection is closed without an answer: {extra:?}"
+    );
+    assert!(m.log_line(&["RUNTIME_MAX_CONNECTIONS reached"], Duration::from_secs(5)).is_some());
+    drop(held);
+    assert!(
+        eventually(Duration::from_secs(10), || get(m.port, "/api/health").starts_with("HTTP/1.1 200")),
+        "served again once the held connections closed"
+    );
+}
+
+#[test]
+fn a_slow_upload_gets_408_and_the_worker_keeps_its_pid() {
+    let m = Marina::start(app_dir(), &[("RUNTIME_BODY_TIMEOUT", "3s")]);
+    let pid = body(&get(m.port, "/echo/pid")).to_string();
+    assert!(pid.parse::<u32>().is_ok(), "{pid}");
+    // The app's `timeout` is 1 s; one byte every 300 ms for 100 bytes would take 30 s.
+    let mut s = TcpStream::connect(("127.0.0.1", m.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"POST /echo/count HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n").unwrap();
+    let mut writer = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for _ in 0..100 {
+            if writer.write_all(b"x").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let t0 = Instant::now();
+    let resp = read_all(&mut s);
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    assert!(resp.contains("\"code\":\"REQUEST_BODY_TIMEOUT\""), "{resp}");
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    assert_eq!(body(&get(m.port, "/echo/pid")), pid, "the worker was not replaced");
+    let w = m.workers();
+    let echo = &w["workers"].as_array().unwrap().iter().find(|w| w["app"] == "echo").unwrap().clone();
+    assert_eq!((echo["restarts"].as_u64(), echo["errors"].as_u64()), (Some(0), Some(0)), "not blamed: {echo}");
+}
+
+#[test]
+fn a_malformed_chunked_body_is_400_and_not_the_workers_fault() {
+    let m = Marina::start(app_dir(), &[]);
+    let pid = body(&get(m.port, "/echo/pid")).to_string();
+    let resp = exchange(
+        m.port,
+        b"POST /echo/count HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nmore\r\n0\r\n\r\n",
+        Duration::from_secs(20),
+    );
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(resp.contains("\"code\":\"BAD_REQUEST_BODY\""), "{resp}");
+    // A well-formed chunked body still works, on the same worker.
+    let ok = exchange(
+        m.port,
+        b"POST /echo/count HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        Duration::from_secs(20),
+    );
+    assert_eq!(body(&ok), "5", "{ok}");
+    assert_eq!(body(&get(m.port, "/echo/pid")), pid);
+    let w = m.workers();
+    let echo = w["workers"].as_array().unwrap().iter().find(|w| w["app"] == "echo").unwrap().clone();
+    assert_eq!((echo["restarts"].as_u64(), echo["errors"].as_u64()), (Some(0), Some(0)), "not blamed: {echo}");
+}
+
+#[test]
+fn clients_that_never_read_do_not_block_another_apps_ttl0_requests() {
+    let apps = tempfile::tempdir().unwrap();
+    // An endless response, one fresh process per request.
+    write(&apps.path().join("flood/manifest.yaml"), "entrypoint: index.js\nttl: 0\n");
+    write(
+        &apps.path().join("flood/index.js"),
+        r#"const chunk = new Uint8Array(64 * 1024).fill(120);
+export default {
+  fetch() {
+    return new Response(new ReadableStream({ pull(c) { c.enqueue(chunk); } }), {
+      headers: { "content-type": "application/octet-stream" },
+    });
+  },
+};
+"#,
+    );
+    write(&apps.path().join("quick/manifest.yaml"), "entrypoint: index.js\nttl: 0\n");
+    write(&apps.path().join("quick/index.js"), "export default { fetch() { return new Response(\"quick\"); } };\n");
+    let m = Marina::start(apps, &[("RUNTIME_EPHEMERAL_CONCURRENCY", "2"), ("RUNTIME_SEND_TIMEOUT", "1s")]);
+    // Two clients take both ttl: 0 slots and never read a byte.
+    let stalled: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", m.port)).unwrap();
+            s.write_all(b"GET /flood/ HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            s
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            m.log.lock().unwrap().iter().filter(|l| l.contains("flood@latest") && l.contains("worker started")).count()
+                == 2
+        }),
+        "both flood workers started"
+    );
+    let t0 = Instant::now();
+    let resp = get(m.port, "/quick/");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(body(&resp), "quick");
+    assert!(t0.elapsed() < Duration::from_secs(25), "{:?}", t0.elapsed());
+    assert!(
+        m.log_line(&["stopped reading its response"], Duration::from_secs(5)).is_some(),
+        "the stalled responses were cut by RUNTIME_SEND_TIMEOUT"
+    );
+    drop(stalled);
+}
+
+#[test]
+fn a_closed_connection_and_an_http2_reset_are_logged_499_and_counted() {
+    let m = Marina::start(app_dir(), &[]);
+    assert!(get(m.port, "/echo/pid").starts_with("HTTP/1.1 200"));
+
+    // HTTP/1.1: the client closes its connection while the worker is still working.
+    let mut s = TcpStream::connect(("127.0.0.1", m.port)).unwrap();
+    s.write_all(b"GET /echo/closed?ms=800 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(eventually(Duration::from_secs(10), || m.in_flight() == 1), "the request reached the worker");
+    drop(s);
+    let line = m.log_line(&["marina::access", "/echo/closed"], Duration::from_secs(10));
+    let line = line.expect("an access line for the closed request");
+    assert!(line.contains("status=499"), "{line}");
+
+    // HTTP/2: the client resets the stream.
+    let port = m.port;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut h2 = h2.ready().await.unwrap();
+        let req = http::Request::get(format!("http://127.0.0.1:{port}/echo/reset?ms=800")).body(()).unwrap();
+        let (_response, mut stream) = h2.send_request(req, true).unwrap();
+        let reached = tokio::task::spawn_blocking(move || eventually(Duration::from_secs(10), || in_flight(port) == 1));
+        assert!(reached.await.unwrap(), "the HTTP/2 request reached the worker");
+        stream.send_reset(h2::Reason::CANCEL);
+        // Keep the connection open while marina notices the reset.
+        let _keep = h2;
+        let logged = tokio::task::spawn_blocking({
+            let log = m.log.clone();
+            move || {
+                eventually(Duration::from_secs(10), || {
+                    log.lock().unwrap().iter().any(|l| l.contains("/echo/reset") && l.contains("marina::access"))
+                })
+            }
+        });
+        assert!(logged.await.unwrap(), "an access line for the reset request");
+    });
+    let line = m.log_line(&["marina::access", "/echo/reset"], Duration::from_secs(1)).unwrap();
+    assert!(line.contains("status=499"), "{line}");
+    let requests = &m.workers()["requests"];
+    assert!(requests["clientClosed"].as_u64() >= Some(2), "{requests}");
+    assert!(requests["total"].as_u64() > requests["clientClosed"].as_u64(), "{requests}");
+}
+
+fn in_flight(port: u16) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(body(&get(port, "/api/workers"))).unwrap_or_default();
+    v["workers"].as_array().map(|ws| ws.iter().filter_map(|w| w["inFlight"].as_u64()).sum()).unwrap_or(0)
+}
