@@ -91,7 +91,7 @@ impl HttpBody for SendTimeoutBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }
 
