@@ -313,14 +313,37 @@ fn the_shutdown_timeout_bounds_the_exit_and_cut_requests_get_503_shutting_down()
     wait_ready(port);
     assert!(http_get(port, "/napper/", Duration::from_secs(15)).unwrap().0.contains("200"));
 
-    let short = std::thread::spawn(move || http_get_raw(port, "/napper/short?ms=1500", Duration::from_secs(20)));
+    // An idle HTTP/1.1 keep-alive connection and an idle HTTP/2 connection, both used once.
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(idle, "GET /napper/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut buf = [0u8; 4096];
+    let n = idle.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).ends_with("slept 0"), "one whole response read");
+    let h2_closed = h2_connection_watch(port);
+
+    // The short request rides a keep-alive connection: it gets `Connection: close`, then EOF.
+    let short = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        write!(s, "GET /napper/short?ms=1500 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).map(|_| text)
+    });
     let long = std::thread::spawn(move || http_get_raw(port, "/napper/long?ms=30000", Duration::from_secs(40)));
     assert!(eventually(Duration::from_secs(10), || in_flight(port) == 2), "both requests reach the worker");
     let t0 = Instant::now();
     sigterm(&child);
 
-    let short = short.join().unwrap().expect("the short request is answered");
+    // Idle connections are closed gracefully while requests are still in flight.
+    assert!(matches!(idle.read(&mut buf), Ok(0)), "the idle keep-alive connection is closed");
+    let h2_end = h2_closed.recv_timeout(Duration::from_secs(10)).expect("the HTTP/2 connection ends (GOAWAY)");
+    assert!(h2_end.is_ok(), "a graceful HTTP/2 close, not an error: {h2_end:?}");
+    assert!(!long.is_finished() && child.try_wait().unwrap().is_none(), "closed before the in-flight work ended");
+
+    let short = short.join().unwrap().expect("the short request is answered, then the connection closed");
     assert!(short.starts_with("HTTP/1.1 200"), "{short}");
+    assert!(short.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{short}");
     assert!(short.ends_with("slept 1500"), "{short}");
     let long = long.join().unwrap().expect("the long request is answered");
     assert!(long.starts_with("HTTP/1.1 503"), "{long}");
@@ -343,4 +366,34 @@ fn the_shutdown_timeout_bounds_the_exit_and_cut_requests_get_503_shutting_down()
         .find(|l| l.contains("marina::access") && l.contains("/napper/long"))
         .unwrap_or_else(|| panic!("an access line for the cut request in {stderr}"));
     assert!(cut.contains("status=503"), "{cut}");
+}
+
+/// Opens an HTTP/2 (prior knowledge) connection, makes one request on it, then reports when
+/// the connection ends: `Ok` for a graceful end (GOAWAY, then close).
+fn h2_connection_watch(port: u16) -> std::sync::mpsc::Receiver<Result<(), String>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+            let driver = tokio::spawn(conn);
+            let mut client = client.ready().await.unwrap();
+            let req = http::Request::get(format!("http://127.0.0.1:{port}/napper/")).body(()).unwrap();
+            let (resp, _) = client.send_request(req, true).unwrap();
+            let resp = resp.await.unwrap();
+            let mut body = resp.into_body();
+            while let Some(chunk) = body.data().await {
+                let n = chunk.unwrap().len();
+                let _ = body.flow_control().release_capacity(n);
+            }
+            ready_tx.send(()).unwrap();
+            let ended = driver.await.unwrap().map_err(|e| e.to_string());
+            let _ = tx.send(ended);
+            drop(client);
+        });
+    });
+    ready_rx.recv_timeout(Duration::from_secs(15)).expect("an HTTP/2 request was served");
+    rx
 }
