@@ -397,3 +397,48 @@ fn h2_connection_watch(port: u16) -> std::sync::mpsc::Receiver<Result<(), String
     ready_rx.recv_timeout(Duration::from_secs(15)).expect("an HTTP/2 request was served");
     rx
 }
+
+#[test]
+fn sigterm_under_load_with_a_2s_timeout_fails_no_request_that_finishes_in_time() {
+    let apps = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(apps.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    napper_app(apps.path());
+    let port = free_port();
+    let mut child = serve(apps.path(), state.path(), port, &[("RUNTIME_SHUTDOWN_TIMEOUT", "2s")]);
+    wait_ready(port);
+    assert!(http_get(port, "/napper/", Duration::from_secs(15)).unwrap().0.contains("200"));
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let answered = answered.clone();
+            std::thread::spawn(move || {
+                let mut responses = Vec::new();
+                let until = Instant::now() + Duration::from_secs(15);
+                while Instant::now() < until {
+                    match http_get_raw(port, "/napper/load?ms=100", Duration::from_secs(10)) {
+                        Ok(text) if !text.is_empty() => {
+                            responses.push(text);
+                            answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        // Refused (the port is closed) or reset in the accept queue: never started.
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+                        _ => {}
+                    }
+                }
+                responses
+            })
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(20), || answered.load(std::sync::atomic::Ordering::Relaxed) >= 8));
+    let t0 = Instant::now();
+    sigterm(&child);
+    let exit = wait_exit(&mut child, Duration::from_secs(10));
+    let took = t0.elapsed();
+    assert_eq!(exit.code(), Some(0));
+    assert!(took < Duration::from_secs(3), "exit within the 2 s timeout + 1 s: {took:?}");
+    let responses: Vec<String> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    for r in &responses {
+        assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("slept 100"), "every request that ran finished: {r}");
+    }
+}
