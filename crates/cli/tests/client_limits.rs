@@ -354,3 +354,64 @@ fn in_flight(port: u16) -> u64 {
     let v: serde_json::Value = serde_json::from_str(body(&get(port, "/api/workers"))).unwrap_or_default();
     v["workers"].as_array().map(|ws| ws.iter().filter_map(|w| w["inFlight"].as_u64()).sum()).unwrap_or(0)
 }
+
+#[test]
+fn out_of_file_descriptors_accept_backs_off_logs_once_a_second_and_recovers() {
+    let apps = tempfile::tempdir().unwrap();
+    write(&apps.path().join("site/index.html"), "<html><body>hi</body></html>");
+    std::fs::set_permissions(apps.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // A hard limit of 64 open files: marina cannot raise it, so enough clients exhaust it.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -n 64 && exec {BIN} serve"))
+        .env("PORT", port.to_string())
+        .env("RUNTIME_WORKER_DIRS", apps.path())
+        .env("RUNTIME_STATE_DIR", state.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("NODE_ENV")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let lines = log.clone();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            lines.lock().unwrap().push(line);
+        }
+    });
+    assert!(eventually(Duration::from_secs(20), || get(port, "/site/").starts_with("HTTP/1.1 200")), "{log:?}");
+    let held: Vec<TcpStream> = (0..100).filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok()).collect();
+    assert!(
+        eventually(Duration::from_secs(10), || log.lock().unwrap().iter().any(|l| l.contains("accept failed"))),
+        "accept ran out of file descriptors"
+    );
+    // The next line comes a second later and sums up the failures in between.
+    let mut second = None;
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            second = log.lock().unwrap().iter().filter(|l| l.contains("accept failed")).nth(1).cloned();
+            second.is_some()
+        }),
+        "accept kept failing while the clients held every descriptor"
+    );
+    let second = second.unwrap();
+    let failures: u64 = second
+        .split("failures=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a failure count in {second}"));
+    assert!(failures >= 2, "one line stands for several failures (at most a line a second): {second}");
+    drop(held);
+    assert!(
+        eventually(Duration::from_secs(15), || get(port, "/site/").starts_with("HTTP/1.1 200")),
+        "served again once descriptors are free"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
