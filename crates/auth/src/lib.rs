@@ -23,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod api_rules;
+pub mod challenge;
 pub mod config;
 mod guard;
 pub mod identity;

@@ -50,6 +50,8 @@ pub enum Check {
     Origins,
     /// A comma-separated list of IP ranges (`10.0.0.0/8`) or single addresses (`10.1.2.3`).
     Cidrs,
+    /// A comma-separated list of basenames (`^[a-zA-Z0-9_-]+$`).
+    Basenames,
 }
 
 impl Check {
@@ -68,6 +70,11 @@ impl Check {
             Check::JsRuntime => value == "bun" || value == "node" || value.contains('/'),
             Check::Origins => value == "*" || value.split(',').all(|o| is_origin(o.trim())),
             Check::Cidrs => parse_cidrs(value).is_some(),
+            Check::Basenames => value
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .all(|n| n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')),
             Check::DatabaseUrl => {
                 value.starts_with("sqlite:") || value.starts_with("postgres://") || value.starts_with("postgresql://")
             }
@@ -95,6 +102,7 @@ impl Check {
             Check::Cidrs => {
                 "a comma-separated list of IP ranges or addresses such as 10.0.0.0/8,fd00::/8,192.0.2.7".into()
             }
+            Check::Basenames => "a comma-separated list of names made of letters, digits, '-' and '_'".into(),
         }
     }
 }
@@ -376,6 +384,13 @@ pub static SETTINGS: &[Setting] = &[
         check: Check::Cidrs,
     },
     Setting {
+        var: "RUNTIME_TRUSTED_PROXIES",
+        flag: "trusted-proxies",
+        default: "unset: none",
+        help: "IP addresses and CIDR ranges of reverse proxies in front of marina, comma-separated; only from these peers is `X-Forwarded-For` believed when marina works out the client address (rate limits, logs, forwarded headers)",
+        check: Check::Cidrs,
+    },
+    Setting {
         var: "GATEWAY_CORS_ORIGIN",
         flag: "gateway-cors-origin",
         default: "unset: no CORS headers",
@@ -400,8 +415,22 @@ pub static SETTINGS: &[Setting] = &[
         var: "GATEWAY_RATE_LIMIT_WINDOW",
         flag: "gateway-rate-limit-window",
         default: "`1m`",
-        help: "gateway plugin: the rate-limit window; the allowance refills evenly over it",
+        help: "gateway plugin: the rate-limit window; the allowance refills evenly over it (at least 1 ns per request)",
         check: Check::Seconds,
+    },
+    Setting {
+        var: "GATEWAY_SHELL_DIR",
+        flag: "gateway-shell-dir",
+        default: "unset: no app shell",
+        help: "gateway plugin: the app (a dir with a manifest or `index.*`) that answers page loads no app or plugin claimed, at base `/` (`Sec-Fetch-Dest` rules in the README)",
+        check: Check::Text,
+    },
+    Setting {
+        var: "GATEWAY_SHELL_EXCLUDES",
+        flag: "gateway-shell-excludes",
+        default: "unset",
+        help: "gateway plugin: first path segments the shell never answers, comma-separated",
+        check: Check::Basenames,
     },
 ];
 

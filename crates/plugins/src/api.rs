@@ -123,6 +123,24 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     })
 }
 
+/// The guard of a plugin's own API (`/gateway/api`, `/redirects/api`): the internal API's rules
+/// (buntime.md §4.1) applied to the full path — once the root key is set or any API key exists,
+/// reading needs a valid key and changing needs an admin key or the root key; before that,
+/// state-changing calls need a same-host `Origin` (CSRF). JWTs are for apps and never count.
+///
+/// # Errors
+/// As [`marina_auth::Auth::authorize_api`]: 401 `AUTH_REQUIRED`/`API_KEY_*`, 403
+/// `PERMISSION_DENIED`/`ORIGIN_*`.
+pub async fn guard(
+    auth: &marina_auth::Auth,
+    method: &http::Method,
+    headers: &http::HeaderMap,
+    full_path: &str,
+) -> Result<Option<marina_auth::Identity>, Error> {
+    let authority = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    auth.authorize_api(method, full_path, headers, authority).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,12 @@
 //! key requirement must not depend on a manifest being present, and later hooks (the gateway's
 //! rate limit by identity) need the identity it establishes. A valid key or token skips nothing:
 //! every later hook still runs.
+//!
+//! It runs in the admission phase (`early_request`) and does not answer a refusal (401/403)
+//! itself: it leaves it in [`RequestContext::refusal`], which the pipeline answers once every
+//! admission hook has seen the request. So the gateway's rate limit counts refused requests too
+//! (a flood of bad keys meets 429 like any flood), while no `on_request` hook, route or app ever
+//! sees a refused request.
 
 use std::sync::Arc;
 
@@ -44,7 +50,7 @@ impl AuthPlugin {
 
 #[async_trait]
 impl Plugin for AuthPlugin {
-    async fn on_request(&self, req: &mut Request<Body>, ctx: &mut RequestContext) -> Result<Outcome, Error> {
+    async fn early_request(&self, req: &mut Request<Body>, ctx: &mut RequestContext) -> Result<Outcome, Error> {
         let path = req.uri().path().to_string();
         let authority = req
             .headers()
@@ -65,7 +71,15 @@ impl Plugin for AuthPlugin {
             }
             (None, None) => Destination::Other,
         };
-        let identity = self.auth.check_request(destination, &method, req.headers_mut(), authority.as_deref()).await?;
+        let identity =
+            match self.auth.check_request(destination, &method, req.headers_mut(), authority.as_deref()).await {
+                Ok(identity) => identity,
+                Err(refusal) if refusal.kind() == marina_core::Source::Client => {
+                    ctx.refusal = Some(refusal);
+                    return Ok(Outcome::Continue);
+                }
+                Err(e) => return Err(e),
+            };
         if let Some(identity) = identity {
             ctx.identity = Some(context_identity(&identity));
             // The internal API's handlers read it (createdBy of a new key).

@@ -65,6 +65,10 @@ pub struct RequestContext {
     pub plugin: Option<Arc<str>>,
     /// Who is calling, once an authentication plugin established it.
     pub identity: Option<Identity>,
+    /// Authentication's answer when it refused the request (401/403), held until the
+    /// `early_request` phase ends so that admission hooks (the gateway's rate limit) count
+    /// refused requests too: a flood of bad keys is limited like any other flood.
+    pub refusal: Option<marina_core::Error>,
     /// Typed state that plugins share with later phases (a matched rule, a rate-limit verdict).
     pub extensions: Extensions,
     /// When the answer is due, if anything set a bound.
@@ -84,6 +88,7 @@ impl RequestContext {
             app: None,
             plugin: None,
             identity: None,
+            refusal: None,
             extensions: Extensions::new(),
             deadline: None,
         }

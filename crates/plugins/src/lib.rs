@@ -4,10 +4,13 @@
 //! The pipeline (DESIGN.md), with the phases a plugin can take part in:
 //!
 //! 1. accept — the server creates a [`RequestContext`];
-//! 2. [`Plugin::on_request`] of every loaded plugin, in load order (fail-closed, per-hook
+//! 2. admission: [`Plugin::early_request`] of every loaded plugin, in load order (authentication
+//!    first, then the gateway's CORS preflights and rate limits, which so count refused requests
+//!    too); a refusal held by authentication is answered when this phase ends; then
+//!    [`Plugin::on_request`] of every loaded plugin, in load order (fail-closed, per-hook
 //!    timeout, see [`PluginSet::on_request`]);
 //! 3. route — internal API → plugin routes ([`Plugin::handle`], longest base first) → apps →
-//!    app shell ([`Plugin::serves_shell`]) → 404;
+//!    app shell ([`Plugin::shell`]) → 404;
 //! 4. dispatch to the app;
 //! 5. errors become responses at the server's one edge;
 //! 6. [`Plugin::on_response`] in reverse load order (error responses included);

@@ -71,8 +71,9 @@ pub fn reserved_bases(api_base: &str) -> Vec<String> {
 /// dependency, or whose `init` fails are left out with a warning (and so are their dependents).
 ///
 /// # Errors
-/// A manifest that cannot be read or is invalid (its path and key), a dependency cycle (its
-/// members), two plugins answering under the same base.
+/// A manifest that cannot be read or is invalid (its path and key), a plugin whose factory
+/// refuses its configuration (its options or variables), a dependency cycle (its members), two
+/// plugins answering under the same base.
 pub async fn load(
     dirs: &[PathBuf],
     catalog: &Catalog,
@@ -128,10 +129,14 @@ pub async fn load(
             continue;
         }
         let factory = catalog.get(&spec.name).expect("only cataloged plugins are ordered");
-        let started = match factory(&spec, env) {
-            Ok(plugin) => plugin.init(env).await.map(|()| plugin),
-            Err(e) => Err(e),
-        };
+        // A configuration the plugin refuses stops the load (start-up, or the reload, which then
+        // keeps the old set): skipping a gateway whose limit is mistyped would silently serve
+        // without the protection it was configured for.
+        let plugin = factory(&spec, env).map_err(|e| {
+            Error::internal(format!("plugin '{}' is misconfigured: {}", spec.name, e.message()))
+                .with_data(json!({ "plugin": spec.name, "dir": spec.dir }))
+        })?;
+        let started = plugin.init(env).await.map(|()| plugin);
         match started {
             Ok(plugin) => loaded.push(Loaded::new(spec, plugin)),
             Err(e) => {

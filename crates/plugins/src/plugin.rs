@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!            once ──► init (load order)
-//! per request ──► on_request (load order) ──► route: handle (the plugin under whose base the
+//! per request ──► early_request (load order) ──► on_request (load order) ──► route: handle (the plugin under whose base the
 //!                 path falls) / an app / the shell ──► on_response (reverse order)
 //!        once ──► shutdown (reverse load order)
 //! ```
@@ -49,6 +49,16 @@ pub trait Plugin: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Admission, the first phase of every request (Pingora's `early_request_filter`): every
+    /// plugin's `early_request` runs, in load order, before any plugin's `on_request`, so its
+    /// verdict does not depend on load order (a proxy rule answering in `on_request` cannot skip
+    /// it). It sees requests that authentication refused as well (then
+    /// [`RequestContext::refusal`] holds the 401/403 that will be answered once the phase ends):
+    /// rate limits and address filters belong here; work on the caller's behalf does not.
+    async fn early_request(&self, _req: &mut Request<Body>, _ctx: &mut RequestContext) -> Result<Outcome, Error> {
+        Ok(Outcome::Continue)
+    }
+
     /// Every request, in load order, before routing. May inspect or rewrite the request, set
     /// [`RequestContext::identity`] or extensions, or answer.
     async fn on_request(&self, _req: &mut Request<Body>, _ctx: &mut RequestContext) -> Result<Outcome, Error> {
@@ -68,10 +78,11 @@ pub trait Plugin: Send + Sync + 'static {
         Err(Error::not_found(format!("nothing is served at '{}'", ctx.path)))
     }
 
-    /// Whether this plugin answers requests that matched no route and no app (the app shell),
-    /// through [`Plugin::handle`] with the URI unchanged.
-    fn serves_shell(&self) -> bool {
-        false
+    /// The app shell: for a request that matched no plugin route and no app, the app this
+    /// plugin serves it with (at base `/`, path unchanged), if the request is the shell's by
+    /// the plugin's rules (the gateway's `Sec-Fetch-Dest` rules). `None` leaves it to 404.
+    fn shell(&self, _path: &str, _headers: &http::HeaderMap) -> Option<Arc<marina_apps::App>> {
+        None
     }
 
     /// Every response (error responses included), in reverse load order: CORS headers, metrics.

@@ -75,51 +75,60 @@ impl PluginSet {
         })
     }
 
-    /// The plugin that serves the app shell, if any.
-    pub fn shell(&self) -> Option<&Loaded> {
-        self.plugins.iter().find(|p| p.plugin.serves_shell())
+    /// The plugin and app that serve `path` as the app shell, if any plugin claims it.
+    pub fn shell(&self, path: &str, headers: &http::HeaderMap) -> Option<(&Loaded, Arc<marina_apps::App>)> {
+        self.plugins.iter().find_map(|p| p.plugin.shell(path, headers).map(|app| (p, app)))
     }
 
-    /// Run every `on_request` in load order. `Ok(Some(response))` = a plugin answered.
+    /// Run the request phases: every plugin's `early_request` in load order, then the refusal
+    /// authentication held back (if any), then every `on_request` in load order.
+    /// `Ok(Some(response))` = a plugin answered.
     ///
     /// # Errors
-    /// A plugin's deliberate client error (4xx) as it was returned; 503
-    /// `PLUGIN_ONREQUEST_FAILED` when a hook failed, panicked or timed out and its plugin is
-    /// not fail-open.
+    /// A plugin's deliberate client error (4xx) as it was returned (authentication's refusal
+    /// included); 503 `PLUGIN_ONREQUEST_FAILED` when a hook failed, panicked or timed out and
+    /// its plugin is not fail-open.
     pub async fn on_request(
         &self,
         req: &mut Request<Body>,
         ctx: &mut RequestContext,
     ) -> Result<Option<Response<Body>>, Error> {
-        for p in &self.plugins {
-            let hook = AssertUnwindSafe(p.plugin.on_request(req, ctx)).catch_unwind();
-            let failure = match tokio::time::timeout(p.spec.hook_timeout, hook).await {
-                Ok(Ok(Ok(Outcome::Continue))) => continue,
-                Ok(Ok(Ok(Outcome::Respond(resp)))) => return Ok(Some(resp)),
-                // A client error is a deliberate answer; so is an upstream's failure that a hook
-                // passes on (the proxy plugin's 502/504): neither means the plugin failed.
-                Ok(Ok(Err(err))) if matches!(err.kind(), Source::Client | Source::Upstream) => return Err(err),
-                Ok(Ok(Err(err))) => Failure::Error(err),
-                Ok(Err(panic)) => Failure::Panic(panic_text(&panic)),
-                Err(_) => Failure::Timeout,
-            };
-            let detail = failure.to_string();
-            if p.spec.fail_open {
-                tracing::warn!(request_id = %ctx.request_id, plugin = %p.name, error = %detail, "on_request failed; the plugin is fail-open, going on");
-                continue;
+        for early in [true, false] {
+            for p in &self.plugins {
+                let hook = if early { p.plugin.early_request(req, ctx) } else { p.plugin.on_request(req, ctx) };
+                let hook = AssertUnwindSafe(hook).catch_unwind();
+                let failure = match tokio::time::timeout(p.spec.hook_timeout, hook).await {
+                    Ok(Ok(Ok(Outcome::Continue))) => continue,
+                    Ok(Ok(Ok(Outcome::Respond(resp)))) => return Ok(Some(resp)),
+                    // A client error is a deliberate answer; so is an upstream's failure that a
+                    // hook passes on (the proxy plugin's 502/504): neither means the plugin failed.
+                    Ok(Ok(Err(err))) if matches!(err.kind(), Source::Client | Source::Upstream) => return Err(err),
+                    Ok(Ok(Err(err))) => Failure::Error(err),
+                    Ok(Err(panic)) => Failure::Panic(panic_text(&panic)),
+                    Err(_) => Failure::Timeout,
+                };
+                let detail = failure.to_string();
+                let phase = if early { "early_request" } else { "on_request" };
+                if p.spec.fail_open {
+                    tracing::warn!(request_id = %ctx.request_id, plugin = %p.name, phase, error = %detail, "hook failed; the plugin is fail-open, going on");
+                    continue;
+                }
+                tracing::error!(request_id = %ctx.request_id, plugin = %p.name, phase, error = %detail, "hook failed; answering 503");
+                let timeout_ms = p.spec.hook_timeout.as_millis() as u64;
+                let mut err = Error::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "PLUGIN_ONREQUEST_FAILED",
+                    format!("plugin '{}' failed while checking the request: {detail}", p.name),
+                )
+                .with_data(json!({ "plugin": &*p.name, "reason": failure.reason(), "timeoutMs": timeout_ms }));
+                if let Failure::Error(cause) = failure {
+                    err = err.with_source(cause);
+                }
+                return Err(err);
             }
-            tracing::error!(request_id = %ctx.request_id, plugin = %p.name, error = %detail, "on_request failed; answering 503");
-            let timeout_ms = p.spec.hook_timeout.as_millis() as u64;
-            let mut err = Error::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "PLUGIN_ONREQUEST_FAILED",
-                format!("plugin '{}' failed while checking the request: {detail}", p.name),
-            )
-            .with_data(json!({ "plugin": &*p.name, "reason": failure.reason(), "timeoutMs": timeout_ms }));
-            if let Failure::Error(cause) = failure {
-                err = err.with_source(cause);
+            if let Some(refusal) = ctx.refusal.take() {
+                return Err(refusal);
             }
-            return Err(err);
         }
         Ok(None)
     }

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use marina_core::settings::{dir_list, normalize_prefix, setting};
+use marina_core::settings::{dir_list, normalize_prefix, parse_cidrs, setting};
 use marina_workers::process::sandbox::SandboxOptions;
 
 pub use marina_core::settings::{ConfigError, RawSettings as RawConfig};
@@ -94,6 +94,8 @@ pub struct RuntimeConfig {
     pub raw: RawConfig,
     /// Worker isolation (docs/security.md).
     pub sandbox: SandboxOptions,
+    /// `RUNTIME_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// The default worker dirs: the bundled examples when run from the repository, else `./apps`.
@@ -165,7 +167,10 @@ impl RuntimeConfig {
             max_procs: Some(raw.count("RUNTIME_WORKER_MAX_PROCS", 512)? as u32),
         };
         let auth = auth_config(raw)?;
+        let trusted_proxies = raw.get("RUNTIME_TRUSTED_PROXIES").and_then(parse_cidrs).unwrap_or_default();
+        check_rate_limit(raw)?;
         Ok(Self {
+            trusted_proxies,
             sandbox,
             host,
             port,
@@ -201,6 +206,25 @@ impl RuntimeConfig {
     pub fn hides_error_detail(&self) -> bool {
         matches!(self.node_env, NodeEnv::Production | NodeEnv::Staging)
     }
+}
+
+/// The gateway's rate limit must be possible: a window too short for the count (under 1 ns per
+/// request, or zero) would leave no quota, and a gateway that cannot build its limiter must not
+/// start without it. Checked here so that `marina serve` stops with exit code 2 naming the
+/// variable, before anything binds.
+fn check_rate_limit(raw: &RawConfig) -> Result<(), ConfigError> {
+    let Some(requests) = raw.get("GATEWAY_RATE_LIMIT_REQUESTS") else { return Ok(()) };
+    let n = raw.count("GATEWAY_RATE_LIMIT_REQUESTS", 1)? as u128;
+    let window = raw.seconds("GATEWAY_RATE_LIMIT_WINDOW", Duration::from_secs(60))?;
+    if window.as_nanos() < n {
+        let got = raw.get("GATEWAY_RATE_LIMIT_WINDOW").unwrap_or("1m");
+        return Err(ConfigError::new(
+            "GATEWAY_RATE_LIMIT_WINDOW",
+            got,
+            format!("a window long enough for {requests} requests (at least 1 ns per request, so at least {n} ns)"),
+        ));
+    }
+    Ok(())
 }
 
 /// The authentication settings; a bad one names its variable and never echoes a secret.

@@ -28,6 +28,12 @@ pub fn render(err: &Error, ctx: &RequestContext, hide_detail: bool) -> Response<
     {
         resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000).max(1)));
     }
+    // Every 401 says how to authenticate (RFC 9110); credential errors say what was wrong.
+    if !resp.headers().contains_key(header::WWW_AUTHENTICATE)
+        && let Some(challenge) = marina_auth::challenge::challenge(err.status(), err.code(), err.message())
+    {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+    }
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     resp

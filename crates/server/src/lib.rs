@@ -3,8 +3,11 @@
 //!
 //! Request pipeline, in order (DESIGN.md; the plugin phases are drawn in `marina_plugins`):
 //! 1. accept: a [`RequestContext`] (request id echoed or a new UUIDv7, start time, the
-//!    client's socket address, identity and extension slots); an incoming `x-identity` is dropped;
-//! 2. the plugins' `on_request` hooks in load order (fail-closed, per-hook timeout);
+//!    real client address ([`client_ip`]: `X-Forwarded-For` only from `RUNTIME_TRUSTED_PROXIES`),
+//!    identity and extension slots); an incoming `x-identity` is dropped;
+//! 2. the plugins' admission hooks (`early_request`: authentication, then the gateway's rate
+//!    limits, which count refused requests too), then their `on_request` hooks, in load order
+//!    (fail-closed, per-hook timeout);
 //! 3. route: the ordered table of [`route`] — internal API → plugin routes → apps → app shell → 404;
 //! 4. dispatch: the worker pool answers for the app, whatever its kind;
 //! 5. errors from any layer become responses only in [`edge`];
@@ -14,6 +17,7 @@
 //!    watched by [`send_timeout`].
 
 pub mod api;
+pub mod client_ip;
 pub mod completion;
 pub mod config;
 mod dispatch;
@@ -327,7 +331,8 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     // 1. accept
     let request_id = request_id::for_request(req.headers());
-    let ctx = RequestContext::new(request_id, peer, req.method().clone(), req.uri().path().to_string());
+    let mut ctx = RequestContext::new(request_id, peer, req.method().clone(), req.uri().path().to_string());
+    ctx.client_ip = client_ip::client_ip(peer, req.headers(), &rt.config.trusted_proxies);
     // Records the request even if the client goes away before the answer (499).
     let mut record = completion::Record::new(ctx, &rt.stats);
     let ctx = &mut record.ctx;
@@ -372,7 +377,7 @@ async fn pipeline(
         return Ok(resp);
     }
     let path = req.uri().path().to_string();
-    match route::route(rt, plugins, &path) {
+    match route::route(rt, plugins, &path, req.headers()) {
         Target::InternalApi => marina_plugins::api::call(api_router, req).await,
         Target::WellKnown => {
             marina_plugins::api::json(&serde_json::json!({ "api": rt.api_base, "version": api::VERSION }))
@@ -399,9 +404,11 @@ async fn pipeline(
             }
             dispatch::to_app(rt, app, &segment, &rest, req, ctx).await
         }
-        Target::Shell(plugin) => {
+        Target::Shell(plugin, app) => {
+            // At base `/`, the path unchanged (Buntime's `x-base: /`).
             ctx.plugin = Some(plugin.name.clone());
-            plugin.plugin.handle(req, ctx).await
+            ctx.app = Some(app.clone());
+            dispatch::to_app(rt, app, "", &path, req, ctx).await
         }
         Target::Banner => {
             let mut resp = Response::new(body::full(format!("marina v{}", api::VERSION)));

@@ -4,7 +4,8 @@
 //! 1. the internal API (`{RUNTIME_API_PREFIX}/api/*`) and discovery (`/.well-known/buntime`);
 //! 2. plugin routes, longest base first (`/keyval/api/...` → the keyval plugin);
 //! 3. apps (`/:app[@range]/*`), when the first segment resolves to an app version;
-//! 4. the app shell, when a plugin serves one (the gateway's `GATEWAY_SHELL_DIR`);
+//! 4. the app shell, when a plugin serves one and the request is the shell's (the gateway's
+//!    `GATEWAY_SHELL_DIR` and `Sec-Fetch-Dest` rules);
 //! 5. marina's own `/` and `/favicon.ico`;
 //! 6. 404.
 
@@ -53,8 +54,8 @@ pub enum Target<'a> {
         /// The raw path after the segment.
         rest: String,
     },
-    /// The shell plugin's `handle`, path unchanged.
-    Shell(&'a Loaded),
+    /// The shell plugin's app, at base `/` with the path unchanged.
+    Shell(&'a Loaded, std::sync::Arc<marina_apps::App>),
     /// `/`.
     Banner,
     /// `/favicon.ico`.
@@ -63,8 +64,8 @@ pub enum Target<'a> {
     NotFound(Option<String>),
 }
 
-/// Walk [`TABLE`] for `path`.
-pub fn route<'a>(rt: &Runtime, plugins: &'a PluginSet, path: &str) -> Target<'a> {
+/// Walk [`TABLE`] for `path` (`headers` decide whether the app shell wants it).
+pub fn route<'a>(rt: &Runtime, plugins: &'a PluginSet, path: &str, headers: &http::HeaderMap) -> Target<'a> {
     let mut app_segment = None;
     for step in TABLE {
         match step {
@@ -93,8 +94,8 @@ pub fn route<'a>(rt: &Runtime, plugins: &'a PluginSet, path: &str) -> Target<'a>
                 }
             }
             Step::Shell => {
-                if let Some(shell) = plugins.shell() {
-                    return Target::Shell(shell);
+                if let Some((plugin, app)) = plugins.shell(path, headers) {
+                    return Target::Shell(plugin, app);
                 }
             }
             Step::Root => match path {

@@ -117,7 +117,15 @@ async fn cors_echoes_allowed_origins_and_answers_preflights_itself() {
     assert!(loaded.to_string().contains("@buntime/plugin-gateway"), "{loaded}");
     let resp = client.get(format!("{}/gateway/api/nope", srv.base)).send().await.unwrap();
     assert_eq!(resp.status(), 404);
+    // Its API follows the internal API's rules: a keyless change needs a same-host Origin.
     let resp = client.post(format!("{}/gateway/api/stats", srv.base)).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let resp = client
+        .post(format!("{}/gateway/api/stats", srv.base))
+        .header("x-buntime-internal", "true")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 405);
     srv.stop().await;
 }

@@ -1,22 +1,25 @@
-//! Per-client rate limits with `governor` (GCRA): `requests` per `window`, refilled evenly, a
-//! full window's worth available as a burst — Buntime's token bucket, without its bugs (its key
-//! was the spoofable first `X-Forwarded-For` entry and a master key skipped it).
+//! Keyed rate limits with `governor` (GCRA): `requests` per `window`, refilled evenly, a full
+//! window's worth available as a burst — Buntime's token bucket, without its bugs (its key was
+//! the spoofable first `X-Forwarded-For` entry and a master key skipped it).
 //!
-//! The key is [`RequestContext::client_ip`](crate::RequestContext::client_ip): the socket peer
-//! (marina has no trusted-proxy setting yet, so `X-Forwarded-For` is never believed). Keyed state
-//! is bounded: entries whose bucket is full again are dropped at most every [`SWEEP_EVERY`].
+//! Keys are chosen by the rules ([`super::rules`]): the real client address (which the server
+//! derives at accept, believing `X-Forwarded-For` only from `RUNTIME_TRUSTED_PROXIES`), the
+//! caller's identity, per route. Keyed state is bounded: entries whose bucket is full again are
+//! dropped at most every [`SWEEP_EVERY`]. Beside governor's state, each key keeps counters for
+//! `/gateway/api/rate-limit/buckets` (governor cannot be read without spending a request).
 
-use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
+use serde::Serialize;
 
-type Keyed = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock, StateInformationMiddleware>;
+type Keyed = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
 
 /// How often keyed state is swept of buckets that are full again.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -35,9 +38,34 @@ pub struct Verdict {
     pub reset_secs: u64,
 }
 
-/// The keyed limiter.
+/// One key's counters, as `/gateway/api/rate-limit/buckets` shows them.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bucket {
+    /// The key (`ip:203.0.113.7`, `api-key:3`, ...).
+    pub key: String,
+    /// Requests left after its last request.
+    pub remaining: u32,
+    /// Requests counted since the bucket was created.
+    pub requests: u64,
+    /// Of those, refused.
+    pub blocked: u64,
+    /// Its last request, epoch milliseconds.
+    pub last_seen: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    remaining: u32,
+    requests: u64,
+    blocked: u64,
+    last_seen: u64,
+}
+
+/// The keyed limiter of one rule.
 pub struct Limiter {
     limiter: Keyed,
+    counters: DashMap<String, Counters>,
     limit: u32,
     period: Duration,
     window: Duration,
@@ -46,12 +74,14 @@ pub struct Limiter {
 }
 
 impl Limiter {
-    /// `requests` per `window`; `None` when the window is zero (no sane quota).
+    /// `requests` per `window`; `None` when the window is too short for that many requests
+    /// (less than 1 ns each): no quota means it.
     pub fn new(requests: NonZeroU32, window: Duration) -> Option<Self> {
         let period = window.checked_div(requests.get()).filter(|p| !p.is_zero())?;
         let quota = Quota::with_period(period)?.allow_burst(requests);
         Some(Self {
             limiter: RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
+            counters: DashMap::new(),
             limit: requests.get(),
             period,
             window,
@@ -70,16 +100,17 @@ impl Limiter {
         self.window
     }
 
-    /// Client addresses with state (for stats).
+    /// Keys with state (for stats).
     pub fn tracked(&self) -> usize {
         self.limiter.len()
     }
 
     /// Count one request from `key`.
-    pub fn check(&self, key: IpAddr) -> Verdict {
+    pub fn check(&self, key: &str) -> Verdict {
         self.sweep();
         let clock = self.limiter.clock();
-        match self.limiter.check_key(&key) {
+        let key = key.to_string();
+        let verdict = match self.limiter.check_key(&key) {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
                 let used = self.limit.saturating_sub(remaining);
@@ -90,7 +121,31 @@ impl Limiter {
                 let wait = not_until.wait_time_from(clock.now());
                 Verdict { allowed: false, limit: self.limit, remaining: 0, reset_secs: ceil_secs(wait).max(1) }
             }
-        }
+        };
+        let mut c = self.counters.entry(key).or_default();
+        c.requests += 1;
+        c.blocked += u64::from(!verdict.allowed);
+        c.remaining = verdict.remaining;
+        c.last_seen = epoch_ms();
+        verdict
+    }
+
+    /// The keys seen, most recent first, at most `limit`.
+    pub fn buckets(&self, limit: usize) -> Vec<Bucket> {
+        let mut all: Vec<Bucket> = self
+            .counters
+            .iter()
+            .map(|e| Bucket {
+                key: e.key().clone(),
+                remaining: e.remaining,
+                requests: e.requests,
+                blocked: e.blocked,
+                last_seen: e.last_seen,
+            })
+            .collect();
+        all.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then_with(|| a.key.cmp(&b.key)));
+        all.truncate(limit);
+        all
     }
 
     /// Drop full buckets, at most once per [`SWEEP_EVERY`] (whichever request comes first does it).
@@ -103,6 +158,9 @@ impl Limiter {
         if self.last_sweep_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
             self.limiter.retain_recent();
             self.limiter.shrink_to_fit();
+            // A key idle for a whole window has a full bucket again: its counters go too.
+            let cutoff = epoch_ms().saturating_sub(self.window.as_millis() as u64);
+            self.counters.retain(|_, c| c.last_seen >= cutoff);
         }
     }
 }
@@ -111,30 +169,37 @@ fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
+/// Now, in epoch milliseconds.
+pub fn epoch_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
     #[test]
     fn a_burst_of_the_limit_then_refusals_with_a_retry_time() {
         let l = Limiter::new(NonZeroU32::new(3).unwrap(), Duration::from_secs(3600)).unwrap();
-        let got: Vec<_> = (0..5).map(|_| l.check(ip("10.0.0.1"))).collect();
+        let got: Vec<_> = (0..5).map(|_| l.check("ip:10.0.0.1")).collect();
         assert_eq!(got.iter().filter(|v| v.allowed).count(), 3);
         assert_eq!(got.iter().map(|v| v.remaining).collect::<Vec<_>>(), [2, 1, 0, 0, 0]);
         assert!(!got[3].allowed);
         // One request comes back every 20 minutes.
         assert!((1190..=1200).contains(&got[3].reset_secs), "{:?}", got[3]);
-        // Another address has its own allowance.
-        assert!(l.check(ip("10.0.0.2")).allowed);
+        // Another key has its own allowance.
+        assert!(l.check("ip:10.0.0.2").allowed);
         assert_eq!(l.tracked(), 2);
+        let buckets = l.buckets(10);
+        assert_eq!(buckets.len(), 2);
+        let first = buckets.iter().find(|b| b.key == "ip:10.0.0.1").unwrap();
+        assert_eq!((first.requests, first.blocked, first.remaining), (5, 2, 0));
+        assert_eq!(l.buckets(1).len(), 1);
     }
 
     #[test]
-    fn a_zero_window_is_refused() {
+    fn a_window_too_short_for_the_count_is_refused() {
         assert!(Limiter::new(NonZeroU32::new(3).unwrap(), Duration::ZERO).is_none());
+        assert!(Limiter::new(NonZeroU32::new(10).unwrap(), Duration::from_nanos(5)).is_none());
     }
 }

@@ -1,69 +1,36 @@
 //! The gateway core plugin (`@buntime/plugin-gateway`, base `/gateway`, buntime.md §6.2):
-//! CORS for browsers and per-client rate limits in front of every route, and its own
-//! `/gateway/api/stats` and `/gateway/api/config`.
+//! CORS for browsers, rate limits in front of every route, the app shell, and its own API at
+//! `/gateway/api` ([`api`]).
 //!
-//! Order inside `on_request`: a CORS preflight is answered first (204, never reaching a worker,
-//! not counted against the limit, as in Buntime), then the rate limit. A valid API key or
-//! identity does not skip the limit. `on_response` adds the CORS and `RateLimit-*` headers to
-//! every answer, errors included, so a page can read a 429.
+//! Its admission hook (`early_request`) runs after authentication's and before any plugin's
+//! `on_request`, whatever the load order: a CORS preflight is answered first (204, never
+//! reaching a worker, not counted, as in Buntime; never for the internal API, which approves no
+//! cross-site call), then every rate-limit rule that applies counts the request — requests
+//! authentication refused included, so a flood of bad keys meets 429 like any flood. A valid
+//! API key, root key or token skips nothing. `on_response` adds the CORS and `RateLimit-*`
+//! headers to every answer, errors included (a page can read a 429), and logs the request.
 
+pub mod api;
 pub mod cors;
 pub mod limit;
+pub mod log;
+pub mod rules;
+pub mod shell;
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use marina_core::settings::RawSettings;
 use marina_core::{Body, Error, body};
-use serde_json::json;
+use serde_json::{Value, json};
 
+use crate::async_trait;
 use crate::context::RequestContext;
 use crate::plugin::{Outcome, Plugin, PluginEnv, PluginSpec};
-use crate::{api, async_trait};
 
 /// The manifest name marina's gateway answers to (also `plugin-gateway` and `gateway`).
 pub const NAME: &str = "@buntime/plugin-gateway";
-
-/// The gateway's configuration, from its `GATEWAY_*` variables.
-pub struct Config {
-    /// `GATEWAY_CORS_ORIGIN` (with `GATEWAY_CORS_CREDENTIALS`); `None`: no CORS handling.
-    pub cors: Option<cors::Policy>,
-    /// `GATEWAY_RATE_LIMIT_REQUESTS` per `GATEWAY_RATE_LIMIT_WINDOW`; `None`: no limit.
-    pub limiter: Option<limit::Limiter>,
-}
-
-impl Config {
-    /// Read the variables (already validated by the server at start-up).
-    ///
-    /// # Errors
-    /// A value that does not parse, or a window too short for the request count.
-    pub fn from_settings(s: &RawSettings) -> Result<Self, Error> {
-        let bad = |e: marina_core::settings::ConfigError| Error::internal(e.to_string());
-        let cors = match s.checked("GATEWAY_CORS_ORIGIN").map_err(bad)? {
-            Some(origin) => Some(cors::Policy::parse(origin, s.flag("GATEWAY_CORS_CREDENTIALS", false).map_err(bad)?)),
-            None => None,
-        };
-        let window = s.seconds("GATEWAY_RATE_LIMIT_WINDOW", Duration::from_secs(60)).map_err(bad)?;
-        let limiter = match s.get("GATEWAY_RATE_LIMIT_REQUESTS") {
-            None => None,
-            Some(_) => {
-                let n = s.count("GATEWAY_RATE_LIMIT_REQUESTS", 0).map_err(bad)?;
-                let n = u32::try_from(n).ok().and_then(NonZeroU32::new).ok_or_else(|| {
-                    Error::internal(format!("invalid GATEWAY_RATE_LIMIT_REQUESTS {n}: expected 1 or more"))
-                })?;
-                Some(limit::Limiter::new(n, window).ok_or_else(|| {
-                    Error::internal(format!(
-                        "invalid GATEWAY_RATE_LIMIT_WINDOW {window:?}: too short for {n} requests (expected at least 1 ns per request)"
-                    ))
-                })?)
-            }
-        };
-        Ok(Self { cors, limiter })
-    }
-}
 
 /// Counters for `/gateway/api/stats`.
 #[derive(Default)]
@@ -74,63 +41,107 @@ struct Stats {
     preflights: AtomicU64,
 }
 
-/// Carried from `on_request` to `on_response` in the request context.
+/// Carried from `early_request` to `on_response` in the request context.
 #[derive(Clone)]
 struct Seen {
     origin: Option<String>,
     preflight: bool,
+    internal: bool,
     verdict: Option<limit::Verdict>,
+}
+
+/// What the gateway holds (shared with its API router).
+pub struct State {
+    cors: Option<cors::Policy>,
+    limits: rules::RateLimits,
+    shell: Option<shell::Shell>,
+    auth: Arc<marina_auth::Auth>,
+    api_base: String,
+    trusted_proxies: Vec<String>,
+    stats: Stats,
+    log: log::RequestLog,
 }
 
 /// The gateway plugin.
 pub struct Gateway {
-    config: Config,
-    stats: Stats,
+    state: Arc<State>,
+    router: axum::Router,
 }
 
 impl Gateway {
-    /// A gateway with this configuration.
-    pub fn new(config: Config) -> Self {
-        Self { config, stats: Stats::default() }
+    /// A gateway for `spec` (its options: `rateLimit`, `shellDir`, `shellExcludes`) and the
+    /// `GATEWAY_*` variables, which win over the options.
+    ///
+    /// # Errors
+    /// A bad option or variable, naming it: the loader then stops start-up (or the reload)
+    /// instead of serving without the protection that was configured.
+    pub fn configure(spec: &PluginSpec, env: &PluginEnv) -> Result<Self, Error> {
+        let s: &RawSettings = &env.settings;
+        let bad = |e: marina_core::settings::ConfigError| {
+            Error::internal(e.to_string()).with_data(json!({ "variable": e.var, "expected": e.expected }))
+        };
+        let cors = match s.checked("GATEWAY_CORS_ORIGIN").map_err(bad)? {
+            Some(origin) => Some(cors::Policy::parse(origin, s.flag("GATEWAY_CORS_CREDENTIALS", false).map_err(bad)?)),
+            None => None,
+        };
+        let limits = rules::RateLimits::from_options(spec.options.get("rateLimit"), s)?;
+        let shell = shell::Shell::configure(&spec.options, s, env.registry.clone(), &env.api_base)?;
+        let trusted_proxies = s
+            .get("RUNTIME_TRUSTED_PROXIES")
+            .map(|v| v.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect())
+            .unwrap_or_default();
+        let state = Arc::new(State {
+            cors,
+            limits,
+            shell,
+            auth: env.auth.clone(),
+            api_base: env.api_base.clone(),
+            trusted_proxies,
+            stats: Stats::default(),
+            log: log::RequestLog::default(),
+        });
+        Ok(Self { router: api::router(state.clone()), state })
     }
 
-    /// The catalog entry: builds a gateway from the `GATEWAY_*` variables.
+    /// The catalog entry.
     pub fn factory() -> crate::Factory {
-        Arc::new(|_spec: &PluginSpec, env: &PluginEnv| {
-            Ok(Arc::new(Gateway::new(Config::from_settings(&env.settings)?)) as Arc<dyn Plugin>)
-        })
+        Arc::new(|spec: &PluginSpec, env: &PluginEnv| Ok(Arc::new(Gateway::configure(spec, env)?) as Arc<dyn Plugin>))
+    }
+}
+
+impl State {
+    fn internal(&self, path: &str) -> bool {
+        path == self.api_base || path.strip_prefix(self.api_base.as_str()).is_some_and(|r| r.starts_with('/'))
     }
 
-    fn stats_json(&self) -> serde_json::Value {
+    fn stats_json(&self) -> Value {
         let s = &self.stats;
         json!({
             "totalRequests": s.requests.load(Ordering::Relaxed),
             "allowedRequests": s.allowed.load(Ordering::Relaxed),
             "blockedRequests": s.rate_limited.load(Ordering::Relaxed),
             "preflights": s.preflights.load(Ordering::Relaxed),
-            "activeBuckets": self.config.limiter.as_ref().map_or(0, limit::Limiter::tracked),
+            "activeBuckets": self.limits.rules.iter().map(|r| r.limiter.tracked()).sum::<usize>(),
         })
     }
 
-    fn config_json(&self) -> serde_json::Value {
-        let cors = self.config.cors.as_ref().map(|p| {
+    fn config_json(&self) -> Value {
+        let cors = self.cors.as_ref().map(|p| {
             json!({
                 "origin": match &p.origins { cors::Origins::Any => json!("*"), cors::Origins::List(l) => json!(l) },
                 "credentials": p.credentials,
-                "methods": cors::METHODS,
+                "methods": cors::METHODS.split(", ").collect::<Vec<_>>(),
                 "maxAge": cors::MAX_AGE.parse::<u64>().unwrap_or_default(),
+                "preflight": true,
             })
         });
-        let rate = self.config.limiter.as_ref().map(|l| {
-            json!({
-                "requests": l.limit(),
-                "windowSeconds": l.window().as_secs_f64(),
-                "keyBy": "ip",
-                "algorithm": "gcra",
-                "trustedProxies": [],
-            })
-        });
-        json!({ "cors": cors, "rateLimit": rate })
+        json!({
+            "rateLimit": self.limits.describe(),
+            "cors": cors,
+            "cache": null,
+            "shell": self.shell.as_ref().map(shell::Shell::describe),
+            "trustedProxies": self.trusted_proxies,
+        })
     }
 }
 
@@ -146,8 +157,8 @@ fn put(headers: &mut http::HeaderMap, list: Vec<(&'static str, String)>) {
     }
 }
 
-fn rate_headers(v: &limit::Verdict) -> Vec<(&'static str, String)> {
-    vec![
+fn rate_headers(v: &limit::Verdict) -> [(&'static str, String); 3] {
+    [
         ("ratelimit-limit", v.limit.to_string()),
         ("ratelimit-remaining", v.remaining.to_string()),
         ("ratelimit-reset", v.reset_secs.to_string()),
@@ -156,33 +167,38 @@ fn rate_headers(v: &limit::Verdict) -> Vec<(&'static str, String)> {
 
 #[async_trait]
 impl Plugin for Gateway {
-    async fn on_request(&self, req: &mut Request<Body>, ctx: &mut RequestContext) -> Result<Outcome, Error> {
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+    async fn early_request(&self, req: &mut Request<Body>, ctx: &mut RequestContext) -> Result<Outcome, Error> {
+        let st = &self.state;
+        st.stats.requests.fetch_add(1, Ordering::Relaxed);
         let origin = header_str(req, header::ORIGIN).map(str::to_string);
-        if let Some(policy) = &self.config.cors
+        let internal = st.internal(&ctx.path);
+        if let Some(policy) = &st.cors
+            && !internal
+            && ctx.refusal.is_none()
             && req.method() == Method::OPTIONS
             && origin.is_some()
             && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
         {
-            self.stats.preflights.fetch_add(1, Ordering::Relaxed);
+            st.stats.preflights.fetch_add(1, Ordering::Relaxed);
             let asked = header_str(req, header::ACCESS_CONTROL_REQUEST_HEADERS);
             let mut resp = Response::new(body::empty());
             *resp.status_mut() = StatusCode::NO_CONTENT;
             put(resp.headers_mut(), policy.preflight_headers(origin.as_deref(), asked));
-            ctx.extensions.insert(Seen { origin, preflight: true, verdict: None });
+            ctx.extensions.insert(Seen { origin, preflight: true, internal, verdict: None });
             return Ok(Outcome::Respond(resp));
         }
-        let verdict = self.config.limiter.as_ref().map(|l| l.check(ctx.client_ip));
-        ctx.extensions.insert(Seen { origin, preflight: false, verdict });
-        match verdict {
-            Some(v) if !v.allowed => {
-                self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+        let checked = st.limits.check(ctx);
+        let verdict = checked.as_ref().map(|(v, _)| *v);
+        ctx.extensions.insert(Seen { origin, preflight: false, internal, verdict });
+        match checked {
+            Some((v, rule)) if !v.allowed => {
+                st.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
                 let mut err = Error::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "RATE_LIMITED",
-                    format!("too many requests from {}: retry in {} s", ctx.client_ip, v.reset_secs),
+                    format!("too many requests: retry in {} s", v.reset_secs),
                 )
-                .with_data(json!({ "limit": v.limit, "retryAfter": v.reset_secs }))
+                .with_data(json!({ "limit": v.limit, "retryAfter": v.reset_secs, "rule": rule.name() }))
                 .with_header(header::RETRY_AFTER, HeaderValue::from(v.reset_secs));
                 for (name, value) in rate_headers(&v) {
                     err =
@@ -191,7 +207,7 @@ impl Plugin for Gateway {
                 Err(err)
             }
             _ => {
-                self.stats.allowed.fetch_add(1, Ordering::Relaxed);
+                st.stats.allowed.fetch_add(1, Ordering::Relaxed);
                 Ok(Outcome::Continue)
             }
         }
@@ -202,31 +218,39 @@ impl Plugin for Gateway {
     }
 
     async fn handle(&self, req: Request<Body>, ctx: &mut RequestContext) -> Result<Response<Body>, Error> {
-        let body = match req.uri().path() {
-            "/api/stats" => self.stats_json(),
-            "/api/config" => self.config_json(),
-            _ => return Err(Error::not_found(format!("nothing is served at '{}'", ctx.path))),
-        };
-        if req.method() != Method::GET && req.method() != Method::HEAD {
-            return Err(Error::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "METHOD_NOT_ALLOWED",
-                format!("{} only answers GET", ctx.path),
-            )
-            .with_header(header::ALLOW, HeaderValue::from_static("GET, HEAD")));
+        if !req.uri().path().starts_with("/api/") {
+            return Err(Error::not_found(format!("nothing is served at '{}'", ctx.path)));
         }
-        api::json(&body)
+        crate::api::guard(&self.state.auth, req.method(), req.headers(), &ctx.path).await?;
+        crate::api::call(&self.router, req).await
+    }
+
+    fn shell(&self, path: &str, headers: &http::HeaderMap) -> Option<Arc<marina_apps::App>> {
+        self.state.shell.as_ref()?.serve(path, headers)
     }
 
     async fn on_response(&self, resp: &mut Response<Body>, ctx: &mut RequestContext) -> Result<(), Error> {
         let Some(seen) = ctx.extensions.get::<Seen>().cloned() else { return Ok(()) };
+        let st = &self.state;
+        st.log.push(log::Entry {
+            timestamp: limit::epoch_ms(),
+            ip: ctx.client_ip,
+            method: ctx.method.to_string(),
+            path: ctx.path.clone(),
+            status: resp.status().as_u16(),
+            duration: ctx.started.elapsed().as_micros() as f64 / 1000.0,
+            rate_limited: seen.verdict.is_some_and(|v| !v.allowed),
+            request_id: ctx.request_id.clone(),
+        });
         if seen.preflight {
             return Ok(());
         }
         if let Some(v) = seen.verdict.filter(|v| v.allowed) {
-            put(resp.headers_mut(), rate_headers(&v));
+            put(resp.headers_mut(), rate_headers(&v).into());
         }
-        if let Some(policy) = &self.config.cors {
+        if let Some(policy) = &st.cors
+            && !seen.internal
+        {
             // The app's own CORS headers are replaced, so the answer follows one policy.
             for name in [
                 header::ACCESS_CONTROL_ALLOW_ORIGIN,

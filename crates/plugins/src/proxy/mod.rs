@@ -93,7 +93,7 @@ pub struct ProxyPlugin {
     spec: PluginSpec,
     rules: OnceLock<Arc<Rules>>,
     router: OnceLock<axum::Router>,
-    auth: OnceLock<marina_auth::Auth>,
+    auth: OnceLock<Arc<marina_auth::Auth>>,
     /// The task following other instances' changes (PostgreSQL).
     follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -157,13 +157,11 @@ impl Plugin for ProxyPlugin {
             set: RwLock::new(Arc::new(set)),
             writes: tokio::sync::Mutex::new(()),
         });
-        // The API is behind marina's API keys, with the internal API's rules: once the root key
-        // is set or any key exists, reading needs a key and changing needs an admin key (or the
-        // root key); before that, changes need a same-host Origin (CSRF). Only the root key is
-        // read here: JWTs are for apps, never for this API.
-        let mut auth_config = marina_auth::AuthConfig::from_lookup(|k| std::env::var(k).ok())?;
-        auth_config.jwt = None;
-        let _ = self.auth.set(marina_auth::Auth::new(&auth_config, env.store.clone())?);
+        // The API is behind marina's API keys, with the internal API's rules (the server's one
+        // Auth, see `api::guard`): once the root key is set or any key exists, reading needs a
+        // key and changing needs an admin key (or the root key); before that, changes need a
+        // same-host Origin (CSRF). JWTs are for apps, never for this API.
+        let _ = self.auth.set(env.auth.clone());
         let _ = self.router.set(api::router(rules.clone()));
         if let Some(rx) = session {
             let task = follow::follow(Arc::downgrade(&rules), env.store.clone(), rules.store.origin().to_string(), rx);
@@ -203,8 +201,7 @@ impl Plugin for ProxyPlugin {
             return Err(Error::not_found(format!("nothing is served at '{}'", ctx.path)));
         }
         if let Some(auth) = self.auth.get() {
-            let authority = req.headers().get(http::header::HOST).and_then(|v| v.to_str().ok());
-            auth.authorize_api(req.method(), &ctx.path, req.headers(), authority).await?;
+            crate::api::guard(auth, req.method(), req.headers(), &ctx.path).await?;
         }
         crate::api::call(router, req).await
     }

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The cost of the gateway and authentication: one static app served by two marina instances in
+# the same run — "off" (no plugin dirs, no JWT) and "on" (the gateway with CORS and a rate limit
+# too high to refuse anything, plus JWT verification of every request) — with the same wrk load
+# and the same request headers (Origin + Authorization: Bearer <HS256 JWT>). Runs alternate
+# off/on/off/on and are averaged; the status and body size are checked before the load and wrk
+# must report no non-2xx answer.
+#
+# Usage: bench/gateway.sh        (DURATION=8s CONNS=32 by default)
+# Needs: wrk (apt-get install wrk), python3, curl, a release build of marina (built here).
+# Loopback only; every load run is bounded by DURATION.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION="${DURATION:-8s}"
+CONNS="${CONNS:-32}"
+OFF_PORT="${OFF_PORT:-18090}"
+ON_PORT="${ON_PORT:-18091}"
+SECRET="bench-secret-0123456789abcdef0123456789"
+
+command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
+cargo build --release -q -p marina
+BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/marina"
+
+WORK="$(mktemp -d)"
+cleanup() {
+  for pid in ${OFF_PID:-} ${ON_PID:-}; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+APP="$WORK/apps/site"
+mkdir -p "$APP" "$WORK/no-plugins" "$WORK/plugins/gateway"
+printf 'entrypoint: index.html\n' > "$APP/manifest.yaml"
+printf '<!doctype html><title>bench</title>\n' > "$APP/index.html"
+python3 -c 'import base64,os,sys; sys.stdout.write(base64.b64encode(os.urandom(1024)).decode()[:1024])' > "$APP/f1k.txt"
+cp examples/plugins/gateway/manifest.yaml "$WORK/plugins/gateway/manifest.yaml"
+
+TOKEN=$(python3 - "$SECRET" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+body = b64(json.dumps({"sub": "bench", "exp": int(time.time()) + 3600}).encode())
+sig = b64(hmac.new(sys.argv[1].encode(), f"{head}.{body}".encode(), hashlib.sha256).digest())
+print(f"{head}.{body}.{sig}")
+PY
+)
+
+export RUNTIME_LOG_LEVEL=warn
+"$BIN" serve --port "$OFF_PORT" --worker-dirs "$WORK/apps" --plugin-dirs "$WORK/no-plugins" --state-dir "$WORK/state-off" &
+OFF_PID=$!
+GATEWAY_CORS_ORIGIN="https://app.example" GATEWAY_RATE_LIMIT_REQUESTS=1000000000 GATEWAY_RATE_LIMIT_WINDOW=60 \
+  RUNTIME_JWT_SECRET="$SECRET" \
+  "$BIN" serve --port "$ON_PORT" --worker-dirs "$WORK/apps" --plugin-dirs "$WORK/plugins" --state-dir "$WORK/state-on" &
+ON_PID=$!
+
+H_ORIGIN="Origin: https://app.example"
+H_AUTH="Authorization: Bearer $TOKEN"
+for port in "$OFF_PORT" "$ON_PORT"; do
+  for _ in $(seq 200); do curl -fs -H "$H_AUTH" "http://127.0.0.1:$port/site/f1k.txt" >/dev/null && break; sleep 0.05; done
+done
+
+# Both answer 200 with the same 1024 bytes; "on" really runs the gateway and the JWT check.
+for port in "$OFF_PORT" "$ON_PORT"; do
+  out=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' -H "$H_ORIGIN" -H "$H_AUTH" "http://127.0.0.1:$port/site/f1k.txt")
+  [ "$out" = "200 1024" ] || { echo "port $port answered '$out', expected '200 1024'" >&2; exit 1; }
+done
+curl -s -D - -o /dev/null -H "$H_ORIGIN" -H "$H_AUTH" "http://127.0.0.1:$ON_PORT/site/f1k.txt" | grep -qi '^access-control-allow-origin: https://app.example' \
+  || { echo "the gateway did not add CORS headers" >&2; exit 1; }
+curl -s -D - -o /dev/null -H "$H_AUTH" "http://127.0.0.1:$ON_PORT/site/f1k.txt" | grep -qi '^ratelimit-limit: 1000000000' \
+  || { echo "the gateway did not rate-limit" >&2; exit 1; }
+[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ON_PORT/site/f1k.txt")" = 401 ] \
+  || { echo "the JWT check is not on" >&2; exit 1; }
+
+rps() { # port → requests/s (fails on any non-2xx answer)
+  local out
+  out=$(wrk -t1 -c"$CONNS" -d"$DURATION" -H "$H_ORIGIN" -H "$H_AUTH" "http://127.0.0.1:$1/site/f1k.txt")
+  if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx answers on port $1:" >&2; echo "$out" >&2; exit 1; fi
+  awk '/Requests\/sec/ {print $2}' <<<"$out"
+}
+
+DURATION=3s rps "$OFF_PORT" >/dev/null  # warm-up, discarded
+DURATION=3s rps "$ON_PORT" >/dev/null
+off1=$(rps "$OFF_PORT"); on1=$(rps "$ON_PORT"); off2=$(rps "$OFF_PORT"); on2=$(rps "$ON_PORT")
+python3 - "$off1" "$off2" "$on1" "$on2" "$(uptime)" <<'PY'
+import sys
+off1, off2, on1, on2 = map(float, sys.argv[1:5])
+off, on = (off1 + off2) / 2, (on1 + on2) / 2
+print(f"load: {sys.argv[5].strip()}")
+print("| static 1 KiB | off (req/s) | on: CORS + rate limit + JWT (req/s) | on/off |")
+print("|---|---|---|---|")
+print(f"| runs | {off1:.0f}, {off2:.0f} | {on1:.0f}, {on2:.0f} | |")
+print(f"| mean | {off:.0f} | {on:.0f} | {on / off:.2f} |")
+PY

@@ -1,0 +1,141 @@
+//! `/gateway/api`: Buntime's read endpoints (buntime.md §6.2), behind the internal API's key
+//! rules ([`crate::api::guard`]).
+//!
+//! | Method & path | Answer |
+//! |---|---|
+//! | GET `/stats` | `{totalRequests, allowedRequests, blockedRequests, preflights, activeBuckets}` |
+//! | GET `/config` | `{rateLimit, cors, cache: null, shell, trustedProxies}` |
+//! | GET `/rate-limit/metrics` | `{totalRequests, allowedRequests, blockedRequests, activeBuckets}` |
+//! | GET `/rate-limit/buckets?limit=100` | `[{key, rule, remaining, requests, blocked, lastSeen}]`, most recent first |
+//! | GET `/logs?limit=50&ip=&rateLimited=true&statusRange=4` | `[{timestamp, ip, method, path, status, duration, rateLimited, requestId}]`, newest first |
+//! | DELETE `/logs` | `{cleared: true}` |
+//! | GET `/logs/stats` | `{total, capacity, rateLimited, byStatus, avgDuration}` |
+//!
+//! Without a rate limit, the `/rate-limit/*` routes answer 400 `RATE_LIMIT_DISABLED` (Buntime:
+//! 400 "Rate limiting not enabled"). Not provided: Buntime's SSE stream, bucket deletion and
+//! clearing (governor's state cannot be edited per key), metrics history and shell excludes
+//! persisted in keyval, and `/cache/invalidate` (Buntime's cache was never enabled).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, State as Extract};
+use axum::response::Response;
+use axum::routing::get;
+use marina_core::Error;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::State;
+use super::log::Filter;
+use crate::api::{ApiError, reply};
+
+type S = Extract<Arc<State>>;
+
+/// The router, with paths below the plugin's base.
+pub fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/api/stats", get(|Extract(s): S| async move { reply(&s.stats_json()) }))
+        .route("/api/config", get(|Extract(s): S| async move { reply(&s.config_json()) }))
+        .route("/api/rate-limit/metrics", get(metrics))
+        .route("/api/rate-limit/buckets", get(buckets))
+        .route(
+            "/api/logs",
+            get(logs).delete(|Extract(s): S| async move {
+                s.log.clear();
+                reply(&json!({ "cleared": true }))
+            }),
+        )
+        .route("/api/logs/stats", get(|Extract(s): S| async move { reply(&s.log.stats()) }))
+        .with_state(state)
+}
+
+fn enabled(s: &State) -> Result<(), ApiError> {
+    if s.limits.is_empty() {
+        return Err(Error::bad_request(
+            "RATE_LIMIT_DISABLED",
+            "no rate limit is configured (GATEWAY_RATE_LIMIT_REQUESTS or the manifest's rateLimit)",
+        )
+        .into());
+    }
+    Ok(())
+}
+
+async fn metrics(Extract(s): S) -> Result<Response, ApiError> {
+    enabled(&s)?;
+    let mut stats = s.stats_json();
+    if let Some(o) = stats.as_object_mut() {
+        o.remove("preflights");
+    }
+    reply(&stats)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BucketQuery {
+    limit: Option<usize>,
+}
+
+async fn buckets(Extract(s): S, Query(q): Query<BucketQuery>) -> Result<Response, ApiError> {
+    enabled(&s)?;
+    let limit = q.limit.unwrap_or(100);
+    let mut all: Vec<serde_json::Value> = Vec::new();
+    for rule in &s.limits.rules {
+        for b in rule.limiter.buckets(limit) {
+            let mut v = serde_json::to_value(&b).unwrap_or_default();
+            v["rule"] = json!(rule.name());
+            all.push(v);
+        }
+    }
+    all.sort_by(|a, b| b["lastSeen"].as_u64().cmp(&a["lastSeen"].as_u64()));
+    all.truncate(limit);
+    reply(&all)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct LogQuery {
+    limit: Option<usize>,
+    ip: Option<String>,
+    rate_limited: Option<String>,
+    status_range: Option<String>,
+}
+
+async fn logs(Extract(s): S, Query(q): Query<LogQuery>) -> Result<Response, ApiError> {
+    let ip = match q.ip.as_deref().map(str::trim).filter(|i| !i.is_empty()) {
+        None => None,
+        Some(text) => Some(text.parse::<IpAddr>().map_err(|_| {
+            Error::bad_request("INVALID_QUERY", format!("ip: expected an IP address, found {text:?}"))
+                .with_data(json!({ "field": "ip" }))
+        })?),
+    };
+    let rate_limited = match q.rate_limited.as_deref() {
+        None | Some("") | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(Error::bad_request(
+                "INVALID_QUERY",
+                format!("rateLimited: expected true or false, found {other:?}"),
+            )
+            .with_data(json!({ "field": "rateLimited" }))
+            .into());
+        }
+    };
+    let status_class = match q.status_range.as_deref().filter(|r| !r.is_empty()) {
+        None => None,
+        Some(r) => match r.trim_end_matches("xx").parse::<u16>() {
+            Ok(c) if (1..=5).contains(&c) => Some(c),
+            _ => {
+                return Err(Error::bad_request(
+                    "INVALID_QUERY",
+                    format!("statusRange: expected 1 to 5 (4 = 4xx), found {r:?}"),
+                )
+                .with_data(json!({ "field": "statusRange" }))
+                .into());
+            }
+        },
+    };
+    let filter = Filter { limit: q.limit.unwrap_or(50), ip, rate_limited, status_class };
+    reply(&s.log.select(&filter))
+}

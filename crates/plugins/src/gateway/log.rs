@@ -1,0 +1,138 @@
+//! The gateway's request log: the last [`CAPACITY`] requests it saw (Buntime keeps a 100-entry
+//! ring too, but only of rate-limited requests; marina keeps every request so that the log
+//! shows what the limit refused among what it let through). In memory only.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// How many requests the ring holds.
+pub const CAPACITY: usize = 100;
+
+/// One request.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Entry {
+    /// Epoch milliseconds when it finished.
+    pub timestamp: u64,
+    /// The real client address.
+    pub ip: IpAddr,
+    /// The method.
+    pub method: String,
+    /// The path as received.
+    pub path: String,
+    /// The status answered.
+    pub status: u16,
+    /// Milliseconds from accept to the answer's head.
+    pub duration: f64,
+    /// Whether the gateway's rate limit refused it.
+    pub rate_limited: bool,
+    /// `X-Request-Id`.
+    pub request_id: String,
+}
+
+/// Which entries `GET /gateway/api/logs` wants.
+#[derive(Debug, Default)]
+pub struct Filter {
+    /// At most this many, newest first.
+    pub limit: usize,
+    /// Only this client address.
+    pub ip: Option<IpAddr>,
+    /// Only rate-limited requests.
+    pub rate_limited: bool,
+    /// Only this status class (4 = 4xx).
+    pub status_class: Option<u16>,
+}
+
+/// The ring.
+#[derive(Default)]
+pub struct RequestLog {
+    ring: Mutex<VecDeque<Entry>>,
+}
+
+impl RequestLog {
+    /// Keep `entry`, dropping the oldest when full.
+    pub fn push(&self, entry: Entry) {
+        let mut ring = self.ring.lock();
+        if ring.len() == CAPACITY {
+            ring.pop_front();
+        }
+        ring.push_back(entry);
+    }
+
+    /// The entries `filter` selects, newest first.
+    pub fn select(&self, filter: &Filter) -> Vec<Entry> {
+        self.ring
+            .lock()
+            .iter()
+            .rev()
+            .filter(|e| filter.ip.is_none_or(|ip| e.ip == ip))
+            .filter(|e| !filter.rate_limited || e.rate_limited)
+            .filter(|e| filter.status_class.is_none_or(|c| e.status / 100 == c))
+            .take(filter.limit)
+            .cloned()
+            .collect()
+    }
+
+    /// Forget everything.
+    pub fn clear(&self) {
+        self.ring.lock().clear();
+    }
+
+    /// Counts over what the ring holds.
+    pub fn stats(&self) -> Value {
+        let ring = self.ring.lock();
+        let mut by_class = [0u64; 6];
+        for e in ring.iter() {
+            by_class[usize::from(e.status / 100).min(5)] += 1;
+        }
+        json!({
+            "total": ring.len(),
+            "capacity": CAPACITY,
+            "rateLimited": ring.iter().filter(|e| e.rate_limited).count(),
+            "byStatus": { "2xx": by_class[2], "3xx": by_class[3], "4xx": by_class[4], "5xx": by_class[5] },
+            "avgDuration": if ring.is_empty() { 0.0 } else { ring.iter().map(|e| e.duration).sum::<f64>() / ring.len() as f64 },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: u16, status: u16, limited: bool) -> Entry {
+        Entry {
+            timestamp: u64::from(i),
+            ip: if i.is_multiple_of(2) { "10.0.0.2".parse().unwrap() } else { "10.0.0.1".parse().unwrap() },
+            method: "GET".into(),
+            path: format!("/p/{i}"),
+            status,
+            duration: 1.0,
+            rate_limited: limited,
+            request_id: i.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_bounded_ring_filtered_newest_first() {
+        let log = RequestLog::default();
+        for i in 0..150u16 {
+            log.push(entry(i, if i.is_multiple_of(10) { 429 } else { 200 }, i.is_multiple_of(10)));
+        }
+        let all = log.select(&Filter { limit: 1000, ..Filter::default() });
+        assert_eq!(all.len(), CAPACITY);
+        assert_eq!(all[0].path, "/p/149");
+        let limited = log.select(&Filter { limit: 3, rate_limited: true, ..Filter::default() });
+        assert_eq!(limited.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["/p/140", "/p/130", "/p/120"]);
+        let fours = log.select(&Filter { limit: 100, status_class: Some(4), ..Filter::default() });
+        assert_eq!(fours.len(), 10);
+        let odd = log.select(&Filter { limit: 100, ip: Some("10.0.0.1".parse().unwrap()), ..Filter::default() });
+        assert_eq!(odd.len(), 50);
+        assert_eq!(log.stats()["rateLimited"], 10);
+        log.clear();
+        assert_eq!(log.stats()["total"], 0);
+    }
+}
