@@ -5,6 +5,7 @@
 //! - [`registry`]: which apps exist in the worker dirs, and which version a URL segment such as
 //!   `todo@^1.2` resolves to; hands out [`app::App`] values.
 //! - [`proxy_rules`]: the manifest's `proxy` rules, validated by the proxy layer.
+//! - [`sandbox_key`]: the manifest's `sandbox.read`, the paths an app's workers may also read.
 //! - [`check`]: `marina check`, the same reading with every problem reported at once.
 //!
 //! Running apps is the workers layer's job (`marina-workers`).
@@ -14,5 +15,7 @@ pub mod check;
 pub mod manifest;
 pub mod proxy_rules;
 pub mod registry;
+pub mod sandbox_key;
+mod stamp;
 
 pub use app::{App, WorkerKind};

@@ -55,6 +55,9 @@ pub struct AppConfig {
     /// marina: `autoMigrate` (default true): apply the app's pending `migrations/` to its own
     /// database before its first worker starts.
     pub auto_migrate: bool,
+    /// marina: `sandbox.read`: absolute paths the app's workers may read besides their app dir,
+    /// runtime and system files (Landlock; see [`crate::sandbox_key`] and docs/security.md).
+    pub sandbox_read: Vec<PathBuf>,
 }
 
 /// `instances: 2` or `instances: {min: 1, max: 4}`.
@@ -115,6 +118,7 @@ impl Default for AppConfig {
             max_memory: None,
             proxy: Vec::new(),
             auto_migrate: true,
+            sandbox_read: Vec::new(),
         }
     }
 }
@@ -139,6 +143,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value, json};
 
+use marina_core::app_file;
 use marina_core::units::{UnitError, duration_from_value, size_from_value};
 
 /// Manifest file names, in the order they are looked for. The first that exists is read; the
@@ -146,7 +151,7 @@ use marina_core::units::{UnitError, duration_from_value, size_from_value};
 pub const MANIFEST_FILES: [&str; 3] = ["manifest.yaml", "manifest.yml", "worker.config.json"];
 
 /// Every top-level key a manifest may have, in the order problems are reported.
-pub const KNOWN_KEYS: [&str; 22] = [
+pub const KNOWN_KEYS: [&str; 23] = [
     "entrypoint",
     "ttl",
     "idleTimeout",
@@ -169,6 +174,7 @@ pub const KNOWN_KEYS: [&str; 22] = [
     "maxMemory",
     "proxy",
     "autoMigrate",
+    "sandbox",
 ];
 
 /// The keys allowed in the map form of `publicRoutes`.
@@ -230,17 +236,25 @@ pub struct ManifestError {
     /// Warnings found while reading the same file, so a typo (`tll`) is shown beside the error
     /// it causes.
     pub warnings: Vec<String>,
+    /// The file was not read at all: it leads outside the app dir, is not a regular file or is
+    /// too large ([`marina_core::app_file`]). Answered as `APP_FILE_REFUSED`, and its message
+    /// never quotes the file.
+    pub refused: bool,
 }
 
 impl fmt::Display for ManifestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.problems.len();
-        writeln!(
-            f,
-            "error: invalid app manifest {} ({n} problem{})",
-            self.file.display(),
-            if n == 1 { "" } else { "s" }
-        )?;
+        if self.refused {
+            writeln!(f, "error: refused app file {}", self.file.display())?;
+        } else {
+            writeln!(
+                f,
+                "error: invalid app manifest {} ({n} problem{})",
+                self.file.display(),
+                if n == 1 { "" } else { "s" }
+            )?;
+        }
         for p in &self.problems {
             if p.path.is_empty() {
                 writeln!(f, "  - {}", p.message)?;
@@ -264,6 +278,16 @@ impl From<ManifestError> for marina_core::Error {
             .first()
             .map(|p| if p.path.is_empty() { p.message.clone() } else { format!("`{}`: {}", p.path, p.message) });
         let more = err.problems.len().saturating_sub(1);
+        let errors: Vec<Value> = err.problems.iter().map(|p| json!({ "path": p.path, "message": p.message })).collect();
+        if err.refused {
+            let why = err.problems.first().map(|p| p.message.as_str()).unwrap_or("refused");
+            return marina_core::Error::new(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "APP_FILE_REFUSED",
+                format!("app file {} refused: {why}", err.file.display()),
+            )
+            .with_data(json!({ "file": err.file.display().to_string(), "errors": errors }));
+        }
         let mut message = format!("invalid app manifest {}", err.file.display());
         if let Some(first) = first {
             message.push_str(": ");
@@ -272,15 +296,27 @@ impl From<ManifestError> for marina_core::Error {
         if more > 0 {
             message.push_str(&format!(" (and {more} more)"));
         }
-        let errors: Vec<Value> = err.problems.iter().map(|p| json!({ "path": p.path, "message": p.message })).collect();
         marina_core::Error::new(http::StatusCode::INTERNAL_SERVER_ERROR, "APP_MANIFEST_INVALID", message)
             .with_data(json!({ "file": err.file.display().to_string(), "errors": errors }))
     }
 }
 
-/// The manifest file of an app dir: the first of [`MANIFEST_FILES`] that is a file.
+/// The manifest file of an app dir: the first of [`MANIFEST_FILES`] that exists, whatever it is
+/// (a FIFO or a symlink leading out of the dir is found, so that it is refused, not skipped).
 pub fn find_manifest(dir: &Path) -> Option<PathBuf> {
-    MANIFEST_FILES.iter().map(|n| dir.join(n)).find(|p| p.is_file())
+    MANIFEST_FILES.iter().find(|n| app_file::has_entry(dir, n)).map(|n| dir.join(n))
+}
+
+/// Read one of the app's own files (manifest, `.env`) through [`app_file::read_in_dir`]:
+/// `Ok(None)` when it does not exist, an error saying why it was refused otherwise.
+fn read_app_file(dir: &Path, file: &Path, warnings: &[String]) -> Result<Option<Vec<u8>>, ManifestError> {
+    let name = file.file_name().map(Path::new).unwrap_or(file);
+    app_file::read_in_dir(dir, name, app_file::MAX_APP_FILE_BYTES).map_err(|r| ManifestError {
+        file: file.to_path_buf(),
+        refused: r.is_unsafe(),
+        problems: vec![Problem { path: String::new(), message: r.to_string() }],
+        warnings: warnings.to_vec(),
+    })
 }
 
 /// Read the manifest of the app in `dir` (none = defaults) and merge the dir's `.env` over its
@@ -293,7 +329,9 @@ pub fn load(dir: &Path) -> Result<LoadedManifest, ManifestError> {
     let mut warnings = Vec::new();
     let source = find_manifest(dir);
     if let Some(src) = &source {
-        for other in MANIFEST_FILES.iter().map(|n| dir.join(n)).filter(|p| p != src && p.is_file()) {
+        for other in
+            MANIFEST_FILES.iter().filter(|n| app_file::has_entry(dir, n)).map(|n| dir.join(n)).filter(|p| p != src)
+        {
             warnings.push(format!(
                 "{} is ignored because {} is read first",
                 other.display(),
@@ -304,10 +342,14 @@ pub fn load(dir: &Path) -> Result<LoadedManifest, ManifestError> {
     let mut loaded = match &source {
         None => LoadedManifest { config: AppConfig::default(), warnings: Vec::new(), source: None },
         Some(file) => {
-            let text = std::fs::read(file).map_err(|e| ManifestError {
+            let text = read_app_file(dir, file, &warnings)?.ok_or_else(|| ManifestError {
                 file: file.clone(),
-                problems: vec![Problem { path: String::new(), message: format!("cannot read the file: {e}") }],
+                problems: vec![Problem {
+                    path: String::new(),
+                    message: "cannot read it: a symlink to nothing (dangling)".to_string(),
+                }],
                 warnings: warnings.clone(),
+                refused: false,
             })?;
             let text = String::from_utf8(text).map_err(|e| ManifestError {
                 file: file.clone(),
@@ -316,6 +358,7 @@ pub fn load(dir: &Path) -> Result<LoadedManifest, ManifestError> {
                     message: format!("the file is not UTF-8 (invalid byte at offset {})", e.utf8_error().valid_up_to()),
                 }],
                 warnings: warnings.clone(),
+                refused: false,
             })?;
             parse_str(&text, Format::from_path(file), file).map_err(|mut e| {
                 warnings.append(&mut e.warnings);
@@ -327,16 +370,21 @@ pub fn load(dir: &Path) -> Result<LoadedManifest, ManifestError> {
     warnings.append(&mut loaded.warnings);
     loaded.warnings = warnings;
 
+    // The `.env` is held to the manifest's rules: an app whose `.env` leads out of its dir, is a
+    // FIFO or is huge does not load (running it without its settings would be worse).
     let env_file = dir.join(".env");
-    match std::fs::read_to_string(&env_file) {
-        Ok(text) => {
+    match read_app_file(dir, &env_file, &loaded.warnings) {
+        Ok(Some(bytes)) => {
+            let text = String::from_utf8_lossy(&bytes);
             let (vars, env_warnings) = parse_dotenv(&text);
             loaded.config.env.extend(vars);
             loaded.warnings.extend(env_warnings.into_iter().map(|w| format!("{}: {w}", env_file.display())));
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => loaded.warnings.push(format!("{} is ignored: cannot read it: {e}", env_file.display())),
+        Ok(None) => {}
+        Err(e) if e.refused => return Err(e),
+        Err(e) => loaded.warnings.push(format!("{} is ignored: {}", env_file.display(), e.problems[0].message)),
     }
+    cap(&mut loaded.warnings, |n| format!("{n} more warnings are not shown"));
     Ok(loaded)
 }
 
@@ -356,7 +404,9 @@ pub fn parse_dotenv(text: &str) -> (BTreeMap<String, String>, Vec<String>) {
         }
         let line = line.strip_prefix("export ").map(str::trim_start).unwrap_or(line);
         let Some((key, value)) = line.split_once('=') else {
-            warnings.push(format!("line {} is ignored: expected KEY=VALUE, found {:?}", i + 1, raw));
+            let shown: String = raw.chars().take(MAX_QUOTED_KEY_CHARS).collect();
+            let cut = if shown.len() < raw.len() { "…" } else { "" };
+            warnings.push(format!("line {} is ignored: expected KEY=VALUE, found {shown:?}{cut}", i + 1));
             continue;
         };
         let key = key.trim();
@@ -383,6 +433,7 @@ pub fn parse_str(text: &str, format: Format, file: &Path) -> Result<LoadedManife
         file: file.to_path_buf(),
         problems: vec![Problem { path: String::new(), message }],
         warnings: Vec::new(),
+        refused: false,
     };
     let value: Value = match format {
         Format::Yaml => {
@@ -408,10 +459,21 @@ pub fn parse_str(text: &str, format: Format, file: &Path) -> Result<LoadedManife
     };
     let mut v = Validator { problems: Vec::new(), warnings: Vec::new() };
     let config = v.config(&map);
+    cap(&mut v.warnings, |n| format!("{n} more warnings are not shown"));
+    cap(&mut v.problems, |n| Problem { path: String::new(), message: format!("{n} more problems are not shown") });
     if v.problems.is_empty() {
         Ok(LoadedManifest { config, warnings: v.warnings, source: Some(file.to_path_buf()) })
     } else {
-        Err(ManifestError { file: file.to_path_buf(), problems: v.problems, warnings: v.warnings })
+        Err(ManifestError { file: file.to_path_buf(), problems: v.problems, warnings: v.warnings, refused: false })
+    }
+}
+
+/// Keep the first [`MAX_REPORTED`] items and say how many more there were.
+fn cap<T>(items: &mut Vec<T>, more: impl Fn(usize) -> T) {
+    if items.len() > MAX_REPORTED {
+        let n = items.len() - MAX_REPORTED;
+        items.truncate(MAX_REPORTED);
+        items.push(more(n));
     }
 }
 
@@ -479,8 +541,25 @@ fn fmt_duration(d: Duration) -> String {
     }
 }
 
-/// The known key closest to `key` when it is close enough to be a likely typo.
+/// Longest key the "did you mean" suggester looks at: a typo of a known key is short, and the
+/// edit distance costs `len(key) × len(candidate)` per candidate.
+pub const MAX_SUGGEST_KEY_CHARS: usize = 64;
+/// Most candidates the suggester compares against.
+pub const MAX_SUGGEST_CANDIDATES: usize = 64;
+/// Most problems and most warnings one manifest reports (the rest are counted in a last line),
+/// so a manifest of 100,000 unknown keys does not become 100,000 log lines and a huge error body.
+pub const MAX_REPORTED: usize = 50;
+/// Longest key quoted in a message; longer ones are cut with `…`.
+const MAX_QUOTED_KEY_CHARS: usize = 64;
+
+/// The known key closest to `key` when it is close enough to be a likely typo. Bounded: keys
+/// longer than [`MAX_SUGGEST_KEY_CHARS`] get no suggestion, and only the first
+/// [`MAX_SUGGEST_CANDIDATES`] candidates are compared.
 pub fn suggest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+    if key.chars().nth(MAX_SUGGEST_KEY_CHARS).is_some() {
+        return None;
+    }
+    let known = &known[..known.len().min(MAX_SUGGEST_CANDIDATES)];
     let norm = |s: &str| s.chars().filter(|c| *c != '_' && *c != '-').flat_map(char::to_lowercase).collect::<String>();
     let k = norm(key);
     let mut best: Option<(usize, &'a str)> = None;
@@ -521,7 +600,12 @@ fn osa_distance(a: &str, b: &str) -> usize {
 }
 
 fn unknown_key_warning(path: &str, key: &str, known: &[&str]) -> String {
-    let full = join_key(path, key);
+    let shown: String = if key.chars().nth(MAX_QUOTED_KEY_CHARS).is_some() {
+        format!("{}…", key.chars().take(MAX_QUOTED_KEY_CHARS - 1).collect::<String>())
+    } else {
+        key.to_string()
+    };
+    let full = join_key(path, &shown);
     match suggest(key, known) {
         Some(s) => format!("unknown key `{full}` is ignored: did you mean `{}`?", join_key(path, s)),
         None => format!("unknown key `{full}` is ignored"),
@@ -667,6 +751,15 @@ impl Validator {
                 Some(n) => c.max_memory = Some(n),
                 None => {}
             }
+        }
+
+        if let Some(v) = get("sandbox") {
+            let parsed = crate::sandbox_key::parse(v);
+            for (path, message) in parsed.problems {
+                self.problem(&path, message);
+            }
+            self.warnings.extend(parsed.warnings);
+            c.sandbox_read = parsed.read;
         }
 
         if let Some(v) = get("proxy") {
@@ -999,6 +1092,7 @@ command: [python3, app.py]
 healthPath: /health
 instances: {min: 2, max: 4}
 maxMemory: 256mb
+sandbox: {read: [/usr/share/fonts]}
 "#,
         )
         .unwrap();
@@ -1019,6 +1113,7 @@ maxMemory: 256mb
         assert_eq!(c.command.as_deref(), Some(&["python3".to_string(), "app.py".to_string()][..]));
         assert_eq!(c.instances, Instances { min: 2, max: 4 });
         assert_eq!(c.max_memory, Some(256 * 1024 * 1024));
+        assert_eq!(c.sandbox_read, [PathBuf::from("/usr/share/fonts")]);
     }
 
     #[test]
@@ -1043,6 +1138,26 @@ maxMemory: 256mb
         assert_eq!(suggest("database", &KNOWN_KEYS), None);
         let m = parse("tll: 5\n").unwrap();
         assert_eq!(m.warnings, vec!["unknown key `tll` is ignored: did you mean `ttl`?"]);
+    }
+
+    #[test]
+    fn the_suggester_and_the_reports_are_bounded() {
+        // A key far longer than any typo gets no suggestion (and costs no edit distance).
+        let long = "t".repeat(MAX_SUGGEST_KEY_CHARS + 1);
+        assert_eq!(suggest(&long, &KNOWN_KEYS), None);
+        let huge = "x".repeat(200_000);
+        let m = parse_str(&format!("{{\"{huge}\": 1}}"), Format::Json, Path::new("/a/worker.config.json")).unwrap();
+        assert_eq!(m.warnings.len(), 1);
+        assert!(m.warnings[0].len() < 200, "{}", m.warnings[0]);
+        // Thousands of unknown keys: the first MAX_REPORTED warnings and a count.
+        let many: String = (0..5000).map(|i| format!("k{i}: 1\n")).collect();
+        let m = parse(&many).unwrap();
+        assert_eq!(m.warnings.len(), MAX_REPORTED + 1);
+        assert_eq!(m.warnings.last().unwrap(), &format!("{} more warnings are not shown", 5000 - MAX_REPORTED));
+        let bad: String = (0..500).map(|i| format!("env:\n  K{i}: [1]\n")).take(1).collect::<String>()
+            + &(0..500).map(|i| format!("  K{i}x: [1]\n")).collect::<String>();
+        let e = parse(&bad).unwrap_err();
+        assert_eq!(e.problems.len(), MAX_REPORTED + 1, "{e}");
     }
 
     #[test]

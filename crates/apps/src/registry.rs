@@ -30,16 +30,25 @@
 //! `APP_DISABLED`.
 //!
 //! **Caching.** Resolution runs on every request, so the directory scan and each app version's
-//! parsed manifest are cached. A cache entry is dropped when [`Registry::watch`]'s notify watcher
-//! sees a relevant change (a folder added/removed/renamed near the top of a worker dir, or a
+//! parsed manifest are cached. The scan is redone when [`Registry::watch`]'s notify watcher sees
+//! a relevant change (a folder added/removed/renamed near the top of a worker dir, or a
 //! manifest, `.env`, `package.json` or `index.*` file changing), and in any case after
-//! [`DEFAULT_CACHE_TTL`] (1 s, Buntime's resolver TTL), so a missed event heals quickly. The only
-//! blocking file-system work on the hot path is that rescan, at most once per TTL.
+//! [`DEFAULT_CACHE_TTL`] (1 s, Buntime's resolver TTL), so a missed event heals quickly.
+//!
+//! A manifest is read once per change on disk, never per request or per TTL: each loaded app
+//! version keeps a [`stamp`](crate::stamp) of its files (`lstat`/`stat` only), and
+//! [`Registry::refresh`] re-reads it only when the stamp changed (or a watcher event says so).
+//! With [`Registry::refresh_in_background`] (what `marina serve` does) a request never reads
+//! or even stats an app's files once the app is loaded: the server's reload task refreshes on
+//! watcher events and sweeps the stamps once a second. Only the first request to an app version
+//! that appeared since start (and that the reload task has not loaded yet) reads its manifest,
+//! through [`marina_core::app_file`] (size-bounded, never blocking on a FIFO), and without
+//! holding a lock other apps' requests need.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
@@ -52,6 +61,7 @@ use marina_core::Error;
 
 use crate::app::{App, WorkerKind};
 use crate::manifest::{self, AppConfig, MANIFEST_FILES};
+use crate::stamp::{self, Stamp};
 
 /// How long a directory scan or a loaded app stays valid without a change event.
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_millis(1000);
@@ -96,7 +106,12 @@ pub struct Registry {
     index: RwLock<Option<Cached<Arc<Index>>>>,
     /// Held while rescanning the worker dirs.
     rescan: Mutex<()>,
-    apps: Mutex<HashMap<PathBuf, Cached<LoadResult>>>,
+    apps: Mutex<HashMap<PathBuf, LoadedVersion>>,
+    /// Whether loaded apps are refreshed by someone else (the server's reload task), so that
+    /// [`Registry::load`] never touches an app's files once it is loaded.
+    background: AtomicBool,
+    /// How many times an app version was read from disk (its manifest and `.env`).
+    reads: AtomicU64,
     /// What was last logged about each app version dir (its warnings and error), so a manifest's
     /// problems are logged once per change, not on every refresh.
     logged: Mutex<HashMap<PathBuf, String>>,
@@ -130,6 +145,12 @@ struct Cached<T> {
     at: Instant,
     generation: u64,
     value: T,
+}
+
+/// A loaded app version and the stamp of the files it was read from.
+struct LoadedVersion {
+    cached: Cached<LoadResult>,
+    stamp: Stamp,
 }
 
 /// An [`Error`] kept in the cache (the error type is not `Clone`).
@@ -213,11 +234,9 @@ pub fn folder_version(s: &str) -> Option<Version> {
 }
 
 fn is_simple_app_dir(dir: &Path) -> bool {
-    MANIFEST_FILES
-        .iter()
-        .chain(["package.json"].iter())
-        .chain(DEFAULT_ENTRYPOINTS.iter())
-        .any(|f| dir.join(f).is_file())
+    // A manifest of any file type makes an app (a FIFO manifest is then refused, not ignored).
+    MANIFEST_FILES.iter().any(|f| marina_core::app_file::has_entry(dir, f))
+        || ["package.json"].iter().chain(DEFAULT_ENTRYPOINTS.iter()).any(|f| dir.join(f).is_file())
 }
 
 fn sorted_dir_names(dir: &Path) -> Vec<String> {
@@ -329,6 +348,8 @@ impl Registry {
             index: RwLock::new(None),
             rescan: Mutex::new(()),
             apps: Mutex::new(HashMap::new()),
+            background: AtomicBool::new(false),
+            reads: AtomicU64::new(0),
             logged: Mutex::new(HashMap::new()),
             on_change: Mutex::new(None),
         }
@@ -436,30 +457,65 @@ impl Registry {
     }
 
     /// The app version ready to dispatch to: manifest read and validated, entrypoint resolved,
-    /// worker kind chosen. Cached like resolution.
+    /// worker kind chosen. Cached: the files are read the first time, and again only when
+    /// they changed (see [`Registry::refresh`]); with [`Registry::refresh_in_background`] a
+    /// loaded app version is returned as it is, with no file-system access at all.
     ///
     /// # Errors
-    /// 500 `APP_MANIFEST_INVALID` (bad manifest), 404 `APP_DISABLED` (`enabled: false`), 500
-    /// `APP_ENTRYPOINT_NOT_FOUND` / `APP_ENTRYPOINT_OUTSIDE` / `APP_ENTRYPOINT_UNSUPPORTED`.
+    /// 500 `APP_MANIFEST_INVALID` (bad manifest), 500 `APP_FILE_REFUSED` (the manifest or `.env`
+    /// leads outside the app dir, is not a regular file or is over 1 MiB), 404 `APP_DISABLED`
+    /// (`enabled: false`), 500 `APP_ENTRYPOINT_NOT_FOUND` / `APP_ENTRYPOINT_OUTSIDE` /
+    /// `APP_ENTRYPOINT_UNSUPPORTED`.
     pub fn load(&self, resolved: &Resolved) -> Result<Arc<App>, Error> {
         let generation = self.generation.load(Ordering::Acquire);
-        if let Some(c) = self.apps.lock().get(&resolved.dir) {
-            let same = match &c.value {
-                Ok(app) => app.name == resolved.name && app.version == resolved.version,
-                Err(_) => true,
-            };
-            if same && self.fresh(c, generation) {
-                return c.value.clone().map_err(|e| e.to_error());
-            }
+        if let Some(c) = self.apps.lock().get(&resolved.dir)
+            && same_version(&c.cached.value, resolved)
+            && (self.background.load(Ordering::Relaxed) || self.fresh(&c.cached, generation))
+        {
+            return c.cached.value.clone().map_err(|e| e.to_error());
         }
-        let previous = match self.apps.lock().get(&resolved.dir) {
-            Some(Cached { value: Ok(app), .. }) => Some(app.clone()),
+        self.refresh(resolved, false)
+    }
+
+    /// Bring the cached app version up to date with the disk: its stamp is taken (`stat` calls
+    /// only) and its files are read again only when the stamp changed, or when `force` (a
+    /// watcher event named one of its files). An unchanged app keeps the same `Arc`.
+    ///
+    /// # Errors
+    /// As [`Registry::load`].
+    pub fn refresh(&self, resolved: &Resolved, force: bool) -> Result<Arc<App>, Error> {
+        let stamp = self.stamp(resolved);
+        self.refresh_with(resolved, force, stamp)
+    }
+
+    /// The current stamp of a version's files (with the entrypoint its manifest names).
+    fn stamp(&self, resolved: &Resolved) -> Stamp {
+        let entrypoint = match self.apps.lock().get(&resolved.dir) {
+            Some(LoadedVersion { cached: Cached { value: Ok(app), .. }, .. }) => app.config.entrypoint.clone(),
             _ => None,
         };
-        // A refresh that finds the app unchanged hands out the same `Arc`, so whatever callers
-        // keep per app (a static site's file cache, say) survives the periodic re-read.
+        stamp::of(&resolved.dir, entrypoint.as_deref())
+    }
+
+    fn refresh_with(&self, resolved: &Resolved, force: bool, stamp: Stamp) -> Result<Arc<App>, Error> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let previous = match self.apps.lock().get_mut(&resolved.dir) {
+            Some(c) if same_version(&c.cached.value, resolved) => {
+                if !force && c.stamp.still_matches(&stamp) {
+                    c.cached.at = Instant::now();
+                    c.cached.generation = generation;
+                    return c.cached.value.clone().map_err(|e| e.to_error());
+                }
+                c.cached.value.as_ref().ok().cloned()
+            }
+            _ => None,
+        };
+        // Read without holding the cache lock: other apps' requests never wait for this one.
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let (built, warnings) = build_app(resolved);
         self.log_once(resolved, &warnings, built.as_ref().err());
+        // An unchanged app hands out the same `Arc`, so whatever callers keep per app (a static
+        // site's file cache, a shared instance) survives the re-read.
         let result = built.map(|app| match previous {
             Some(prev) if prev.same_as(&app) => prev,
             _ => Arc::new(app),
@@ -468,14 +524,61 @@ impl Registry {
         let mut apps = self.apps.lock();
         // Forget entries for dirs that are gone, so removed apps do not pile up; the others keep
         // their `Arc` across generations (an unchanged app stays the same `Arc`).
-        apps.retain(|d, c| c.generation == generation || d.is_dir());
-        apps.insert(resolved.dir.clone(), Cached { at: Instant::now(), generation, value: cached });
+        apps.retain(|d, c| c.cached.generation == generation || d.is_dir());
+        apps.insert(
+            resolved.dir.clone(),
+            LoadedVersion { cached: Cached { at: Instant::now(), generation, value: cached }, stamp },
+        );
         result
     }
 
-    /// Log an app version's manifest warnings and load error, once per distinct content: the
-    /// registry re-reads manifests every [`DEFAULT_CACHE_TTL`], and a problem said every second
-    /// drowns the log.
+    /// Let [`Registry::load`] return loaded app versions without looking at the disk: the
+    /// caller promises to call [`Registry::refresh`] on changes (watcher events) and
+    /// [`Registry::sweep`] now and then (missed events). `marina serve` does.
+    pub fn refresh_in_background(&self) {
+        self.background.store(true, Ordering::Relaxed);
+    }
+
+    /// Refresh every loaded app version whose files changed on disk (stamps only for the
+    /// others); returns the ones that now load as a different app (a new `Arc`), for the caller
+    /// to restart their workers. Files changed less than a second ago are left for the next
+    /// sweep: a watcher event for them is probably on its way, and one change should restart
+    /// workers once.
+    pub fn sweep(&self) -> Vec<Arc<App>> {
+        let loaded: Vec<(Resolved, Option<Arc<App>>)> = self
+            .all_versions()
+            .into_iter()
+            .filter_map(|r| {
+                let apps = self.apps.lock();
+                let c = apps.get(&r.dir)?;
+                let app = c.cached.value.as_ref().ok().cloned();
+                Some((r, app))
+            })
+            .collect();
+        let mut changed = Vec::new();
+        for (resolved, before) in loaded {
+            let stamp = self.stamp(&resolved);
+            if !stamp.settled() {
+                continue;
+            }
+            if let Ok(after) = self.refresh_with(&resolved, false, stamp)
+                && !before.is_some_and(|b| Arc::ptr_eq(&b, &after))
+            {
+                changed.push(after);
+            }
+        }
+        changed
+    }
+
+    /// How many times an app version's files were read (for tests and diagnostics): once per
+    /// load of a new version and once per change on disk.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Log an app version's manifest warnings and load error, once per distinct content: a
+    /// forced refresh (any watcher event in the app dir) re-reads an unchanged manifest, and
+    /// saying the same problem again each time would drown the log.
     fn log_once(&self, resolved: &Resolved, warnings: &[String], error: Option<&Error>) {
         let text = format!("{warnings:?}{:?}", error.map(|e| (e.code(), e.message())));
         let mut logged = self.logged.lock();
@@ -575,6 +678,14 @@ impl Registry {
         // Anything that happened before the watch began must not be hidden by a cache.
         self.invalidate();
         Ok(WatchHandle { _watcher: watcher, watched })
+    }
+}
+
+/// Whether a cached load result is for this name and version (an error is, whatever it names).
+fn same_version(value: &LoadResult, resolved: &Resolved) -> bool {
+    match value {
+        Ok(app) => app.name == resolved.name && app.version == resolved.version,
+        Err(_) => true,
     }
 }
 

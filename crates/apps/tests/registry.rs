@@ -507,3 +507,83 @@ fn manifest_problems_are_logged_once_per_change() {
     assert_eq!(text.matches("unknown key `tll`").count(), 1, "{text}");
     assert_eq!(text.matches("APP_MANIFEST_INVALID").count(), 1, "{text}");
 }
+
+/// A manifest is read once per change on disk: not per load, not per cache TTL.
+#[test]
+fn manifests_are_read_once_per_change_not_per_load() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = app(root.path(), "once", &[("manifest.yaml", "ttl: 1m\n"), HTML]);
+    // A zero TTL: every load looks at the disk (stamps), as a server without a watcher would.
+    let reg = Registry::new(vec![root.path().to_path_buf()]).with_cache_ttl(Duration::ZERO);
+    let r = reg.resolve("once").unwrap();
+    reg.load(&r).unwrap();
+    // Within a second of a change a stamp is not trusted (coarse file times), so wait until the
+    // manifest is older than that and the re-read that confirms it has happened.
+    let settled = wait_until(Duration::from_secs(10), || {
+        let before = reg.reads();
+        reg.load(&r).unwrap();
+        reg.reads() == before
+    });
+    assert!(settled.is_some(), "the registry keeps re-reading an unchanged manifest");
+    let reads = reg.reads();
+    for _ in 0..200 {
+        reg.load(&r).unwrap();
+    }
+    assert_eq!(reg.reads(), reads, "200 loads of an unchanged app read its manifest again");
+    fs::write(dir.join("manifest.yaml"), "ttl: 2m\n").unwrap();
+    assert_eq!(reg.load(&r).unwrap().config.ttl, Duration::from_secs(120));
+    assert!(reg.reads() > reads);
+}
+
+/// With a background refresher (what `marina serve` runs), a loaded app is handed out without
+/// touching the disk; the refresher's `refresh`/`sweep` pick up the change.
+#[test]
+fn in_background_mode_requests_never_read_manifests() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = app(root.path(), "bg", &[("manifest.yaml", "ttl: 1m\n"), HTML]);
+    let reg = Registry::new(vec![root.path().to_path_buf()]).with_cache_ttl(Duration::ZERO);
+    reg.refresh_in_background();
+    let r = reg.resolve("bg").unwrap();
+    let first = reg.load(&r).unwrap();
+    let reads = reg.reads();
+    // Even a manifest replaced by a FIFO is not looked at by a load.
+    fs::remove_file(dir.join("manifest.yaml")).unwrap();
+    nix::unistd::mkfifo(&dir.join("manifest.yaml"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    for _ in 0..100 {
+        assert!(Arc::ptr_eq(&reg.load(&r).unwrap(), &first));
+    }
+    assert_eq!(reg.reads(), reads);
+    // The refresher sees it (without blocking on the FIFO) and refuses it.
+    let e = reg.refresh(&r, true).unwrap_err();
+    assert_eq!(e.code(), "APP_FILE_REFUSED", "{e}");
+    assert_eq!(reg.load(&r).unwrap_err().code(), "APP_FILE_REFUSED");
+    // Back to a good manifest: a sweep picks it up once it has settled.
+    fs::remove_file(dir.join("manifest.yaml")).unwrap();
+    fs::write(dir.join("manifest.yaml"), "ttl: 3m\n").unwrap();
+    let took = wait_until(Duration::from_secs(10), || {
+        reg.sweep();
+        reg.load(&r).is_ok_and(|a| a.config.ttl == Duration::from_secs(180))
+    });
+    assert!(took.is_some(), "the sweep did not pick up the fixed manifest");
+}
+
+/// The registry itself refuses an app whose manifest leads outside its dir, with the public
+/// error naming neither the content nor the target.
+#[test]
+fn a_symlinked_manifest_is_refused_by_the_registry() {
+    let root = tempfile::tempdir().unwrap();
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    fs::write(secret.path(), "ROOT_KEY=hunter2\n").unwrap();
+    let dir = app(root.path(), "sneaky", &[HTML]);
+    std::os::unix::fs::symlink(secret.path(), dir.join("manifest.yaml")).unwrap();
+    let reg = Registry::new(vec![root.path().to_path_buf()]);
+    let r = reg.resolve("sneaky").unwrap();
+    let e = reg.load(&r).unwrap_err();
+    assert_eq!(e.code(), "APP_FILE_REFUSED");
+    assert_eq!(e.status().as_u16(), 500);
+    let body = e.to_json().to_string();
+    assert!(!body.contains("hunter2") && !body.contains(&secret.path().display().to_string()), "{body}");
+    let state = reg.version_state(&r);
+    assert_eq!(state.state, "invalid");
+    assert_eq!(state.code.as_deref(), Some("APP_FILE_REFUSED"));
+}

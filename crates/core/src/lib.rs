@@ -2,6 +2,8 @@
 //!
 //! - [`Error`]: the one error type. Every layer returns it; the server turns it into the one
 //!   JSON error body (`{"success": false, "code", "message", "data"}`) at a single edge.
+//! - [`app_file`]: reading an app's manifest or `.env` without following it out of the app
+//!   dir, blocking on a FIFO or reading a huge file.
 //! - [`body`]: the boxed HTTP body type that flows between layers, so that a static file, a
 //!   worker's streamed response and an API's JSON all travel the same way.
 //! - [`settings`]: the one table of configuration variables (env var, flag, default, help,
@@ -9,6 +11,7 @@
 //! - [`units`]: durations (`"30s"`, a number = seconds) and sizes (`"10mb"`), parsed the way
 //!   Buntime manifests write them.
 
+pub mod app_file;
 pub mod body;
 pub mod error;
 pub mod settings;

@@ -37,6 +37,8 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         .route("/keys/{*rest}", any(keys))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // No internal API route takes more than a key's JSON: reading stops there with 413.
+        .layer(axum::extract::DefaultBodyLimit::max(marina_auth::keys_api::MAX_BODY))
         .with_state(rt.clone());
     Router::new().nest(&rt.config.api_base(), api).fallback(not_found)
 }

@@ -69,7 +69,37 @@ pub async fn to_app(
     {
         set(headers, crate::IDENTITY_HEADER, &ascii_json(&json));
     }
-    rt.pool.dispatch(app, req).await
+    let resp = rt.pool.dispatch(app.clone(), req).await?;
+    if resp.status() == http::StatusCode::INTERNAL_SERVER_ERROR && resp.headers().contains_key(WORKER_ERROR_HEADER) {
+        return Err(worker_error(app.key(), resp.into_body()).await);
+    }
+    Ok(resp)
+}
+
+/// The header with which the JS host shim marks the 500 it answers for an error the app threw.
+const WORKER_ERROR_HEADER: &str = "x-marina-error";
+
+/// The app threw: its message becomes a marina error, so the one edge decides what the client
+/// sees (the thrown text in development, only the code and request id in production) and the
+/// text is logged under the request id. The body read is bounded.
+async fn worker_error(app: String, mut body: Body) -> Error {
+    use http_body_util::BodyExt as _;
+    let mut text = Vec::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            text.extend_from_slice(&data);
+            if text.len() > 64 * 1024 {
+                break;
+            }
+        }
+    }
+    let message = serde_json::from_slice::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+        .unwrap_or_else(|| "the app threw an error".to_string());
+    Error::new(http::StatusCode::INTERNAL_SERVER_ERROR, "WORKER_ERROR", message)
+        .with_kind(marina_core::Source::Upstream)
+        .with_data(serde_json::json!({ "app": app }))
 }
 
 /// Send the request along one of the app's `proxy` rules. `rest` is the path below the app,

@@ -72,7 +72,14 @@ async fn apply(app: &App, database_url: Option<&str>, state_dir: &Path) -> Outco
         tracing::error!(app = %key, "{message}");
         Err((message, json!({ "app": key, "migration": migration, "error": error })))
     };
-    let set = match MigrationSet::from_dir(&app.dir.join("migrations")) {
+    // The migrations dir must be the app's own: a symlink leading out of the app dir would let
+    // marina read (and run) files from anywhere. (Each file is then read beneath this dir.)
+    let dir = app.dir.join("migrations");
+    match (dir.canonicalize(), app.dir.canonicalize()) {
+        (Ok(real), Ok(root)) if real.starts_with(&root) => {}
+        _ => return fail(None, "its `migrations` dir resolves outside the app dir (a symlink); refused".to_string()),
+    }
+    let set = match MigrationSet::from_dir(&dir) {
         Ok(set) => set,
         Err(e) => return fail(None, e.message().to_string()),
     };

@@ -7,6 +7,11 @@
 //! ones, which keep serving until one is ready. A manifest that no longer loads is logged (once)
 //! and the running workers keep serving the previous version. The app's migration state is
 //! dropped too, so new migration files are applied before the new workers start.
+//!
+//! This task is also what keeps manifests off the request path: once it runs, the registry
+//! hands requests the loaded app versions as they are ([`marina_apps::registry::Registry::refresh_in_background`]),
+//! and a manifest is read here — on a watcher event, or when the once-a-second [`SWEEP`] of
+//! file stamps (`stat` only) finds a change the watcher missed — never by a request.
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
@@ -22,6 +27,9 @@ use crate::Runtime;
 pub const QUIET: Duration = Duration::from_millis(150);
 /// The longest a reload waits for changes to stop.
 const MAX_WAIT: Duration = Duration::from_secs(2);
+/// How often loaded app versions' file stamps are compared with the disk, for changes the
+/// watcher did not report.
+pub const SWEEP: Duration = Duration::from_secs(1);
 
 /// Directory names whose contents an app (or `autoInstall`) writes: never a reason to reload.
 const OUTPUT_DIRS: [&str; 8] = ["node_modules", "data", "tmp", "logs", ".git", "__pycache__", ".cache", ".marina"];
@@ -49,7 +57,27 @@ pub fn start(rt: &Arc<Runtime>) {
     rt.registry.on_change(Arc::new(move |p: &Path| {
         let _ = tx.send(p.to_path_buf());
     }));
+    rt.registry.refresh_in_background();
     tokio::spawn(run(Arc::downgrade(rt), rx));
+    tokio::spawn(sweep(Arc::downgrade(rt)));
+}
+
+/// Every [`SWEEP`], refresh the app versions whose files changed without a watcher event, on a
+/// blocking thread (a slow disk never stalls the runtime's workers), and reload their workers.
+async fn sweep(rt: Weak<Runtime>) {
+    let mut tick = tokio::time::interval(SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(registry) = rt.upgrade().map(|rt| rt.registry.clone()) else { return };
+        let Ok(changed) = tokio::task::spawn_blocking(move || registry.sweep()).await else { continue };
+        let Some(rt) = rt.upgrade() else { return };
+        for app in changed {
+            rt.migrations.forget(&app.dir);
+            rt.pool.reload(app, "its manifest or .env changed");
+        }
+    }
 }
 
 async fn run(rt: Weak<Runtime>, mut rx: mpsc::UnboundedReceiver<PathBuf>) {
@@ -122,7 +150,7 @@ fn apply(rt: &Runtime, dir: &Path, changed: &Path) {
     let Some(resolved) = rt.registry.all_versions().into_iter().find(|r| r.dir == dir) else { return };
     rt.migrations.forget(dir);
     let what = changed.strip_prefix(dir).unwrap_or(changed).display().to_string();
-    match rt.registry.load(&resolved) {
+    match rt.registry.refresh(&resolved, true) {
         Ok(app) => rt.pool.reload(app, &format!("{what} changed")),
         Err(e) => {
             // The registry has logged the problem (once); say what happens to the running app.

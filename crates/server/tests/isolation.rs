@@ -251,3 +251,75 @@ async fn a_flood_of_output_without_newlines_leaves_marina_small_and_the_app_serv
     assert_eq!(status, 200, "{body}");
     srv.stop().await;
 }
+
+/// `sandbox.read` widens what an app may read, and only that: a file outside its dir is denied
+/// without the key and readable with it; a key reaching marina's state dir or the worker dirs
+/// is refused when the worker starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_read_widens_reads_only_where_allowed() {
+    let outside = tempfile::tempdir().unwrap();
+    set_mode(outside.path(), 0o755);
+    let file = outside.path().join("model.txt");
+    std::fs::write(&file, "weights").unwrap();
+    set_mode(&file, 0o644);
+    let apps = apps("");
+    // `wide` is the hostile app with the key.
+    let wide = apps.path().join("wide");
+    std::fs::create_dir_all(&wide).unwrap();
+    set_mode(&wide, 0o755);
+    std::fs::copy(apps.path().join("hostile/index.js"), wide.join("index.js")).unwrap();
+    set_mode(&wide.join("index.js"), 0o644);
+    std::fs::write(
+        wide.join("manifest.yaml"),
+        format!("entrypoint: index.js\nttl: 60s\nsandbox:\n  read: [{}]\n", outside.path().display()),
+    )
+    .unwrap();
+    set_mode(&wide.join("manifest.yaml"), 0o644);
+    let srv = common::start(apps.path(), |r| {
+        r.set("RUNTIME_JS", "node");
+    })
+    .await;
+    let sandbox = sandbox_status(&srv.base).await;
+    if sandbox["landlock"] != true {
+        eprintln!("skipping: no Landlock on this kernel, so nothing confines reads ({sandbox})");
+        srv.stop().await;
+        return;
+    }
+    let path = q(file.to_str().unwrap());
+    let r = get(&srv.base, &format!("/hostile/read?path={path}")).await.1;
+    assert_eq!(r["ok"], false, "an app without sandbox.read read a file outside its dir: {r}");
+    let r = get(&srv.base, &format!("/wide/read?path={path}")).await.1;
+    assert_eq!(r["ok"], true, "sandbox.read did not let the app read {}: {r}", file.display());
+    assert_eq!(r["value"], 7);
+    // Still nothing else: another app's .env stays out of reach of the widened app.
+    let r =
+        get(&srv.base, &format!("/wide/read?path={}", q(apps.path().join("victim/.env").to_str().unwrap()))).await.1;
+    assert_eq!(r["ok"], false, "{r}");
+
+    // An app asking for marina's state dir, or for the worker dirs, does not start.
+    for (name, target) in [("greedy", srv.state_dir.clone()), ("nosy", apps.path().to_path_buf())] {
+        let dir = apps.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        set_mode(&dir, 0o755);
+        std::fs::copy(apps.path().join("hostile/index.js"), dir.join("index.js")).unwrap();
+        set_mode(&dir.join("index.js"), 0o644);
+        std::fs::write(
+            dir.join("manifest.yaml"),
+            format!("entrypoint: index.js\nttl: 60s\nsandbox: {{read: [{}]}}\n", target.display()),
+        )
+        .unwrap();
+        set_mode(&dir.join("manifest.yaml"), 0o644);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (status, body) = loop {
+            let (status, body) = get(&srv.base, &format!("/{name}/whoami")).await;
+            if status != 404 || Instant::now() > deadline {
+                break (status, body);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(status, 502, "{name}: {body}");
+        assert_eq!(body["code"], "WORKER_START_FAILED", "{body}");
+        assert!(body["message"].as_str().unwrap().contains("sandbox.read"), "{body}");
+    }
+    srv.stop().await;
+}

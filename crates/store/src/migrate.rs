@@ -153,6 +153,10 @@ pub struct MigrationSet {
     migrations: Vec<Migration>,
 }
 
+/// The largest migration file read from a directory (data-seeding migrations can be large; a
+/// bound still keeps a stray multi-gigabyte file out of marina's memory).
+pub const MAX_MIGRATION_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl MigrationSet {
     /// marina's own migrations, embedded in the binary.
     ///
@@ -186,7 +190,14 @@ impl MigrationSet {
             if name.starts_with('.') || !name.ends_with(".sql") {
                 continue;
             }
-            let text = std::fs::read_to_string(entry.path()).map_err(|e| unreadable(&entry.path(), e))?;
+            // An app's migration files are read by marina (often root): never through a symlink
+            // leading out of the dir, never a FIFO or device, never without a size bound.
+            let bytes = marina_core::app_file::read_in_dir(dir, Path::new(&name), MAX_MIGRATION_FILE_BYTES)
+                .map_err(|r| Error::internal(format!("cannot read '{}': {r}", entry.path().display())))?
+                .unwrap_or_default();
+            let text = String::from_utf8(bytes).map_err(|e| {
+                unreadable(&entry.path(), std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()))
+            })?;
             files.push((name, text));
         }
         Self::from_files(&source, files)

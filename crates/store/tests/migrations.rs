@@ -352,3 +352,30 @@ async fn the_system_schema_applies_on_both_backends() {
         }
     }
 }
+
+/// An app's migration files are read by marina: a symlink leading out of the migrations dir, a
+/// FIFO and an oversized file are refused without blocking and without quoting the target.
+#[test]
+fn migration_files_that_reach_outside_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let secret = root.path().join("secret.sql");
+    std::fs::write(&secret, "SELECT 'ROOT_KEY=hunter2';").unwrap();
+    type Make<'a> = &'a dyn Fn(&std::path::Path);
+    let cases: [(&str, Make); 2] = [
+        ("symlink", &|d| std::os::unix::fs::symlink(&secret, d.join("0001_x.up.sql")).unwrap()),
+        ("fifo", &|d| {
+            nix::unistd::mkfifo(&d.join("0001_x.up.sql"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap()
+        }),
+    ];
+    for (name, make) in cases {
+        let dir = root.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        make(&dir);
+        let started = Instant::now();
+        let e = MigrationSet::from_dir(&dir).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10), "{name}: blocked");
+        let text = e.to_string();
+        assert!(!text.contains("hunter2") && !text.contains(secret.to_str().unwrap()), "{name}: {text}");
+        assert!(text.contains("0001_x.up.sql"), "{name}: {text}");
+    }
+}

@@ -32,6 +32,10 @@ use crate::api::{ApiError, Json, parse_json, reply};
 
 type Handler = Result<AxumResponse, ApiError>;
 
+/// The largest request body the rules API reads (a rule is a few hundred bytes; a reorder of
+/// every rule a few KiB). Reading stops there with 413: a huge body is never buffered whole.
+pub const MAX_BODY: usize = 256 * 1024;
+
 /// The router, relative to the plugin's base (`/api/rules`).
 pub fn router(rules: Arc<Rules>) -> Router {
     Router::new()
@@ -39,6 +43,7 @@ pub fn router(rules: Arc<Rules>) -> Router {
         .route("/api/rules/reorder", put(reorder))
         .route("/api/rules/{id}", get(one).put(update).delete(remove))
         .route("/api/rules/{id}/toggle", patch(toggle))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(rules)
 }
 

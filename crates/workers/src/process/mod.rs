@@ -370,6 +370,16 @@ impl Boot {
     fn jail(&self, program: &std::path::Path, mut reads: Vec<PathBuf>) -> Result<Jail, Error> {
         let app = &self.spec.app;
         reads.extend(runtime_prefix(program));
+        if !app.config.sandbox_read.is_empty() {
+            let off_limits = sandbox::off_limits(
+                &self.opts.state_dir,
+                std::env::split_paths(&self.opts.worker_dirs).chain(std::env::split_paths(&self.opts.plugin_dirs)),
+            );
+            for p in &app.config.sandbox_read {
+                sandbox::check_extra_read(p, &off_limits).map_err(|why| self.start_error(why))?;
+                reads.push(p.clone());
+            }
+        }
         self.sandbox
             .jail(JailRequest {
                 app_name: &app.name,

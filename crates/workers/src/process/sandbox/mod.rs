@@ -338,6 +338,33 @@ impl Sandbox {
     }
 }
 
+/// The dirs no manifest's `sandbox.read` may overlap: marina's state dir (its database, every
+/// worker's data and sockets), the worker dirs (other apps and their `.env`) and the plugin
+/// dirs; real paths, so a symlink cannot hide them.
+pub(crate) fn off_limits(state_dir: &Path, others: impl Iterator<Item = PathBuf>) -> Vec<PathBuf> {
+    std::iter::once(state_dir.to_path_buf())
+        .chain(others)
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(|d| d.canonicalize().unwrap_or(d))
+        .collect()
+}
+
+/// Whether a manifest's `sandbox.read` entry may be granted: not inside, and not above, any of
+/// the `off_limits` dirs. The path is resolved first (Landlock grants what it resolves to). A
+/// path that does not exist is allowed (its rule is skipped).
+pub(crate) fn check_extra_read(path: &Path, off_limits: &[PathBuf]) -> Result<(), String> {
+    let Ok(real) = path.canonicalize() else { return Ok(()) };
+    match off_limits.iter().find(|d| real.starts_with(d) || d.starts_with(&real)) {
+        Some(d) => Err(format!(
+            "the manifest's `sandbox.read` entry {} is refused: it {} {}, which no app may read (marina's state dir, the worker dirs and the plugin dirs are off limits)",
+            path.display(),
+            if real.starts_with(d) { "is inside" } else { "contains" },
+            d.display()
+        )),
+        None => Ok(()),
+    }
+}
+
 /// What [`Sandbox::jail`] needs to know about a worker.
 pub(crate) struct JailRequest<'a> {
     pub app_name: &'a str,
@@ -435,6 +462,25 @@ fn parse_range(range: &str) -> Result<(u32, u32), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extra_reads_may_not_overlap_marina_or_other_apps() {
+        let root = tempfile::tempdir().unwrap();
+        let state = root.path().join("state");
+        let apps = root.path().join("apps");
+        let fonts = root.path().join("fonts");
+        for d in [&state, &apps, &fonts, &apps.join("other")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::os::unix::fs::symlink(&state, root.path().join("innocent")).unwrap();
+        let off = off_limits(&state, [apps.clone()].into_iter());
+        assert!(check_extra_read(&fonts, &off).is_ok());
+        assert!(check_extra_read(&root.path().join("missing"), &off).is_ok());
+        for bad in [state.join("."), apps.join("other"), root.path().to_path_buf(), root.path().join("innocent")] {
+            let e = check_extra_read(&bad, &off).unwrap_err();
+            assert!(e.contains("sandbox.read") && e.contains("off limits"), "{e}");
+        }
+    }
 
     #[test]
     fn uid_ranges_parse_and_bad_ones_say_what_is_expected() {

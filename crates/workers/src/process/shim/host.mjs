@@ -112,7 +112,12 @@ async function dispatch(req, server) {
 function errorResponse(e) {
   console.error(e && e.stack ? e.stack : String(e));
   const message = e && e.message ? e.message : String(e);
-  return Response.json({ success: false, code: "WORKER_ERROR", message }, { status: 500 });
+  // The marker header hands the error to marina's error edge, which decides what the client
+  // sees (in production: the code and request id only, never the thrown text).
+  return Response.json(
+    { success: false, code: "WORKER_ERROR", message },
+    { status: 500, headers: { "x-marina-error": "WORKER_ERROR" } },
+  );
 }
 
 async function lifecycle(req) {
@@ -237,7 +242,7 @@ if (isBun) {
     serve(nreq, nres).catch((e) => {
       console.error(`marina shim: ${e && e.stack ? e.stack : e}`);
       if (!nres.headersSent) {
-        nres.writeHead(500, { "content-type": "application/json" });
+        nres.writeHead(500, { "content-type": "application/json", "x-marina-error": "WORKER_ERROR" });
         nres.end(JSON.stringify({ success: false, code: "WORKER_ERROR", message: String(e && e.message ? e.message : e) }));
       } else {
         nres.destroy();
