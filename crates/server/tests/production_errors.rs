@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use marina_plugins::Loaded;
-use marina_plugins::proxy::ProxyPlugin;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -110,15 +108,12 @@ fn assert_no_internals(what: &str, a: &Answer, dirs: &[&Path]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_errors_show_only_the_code_and_request_id() {
     let apps = apps();
-    let plugins =
-        vec![Loaded::new(ProxyPlugin::default_spec(), Arc::new(ProxyPlugin::new(&ProxyPlugin::default_spec())))];
-    let srv = common::start_with(
-        apps.path(),
-        |r| {
-            r.set("NODE_ENV", "production").set("RUNTIME_JS", "node").set("RUNTIME_ROOT_KEY", ROOT_KEY);
-        },
-        plugins,
-    )
+    let srv = common::start(apps.path(), |r| {
+        r.set("NODE_ENV", "production")
+            .set("RUNTIME_JS", "node")
+            .set("RUNTIME_ROOT_KEY", ROOT_KEY)
+            .set("RUNTIME_PLUGIN_DIRS", common::bundled_plugins());
+    })
     .await;
     let c = reqwest::Client::new();
     let key = admin_key(&srv.state_dir).await;
@@ -226,15 +221,11 @@ async fn oversized(addr: std::net::SocketAddr, key: &str, method: &str, path: &s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_and_slow_bodies_to_the_plugin_apis_are_cut_short() {
     let apps = apps();
-    let plugins =
-        vec![Loaded::new(ProxyPlugin::default_spec(), Arc::new(ProxyPlugin::new(&ProxyPlugin::default_spec())))];
-    let srv = common::start_with(
-        apps.path(),
-        |r| {
-            r.set("NODE_ENV", "production").set("RUNTIME_ROOT_KEY", ROOT_KEY);
-        },
-        plugins,
-    )
+    let srv = common::start(apps.path(), |r| {
+        r.set("NODE_ENV", "production")
+            .set("RUNTIME_ROOT_KEY", ROOT_KEY)
+            .set("RUNTIME_PLUGIN_DIRS", common::bundled_plugins());
+    })
     .await;
     let key = admin_key(&srv.state_dir).await;
     // 512 MiB declared: each API answers 413 long before that much is sent.
