@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The worker hop: a warm JS app through marina vs nginx reverse-proxying to the same module
+# served by Bun.serve (keep-alive upstream) vs that Bun.serve hit directly. Keep-alive clients,
+# the same wrk settings, the sides run alternately in one run. Two handlers: an empty hello
+# world (the hop's whole cost shows) and one doing ~0.2 ms of work per request.
+#
+# marina runs the app with recycling out of the way (maxRequests 1e8, ttl 5m) and logs at
+# `error`; nginx 1.22 has worker_processes 2, access log off, `keepalive 64` upstream.
+#
+# Usage: bench/js-hop.sh   (DURATION=5s ROUNDS=3 CONNS=32)
+# Needs: wrk, nginx, bun, python3, curl.
+source "$(dirname "$0")/lib.sh"
+need nginx "apt-get install nginx-light"
+need bun "npm i -g bun"
+build_marina
+load_line
+
+mkdir -p "$WORK/apps/hello" "$WORK/apps/work" "$WORK/nginx"
+cat > "$WORK/apps/hello/index.js" <<'JS'
+export default { fetch: () => new Response("hello world\n", { headers: { "content-type": "text/plain" } }) };
+JS
+cat > "$WORK/apps/work/index.js" <<'JS'
+export default {
+  fetch() {
+    const items = [];
+    for (let i = 0; i < 600; i++) items.push({ id: i, name: `item ${i}`, tags: ["a", "b", String(i % 7)] });
+    const body = JSON.stringify(items.filter((x) => x.id % 3 === 0).map((x) => ({ ...x, score: Math.sqrt(x.id) })));
+    return new Response(body, { headers: { "content-type": "application/json" } });
+  },
+};
+JS
+for app in hello work; do printf 'ttl: 5m\nmaxRequests: 100000000\n' > "$WORK/apps/$app/manifest.yaml"; done
+cat > "$WORK/direct.mjs" <<JS
+import hello from "$WORK/apps/hello/index.js";
+import work from "$WORK/apps/work/index.js";
+Bun.serve({ hostname: "127.0.0.1", port: 18191,
+  fetch: (req) => (new URL(req.url).pathname.startsWith("/work") ? work : hello).fetch(req) });
+JS
+chmod -R a+rX "$WORK"   # workers and nginx run unprivileged
+
+cat > "$WORK/nginx.conf" <<CONF
+worker_processes 2;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx; fastcgi_temp_path $WORK/nginx;
+  uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
+  upstream bun { server 127.0.0.1:18191; keepalive 64; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:18192;
+    location / { proxy_pass http://bun; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering on; }
+  }
+}
+CONF
+
+bun "$WORK/direct.mjs" & PIDS+=($!)
+nginx -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log"
+RUNTIME_LOG_LEVEL=error "$BIN" serve --port 18193 --worker-dirs "$WORK/apps" --state-dir "$WORK/state" \
+  2>"$WORK/marina.log" & PIDS+=($!)
+M=http://127.0.0.1:18193 N=http://127.0.0.1:18192 D=http://127.0.0.1:18191
+wait_ok "$D/"; wait_ok "$N/"; wait_ok "$M/hello/"; wait_ok "$M/work/"
+for u in "$M/hello/" "$N/" "$D/"; do verify_text "$u" "hello world"; done
+w=$(curl -s "$D/work"); [ "${#w}" -gt 1000 ] || { echo "FAIL: /work answered '${w:0:80}'" >&2; exit 1; }
+for u in "$M/work/" "$N/work"; do verify_text "$u" "$w"; done
+
+compare "$CONNS" marina "$M/hello/" nginx "$N/" direct "$D/"
+hello=("${RES[marina]}" "${RES[nginx]}" "${RES[direct]}")
+compare "$CONNS" marina "$M/work/" direct "$D/work"
+work=("${RES[marina]}" "${RES[direct]}")
+
+row() { echo "$1" | awk '{printf "%s | %s / %s", $1, $2, $3}'; }
+r() { python3 -c "a=float('$1'.split()[$3]); b=float('$2'.split()[$3]); print(f'{a/b:.2f}')"; }
+{
+  echo "Warm JS hop under bun $(bun --version), keep-alive, \`wrk -t1 -c$CONNS -d$DURATION\`, $ROUNDS alternating rounds (median), $(date -u '+%Y-%m-%d %H:%M UTC'); $(load_line)."
+  echo "Command: \`bench/js-hop.sh\` (nginx: worker_processes 2, keepalive 64 upstream, access log off; marina at error)."
+  echo
+  echo "| handler | marina req/s \| p50 / p99 ms | nginx → Bun req/s \| p50 / p99 ms | direct Bun req/s \| p50 / p99 ms | marina / nginx | marina / direct | marina p99 / direct p99 |"
+  echo "|---|---|---|---|---|---|---|"
+  echo "| hello | $(row "${hello[0]}") | $(row "${hello[1]}") | $(row "${hello[2]}") | **$(r "${hello[0]}" "${hello[1]}" 0)** | $(r "${hello[0]}" "${hello[2]}" 0) | $(r "${hello[0]}" "${hello[2]}" 2) |"
+  echo "| ~0.2 ms of work | $(row "${work[0]}") | – | $(row "${work[1]}") | – | **$(r "${work[0]}" "${work[1]}" 0)** | $(r "${work[0]}" "${work[1]}" 2) |"
+} | tee /dev/stderr > "${OUT:-/dev/null}"

@@ -1,0 +1,113 @@
+# Shared helpers of the bench scripts (sourced, not run).
+#
+# Every load run is `wrk` bounded by DURATION on loopback. The two sides of a comparison are run
+# alternately (A B A B ...) ROUNDS times in one script run, so background load on the machine
+# hits both about equally; the result of a side is the median of its rounds.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+DURATION="${DURATION:-5s}"
+ROUNDS="${ROUNDS:-3}"
+CONNS="${CONNS:-32}"
+
+need() { command -v "$1" >/dev/null || { echo "$1 is missing: $2" >&2; exit 1; }; }
+need wrk "apt-get install wrk"
+need python3 "apt-get install python3"
+need curl "apt-get install curl"
+
+# A release build of marina, in CARGO_TARGET_DIR when set (MARINA_BIN=path: use that binary).
+build_marina() {
+  if [ -n "${MARINA_BIN:-}" ]; then BIN="$MARINA_BIN"; return; fi
+  cargo build --release -q -p marina
+  BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/marina"
+}
+
+WORK="$(mktemp -d /tmp/marina-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for f in "$WORK"/nginx*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# Wait (up to 20 s) until `curl URL` answers 200.
+wait_ok() {
+  for _ in $(seq 400); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = 200 ] && return 0
+    sleep 0.05
+  done
+  echo "no 200 from $1 within 20 s" >&2
+  exit 1
+}
+
+# Check that URL answers 200 with exactly the bytes of FILE.
+verify_file() { # url file
+  local got="$WORK/verify.body" code
+  code=$(curl -s -o "$got" -w '%{http_code}' "$1")
+  [ "$code" = 200 ] || { echo "FAIL $1: status $code" >&2; exit 1; }
+  cmp -s "$got" "$2" || { echo "FAIL $1: body differs from $2" >&2; exit 1; }
+}
+
+# Check that URL answers 200 with exactly TEXT.
+verify_text() { # url text
+  local body code
+  body=$(curl -s -w '\n%{http_code}' "$1")
+  code="${body##*$'\n'}"; body="${body%$'\n'*}"
+  [ "$code" = 200 ] && [ "$body" = "$2" ] || { echo "FAIL $1: status $code body '${body:0:80}'" >&2; exit 1; }
+}
+
+# One wrk run: prints "rps p50_ms p99_ms bytes_per_response errors" (errors = non-2xx/3xx +
+# socket errors; a bench with errors is not a result).
+wrk_run() { # conns url
+  wrk -t1 -c"$1" -d"$DURATION" --latency "$2" | python3 -c '
+import re, sys
+t = sys.stdin.read()
+def ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s)", v); x = float(m.group(1))
+    return x / 1000 if m.group(2) == "us" else x * 1000 if m.group(2) == "s" else x
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
+p50 = ms(re.search(r"^\s+50%\s+(\S+)", t, re.M).group(1))
+p99 = ms(re.search(r"^\s+99%\s+(\S+)", t, re.M).group(1))
+m = re.search(r"(\d+) requests in [\d.]+\w+, ([\d.]+)(B|KB|MB|GB) read", t)
+n, size = int(m.group(1)), float(m.group(2)) * {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[m.group(3)]
+err = sum(int(x) for x in re.findall(r"Non-2xx or 3xx responses: (\d+)", t))
+err += sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", t))
+print(f"{rps:.0f} {p50:.3f} {p99:.3f} {size / max(n, 1):.0f} {err}")'
+}
+
+# Run the sides alternately; sets RES[name]="rps p50 p99 bytes errors" (medians of the rounds).
+# Usage: compare CONNS name1 url1 name2 url2 [name3 url3 ...]
+declare -A RES
+compare() {
+  local conns="$1"; shift
+  local -a names=() urls=()
+  while [ $# -gt 0 ]; do names+=("$1"); urls+=("$2"); shift 2; done
+  local i r
+  for i in "${!names[@]}"; do : > "$WORK/res.${names[$i]}"; done
+  # Warm-up, discarded.
+  for i in "${!names[@]}"; do DURATION=1s wrk_run "$conns" "${urls[$i]}" >/dev/null; done
+  for r in $(seq "$ROUNDS"); do
+    for i in "${!names[@]}"; do
+      wrk_run "$conns" "${urls[$i]}" >> "$WORK/res.${names[$i]}"
+    done
+  done
+  for i in "${!names[@]}"; do
+    RES[${names[$i]}]=$(python3 -c '
+import statistics, sys
+rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+cols = list(zip(*rows))
+m = [statistics.median(c) for c in cols[:4]]
+print(f"{m[0]:.0f} {m[1]:.3f} {m[2]:.3f} {m[3]:.0f} {int(sum(cols[4]))}")' "$WORK/res.${names[$i]}")
+    local errors; errors=$(echo "${RES[${names[$i]}]}" | awk '{print $5}')
+    [ "$errors" = 0 ] || echo "WARNING: ${names[$i]} had $errors errors under load" >&2
+  done
+}
+
+field() { echo "${RES[$1]}" | awk -v f="$2" '{print $f}'; }
+rps_of() { field "$1" 1; }
+p50_of() { field "$1" 2; }
+p99_of() { field "$1" 3; }
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+
+load_line() { echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"; }

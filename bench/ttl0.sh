@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# ttl: 0 (a fresh JS worker per request), cold start and marina's own memory.
+#
+# 1. ttl: 0 hello world under `wrk -c10`: requests/s, p50/p99, and CPU per request measured
+#    from /proc: utime+stime of marina and every descendant (exited children through
+#    cutime/cstime, live ones directly), before and after the run. Compared with the CPU of a
+#    bare `bun -e 0` start.
+# 2. Cold start: spawning `marina serve` with a fresh, empty state dir (a new SQLite database
+#    created and migrated) until the first 200 on a static file; 20 runs, median.
+# 3. marina's RSS idle after start, and again after the ttl: 0 churn once the workers are gone.
+#
+# Usage: bench/ttl0.sh   (DURATION=10s; EPH_CONCURRENCY=2)
+# Needs: wrk, bun, python3, curl.
+source "$(dirname "$0")/lib.sh"
+need bun "npm i -g bun"
+DURATION="${DURATION:-10s}"
+EPH_CONCURRENCY="${EPH_CONCURRENCY:-2}"
+build_marina
+load_line
+
+mkdir -p "$WORK/apps/eph" "$WORK/apps/site"
+cat > "$WORK/apps/eph/index.js" <<'JS'
+export default { fetch: () => new Response("hello world\n", { headers: { "content-type": "text/plain" } }) };
+JS
+printf 'ttl: 0\n' > "$WORK/apps/eph/manifest.yaml"
+printf 'entrypoint: index.html\n' > "$WORK/apps/site/manifest.yaml"
+printf '<!doctype html><title>cold</title>\n' > "$WORK/apps/site/index.html"
+chmod -R a+rX "$WORK"
+
+# CPU seconds of a process and all its descendants (exited ones through cutime/cstime).
+cat > "$WORK/treecpu.py" <<'PY'
+import os, sys
+tck = os.sysconf("SC_CLK_TCK")
+def stat(pid):
+    try:
+        s = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return None
+    f = s[s.rindex(")") + 2:].split()
+    return int(f[1]), sum(int(x) for x in f[11:15])   # ppid, utime+stime+cutime+cstime
+root = int(sys.argv[1])
+procs = {}
+for p in os.listdir("/proc"):
+    if p.isdigit() and (st := stat(int(p))):
+        procs[int(p)] = st
+kids = {}
+for pid, (ppid, _) in procs.items():
+    kids.setdefault(ppid, []).append(pid)
+total, stack = 0, [root]
+while stack:
+    p = stack.pop()
+    if p in procs:
+        total += procs[p][1]
+        stack.extend(kids.get(p, []))
+print(total / tck)
+PY
+rss() { awk '/VmRSS/ {print $2 / 1024}' "/proc/$1/status"; }
+
+RUNTIME_LOG_LEVEL=error "$BIN" serve --port 18195 --worker-dirs "$WORK/apps" --state-dir "$WORK/state" \
+  --ephemeral-concurrency "$EPH_CONCURRENCY" 2>"$WORK/marina.log" & MPID=$!; PIDS+=($MPID)
+wait_ok "http://127.0.0.1:18195/site/"
+sleep 1
+idle_rss=$(rss "$MPID")
+verify_text "http://127.0.0.1:18195/eph/" "hello world"
+DURATION=2s wrk_run 10 "http://127.0.0.1:18195/eph/" >/dev/null   # warm-up (page cache, Bun's cache)
+cpu0=$(python3 "$WORK/treecpu.py" "$MPID")
+read -r rps p50 p99 _ errors <<<"$(wrk_run 10 "http://127.0.0.1:18195/eph/")"
+cpu1=$(python3 "$WORK/treecpu.py" "$MPID")
+secs=${DURATION%s}
+cpu_per_req=$(python3 -c "print(f'{($cpu1 - $cpu0) * 1000 / ($rps * $secs):.1f}')")
+# Churn over: wait until no worker process is left, then marina's own RSS again.
+for _ in $(seq 200); do [ -z "$(cat /proc/$MPID/task/*/children 2>/dev/null | tr -d ' \n')" ] && break; sleep 0.05; done
+sleep 1
+churn_rss=$(rss "$MPID")
+kill "$MPID"; wait "$MPID" 2>/dev/null || true
+
+bun_cpu=$(python3 - <<'PY'
+import resource, subprocess
+before = resource.getrusage(resource.RUSAGE_CHILDREN)
+for _ in range(20):
+    subprocess.run(["bun", "-e", "0"], check=True)
+after = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(f"{((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)) * 1000 / 20:.1f}")
+PY
+)
+
+cold=$(python3 - "$BIN" "$WORK" <<'PY'
+import http.client, os, socket, statistics, subprocess, sys, time
+bin, work = sys.argv[1], sys.argv[2]
+samples = []
+for i in range(20):
+    env = dict(os.environ, RUNTIME_LOG_LEVEL="error")
+    state = f"{work}/cold{i}"          # fresh: marina creates and migrates a new SQLite database
+    t0 = time.perf_counter()
+    p = subprocess.Popen([bin, "serve", "--port", "18196", "--worker-dirs", f"{work}/apps",
+                          "--state-dir", state], env=env, stderr=subprocess.DEVNULL)
+    while True:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", 18196, timeout=1)
+            c.request("GET", "/site/")
+            if c.getresponse().status == 200:
+                break
+        except (ConnectionRefusedError, socket.timeout, http.client.RemoteDisconnected, ConnectionResetError):
+            pass
+        if time.perf_counter() - t0 > 10:
+            raise SystemExit("marina did not answer within 10 s")
+        time.sleep(0.0002)
+    samples.append((time.perf_counter() - t0) * 1000)
+    assert os.path.exists(f"{state}/marina.db"), "no fresh database was created"
+    p.terminate(); p.wait()
+print(f"{statistics.median(samples):.1f} ms median, {min(samples):.1f} min, {max(samples):.1f} max")
+PY
+)
+
+{
+  echo "ttl: 0 and start-up, $(date -u '+%Y-%m-%d %H:%M UTC'); $(load_line)."
+  echo "Command: \`bench/ttl0.sh\` (ttl: 0 hello world under bun $(bun --version), \`wrk -t1 -c10 -d$DURATION\`, RUNTIME_EPHEMERAL_CONCURRENCY=$EPH_CONCURRENCY)."
+  echo
+  echo "| measure | value |"
+  echo "|---|---|"
+  echo "| ttl: 0 requests/s | $rps (errors: $errors) |"
+  echo "| ttl: 0 p50 / p99 | $p50 ms / $p99 ms |"
+  echo "| CPU per ephemeral request (marina + workers, /proc) | $cpu_per_req ms |"
+  echo "| CPU of a bare \`bun -e 0\` | $bun_cpu ms |"
+  echo "| cold start, fresh SQLite (spawn → first 200, 20 runs) | $cold |"
+  echo "| marina RSS idle after start | $idle_rss MiB |"
+  echo "| marina RSS after the ttl: 0 churn, workers gone | $churn_rss MiB |"
+} | tee /dev/stderr > "${OUT:-/dev/null}"
