@@ -10,12 +10,14 @@
 //!   validation) that `marina serve`'s flags and the README's table are generated from.
 //! - [`units`]: durations (`"30s"`, a number = seconds) and sizes (`"10mb"`), parsed the way
 //!   Buntime manifests write them.
+//! - [`zerocopy`]: file bodies that a plain HTTP/1.1 connection sends with `sendfile(2)`.
 
 pub mod app_file;
 pub mod body;
 pub mod error;
 pub mod settings;
 pub mod units;
+pub mod zerocopy;
 
 pub use body::Body;
 pub use error::{Error, Result, Source};

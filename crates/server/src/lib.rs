@@ -29,6 +29,7 @@ pub mod request_id;
 pub mod route;
 mod send_timeout;
 mod shutdown;
+mod zerocopy;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -328,12 +329,14 @@ async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     close: CancellationToken,
+    sink: marina_core::zerocopy::Sink,
 ) -> Result<Response<Body>, Infallible> {
     // 1. accept
     let request_id = request_id::for_request(req.headers());
     let mut ctx = RequestContext::new(request_id, peer, req.method().clone(), req.uri().path().to_string());
     ctx.client_ip = client_ip::client_ip(peer, req.headers(), &rt.config.trusted_proxies);
     // Records the request even if the client goes away before the answer (499).
+    let version = req.version();
     let mut record = completion::Record::new(ctx, &rt.stats);
     let ctx = &mut record.ctx;
     let mut req = req.map(body::boxed);
@@ -357,7 +360,9 @@ async fn handle(
         resp = edge::render(&err, ctx, hide);
     }
     // 7. completion
+    let head = record.ctx.method == http::Method::HEAD;
     record.finish(&mut resp);
+    zerocopy::use_sendfile(&sink, version, head, &mut resp);
     Ok(send_timeout::guard(resp, rt.config.send_timeout, &close))
 }
 

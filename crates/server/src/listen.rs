@@ -54,7 +54,10 @@ impl Listener {
             .keep_alive(true)
             // Also bounds how long an idle keep-alive connection may wait for its next request.
             .header_read_timeout(first_request)
-            .max_buf_size(64 * 1024);
+            .max_buf_size(64 * 1024)
+            // Queue body buffers instead of copying them into one: zero-copy file bodies
+            // ([`crate::zerocopy`]) depend on their placeholder slices reaching the writer as they are.
+            .writev(true);
         builder
             .http2()
             .timer(TokioTimer::new())
@@ -127,6 +130,8 @@ impl Listener {
 
     fn serve(&self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
         let _ = stream.set_nodelay(true);
+        let stream = crate::zerocopy::Stream::new(stream);
+        let sink = stream.sink();
         let rt = self.runtime.clone();
         let api_router = self.api_router.clone();
         // Set by the first request's arrival: from then on hyper's timeouts apply.
@@ -137,7 +142,7 @@ impl Listener {
         let closer = close.clone();
         let service = service_fn(move |req| {
             heard.store(true, Ordering::Relaxed);
-            crate::handle(rt.clone(), api_router.clone(), req, peer, closer.clone())
+            crate::handle(rt.clone(), api_router.clone(), req, peer, closer.clone(), sink.clone())
         });
         let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let conn = self.graceful.watch(conn.into_owned());

@@ -41,13 +41,17 @@
 //! revalidated against the disk (path resolution and `stat` of every variant, off the async
 //! threads) at most once per [`CacheLimits::revalidate_after`] per path, by one request while
 //! the others keep using the entry; [`StaticSite::invalidate`] drops everything at once.
-//! Files above [`CacheLimits::max_file_bytes`] are streamed from disk in 64 KiB chunks.
+//! Files above [`CacheLimits::max_file_bytes`] are kept open instead and read per request
+//! (positional 64 KiB reads). Every file of at least [`CacheLimits::zero_copy_min_bytes`] also
+//! marks its responses with a [`FileRegion`], which the server sends with `sendfile(2)` on plain
+//! HTTP/1.1 connections (see [`marina_core::zerocopy`]; nginx does the same).
 
+mod body;
 pub mod negotiate;
 pub mod path;
 
 use std::fs;
-use std::io::{self, SeekFrom};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,17 +59,15 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
 use http::header::{
     ACCEPT_RANGES, ALLOW, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG,
     IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, RANGE, VARY,
 };
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
-use http_body::Frame;
 use lru::LruCache;
+use marina_core::zerocopy::FileRegion;
 use marina_core::{Body, Error};
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::html::{self, Injection};
 use negotiate::{Encoding, RangeAnswer};
@@ -86,8 +88,6 @@ const CONFIG_FILES: &[&str] = &[
 const MAX_INJECTED_VARIANTS: usize = 4;
 /// A longer `x-base` is injected but its output is not cached.
 const MAX_CACHED_BASE_LEN: usize = 256;
-/// Read size for streamed files.
-const STREAM_CHUNK: usize = 64 * 1024;
 
 const CC_HTML: HeaderValue = HeaderValue::from_static("no-cache");
 const CC_IMMUTABLE: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
@@ -104,6 +104,9 @@ pub struct CacheLimits {
     pub max_file_bytes: u64,
     /// How stale a cached entry may get before one request re-checks the disk.
     pub revalidate_after: Duration,
+    /// Responses of at least this many bytes may be sent with `sendfile(2)` (their file is
+    /// kept open). Below it, copying from memory costs less than the extra system call.
+    pub zero_copy_min_bytes: u64,
 }
 
 impl Default for CacheLimits {
@@ -113,6 +116,7 @@ impl Default for CacheLimits {
             max_bytes: 64 * 1024 * 1024,
             max_file_bytes: 512 * 1024,
             revalidate_after: Duration::from_secs(1),
+            zero_copy_min_bytes: 256 * 1024,
         }
     }
 }
@@ -138,6 +142,8 @@ struct Variant {
     last_modified: HeaderValue,
     /// The content, when small enough to hold.
     data: Option<Bytes>,
+    /// The open file: when the content is not held, or large enough for zero-copy sending.
+    file: Option<Arc<fs::File>>,
 }
 
 /// What identifies a file's state on disk: change any of it and the entry is reloaded.
@@ -454,6 +460,7 @@ impl StaticSite {
                 etag: etag_value(identity.len, identity.mtime, &format!("-i{:x}", inj.fingerprint())),
                 last_modified: identity.last_modified.clone(),
                 data: Some(out),
+                file: None,
             });
             let mut injected = entry.injected.lock();
             if want.len() <= MAX_CACHED_BASE_LEN && injected.len() < MAX_INJECTED_VARIANTS {
@@ -543,33 +550,19 @@ impl StaticSite {
         if head || start == end {
             return Ok(resp);
         }
-        let body = match &variant.data {
-            Some(data) => marina_core::body::full(data.slice(start as usize..end as usize)),
-            None => match stream_file(&variant.path, start, end - start).await {
-                Ok(body) => body,
-                Err(e) => {
-                    let err = if e.kind() == io::ErrorKind::NotFound {
-                        Error::not_found("the file disappeared while being served")
-                    } else {
-                        Error::internal(format!("opening '{}' failed", variant.path.display())).with_source(e)
-                    };
-                    return Err(err);
-                }
-            },
+        let region =
+            variant.file.as_ref().map(|file| FileRegion { file: file.clone(), offset: start, len: end - start });
+        let body = match (&variant.data, &region) {
+            (Some(data), _) => marina_core::body::full(data.slice(start as usize..end as usize)),
+            (None, Some(region)) => body::read_body(region),
+            (None, None) => return Err(Error::internal("a file entry with neither its bytes nor its file")),
         };
         *resp.body_mut() = body;
+        if let Some(region) = region.filter(|r| r.len >= self.limits.zero_copy_min_bytes) {
+            resp.extensions_mut().insert(region);
+        }
         Ok(resp)
     }
-}
-
-/// Stream `len` bytes of a file from `start`, in [`STREAM_CHUNK`] reads.
-async fn stream_file(path: &Path, start: u64, len: u64) -> io::Result<Body> {
-    let mut file = tokio::fs::File::open(path).await?;
-    if start > 0 {
-        file.seek(SeekFrom::Start(start)).await?;
-    }
-    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), STREAM_CHUNK).map_ok(Frame::data);
-    Ok(marina_core::body::boxed(http_body_util::StreamBody::new(stream)))
 }
 
 fn forbidden(raw: &str, why: &str) -> Error {
@@ -640,12 +633,30 @@ fn etag_value(len: u64, mtime: SystemTime, suffix: &str) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{len:x}-{nanos:x}{suffix}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
-fn variant(path: PathBuf, meta: &fs::Metadata, suffix: &str, hold: bool) -> io::Result<Variant> {
+/// `hold`: keep the bytes in memory; `open`: keep the file open (see [`Variant::file`]).
+fn variant(path: PathBuf, meta: &fs::Metadata, suffix: &str, hold: bool, open: bool) -> io::Result<Variant> {
+    let file = if open || !hold { Some(body::open(&path)?) } else { None };
+    // The file may have changed since the caller's stat: describe the file actually opened.
+    let meta = match &file {
+        Some(f) => f.metadata()?,
+        None => meta.clone(),
+    };
     let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
-    let data = if hold { Some(Bytes::from(fs::read(&path)?)) } else { None };
+    let data = match (&file, hold) {
+        (_, false) => None,
+        (Some(f), true) => {
+            let mut buf = Vec::with_capacity(meta.len() as usize);
+            io::Read::read_to_end(&mut &**f, &mut buf)?;
+            Some(Bytes::from(buf))
+        }
+        (None, true) => Some(Bytes::from(fs::read(&path)?)),
+    };
     // The file may have changed between stat and read; the length must describe the bytes.
     let len = data.as_ref().map_or(meta.len(), |d| d.len() as u64);
+    // Held bytes and a file that no longer matches them would disagree: drop the file then.
+    let file = file.filter(|_| data.is_none() || len == meta.len());
     Ok(Variant {
+        file,
         etag: etag_value(len, mtime, suffix),
         last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(mtime)).unwrap_or(HeaderValue::from_static("")),
         path,
@@ -693,7 +704,8 @@ fn load(
     // Injected HTML needs the bytes in memory; hold it up to the injection cap.
     let hold_limit =
         if injecting { limits.max_file_bytes.max(html::MAX_INJECT_BODY as u64) } else { limits.max_file_bytes };
-    let identity = variant(file.to_path_buf(), &meta, "", meta.len() <= hold_limit)?;
+    let zero_copy = |len: u64| len >= limits.zero_copy_min_bytes;
+    let identity = variant(file.to_path_buf(), &meta, "", meta.len() <= hold_limit, zero_copy(meta.len()))?;
     let mut weight = 512 + identity.data.as_ref().map_or(0, |d| d.len() as u64);
     if injecting {
         weight += MAX_INJECTED_VARIANTS as u64 * (identity.len + 1024 + MAX_CACHED_BASE_LEN as u64);
@@ -702,7 +714,8 @@ fn load(
     if !injecting {
         for enc in [Encoding::Br, Encoding::Gzip] {
             if let Some((path, meta)) = sibling(roots, file, enc) {
-                let v = variant(path, &meta, &format!("-{}", enc.suffix()), meta.len() <= limits.max_file_bytes)?;
+                let hold = meta.len() <= limits.max_file_bytes;
+                let v = variant(path, &meta, &format!("-{}", enc.suffix()), hold, zero_copy(meta.len()))?;
                 weight += 256 + v.data.as_ref().map_or(0, |d| d.len() as u64);
                 variants[enc as usize] = Some(Arc::new(v));
             }

@@ -1,0 +1,115 @@
+//! The connection side of zero-copy file responses (see [`marina_core::zerocopy`]): a TCP
+//! stream whose writer sends placeholder slices with `sendfile(2)` and everything else as
+//! usual, and the swap of a marked response's body, made once every hook has run.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::{Response, Version, header};
+use http_body::Body as _;
+use marina_core::Body;
+use marina_core::zerocopy::{FileRegion, Sink, placeholder_offset, short_file};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
+
+/// An accepted connection. Reads pass through; writes of placeholder slices become
+/// `sendfile` calls for the file regions queued in [`Stream::sink`].
+pub struct Stream {
+    inner: TcpStream,
+    sink: Sink,
+}
+
+impl Stream {
+    pub fn new(inner: TcpStream) -> Self {
+        Self { inner, sink: Sink::default() }
+    }
+
+    /// The connection's queue of file regions (for [`use_sendfile`]).
+    pub fn sink(&self) -> Sink {
+        self.sink.clone()
+    }
+
+    fn poll_sendfile(&self, cx: &mut Context<'_>, placeholder: usize, len: usize) -> Poll<io::Result<usize>> {
+        let claim = self.sink.claim(placeholder, len)?;
+        loop {
+            ready!(self.inner.poll_write_ready(cx))?;
+            let sent = self.inner.try_io(Interest::WRITABLE, || {
+                let mut offset = claim.offset as i64;
+                nix::sys::sendfile::sendfile64(&self.inner, &*claim.file, Some(&mut offset), claim.len)
+                    .map_err(io::Error::from)
+            });
+            match sent {
+                Ok(0) => return Poll::Ready(Err(short_file())),
+                Ok(n) => {
+                    self.sink.advance(n);
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match placeholder_offset(buf) {
+            Some(at) => self.poll_sendfile(cx, at, buf.len()),
+            None => Pin::new(&mut self.inner).poll_write(cx, buf),
+        }
+    }
+
+    /// Writes the slices before the first placeholder with one `writev`, or, when a
+    /// placeholder comes first, sends its file bytes; the caller comes back for the rest.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let first = bufs.iter().position(|b| placeholder_offset(b).is_some());
+        match first {
+            Some(0) => {
+                let at = placeholder_offset(&bufs[0]).unwrap_or_default();
+                self.poll_sendfile(cx, at, bufs[0].len())
+            }
+            Some(i) => Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs[..i]),
+            None => Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Replace the body of a response a static site marked with a [`FileRegion`] by placeholders
+/// sent with `sendfile` — on HTTP/1.x only (HTTP/2 frames the bytes itself), and only when the
+/// body is still the one the site made: the same exact length as the region and as
+/// `Content-Length` (a hook that replaced or reframed it keeps its own body). The mark is
+/// removed either way.
+pub fn use_sendfile(sink: &Sink, version: Version, head: bool, resp: &mut Response<Body>) {
+    let Some(region) = resp.extensions_mut().remove::<FileRegion>() else { return };
+    if !matches!(version, Version::HTTP_11 | Version::HTTP_10) || head {
+        return;
+    }
+    let declared = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let body_len = resp.body().size_hint().exact();
+    if declared == Some(region.len) && body_len == Some(region.len) && region.len > 0 {
+        *resp.body_mut() = sink.body(region);
+    }
+}
