@@ -7,9 +7,10 @@
 //! renders a Debug value that is a JSON array as an array, and renames a field that would
 //! collide with a line key to `field.<name>`.
 
-use std::fmt;
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
@@ -20,7 +21,8 @@ use tracing_subscriber::registry::LookupSpan;
 /// Keys every line has; an event field with one of these names is renamed.
 const LINE_KEYS: [&str; 3] = ["timestamp", "level", "target"];
 
-/// See the module docs.
+/// See the module docs. Writes straight into tracing's line buffer (no map, no allocation for
+/// string, number and `%` fields), since at `info` it runs once per request.
 pub struct JsonLines;
 
 impl<S, N> FormatEvent<S, N> for JsonLines
@@ -30,58 +32,116 @@ where
 {
     fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         let meta = event.metadata();
-        let mut timestamp = String::new();
-        SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
-        let mut line = Map::new();
-        line.insert("timestamp".into(), Value::String(timestamp));
-        line.insert("level".into(), Value::String(meta.level().to_string()));
-        event.record(&mut Fields(&mut line));
-        line.insert("target".into(), Value::String(meta.target().to_string()));
-        writeln!(writer, "{}", Value::Object(line))
+        // RFC 3339 needs no escaping.
+        writer.write_str("{\"timestamp\":\"")?;
+        SystemTime.format_time(&mut writer)?;
+        write!(writer, "\",\"level\":\"{}\"", meta.level())?;
+        let mut fields = Fields { out: &mut writer, result: Ok(()) };
+        event.record(&mut fields);
+        fields.result?;
+        writer.write_str(",\"target\":")?;
+        json_str(&mut writer, meta.target())?;
+        writer.write_str("}\n")
     }
 }
 
-struct Fields<'a>(&'a mut Map<String, Value>);
+/// `text` as a JSON string (quoted and escaped by serde_json) on `out`.
+fn json_str(out: &mut impl fmt::Write, text: &str) -> fmt::Result {
+    serde_json::to_writer(&mut FmtIo(out), text).map_err(|_| fmt::Error)
+}
 
-impl Fields<'_> {
-    fn put(&mut self, field: &Field, value: Value) {
+/// `io::Write` over a `fmt::Write`: serde_json writes whole UTF-8 pieces (it splits strings
+/// only at the ASCII characters it escapes).
+struct FmtIo<'a, W: fmt::Write>(&'a mut W);
+
+impl<W: fmt::Write> std::io::Write for FmtIo<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = std::str::from_utf8(buf).map_err(std::io::Error::other)?;
+        self.0.write_str(text).map_err(std::io::Error::other)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Fields<'a, 'w> {
+    out: &'a mut Writer<'w>,
+    result: fmt::Result,
+}
+
+thread_local! {
+    /// Where `%`/`?` values are formatted before they are escaped, reused line after line.
+    static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+impl Fields<'_, '_> {
+    fn key(&mut self, field: &Field) -> fmt::Result {
         let name = field.name();
-        let key = if LINE_KEYS.contains(&name) { format!("field.{name}") } else { name.to_string() };
-        self.0.insert(key, value);
+        self.out.write_char(',')?;
+        if LINE_KEYS.contains(&name) {
+            self.out.write_str("\"field.")?;
+            self.out.write_str(name)?;
+            self.out.write_str("\":")
+        } else {
+            json_str(self.out, name)?;
+            self.out.write_char(':')
+        }
+    }
+
+    fn put(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        if self.result.is_ok() {
+            self.result = self.key(field).and_then(|()| value(self.out));
+        }
     }
 }
 
-impl Visit for Fields<'_> {
+impl Visit for Fields<'_, '_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, Value::String(value.to_string()));
+        self.put(field, |out| json_str(out, value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.put(field, Value::Bool(value));
+        self.put(field, |out| write!(out, "{value}"));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.put(field, value.into());
+        self.put(field, |out| write!(out, "{value}"));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.put(field, value.into());
+        self.put(field, |out| write!(out, "{value}"));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.put(field, serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number));
+        self.put(field, |out| if value.is_finite() { write!(out, "{value}") } else { out.write_str("null") });
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let text = format!("{value:?}");
-        // A Debug list of strings or numbers (`["/a", "/b"]`) is already JSON: keep it a list.
-        if field.name() != "message"
-            && text.starts_with('[')
-            && let Ok(list @ Value::Array(_)) = serde_json::from_str::<Value>(&text)
-        {
-            return self.put(field, list);
-        }
-        self.put(field, Value::String(text));
+        let is_message = field.name() == "message";
+        SCRATCH.with(|scratch| {
+            let Ok(mut text) = scratch.try_borrow_mut() else {
+                // Formatting a value logged an event on this thread: no scratch to share.
+                let text = format!("{value:?}");
+                return self.put(field, |out| json_str(out, &text));
+            };
+            text.clear();
+            if write!(text, "{value:?}").is_err() {
+                return;
+            }
+            // A Debug list of strings or numbers (`["/a", "/b"]`) is already JSON: keep it a list.
+            if !is_message
+                && text.starts_with('[')
+                && let Ok(list @ Value::Array(_)) = serde_json::from_str::<Value>(&text)
+            {
+                return self.put(field, |out| write!(out, "{list}"));
+            }
+            self.put(field, |out| json_str(out, &text));
+            if text.capacity() > 64 * 1024 {
+                *text = String::new();
+            }
+        });
     }
 }
 
@@ -124,5 +184,28 @@ mod tests {
         assert_eq!(line["level"], "INFO");
         // Every key once: the raw text has as many `"target"` keys as the parsed object.
         assert_eq!(text.matches("\"target\":").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn awkward_values_round_trip() {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt().event_format(JsonLines).with_writer(move || out.clone()).finish();
+        let nasty = "a \"quoted\" \\ back\nslash\t\u{1}\u{7f} é 😀";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "marina::test", s = nasty, d = %nasty, n = -3i64, f = 1.5, inf = f64::INFINITY, "msg {}", nasty);
+            tracing::info!(target: "marina::test", "second");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        let line: Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(line["s"], nasty);
+        assert_eq!(line["d"], nasty);
+        assert_eq!(line["n"], -3);
+        assert_eq!(line["f"], 1.5);
+        assert_eq!(line["inf"], Value::Null);
+        assert_eq!(line["message"], format!("msg {nasty}"));
+        assert_eq!(serde_json::from_str::<Value>(lines[1]).unwrap()["message"], "second");
     }
 }

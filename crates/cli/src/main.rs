@@ -7,6 +7,7 @@
 mod db;
 mod keys;
 mod logfmt;
+mod logwriter;
 mod serve;
 
 use std::process::ExitCode;

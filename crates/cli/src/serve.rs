@@ -68,22 +68,17 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(async move {
-        let server = match Server::bind(config).await {
-            Ok(server) => server,
-            Err(e) => {
-                eprintln!("marina: {e}");
-                return ExitCode::from(1);
-            }
-        };
-        match server.run(shutdown_signal()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("marina: {e}");
-                ExitCode::from(1)
-            }
+    let outcome = runtime.block_on(async move { Server::bind(config).await?.run(shutdown_signal()).await });
+    drop(runtime);
+    // The buffered log lines first, then the reason for a failure, if any.
+    crate::logwriter::flush();
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("marina: {e}");
+            ExitCode::from(1)
         }
-    })
+    }
 }
 
 fn init_logging(config: &RuntimeConfig) {
@@ -91,7 +86,8 @@ fn init_logging(config: &RuntimeConfig) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{},hyper=warn,h2=warn,tower=warn", config.log_level)));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(crate::logwriter::BufferedStderr).with_ansi(ansi);
     match config.log_format {
         LogFormat::Json => builder.event_format(crate::logfmt::JsonLines).init(),
         LogFormat::Text => builder.compact().init(),

@@ -442,3 +442,50 @@ fn sigterm_under_load_with_a_2s_timeout_fails_no_request_that_finishes_in_time()
         assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("slept 100"), "every request that ran finished: {r}");
     }
 }
+
+#[test]
+fn access_lines_show_while_serving_and_none_is_lost_at_exit() {
+    let apps = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(apps.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    write(&apps.path().join("site/index.html"), "<html><body>hi</body></html>");
+    let port = free_port();
+    // The default text format at the default level.
+    let mut child = serve(apps.path(), state.path(), port, &[("RUNTIME_LOG_LEVEL", "info")]);
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let _ = tx.send(line.unwrap());
+        }
+    });
+    wait_ready(port);
+    // The log is buffered, but a line shows within a short while without more traffic.
+    let (status, _) = http_get(port, "/site/first.txt", Duration::from_secs(5)).unwrap();
+    assert!(status.contains("404"), "{status}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("marina::access") && l.contains("/site/first.txt")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no access line for /site/first.txt while marina runs; saw {seen:?}"),
+        }
+    }
+    // Many lines just before SIGTERM: every one is written by the time marina exits.
+    let n = 300;
+    for i in 0..n {
+        let (status, _) = http_get(port, &format!("/site/n{i}.txt"), Duration::from_secs(5)).unwrap();
+        assert!(status.contains("404"), "{status}");
+    }
+    sigterm(&child);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)).code(), Some(0));
+    reader.join().unwrap();
+    let rest: Vec<String> = rx.try_iter().collect();
+    for i in 0..n {
+        let path = format!("/site/n{i}.txt ");
+        let count = rest.iter().filter(|l| l.contains("marina::access") && l.contains(&path)).count();
+        assert_eq!(count, 1, "access line for /site/n{i}.txt");
+    }
+    assert!(rest.iter().any(|l| l.contains("marina stopped")), "the last line is written too");
+}

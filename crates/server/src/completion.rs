@@ -108,7 +108,7 @@ impl Drop for Record<'_> {
 
 fn log(ctx: &RequestContext, status: u16) {
     let elapsed = ctx.started.elapsed();
-    let app = ctx.app.as_ref().map(|a| a.key());
+    // The app key is formatted in place: nothing is allocated for the line itself.
     tracing::info!(
         target: "marina::access",
         method = %ctx.method,
@@ -116,10 +116,22 @@ fn log(ctx: &RequestContext, status: u16) {
         status,
         duration_ms = elapsed.as_micros() as f64 / 1000.0,
         request_id = %ctx.request_id,
-        app = app.as_deref().unwrap_or("-"),
+        app = %AppKey(ctx.app.as_deref()),
         plugin = ctx.plugin.as_deref().unwrap_or("-"),
         "request"
     );
+}
+
+/// `name@version`, or `-`.
+struct AppKey<'a>(Option<&'a marina_apps::App>);
+
+impl std::fmt::Display for AppKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(app) => write!(f, "{}@{}", app.name, app.version),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 #[cfg(test)]
