@@ -62,7 +62,7 @@ RUNTIME_LOG_LEVEL=error "$BIN" serve --port 18193 --worker-dirs "$WORK/apps" --s
   2>"$WORK/marina.log" & PIDS+=($!)
 M=http://127.0.0.1:18193 N=http://127.0.0.1:18192 D=http://127.0.0.1:18191
 wait_ok "$D/"; wait_ok "$N/"; wait_ok "$M/hello/"; wait_ok "$M/work/"
-for u in "$M/hello/" "$N/" "$D/"; do verify_text "$u" "hello world"; done
+for u in "$M/hello/" "$N/" "$D/"; do verify_text "$u" $'hello world\n'; done
 w=$(curl -s "$D/work"); [ "${#w}" -gt 1000 ] || { echo "FAIL: /work answered '${w:0:80}'" >&2; exit 1; }
 for u in "$M/work/" "$N/work"; do verify_text "$u" "$w"; done
 

@@ -61,7 +61,7 @@ RUNTIME_LOG_LEVEL=error "$BIN" serve --port 18195 --worker-dirs "$WORK/apps" --s
 wait_ok "http://127.0.0.1:18195/site/"
 sleep 1
 idle_rss=$(rss "$MPID")
-verify_text "http://127.0.0.1:18195/eph/" "hello world"
+verify_text "http://127.0.0.1:18195/eph/" $'hello world\n'
 DURATION=2s wrk_run 10 "http://127.0.0.1:18195/eph/" >/dev/null   # warm-up (page cache, Bun's cache)
 cpu0=$(python3 "$WORK/treecpu.py" "$MPID")
 read -r rps p50 p99 _ errors <<<"$(wrk_run 10 "http://127.0.0.1:18195/eph/")"
