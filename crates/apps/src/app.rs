@@ -14,6 +14,8 @@ pub enum WorkerKind {
     Js,
     /// The manifest has `command`: any program listening on the `PORT` it is given.
     Process,
+    /// The entrypoint is `.wasm`: a `wasi:http/proxy` component run in-process by wasmtime.
+    Wasm,
 }
 
 impl WorkerKind {
@@ -23,6 +25,7 @@ impl WorkerKind {
             WorkerKind::Static => "static",
             WorkerKind::Js => "js",
             WorkerKind::Process => "process",
+            WorkerKind::Wasm => "wasm",
         }
     }
 }

@@ -6,6 +6,7 @@
 //!   `todo@^1.2` resolves to; hands out [`app::App`] values.
 //! - [`proxy_rules`]: the manifest's `proxy` rules, validated by the proxy layer.
 //! - [`sandbox_key`]: the manifest's `sandbox.read`, the paths an app's workers may also read.
+//! - [`outbound`]: `allowedOutboundHosts` patterns.
 //! - [`check`]: `marina check`, the same reading with every problem reported at once.
 //!
 //! Running apps is the workers layer's job (`marina-workers`).
@@ -13,6 +14,7 @@
 pub mod app;
 pub mod check;
 pub mod manifest;
+pub mod outbound;
 pub mod proxy_rules;
 pub mod registry;
 pub mod sandbox_key;

@@ -48,7 +48,8 @@ pub struct AppConfig {
     pub health_path: Option<String>,
     /// marina: `instances` (default 1/1): processes per app version.
     pub instances: Instances,
-    /// marina: `maxMemory` in bytes: restart a worker whose RSS goes above it.
+    /// marina: `maxMemory` in bytes: restart a worker whose RSS goes above it (a wasm
+    /// instance's linear memory may not grow past it).
     pub max_memory: Option<u64>,
     /// `proxy`: reverse-proxy rules matched against the path below the app (docs/proxy.md).
     pub proxy: Vec<marina_proxy::RuleSpec>,
@@ -58,6 +59,13 @@ pub struct AppConfig {
     /// marina: `sandbox.read`: absolute paths the app's workers may read besides their app dir,
     /// runtime and system files (Landlock; see [`crate::sandbox_key`] and docs/security.md).
     pub sandbox_read: Vec<PathBuf>,
+    /// `allowedOutboundHosts` (Spin's key; wasm apps): where outgoing HTTP may go, as
+    /// `scheme://host[:port]` patterns (`*` for any scheme, host or port; `*.example.com`).
+    /// Empty (the default) denies all outgoing HTTP.
+    pub allowed_outbound_hosts: Vec<String>,
+    /// marina: `reuseInstances` (default false; wasm apps): one instance serves request after
+    /// request instead of a fresh one per request.
+    pub reuse_instances: bool,
 }
 
 /// `instances: 2` or `instances: {min: 1, max: 4}`.
@@ -119,6 +127,8 @@ impl Default for AppConfig {
             proxy: Vec::new(),
             auto_migrate: true,
             sandbox_read: Vec::new(),
+            allowed_outbound_hosts: Vec::new(),
+            reuse_instances: false,
         }
     }
 }
@@ -151,7 +161,7 @@ use marina_core::units::{UnitError, duration_from_value, size_from_value};
 pub const MANIFEST_FILES: [&str; 3] = ["manifest.yaml", "manifest.yml", "worker.config.json"];
 
 /// Every top-level key a manifest may have, in the order problems are reported.
-pub const KNOWN_KEYS: [&str; 23] = [
+pub const KNOWN_KEYS: [&str; 25] = [
     "entrypoint",
     "ttl",
     "idleTimeout",
@@ -175,6 +185,8 @@ pub const KNOWN_KEYS: [&str; 23] = [
     "proxy",
     "autoMigrate",
     "sandbox",
+    "allowedOutboundHosts",
+    "reuseInstances",
 ];
 
 /// The keys allowed in the map form of `publicRoutes`.
@@ -671,6 +683,7 @@ impl Validator {
             ("injectBase", &mut c.inject_base),
             ("enabled", &mut c.enabled),
             ("autoMigrate", &mut c.auto_migrate),
+            ("reuseInstances", &mut c.reuse_instances),
         ] {
             if let Some(v) = get(key) {
                 match v {
@@ -768,6 +781,19 @@ impl Validator {
                 self.problem(&path, message);
             }
             c.proxy = rules;
+        }
+        if let Some(list) = get("allowedOutboundHosts").and_then(|v| self.string_list("allowedOutboundHosts", v, true))
+        {
+            let mut ok = true;
+            for (i, pattern) in list.iter().enumerate() {
+                if let Err(e) = crate::outbound::HostPattern::parse(pattern) {
+                    self.problem(&format!("allowedOutboundHosts[{i}]"), e);
+                    ok = false;
+                }
+            }
+            if ok {
+                c.allowed_outbound_hosts = list;
+            }
         }
 
         // Cross-field rules (Buntime `libs/pool/config.ts`), only between keys that were valid

@@ -694,7 +694,10 @@ fn same_version(value: &LoadResult, resolved: &Resolved) -> bool {
 /// `index.*` file anywhere.
 fn is_relevant_change(dirs: &[PathBuf], path: &Path) -> bool {
     let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("");
-    if MANIFEST_FILES.contains(&file) || file == ".env" || file == "package.json" || file.starts_with("index.") {
+    if MANIFEST_FILES.contains(&file) || file == ".env" || file == "package.json" || file.starts_with("index.")
+        // A WebAssembly app's component, rebuilt in place.
+        || file.ends_with(".wasm")
+    {
         return true;
     }
     dirs.iter().any(|d| path.strip_prefix(d).is_ok_and(|rel| rel.components().count() <= 2))
@@ -766,10 +769,19 @@ pub fn resolve_entrypoint(dir: &Path, config: &AppConfig) -> Result<(PathBuf, Wo
             .map(|f| format!("`{f}`"))
             .collect::<Vec<_>>()
             .join(", ");
+        // A WebAssembly app whose component was not built yet (it is not committed).
+        let hint = config
+            .entrypoint
+            .as_deref()
+            .filter(|e| e.ends_with(".wasm"))
+            .map(|e| dir.join(e).with_extension("wat"))
+            .filter(|wat| wat.is_file())
+            .map(|wat| format!("; build it with `marina wasm build {}`", wat.display()))
+            .unwrap_or_default();
         return Err(Error::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "APP_ENTRYPOINT_NOT_FOUND",
-            format!("app dir {} has no entrypoint: none of {tried} exists", dir.display()),
+            format!("app dir {} has no entrypoint: none of {tried} exists{hint}", dir.display()),
         )
         .with_data(json!({ "dir": dir.display().to_string() })));
     };
@@ -796,12 +808,13 @@ pub fn resolve_entrypoint(dir: &Path, config: &AppConfig) -> Result<(PathBuf, Wo
     let kind = match ext.as_str() {
         "html" | "htm" => WorkerKind::Static,
         "ts" | "js" | "mjs" | "cjs" => WorkerKind::Js,
+        "wasm" => WorkerKind::Wasm,
         _ => {
             return Err(Error::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "APP_ENTRYPOINT_UNSUPPORTED",
                 format!(
-                    "entrypoint {rel:?} cannot be run: expected a .html file (static), a .ts/.js/.mjs/.cjs file (js), or a `command` in the manifest to run the app as a process"
+                    "entrypoint {rel:?} cannot be run: expected a .html file (static), a .ts/.js/.mjs/.cjs file (js), a .wasm component (wasm), or a `command` in the manifest to run the app as a process"
                 ),
             )
             .with_data(json!({ "dir": dir.display().to_string(), "entrypoint": rel })));
@@ -837,7 +850,14 @@ mod tests {
     #[test]
     fn which_changes_invalidate() {
         let dirs = [PathBuf::from("/w")];
-        let yes = ["/w/todo", "/w/todo@1.0.0", "/w/todo/1.0.0", "/w/todo/1.0.0/manifest.yaml", "/w/a/b/c/.env"];
+        let yes = [
+            "/w/todo",
+            "/w/todo@1.0.0",
+            "/w/todo/1.0.0",
+            "/w/todo/1.0.0/manifest.yaml",
+            "/w/a/b/c/.env",
+            "/w/todo/1.0.0/app.wasm",
+        ];
         for p in yes {
             assert!(is_relevant_change(&dirs, Path::new(p)), "{p}");
         }

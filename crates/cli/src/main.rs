@@ -1,5 +1,5 @@
-//! The `marina` binary: a thin layer of commands over the server, pool and store crates.
-//! `marina config --markdown` prints the configuration table the README holds.
+//! The `marina` binary: a thin layer of commands over the server, apps, workers, wasm and store
+//! crates. `marina config --markdown` prints the configuration table the README holds.
 //!
 //! Exit codes: 0 success, 1 a failure while running, 2 bad configuration or usage (the message
 //! names the variable or flag, quotes the value and says what was expected).
@@ -40,6 +40,24 @@ enum Command {
         /// A Markdown table (what README.md's configuration section holds).
         #[arg(long)]
         markdown: bool,
+    },
+    /// WebAssembly apps: `marina wasm build app.wat -o app.wasm` turns a core module written
+    /// in WAT into a wasi:http/proxy component (offline; no other tool needed).
+    Wasm {
+        #[command(subcommand)]
+        command: WasmCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum WasmCommand {
+    /// Build a wasi:http/proxy component from a core module in WAT.
+    Build {
+        /// The `.wat` file.
+        input: std::path::PathBuf,
+        /// Where to write the component (default: the input with `.wasm`).
+        #[arg(short, long)]
+        output: Option<std::path::PathBuf>,
     },
 }
 
@@ -91,6 +109,29 @@ fn main() -> ExitCode {
                 }
             }
             ExitCode::SUCCESS
+        }
+        Command::Wasm { command: WasmCommand::Build { input, output } } => {
+            let output = output.unwrap_or_else(|| input.with_extension("wasm"));
+            let built = std::fs::read_to_string(&input)
+                .map_err(|e| format!("cannot read {}: {e}", input.display()))
+                .and_then(|text| {
+                    marina_wasm::component::component_from_wat(&text).map_err(|e| format!("{}: {e:#}", input.display()))
+                })
+                .and_then(|bytes| {
+                    std::fs::write(&output, &bytes)
+                        .map(|()| bytes.len())
+                        .map_err(|e| format!("cannot write {}: {e}", output.display()))
+                });
+            match built {
+                Ok(n) => {
+                    println!("wrote {} ({n} bytes)", output.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("marina: {e}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Command::Check { dir } => {
             let report = marina_apps::check::check_dir(&dir);

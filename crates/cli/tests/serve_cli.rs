@@ -489,3 +489,50 @@ fn access_lines_show_while_serving_and_none_is_lost_at_exit() {
     }
     assert!(rest.iter().any(|l| l.contains("marina stopped")), "the last line is written too");
 }
+
+#[test]
+fn wasm_build_makes_the_example_component_and_serve_runs_it() {
+    let apps = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/apps/hello-wasm");
+    let app = apps.path().join("hello-wasm");
+    for file in ["hello.wat", "manifest.yaml"] {
+        write(&app.join(file), &std::fs::read_to_string(example.join(file)).unwrap());
+    }
+    let port = free_port();
+    let mut child = serve(apps.path(), state.path(), port, &[]);
+    wait_ready(port);
+    // Not built yet: the error says how to build it.
+    let (status, body) = http_get(port, "/hello-wasm/", Duration::from_secs(10)).unwrap();
+    assert!(status.contains("500"), "{status} {body}");
+    assert!(body.contains("marina wasm build"), "{body}");
+
+    let out = Command::new(BIN).args(["wasm", "build"]).arg(app.join("hello.wat")).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(app.join("hello.wasm").is_file());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = (String::new(), String::new());
+    while Instant::now() < deadline {
+        last = http_get(port, "/hello-wasm/", Duration::from_secs(10)).unwrap();
+        if last.0.contains("200") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(last.0.contains("200"), "{last:?}");
+    // The body streams from the component, so it comes chunked.
+    assert!(last.1.contains("hello from a wasm component\n"), "{last:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // Bad input: a missing file, and WAT that does not parse (the message has the position).
+    let out = Command::new(BIN).args(["wasm", "build"]).arg(app.join("missing.wat")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+    write(&app.join("bad.wat"), "(module\n  (func $f (result i32) nope))\n");
+    let out = Command::new(BIN).args(["wasm", "build"]).arg(app.join("bad.wat")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not parse") && err.contains("bad.wat"), "{err}");
+    assert!(!app.join("bad.wasm").exists());
+}

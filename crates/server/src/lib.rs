@@ -39,10 +39,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
+use marina_apps::WorkerKind;
 use marina_apps::registry::Registry;
 use marina_core::{Body, Error, body};
 use marina_plugins::{Catalog, Loaded, PluginEnv, PluginSet, RequestContext};
 use marina_store::Store;
+use marina_workers::backend::Backend;
 use marina_workers::{AppDatabasePath, PoolOptions, WorkerPool};
 use parking_lot::RwLock;
 use route::Target;
@@ -163,24 +165,35 @@ impl Server {
         let listener =
             TcpListener::bind(&addr).await.map_err(|e| Error::internal(format!("cannot listen on {addr}: {e}")))?;
         let local = listener.local_addr().map_err(|e| Error::internal(format!("listener address: {e}")))?;
-        // Each worker gets a token for the keyval and database services (revoked when it exits).
-        let tokens = marina_workers::WorkerTokens::default();
-        let pool = WorkerPool::new(PoolOptions {
-            pool_size: config.pool_size,
-            ephemeral_concurrency: config.ephemeral_concurrency,
-            ephemeral_queue_limit: config.ephemeral_queue_limit,
+        let runtime_api_url = format!("http://127.0.0.1:{}", local.port());
+        let wasm = marina_wasm::WasmBackend::new(marina_wasm::WasmOptions {
             state_dir: config.state_dir.clone(),
-            runtime_api_url: format!("http://127.0.0.1:{}", local.port()),
             node_env: config.node_env.as_str().to_string(),
             log_level: config.log_level.clone(),
-            js_runtime: config.js_runtime.clone(),
-            worker_dirs: registry.dirs().to_vec(),
-            plugin_dirs: config.plugin_dirs.clone(),
-            app_database: app_database_path(&store, &config.state_dir),
-            tokens: Some(tokens.clone()),
-            sandbox: config.sandbox.clone(),
-            body_timeout: config.body_timeout,
+            runtime_api_url: runtime_api_url.clone(),
         })?;
+        let backends: Vec<(WorkerKind, Arc<dyn Backend>)> = vec![(WorkerKind::Wasm, Arc::new(wasm))];
+        // Each worker gets a token for the keyval and database services (revoked when it exits).
+        let tokens = marina_workers::WorkerTokens::default();
+        let pool = WorkerPool::with_backends(
+            PoolOptions {
+                pool_size: config.pool_size,
+                ephemeral_concurrency: config.ephemeral_concurrency,
+                ephemeral_queue_limit: config.ephemeral_queue_limit,
+                state_dir: config.state_dir.clone(),
+                runtime_api_url,
+                node_env: config.node_env.as_str().to_string(),
+                log_level: config.log_level.clone(),
+                js_runtime: config.js_runtime.clone(),
+                worker_dirs: registry.dirs().to_vec(),
+                plugin_dirs: config.plugin_dirs.clone(),
+                app_database: app_database_path(&store, &config.state_dir),
+                tokens: Some(tokens.clone()),
+                sandbox: config.sandbox.clone(),
+                body_timeout: config.body_timeout,
+            },
+            backends,
+        )?;
         // One authentication state for everything: the pipeline's first phase, `/api/keys` and
         // the data plugins' admin keys.
         let auth = Arc::new(marina_auth::Auth::new(&config.auth, store.clone())?);

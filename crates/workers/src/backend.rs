@@ -115,8 +115,8 @@ pub trait Instance: Send + Sync + 'static {
         None
     }
 
-    /// Whether the kernel enforces `maxMemory` for this instance (a memory cgroup), so the pool
-    /// need not sample and kill it.
+    /// Whether something below the pool enforces `maxMemory` for this instance (a memory cgroup;
+    /// a wasm instance's memory cannot grow past it), so the pool need not sample and kill it.
     fn memory_enforced(&self) -> bool {
         false
     }
@@ -129,6 +129,12 @@ pub trait Instance: Send + Sync + 'static {
     /// Lines of its output not logged because of the log rate limit.
     fn log_lines_dropped(&self) -> u64 {
         0
+    }
+
+    /// Whether the instance answers `504` itself when a call outlives the app's `timeout`
+    /// (stopping just that call), so the pool need not kill the whole worker for it.
+    fn enforces_timeout(&self) -> bool {
+        false
     }
 
     /// The OS process id to show in `/api/workers`, for kinds that have one.

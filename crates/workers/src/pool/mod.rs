@@ -126,7 +126,7 @@ pub struct WorkerInfo {
     pub app: String,
     /// App version.
     pub version: String,
-    /// `static`, `js` or `process`.
+    /// `static`, `js`, `process` or `wasm`.
     pub kind: &'static str,
     /// OS process id of the app (its process group also holds marina's supervising shell);
     /// null for kinds that run inside marina.
@@ -285,6 +285,15 @@ impl WorkerPool {
     /// `{state_dir}/shim/`, prepares `{state_dir}/sock/` and picks the JS engine), and starts
     /// the housekeeping task (so it must be called inside a tokio runtime).
     pub fn new(opts: PoolOptions) -> Result<Arc<WorkerPool>, Error> {
+        Self::with_backends(opts, Vec::new())
+    }
+
+    /// [`WorkerPool::new`] with more kinds: each `(kind, backend)` runs that kind's apps (the
+    /// server adds `wasm` this way, so this crate does not build wasmtime).
+    pub fn with_backends(
+        opts: PoolOptions,
+        extra: Vec<(WorkerKind, Arc<dyn Backend>)>,
+    ) -> Result<Arc<WorkerPool>, Error> {
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::internal("WorkerPool::new must be called inside a tokio runtime"))?;
         let pool_size = NonZeroUsize::new(opts.pool_size).ok_or_else(|| {
@@ -304,11 +313,12 @@ impl WorkerPool {
         })?);
         let sandbox = process.sandbox_status();
         let process: Arc<dyn Backend> = process;
-        let backends: HashMap<WorkerKind, Arc<dyn Backend>> = HashMap::from([
+        let mut backends: HashMap<WorkerKind, Arc<dyn Backend>> = HashMap::from([
             (WorkerKind::Static, Arc::new(StaticBackend) as Arc<dyn Backend>),
             (WorkerKind::Js, process.clone()),
             (WorkerKind::Process, process),
         ]);
+        backends.extend(extra);
         let concurrency = opts.ephemeral_concurrency.clamp(1, opts.pool_size);
         let inner = Arc::new_cyclic(|me| Inner {
             sandbox,
@@ -645,12 +655,19 @@ impl Inner {
         let started = Instant::now();
         // The worker's `timeout` is the worker's time: it starts once the client has sent the
         // whole body (a slow upload is the client's business, bounded by RUNTIME_BODY_TIMEOUT).
+        // A kind that enforces `timeout` itself (wasm: the instance's deadline, which stops
+        // just that call) is not timed here.
+        let own_deadline = instance.enforces_timeout();
         let call = instance.call(req);
         tokio::pin!(call);
-        let outcome = tokio::select! {
-            biased;
-            result = &mut call => Ok(result),
-            () = upload.finished() => tokio::time::timeout(app.config.timeout, &mut call).await,
+        let outcome = if own_deadline {
+            Ok((&mut call).await)
+        } else {
+            tokio::select! {
+                biased;
+                result = &mut call => Ok(result),
+                () = upload.finished() => tokio::time::timeout(app.config.timeout, &mut call).await,
+            }
         };
         if outcome.as_ref().is_ok_and(|r| r.is_err())
             && let Some(e) = upload.client_error()
@@ -952,7 +969,9 @@ impl Inner {
             .collect();
         for (key, slot) in &slots {
             let (restarts, last, looping, reload_error) = history[key.as_str()].clone();
-            if looping && !out.iter().any(|w| w.app == slot.app.name && w.version == slot.app.version) {
+            // A worker whose start just failed may not be forgotten yet: it does not count.
+            let live = all.iter().any(|w| w.key == *key && w.phase() != Phase::Dead);
+            if looping && !live {
                 out.push(WorkerInfo {
                     id: String::new(),
                     app: slot.app.name.clone(),

@@ -5,6 +5,7 @@ import json
 import os
 import struct
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -33,6 +34,10 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, json.dumps(dict(os.environ)), "application/json")
         if self.path == "/pid":
             return self._send(200, str(os.getpid()))
+        if self.path.startswith("/slow"):
+            ms = int(self.path.partition("ms=")[2] or "300")
+            time.sleep(ms / 1000)
+            return self._send(200, "slow done")
         if self.path == "/cookies":
             return self._send(200, "two cookies", extra=[("set-cookie", "a=1"), ("set-cookie", "b=2")])
         if self.path == "/ws" and self.headers.get("upgrade", "").lower() == "websocket":

@@ -1,0 +1,113 @@
+//! What one WebAssembly instance's store holds: its WASI context (env only: no files, no
+//! sockets), its `wasi:http` context with the outbound grant, its memory limit and its deadline.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use marina_apps::outbound::HostPattern;
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{
+    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
+
+/// The trap message of an instance that wanted more memory than `maxMemory`.
+pub(crate) const MEMORY_TRAP: &str = "marina: maxMemory exceeded";
+/// The trap message of an instance still running at its deadline.
+pub(crate) const DEADLINE_TRAP: &str = "marina: request deadline passed";
+
+/// The store data of one instance.
+pub(crate) struct Host {
+    pub wasi: WasiCtx,
+    pub http: WasiHttpCtx,
+    pub table: ResourceTable,
+    pub hooks: Outbound,
+    pub limits: Limits,
+    /// When the request being served must have finished (checked at every epoch tick).
+    pub deadline: Instant,
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+/// Outgoing HTTP, allowed only to the manifest's `allowedOutboundHosts`.
+pub(crate) struct Outbound {
+    pub allowed: Arc<Vec<HostPattern>>,
+    pub app: Arc<str>,
+}
+
+impl WasiHttpHooks for Outbound {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (http::Response<WasiBody>, Box<dyn Future<Output = Result<(), HttpError>> + Send>),
+                    HttpError,
+                >,
+            > + Send,
+    > {
+        drop(fut);
+        let uri = request.uri();
+        let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
+        let host = uri.host().unwrap_or("").to_string();
+        let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
+        if !self.allowed.iter().any(|p| p.allows(&scheme, &host, port)) {
+            tracing::warn!(app = %self.app, "outgoing HTTP to {scheme}://{host}:{port} denied: not in allowedOutboundHosts");
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((res.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
+        })
+    }
+}
+
+/// Caps linear memory at `maxMemory` and keeps the instance's current size in a counter the
+/// worker sums for `/api/workers`.
+pub(crate) struct Limits {
+    pub max: Option<usize>,
+    /// Bytes this store has added to `used`.
+    pub mine: u64,
+    pub used: Arc<AtomicU64>,
+    /// Set when a growth past `max` was refused (the instance then traps).
+    pub exceeded: Arc<AtomicBool>,
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if self.max.is_some_and(|max| desired > max) {
+            self.exceeded.store(true, Ordering::Release);
+            return Err(wasmtime::Error::msg(MEMORY_TRAP));
+        }
+        let grown = desired.saturating_sub(current) as u64;
+        self.mine += grown;
+        self.used.fetch_add(grown, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, _desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
+}
+
+impl Drop for Limits {
+    fn drop(&mut self) {
+        self.used.fetch_sub(self.mine, Ordering::Relaxed);
+    }
+}
