@@ -37,14 +37,14 @@ def stat(pid):
     except OSError:
         return None
     f = s[s.rindex(")") + 2:].split()
-    return int(f[1]), sum(int(x) for x in f[11:15])   # ppid, utime+stime+cutime+cstime
+    return int(f[1]), sum(int(x) for x in f[11:15]), sum(int(x) for x in f[11:13])   # ppid, all, own
 root = int(sys.argv[1])
 procs = {}
 for p in os.listdir("/proc"):
     if p.isdigit() and (st := stat(int(p))):
         procs[int(p)] = st
 kids = {}
-for pid, (ppid, _) in procs.items():
+for pid, (ppid, _, _) in procs.items():
     kids.setdefault(ppid, []).append(pid)
 total, stack = 0, [root]
 while stack:
@@ -52,9 +52,9 @@ while stack:
     if p in procs:
         total += procs[p][1]
         stack.extend(kids.get(p, []))
-print(total / tck)
+print(total / tck, procs[root][2] / tck)   # marina and workers, marina alone
 PY
-rss() { awk '/VmRSS/ {print $2 / 1024}' "/proc/$1/status"; }
+rss() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 
 RUNTIME_LOG_LEVEL=error "$BIN" serve --port 18195 --worker-dirs "$WORK/apps" --state-dir "$WORK/state" \
   --ephemeral-concurrency "$EPH_CONCURRENCY" 2>"$WORK/marina.log" & MPID=$!; PIDS+=($MPID)
@@ -63,11 +63,12 @@ sleep 1
 idle_rss=$(rss "$MPID")
 verify_text "http://127.0.0.1:18195/eph/" $'hello world\n'
 DURATION=2s wrk_run 10 "http://127.0.0.1:18195/eph/" >/dev/null   # warm-up (page cache, Bun's cache)
-cpu0=$(python3 "$WORK/treecpu.py" "$MPID")
+read -r cpu0 own0 <<<"$(python3 "$WORK/treecpu.py" "$MPID")"
 read -r rps p50 p99 _ errors <<<"$(wrk_run 10 "http://127.0.0.1:18195/eph/")"
-cpu1=$(python3 "$WORK/treecpu.py" "$MPID")
+read -r cpu1 own1 <<<"$(python3 "$WORK/treecpu.py" "$MPID")"
 secs=${DURATION%s}
 cpu_per_req=$(python3 -c "print(f'{($cpu1 - $cpu0) * 1000 / ($rps * $secs):.1f}')")
+own_per_req=$(python3 -c "print(f'{($own1 - $own0) * 1000 / ($rps * $secs):.1f}')")
 # Churn over: wait until no worker process is left, then marina's own RSS again.
 for _ in $(seq 200); do [ -z "$(cat /proc/$MPID/task/*/children 2>/dev/null | tr -d ' \n')" ] && break; sleep 0.05; done
 sleep 1
@@ -120,7 +121,7 @@ PY
   echo "|---|---|"
   echo "| ttl: 0 requests/s | $rps (errors: $errors) |"
   echo "| ttl: 0 p50 / p99 | $p50 ms / $p99 ms |"
-  echo "| CPU per ephemeral request (marina + workers, /proc) | $cpu_per_req ms |"
+  echo "| CPU per ephemeral request (marina + workers, /proc) | $cpu_per_req ms (marina itself: $own_per_req ms) |"
   echo "| CPU of a bare \`bun -e 0\` | $bun_cpu ms |"
   echo "| cold start, fresh SQLite (spawn → first 200, 20 runs) | $cold |"
   echo "| marina RSS idle after start | $idle_rss MiB |"
