@@ -15,6 +15,7 @@ cd "$(dirname "$0")/.."
 DURATION_STATIC="${DURATION_STATIC:-3s}"
 DURATION_JS="${DURATION_JS:-10s}"
 EPH="${EPH:-1000}"
+EPH_CMP="${EPH_CMP:-300}"   # ttl:0 requests per comparison set-up
 PORT="${PORT:-18091}"
 [ "$(id -u)" = 0 ] || { echo "run as root (the uid drop and cgroups need it)" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
@@ -65,10 +66,10 @@ stop() { kill "$MARINA_PID"; wait "$MARINA_PID" 2>/dev/null || true; MARINA_PID=
 requests() { awk '/requests in/ {print $1}'; }
 
 # ttl: 0 latency over $EPH sequential requests: prints "median p90" in ms, and the peak RSS.
-ephemeral() {
+ephemeral() { # $1 = how many
   local peak=0 t
   : > "$WORK/lat"
-  for _ in $(seq "$EPH"); do
+  for _ in $(seq "$1"); do
     t=$(curl -s -o /dev/null -w '%{time_total}' "http://127.0.0.1:$PORT/eph/")
     echo "$t" >> "$WORK/lat"
     r=$(rss_kib); [ "$r" -gt "$peak" ] && peak=$r
@@ -85,14 +86,14 @@ echo "after $n static requests: $(rss_kib) KiB"
 curl -fs "http://127.0.0.1:$PORT/hello/" >/dev/null
 n=$(wrk -t1 -c32 -d"$DURATION_JS" "http://127.0.0.1:$PORT/hello/" | requests)
 echo "after $n JS requests: $(rss_kib) KiB"
-read -r med p90 peak < <(ephemeral)
+read -r med p90 peak < <(ephemeral "$EPH")
 echo "across $EPH ttl:0 requests: peak $peak KiB, after: $(rss_kib) KiB"
 echo "ttl:0 latency (full sandbox): median ${med} ms, p90 ${p90} ms"
 stop
 for setup in no-cg no-root; do
   start "$setup"
   curl -fs "http://127.0.0.1:$PORT/eph/" >/dev/null
-  read -r med p90 _ < <(ephemeral)
+  read -r med p90 _ < <(ephemeral "$EPH_CMP")
   echo "ttl:0 latency ($setup): median ${med} ms, p90 ${p90} ms"
   stop
 done
