@@ -17,6 +17,10 @@ use super::secret;
 /// not turn every request into a database write.
 const LAST_USED_WRITE_INTERVAL_SECS: i64 = 60;
 
+/// How often `create` tries the next free id before answering 503: each lost try means another
+/// create won, so this many simultaneous creates always succeed.
+const CREATE_ATTEMPTS: usize = 64;
+
 /// The body of `POST /api/keys`, as Buntime takes it.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -154,9 +158,11 @@ impl KeyStore {
         let now = now_secs();
         let expires_at = lifetime.map(|l| now + l);
         let permissions_json = serde_json::to_string(&permissions).unwrap_or_else(|_| "[]".into());
-        // Buntime's ids are small integers (max + 1). Two instances on one PostgreSQL server may
-        // pick the same one; ON CONFLICT makes the loser see 0 rows and try the next id.
-        for _ in 0..8 {
+        // Buntime's ids are small integers (max + 1). Concurrent creators (tasks, or instances on
+        // one PostgreSQL server) may pick the same one; ON CONFLICT makes the loser see 0 rows and
+        // try the next id. A loss always means another create succeeded in between, so with
+        // `CREATE_ATTEMPTS` tries up to that many simultaneous creates all get an id.
+        for _ in 0..CREATE_ATTEMPTS {
             let next = self
                 .store
                 .query_opt("SELECT COALESCE(MAX(id), 0) + 1 AS next FROM marina_api_keys", &[])
