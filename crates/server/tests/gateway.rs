@@ -5,27 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use serde_json::Value;
-
-fn apps_and_plugins() -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workers/tests/apps/js-echo");
-    let to: PathBuf = tmp.path().join("apps/echo");
-    std::fs::create_dir_all(&to).unwrap();
-    std::fs::copy(from.join("index.js"), to.join("index.js")).unwrap();
-    std::fs::write(to.join("manifest.yaml"), "entrypoint: index.js\nttl: 60s\n").unwrap();
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plugins/gateway/manifest.yaml");
-    let plugin = tmp.path().join("plugins/gateway");
-    std::fs::create_dir_all(&plugin).unwrap();
-    std::fs::copy(manifest, plugin.join("manifest.yaml")).unwrap();
-    tmp
-}
-
-fn header<'a>(resp: &'a reqwest::Response, name: &str) -> Option<&'a str> {
-    resp.headers().get(name).map(|v| v.to_str().unwrap())
-}
 
 fn has_cors(resp: &reqwest::Response) -> bool {
     resp.headers().keys().any(|k| k.as_str().starts_with("access-control-"))
@@ -33,7 +13,7 @@ fn has_cors(resp: &reqwest::Response) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_echoes_allowed_origins_and_answers_preflights_itself() {
-    let tmp = apps_and_plugins();
+    let tmp = common::gateway_fixture("");
     let plugins = tmp.path().join("plugins");
     let srv = common::start_with(
         &tmp.path().join("apps"),
@@ -51,11 +31,11 @@ async fn cors_echoes_allowed_origins_and_answers_preflights_itself() {
 
     let resp = client.get(&url).header("origin", "https://a.example").send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(header(&resp, "access-control-allow-origin"), Some("https://a.example"));
-    assert_eq!(header(&resp, "access-control-allow-credentials"), Some("true"));
-    assert_eq!(header(&resp, "vary"), Some("Origin"));
-    assert!(header(&resp, "access-control-expose-headers").unwrap().contains("RateLimit-Limit"));
-    assert_eq!(header(&resp, "ratelimit-limit"), None, "no rate limit configured");
+    assert_eq!(common::header(&resp, "access-control-allow-origin"), Some("https://a.example"));
+    assert_eq!(common::header(&resp, "access-control-allow-credentials"), Some("true"));
+    assert_eq!(common::header(&resp, "vary"), Some("Origin"));
+    assert!(common::header(&resp, "access-control-expose-headers").unwrap().contains("RateLimit-Limit"));
+    assert_eq!(common::header(&resp, "ratelimit-limit"), None, "no rate limit configured");
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["method"], "GET", "the app answered");
 
@@ -80,11 +60,11 @@ async fn cors_echoes_allowed_origins_and_answers_preflights_itself() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 204);
-    assert_eq!(header(&resp, "access-control-allow-origin"), Some("http://localhost:3000"));
-    assert!(header(&resp, "access-control-allow-methods").unwrap().contains("PUT"));
-    assert_eq!(header(&resp, "access-control-allow-headers"), Some("content-type, x-api-key"));
-    assert_eq!(header(&resp, "access-control-max-age"), Some("86400"));
-    assert_eq!(header(&resp, "access-control-allow-credentials"), Some("true"));
+    assert_eq!(common::header(&resp, "access-control-allow-origin"), Some("http://localhost:3000"));
+    assert!(common::header(&resp, "access-control-allow-methods").unwrap().contains("PUT"));
+    assert_eq!(common::header(&resp, "access-control-allow-headers"), Some("content-type, x-api-key"));
+    assert_eq!(common::header(&resp, "access-control-max-age"), Some("86400"));
+    assert_eq!(common::header(&resp, "access-control-allow-credentials"), Some("true"));
     assert!(resp.text().await.unwrap().is_empty());
 
     // A preflight from a disallowed origin: still not the worker's, and no CORS headers.
@@ -132,7 +112,7 @@ async fn cors_echoes_allowed_origins_and_answers_preflights_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rate_limit_is_exact_under_load_and_ignores_forwarded_headers() {
-    let tmp = apps_and_plugins();
+    let tmp = common::gateway_fixture("");
     let plugins = tmp.path().join("plugins");
     let srv = common::start_with(
         &tmp.path().join("apps"),
@@ -171,18 +151,18 @@ async fn the_rate_limit_is_exact_under_load_and_ignores_forwarded_headers() {
         match resp.status().as_u16() {
             200 => {
                 ok += 1;
-                assert_eq!(header(&resp, "ratelimit-limit"), Some("5"));
-                let left: u32 = header(&resp, "ratelimit-remaining").unwrap().parse().unwrap();
+                assert_eq!(common::header(&resp, "ratelimit-limit"), Some("5"));
+                let left: u32 = common::header(&resp, "ratelimit-remaining").unwrap().parse().unwrap();
                 assert!(left < 5);
             }
             429 => {
                 limited += 1;
-                assert_eq!(header(&resp, "ratelimit-limit"), Some("5"));
-                assert_eq!(header(&resp, "ratelimit-remaining"), Some("0"));
-                let retry: u64 = header(&resp, "retry-after").unwrap().parse().unwrap();
+                assert_eq!(common::header(&resp, "ratelimit-limit"), Some("5"));
+                assert_eq!(common::header(&resp, "ratelimit-remaining"), Some("0"));
+                let retry: u64 = common::header(&resp, "retry-after").unwrap().parse().unwrap();
                 assert!((1..=720).contains(&retry), "one request every 12 minutes: {retry}");
-                assert_eq!(header(&resp, "ratelimit-reset"), Some(retry.to_string().as_str()));
-                assert_eq!(header(&resp, "access-control-allow-origin"), Some("*"), "a page can read the 429");
+                assert_eq!(common::header(&resp, "ratelimit-reset"), Some(retry.to_string().as_str()));
+                assert_eq!(common::header(&resp, "access-control-allow-origin"), Some("*"), "a page can read the 429");
                 let body: Value = resp.json().await.unwrap();
                 assert_eq!(body["success"], false);
                 assert_eq!(body["code"], "RATE_LIMITED");

@@ -6,32 +6,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use reqwest::Client;
 use serde_json::{Value, json};
 
 const ROOT: &str = "root-key-for-gateway-tests-0123456789";
-
-/// The echo app at `/echo` and the bundled gateway manifest, with `extra` appended to it.
-fn apps_and_plugins(extra: &str) -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workers/tests/apps/js-echo");
-    let to: PathBuf = tmp.path().join("apps/echo");
-    std::fs::create_dir_all(&to).unwrap();
-    std::fs::copy(from.join("index.js"), to.join("index.js")).unwrap();
-    std::fs::write(to.join("manifest.yaml"), "entrypoint: index.js\nttl: 60s\n").unwrap();
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plugins/gateway/manifest.yaml");
-    let plugin = tmp.path().join("plugins/gateway");
-    std::fs::create_dir_all(&plugin).unwrap();
-    let text = std::fs::read_to_string(manifest).unwrap();
-    std::fs::write(plugin.join("manifest.yaml"), format!("{text}\n{extra}")).unwrap();
-    tmp
-}
-
-fn header<'a>(resp: &'a reqwest::Response, name: &str) -> Option<&'a str> {
-    resp.headers().get(name).map(|v| v.to_str().unwrap())
-}
 
 async fn create_key(c: &Client, base: &str, role: &str) -> String {
     let resp = c
@@ -63,7 +43,7 @@ fn count(statuses: &[u16], status: u16) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_requests_are_counted_and_keys_skip_nothing() {
-    let tmp = apps_and_plugins("");
+    let tmp = common::gateway_fixture("");
     let plugins = tmp.path().join("plugins");
     let srv = common::start(&tmp.path().join("apps"), |r| {
         r.set("RUNTIME_JS", "node")
@@ -81,7 +61,7 @@ async fn refused_requests_are_counted_and_keys_skip_nothing() {
     for left in [8, 7, 6, 5] {
         let resp = c.get(format!("{base}/api/apps")).header("x-api-key", &key).send().await.unwrap();
         assert_eq!(resp.status(), 200);
-        assert_eq!(header(&resp, "ratelimit-remaining"), Some(left.to_string().as_str()));
+        assert_eq!(common::header(&resp, "ratelimit-remaining"), Some(left.to_string().as_str()));
     }
     // A flood of bad keys: 5 refused by auth (401), the other 15 by the limit (429).
     let statuses = burst(&c, 20, |c| c.get(format!("{base}/api/apps")).header("x-api-key", "btk_not-a-key")).await;
@@ -92,7 +72,7 @@ async fn refused_requests_are_counted_and_keys_skip_nothing() {
     for k in [key.as_str(), ROOT] {
         let resp = c.get(format!("{base}/api/apps")).header("x-api-key", k).send().await.unwrap();
         assert_eq!(resp.status(), 429);
-        assert!(header(&resp, "retry-after").is_some());
+        assert!(common::header(&resp, "retry-after").is_some());
         let v: Value = resp.json().await.unwrap();
         assert_eq!((v["code"].as_str(), v["data"]["rule"].as_str()), (Some("RATE_LIMITED"), Some("default")));
     }
@@ -101,7 +81,7 @@ async fn refused_requests_are_counted_and_keys_skip_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn www_authenticate_and_the_gateway_api_behind_keys() {
-    let tmp = apps_and_plugins("");
+    let tmp = common::gateway_fixture("");
     let plugins = tmp.path().join("plugins");
     let srv = common::start(&tmp.path().join("apps"), |r| {
         r.set("RUNTIME_JS", "node")
@@ -117,16 +97,16 @@ async fn www_authenticate_and_the_gateway_api_behind_keys() {
 
     let resp = c.get(format!("{base}/gateway/api/stats")).send().await.unwrap();
     assert_eq!(resp.status(), 401);
-    assert_eq!(header(&resp, "www-authenticate"), Some("Bearer realm=\"marina\""));
+    assert_eq!(common::header(&resp, "www-authenticate"), Some("Bearer realm=\"marina\""));
     let resp = c.get(format!("{base}/gateway/api/stats")).header("x-api-key", "btk_wrong").send().await.unwrap();
     assert_eq!(resp.status(), 401);
-    let challenge = header(&resp, "www-authenticate").unwrap();
+    let challenge = common::header(&resp, "www-authenticate").unwrap();
     assert!(
         challenge.starts_with("Bearer realm=\"marina\", error=\"invalid_token\", error_description="),
         "{challenge}"
     );
     let resp = c.get(format!("{base}/api/keys")).bearer_auth("btk_wrong").send().await.unwrap();
-    assert!(header(&resp, "www-authenticate").unwrap().contains("invalid_token"));
+    assert!(common::header(&resp, "www-authenticate").unwrap().contains("invalid_token"));
 
     // Reading takes any valid key; changing takes an admin key or the root key.
     let resp = c.get(format!("{base}/gateway/api/logs?limit=5")).header("x-api-key", &viewer).send().await.unwrap();
@@ -135,7 +115,7 @@ async fn www_authenticate_and_the_gateway_api_behind_keys() {
     assert!(logs.as_array().unwrap().len() <= 5);
     let resp = c.delete(format!("{base}/gateway/api/logs")).header("x-api-key", &viewer).send().await.unwrap();
     assert_eq!(resp.status(), 403);
-    assert!(header(&resp, "www-authenticate").unwrap().contains("insufficient_scope"));
+    assert!(common::header(&resp, "www-authenticate").unwrap().contains("insufficient_scope"));
     let resp = c.delete(format!("{base}/gateway/api/logs")).header("x-api-key", ROOT).send().await.unwrap();
     assert_eq!(resp.json::<Value>().await.unwrap(), json!({ "cleared": true }));
     let resp = c
@@ -146,7 +126,7 @@ async fn www_authenticate_and_the_gateway_api_behind_keys() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 403);
-    assert!(header(&resp, "www-authenticate").unwrap().contains("insufficient_scope"));
+    assert!(common::header(&resp, "www-authenticate").unwrap().contains("insufficient_scope"));
 
     // The gateway's CORS never covers the internal API (it approves no cross-site call).
     let resp = c
@@ -158,12 +138,12 @@ async fn www_authenticate_and_the_gateway_api_behind_keys() {
         .await
         .unwrap();
     assert_ne!(resp.status(), 204);
-    assert_eq!(header(&resp, "access-control-allow-origin"), None);
+    assert_eq!(common::header(&resp, "access-control-allow-origin"), None);
     let resp = c.get(format!("{base}/api/health")).header("origin", "https://evil.example").send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(header(&resp, "access-control-allow-origin"), None);
+    assert_eq!(common::header(&resp, "access-control-allow-origin"), None);
     let resp = c.get(format!("{base}/echo/echo")).header("origin", "https://evil.example").send().await.unwrap();
-    assert_eq!(header(&resp, "access-control-allow-origin"), Some("*"), "apps still get CORS");
+    assert_eq!(common::header(&resp, "access-control-allow-origin"), Some("*"), "apps still get CORS");
 
     // Bad queries are clear errors.
     for q in ["ip=nope", "rateLimited=maybe", "statusRange=9", "limit=-1", "bogus=1"] {
@@ -177,7 +157,7 @@ async fn www_authenticate_and_the_gateway_api_behind_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_by_identity_and_per_route_glob_with_exact_counts() {
-    let tmp = apps_and_plugins(
+    let tmp = common::gateway_fixture(
         "rateLimit:\n  requests: 3\n  window: 1h\n  keyBy: identity\n  excludePaths: [\"/api/health\"]\n  routes:\n    - path: \"/echo/login/**\"\n      methods: [POST]\n      requests: 2\n      window: 1h\n",
     );
     let plugins = tmp.path().join("plugins");
@@ -221,7 +201,7 @@ async fn limits_by_identity_and_per_route_glob_with_exact_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_rule_alone_counts_exactly_and_leaves_other_methods_alone() {
-    let tmp = apps_and_plugins(
+    let tmp = common::gateway_fixture(
         "rateLimit:\n  routes:\n    - path: \"/echo/login/**\"\n      methods: [post]\n      requests: 2\n      window: 1h\n",
     );
     let plugins = tmp.path().join("plugins");
@@ -258,7 +238,7 @@ async fn a_route_rule_alone_counts_exactly_and_leaves_other_methods_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     for (trusted, honoured) in [("127.0.0.0/8, ::1", true), ("10.0.0.0/8", false)] {
-        let tmp = apps_and_plugins("");
+        let tmp = common::gateway_fixture("");
         let plugins = tmp.path().join("plugins");
         let srv = common::start(&tmp.path().join("apps"), |r| {
             r.set("RUNTIME_JS", "node")
@@ -315,7 +295,7 @@ async fn impossible_limits_stop_start_up_naming_what_is_wrong() {
         ("rateLimit:\n  routes:\n    - path: nope\n      requests: 1\n", "rateLimit.routes[0].path"),
         ("rateLimit:\n  keyBy: cookie\n  requests: 1\n", "rateLimit.keyBy"),
     ] {
-        let tmp = apps_and_plugins(extra);
+        let tmp = common::gateway_fixture(extra);
         let state = tempfile::tempdir().unwrap();
         let mut raw = marina_server::RawConfig::new();
         raw.set("PORT", "0")

@@ -76,3 +76,28 @@ pub async fn start_with(worker_dir: &Path, tweak: impl FnOnce(&mut RawConfig), p
         _state: state,
     }
 }
+
+/// The echo app (`crates/workers/tests/apps/js-echo`) at `/echo` and the bundled gateway
+/// manifest with `extra` appended, in a temp dir with `apps/` and `plugins/` — the set-up of the
+/// gateway tests.
+#[allow(dead_code)]
+pub fn gateway_fixture(extra: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workers/tests/apps/js-echo");
+    let to = tmp.path().join("apps/echo");
+    std::fs::create_dir_all(&to).unwrap();
+    std::fs::copy(from.join("index.js"), to.join("index.js")).unwrap();
+    std::fs::write(to.join("manifest.yaml"), "entrypoint: index.js\nttl: 60s\n").unwrap();
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plugins/gateway/manifest.yaml");
+    let plugin = tmp.path().join("plugins/gateway");
+    std::fs::create_dir_all(&plugin).unwrap();
+    let text = std::fs::read_to_string(manifest).unwrap();
+    std::fs::write(plugin.join("manifest.yaml"), format!("{text}\n{extra}")).unwrap();
+    tmp
+}
+
+/// A response header as text (`None` when absent).
+#[allow(dead_code)]
+pub fn header<'a>(resp: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    resp.headers().get(name).map(|v| v.to_str().unwrap())
+}
