@@ -56,6 +56,24 @@ fn read_all(s: &mut TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A connection that was answered 200 on a keep-alive request and stays open, or `None` when
+/// marina closed it (at the connection cap).
+fn keep_alive_answered(port: u16) -> Option<TcpStream> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The health body is small JSON: the head and the body's closing brace end the answer.
+    while !(got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"}")) {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got.starts_with(b"HTTP/1.1 200").then_some(s)
+}
+
 fn get(port: u16, path: &str) -> String {
     let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
     exchange(port, req.as_bytes(), Duration::from_secs(30))
@@ -179,8 +197,24 @@ fn silent_and_half_sent_connections_are_closed_after_the_header_timeout() {
 
 #[test]
 fn connections_past_the_cap_are_closed_at_once() {
-    let m = Marina::start(app_dir(), &[("RUNTIME_MAX_CONNECTIONS", "2")]);
-    let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(("127.0.0.1", m.port)).unwrap()).collect();
+    let m = Marina::start(app_dir(), &[("RUNTIME_MAX_CONNECTIONS", "2"), ("RUNTIME_HEADER_TIMEOUT", "60s")]);
+    // Each held connection proves it holds a slot by being answered on a keep-alive request: a
+    // bare connect is not enough, because the start-up health check's connection may still hold
+    // its slot for a moment after its answer, and a connection closed past the cap would then
+    // count as held (CI saw that: the third connection got served).
+    let held: Vec<TcpStream> = (0..2)
+        .map(|i| {
+            let mut conn = None;
+            assert!(
+                eventually(Duration::from_secs(10), || {
+                    conn = keep_alive_answered(m.port);
+                    conn.is_some()
+                }),
+                "held connection {i} was never answered"
+            );
+            conn.unwrap()
+        })
+        .collect();
     let mut extra = None;
     assert!(
         eventually(Duration::from_secs(10), || {
