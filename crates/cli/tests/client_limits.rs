@@ -289,10 +289,10 @@ fn a_malformed_chunked_body_is_400_and_not_the_workers_fault() {
     assert_eq!((echo["restarts"].as_u64(), echo["errors"].as_u64()), (Some(0), Some(0)), "not blamed: {echo}");
 }
 
-#[test]
-fn clients_that_never_read_do_not_block_another_apps_ttl0_requests() {
+/// Two `ttl: 0` apps (one fresh process per request): `flood` answers an endless response,
+/// `quick` a short one.
+fn flood_and_quick_apps() -> tempfile::TempDir {
     let apps = tempfile::tempdir().unwrap();
-    // An endless response, one fresh process per request.
     write(&apps.path().join("flood/manifest.yaml"), "entrypoint: index.js\nttl: 0\n");
     write(
         &apps.path().join("flood/index.js"),
@@ -308,6 +308,12 @@ export default {
     );
     write(&apps.path().join("quick/manifest.yaml"), "entrypoint: index.js\nttl: 0\n");
     write(&apps.path().join("quick/index.js"), "export default { fetch() { return new Response(\"quick\"); } };\n");
+    apps
+}
+
+#[test]
+fn clients_that_never_read_do_not_block_another_apps_ttl0_requests() {
+    let apps = flood_and_quick_apps();
     let m = Marina::start(apps, &[("RUNTIME_EPHEMERAL_CONCURRENCY", "2"), ("RUNTIME_SEND_TIMEOUT", "1s")]);
     // Two clients take both ttl: 0 slots and never read a byte.
     let stalled: Vec<TcpStream> = (0..2)
@@ -334,6 +340,181 @@ export default {
         "the stalled responses were cut by RUNTIME_SEND_TIMEOUT"
     );
     drop(stalled);
+}
+
+#[test]
+fn a_slow_reader_that_keeps_reading_gets_the_whole_response() {
+    // RUNTIME_SEND_TIMEOUT is per stall: a client taking a 7 MiB file at ~800 KiB/s needs far
+    // longer than the 1 s timeout for the whole file, and for each 1 MiB sendfile chunk once
+    // the kernel's send buffer (up to 4 MiB) is full, but it never leaves marina waiting that
+    // long for it to take more, so it must get every byte.
+    let apps = tempfile::tempdir().unwrap();
+    write(&apps.path().join("site/index.html"), "<html><body>hi</body></html>");
+    let file: Vec<u8> = (0..7 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(apps.path().join("site/big.bin"), &file).unwrap();
+    let m = Marina::start(apps, &[("RUNTIME_SEND_TIMEOUT", "1s")]);
+    let port = m.port;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // A small receive buffer, so that marina's writes wait on this reader's pace.
+    let mut s = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(16 * 1024).unwrap();
+        socket.connect(([127, 0, 0, 1], port).into()).await.unwrap().into_std().unwrap()
+    });
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /site/big.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        // The reader's pace (what is tested), not a wait for marina.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = t0.elapsed();
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got[..head_end]));
+    assert_eq!(got.len() - head_end, file.len(), "every byte arrived (after {took:?})");
+    assert!(got[head_end..] == file[..], "the bytes are the file's");
+    assert!(took > Duration::from_secs(3), "the transfer outlasted the timeout several times over: {took:?}");
+    assert!(m.log_line(&["stopped reading"], Duration::from_millis(10)).is_none(), "nothing was cut");
+}
+
+#[test]
+fn an_http2_stream_that_stops_reading_is_reset_alone_and_frees_its_worker() {
+    let apps = flood_and_quick_apps();
+    // One ttl: 0 slot: while the flood response holds it, no other ttl: 0 request runs.
+    let m = Marina::start(apps, &[("RUNTIME_EPHEMERAL_CONCURRENCY", "1"), ("RUNTIME_SEND_TIMEOUT", "1s")]);
+    let port = m.port;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        // A 64 KiB window per stream (the flood stream fills it and is never read), and a large
+        // one for the connection so that the other streams are not starved by it.
+        let (h2, conn) = h2::client::Builder::new()
+            .initial_window_size(64 * 1024)
+            .initial_connection_window_size(16 * 1024 * 1024)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut h2 = h2.ready().await.unwrap();
+        let get = |path: &str| http::Request::get(format!("http://127.0.0.1:{port}{path}")).body(()).unwrap();
+        let (flood, _) = h2.send_request(get("/flood/"), true).unwrap();
+        let flood = flood.await.unwrap();
+        assert_eq!(flood.status(), 200);
+        // The quick app needs the one slot the flood response holds until its stream is cut.
+        h2 = h2.ready().await.unwrap();
+        let (quick, _) = h2.send_request(get("/quick/"), true).unwrap();
+        let quick = tokio::time::timeout(Duration::from_secs(20), quick).await.expect("answered").unwrap();
+        assert_eq!(quick.status(), 200);
+        let mut body = quick.into_body();
+        let mut text = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+            text.extend_from_slice(&chunk);
+        }
+        assert_eq!(text, b"quick", "served on the same connection");
+        // The connection still takes new streams.
+        h2 = h2.ready().await.unwrap();
+        let (health, _) = h2.send_request(get("/api/health"), true).unwrap();
+        assert_eq!(health.await.unwrap().status(), 200);
+        // Reading the cut stream now: what was already queued, then a reset with CANCEL.
+        let mut flood = flood.into_body();
+        let mut taken = 0usize;
+        let ended = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match flood.data().await {
+                    Some(Ok(chunk)) => {
+                        taken += chunk.len();
+                        let _ = flood.flow_control().release_capacity(chunk.len());
+                    }
+                    Some(Err(e)) => return Some(e),
+                    None => return None,
+                }
+            }
+        })
+        .await
+        .expect("the cut stream ends");
+        let err = ended.expect("the cut stream ends with a reset, not a clean end");
+        assert_eq!(err.reason(), Some(h2::Reason::CANCEL), "{err} after {taken} bytes");
+        assert!(taken < 1024 * 1024, "only what was queued before the cut arrived: {taken} bytes");
+    });
+    assert!(m.log_line(&["resetting its stream"], Duration::from_secs(5)).is_some());
+    assert!(m.log_line(&["closing the connection"], Duration::from_millis(10)).is_none(), "the connection stayed");
+}
+
+/// marina's resident memory in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// One raw HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Writes `batch` again and again on a fresh HTTP/2 connection (after the preface) without
+/// reading, until marina stops taking it (full buffers or a closed connection) or `limit` passes;
+/// returns how many batches went out.
+fn h2_flood(port: u16, batch: &[u8], limit: Duration) -> usize {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&h2_frame(4, 0, 0, &[])).unwrap();
+    let t0 = Instant::now();
+    let mut sent = 0;
+    while t0.elapsed() < limit && s.write_all(batch).is_ok() {
+        sent += 1;
+    }
+    sent
+}
+
+#[test]
+fn http2_ping_and_settings_floods_and_rapid_resets_leave_marina_serving() {
+    let m = Marina::start(app_dir(), &[]);
+    let before = rss_kib(m.child.id());
+    let healthy = |what: &str| {
+        let t0 = Instant::now();
+        assert!(get(m.port, "/api/health").starts_with("HTTP/1.1 200"), "after {what}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "health answered promptly after {what}: {:?}", t0.elapsed());
+    };
+    // PINGs and SETTINGS never read back: marina answers one at a time and stops reading when
+    // its answers are not taken, so the flood stalls instead of filling marina's memory.
+    let ping: Vec<u8> = (0..1000).flat_map(|_| h2_frame(6, 0, 0, b"12345678")).collect();
+    let settings: Vec<u8> = (0..1000).flat_map(|_| h2_frame(4, 0, 0, &[0, 3, 0, 0, 0, 100])).collect();
+    for (what, batch) in [("a PING flood", &ping), ("a SETTINGS flood", &settings)] {
+        let sent = h2_flood(m.port, batch, Duration::from_secs(10));
+        assert!(sent > 0, "{what} got started");
+        healthy(what);
+    }
+    // Rapid reset (CVE-2023-44487): requests opened and reset at once. Past 20 resets of streams
+    // not yet accepted the connection is refused (GOAWAY), so the flood ends quickly.
+    let mut rapid = Vec::new();
+    for i in 0..500u32 {
+        let stream = 1 + 2 * i;
+        // HPACK: :method GET, :path /, :scheme http (indexed), :authority "x" (literal).
+        rapid.extend(h2_frame(1, 0x4 | 0x1, stream, &[0x82, 0x84, 0x86, 0x41, 0x01, b'x']));
+        rapid.extend(h2_frame(3, 0, stream, &8u32.to_be_bytes()));
+    }
+    let sent = h2_flood(m.port, &rapid, Duration::from_secs(10));
+    assert!(sent < 1000, "the rapid-reset connection was cut short ({sent} batches of 500 went out)");
+    healthy("a rapid reset");
+    let after = rss_kib(m.child.id());
+    assert!(after < before + 64 * 1024, "marina's memory stayed flat: {before} KiB before, {after} KiB after");
 }
 
 #[test]

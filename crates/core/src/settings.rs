@@ -226,7 +226,7 @@ pub static SETTINGS: &[Setting] = &[
         var: "RUNTIME_MAX_CONNECTIONS",
         flag: "max-connections",
         default: "`10000`",
-        help: "open client connections at most; one more is closed at once (the open-file limit is raised to its hard limit at start)",
+        help: "open client connections at most; one more is closed at once, unanswered, as nginx and Envoy do under overload (the open-file limit is raised to its hard limit at start)",
         check: Check::Count { min: 1, max: 10_000_000 },
     },
     Setting {
@@ -247,7 +247,7 @@ pub static SETTINGS: &[Setting] = &[
         var: "RUNTIME_SEND_TIMEOUT",
         flag: "send-timeout",
         default: "`30s`",
-        help: "how long a response may wait for the client to take more of it; then the connection is closed, freeing the worker (and the `ttl: 0` slot) it held; `0` turns it off",
+        help: "how long a response may wait for the client to take more of it (per stall: a slow reader that keeps reading is served to the end); then the connection is closed, or on HTTP/2 only the stalled stream is reset, freeing the worker (and the `ttl: 0` slot) it held; `0` turns it off",
         check: Check::Seconds,
     },
     Setting {

@@ -60,6 +60,12 @@ impl ProxyError {
         }
         false
     }
+
+    /// Whether the upstream answered with a response head hyper refuses: over its size or
+    /// header-count bounds, or malformed. The upstream is alive; its answer is the problem.
+    pub fn is_bad_response(&self) -> bool {
+        matches!(self, ProxyError::Upstream(e) if e.is_parse() || e.is_parse_too_large())
+    }
 }
 
 impl fmt::Display for ProxyError {

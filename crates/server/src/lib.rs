@@ -4,7 +4,8 @@
 //! Request pipeline, in order (DESIGN.md; the plugin phases are drawn in `marina_plugins`):
 //! 1. accept: a [`RequestContext`] (request id echoed or a new UUIDv7, start time, the
 //!    real client address ([`client_ip`]: `X-Forwarded-For` only from `RUNTIME_TRUSTED_PROXIES`),
-//!    identity and extension slots); an incoming `x-identity` is dropped;
+//!    identity and extension slots); an incoming `x-identity` is dropped; the request's host is
+//!    settled once ([`host`]: one valid `Host`, the target's authority winning);
 //! 2. the plugins' admission hooks (`early_request`: authentication, then the gateway's rate
 //!    limits, which count refused requests too), then their `on_request` hooks, in load order
 //!    (fail-closed, per-hook timeout);
@@ -22,6 +23,7 @@ pub mod completion;
 pub mod config;
 mod dispatch;
 pub mod edge;
+mod host;
 mod listen;
 pub mod migrations;
 pub mod reload;
@@ -341,7 +343,7 @@ async fn handle(
     api_router: axum::Router,
     req: Request<Incoming>,
     peer: SocketAddr,
-    close: CancellationToken,
+    conn: send_timeout::Conn,
     sink: marina_core::zerocopy::Sink,
 ) -> Result<Response<Body>, Infallible> {
     // 1. accept
@@ -376,7 +378,7 @@ async fn handle(
     let head = record.ctx.method == http::Method::HEAD;
     record.finish(&mut resp);
     zerocopy::use_sendfile(&sink, version, head, &mut resp);
-    Ok(send_timeout::guard(resp, rt.config.send_timeout, &close))
+    Ok(send_timeout::guard(resp, rt.config.send_timeout, version, &conn))
 }
 
 /// The header workers read the caller's identity from.
@@ -389,6 +391,7 @@ async fn pipeline(
     mut req: Request<Body>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, Error> {
+    host::settle(&mut req)?;
     if !plugins.is_empty()
         && let Some(resp) = plugins.on_request(&mut req, ctx).await?
     {

@@ -132,17 +132,19 @@ impl Listener {
         let _ = stream.set_nodelay(true);
         let stream = crate::zerocopy::Stream::new(stream);
         let sink = stream.sink();
+        let clock = stream.clock();
         let rt = self.runtime.clone();
         let api_router = self.api_router.clone();
         // Set by the first request's arrival: from then on hyper's timeouts apply.
         let spoke = Arc::new(AtomicBool::new(false));
         let heard = spoke.clone();
-        // Cancelled to close this connection at once (a client that stopped reading).
-        let close = CancellationToken::new();
-        let closer = close.clone();
+        // Its close token is cancelled to close this connection at once (a client that stopped
+        // reading).
+        let watch = crate::send_timeout::Conn { close: CancellationToken::new(), clock };
+        let close = watch.close.clone();
         let service = service_fn(move |req| {
             heard.store(true, Ordering::Relaxed);
-            crate::handle(rt.clone(), api_router.clone(), req, peer, closer.clone(), sink.clone())
+            crate::handle(rt.clone(), api_router.clone(), req, peer, watch.clone(), sink.clone())
         });
         let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let conn = self.graceful.watch(conn.into_owned());

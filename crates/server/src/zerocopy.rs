@@ -1,6 +1,7 @@
 //! The connection side of zero-copy file responses (see [`marina_core::zerocopy`]): a TCP
 //! stream whose writer sends placeholder slices with `sendfile(2)` and everything else as
-//! usual, and the swap of a marked response's body, made once every hook has run.
+//! usual, and the swap of a marked response's body, made once every hook has run. The writer
+//! also keeps the connection's [`WriteClock`], which `RUNTIME_SEND_TIMEOUT` reads.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -13,16 +14,35 @@ use marina_core::zerocopy::{FileRegion, Sink, placeholder_offset, short_file};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::send_timeout::WriteClock;
+
 /// An accepted connection. Reads pass through; writes of placeholder slices become
 /// `sendfile` calls for the file regions queued in [`Stream::sink`].
 pub struct Stream {
     inner: TcpStream,
     sink: Sink,
+    clock: WriteClock,
 }
 
 impl Stream {
     pub fn new(inner: TcpStream) -> Self {
-        Self { inner, sink: Sink::default() }
+        let clock = WriteClock::for_socket(std::os::fd::AsRawFd::as_raw_fd(&inner));
+        Self { inner, sink: Sink::default(), clock }
+    }
+
+    /// When the connection's writes last found the socket full (for `RUNTIME_SEND_TIMEOUT`).
+    pub fn clock(&self) -> WriteClock {
+        self.clock.clone()
+    }
+
+    /// Notes on the clock whether a write went through or must wait for the client.
+    fn timed(&self, written: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match &written {
+            Poll::Pending => self.clock.blocked(),
+            Poll::Ready(Ok(n)) if *n > 0 => self.clock.moved(),
+            Poll::Ready(_) => {}
+        }
+        written
     }
 
     /// The connection's queue of file regions (for [`use_sendfile`]).
@@ -60,10 +80,11 @@ impl AsyncRead for Stream {
 
 impl AsyncWrite for Stream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match placeholder_offset(buf) {
+        let written = match placeholder_offset(buf) {
             Some(at) => self.poll_sendfile(cx, at, buf.len()),
             None => Pin::new(&mut self.inner).poll_write(cx, buf),
-        }
+        };
+        self.timed(written)
     }
 
     /// Writes the slices before the first placeholder with one `writev`, or, when a
@@ -74,14 +95,15 @@ impl AsyncWrite for Stream {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let first = bufs.iter().position(|b| placeholder_offset(b).is_some());
-        match first {
+        let written = match first {
             Some(0) => {
                 let at = placeholder_offset(&bufs[0]).unwrap_or_default();
                 self.poll_sendfile(cx, at, bufs[0].len())
             }
             Some(i) => Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs[..i]),
             None => Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
-        }
+        };
+        self.timed(written)
     }
 
     fn is_write_vectored(&self) -> bool {

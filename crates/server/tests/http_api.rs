@@ -209,14 +209,19 @@ async fn apps_added_on_disk_are_served_without_restart() {
 }
 
 /// Send raw bytes (reqwest would normalise the path) and return the status code.
-async fn raw_status(base: &str, request: &[u8]) -> u16 {
+/// Sends raw bytes and returns everything the server sent back until it closed.
+async fn raw_exchange(base: &str, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = base.trim_start_matches("http://");
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(request).await.unwrap();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.expect("the server answers");
-    let text = String::from_utf8_lossy(&buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+async fn raw_status(base: &str, request: &[u8]) -> u16 {
+    let text = raw_exchange(base, request).await;
     text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("a status line in {text:?}"))
 }
 
@@ -236,6 +241,61 @@ async fn hostile_requests_get_clean_errors_and_the_server_keeps_serving() {
     assert_eq!(raw_status(&srv.base, b"NOT HTTP AT ALL\r\n\r\n").await, 400);
     let long_segment = format!("GET /{}/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", "a".repeat(4096));
     assert_eq!(raw_status(&srv.base, long_segment.as_bytes()).await, 404);
+    assert_eq!(get(&format!("{}/api/health", srv.base)).await.status(), 200);
+    srv.stop().await;
+}
+
+/// Every response status in what a raw request brought back (a pipelined request that was
+/// answered shows up as a second status line).
+async fn raw_statuses(base: &str, request: &[u8]) -> Vec<u16> {
+    let text = raw_exchange(base, request).await;
+    text.match_indices("HTTP/1.1 ").filter_map(|(i, _)| text[i + 9..].get(..3)?.parse().ok()).collect()
+}
+
+#[tokio::test]
+async fn smuggling_forms_and_host_confusion_are_refused() {
+    let dir = apps();
+    let srv = start(dir.path(), |_| {}).await;
+    let refused: [(&str, &[u8], u16); 10] = [
+        (
+            "two different Content-Lengths",
+            b"POST /plain/ HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nhello",
+            400,
+        ),
+        ("a Content-Length list", b"POST /plain/ HTTP/1.1\r\nHost: t\r\nContent-Length: 5, 5\r\n\r\nhello", 400),
+        ("a signed Content-Length", b"POST /plain/ HTTP/1.1\r\nHost: t\r\nContent-Length: +5\r\n\r\nhello", 400),
+        ("an unknown coding", b"POST /plain/ HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 400),
+        (
+            "chunked not last",
+            b"POST /plain/ HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            "space before the colon",
+            b"POST /plain/ HTTP/1.1\r\nHost: t\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        ("an obs-fold line", b"GET /plain/ HTTP/1.1\r\nHost: t\r\nX-A: a\r\n b\r\n\r\n", 400),
+        ("a bad header name", b"GET /plain/ HTTP/1.1\r\nHost: t\r\nX(A): a\r\n\r\n", 400),
+        ("two Host headers", b"GET /plain/ HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n", 400),
+        ("no Host on HTTP/1.1", b"GET /plain/ HTTP/1.1\r\nConnection: close\r\n\r\n", 400),
+    ];
+    for (what, request, status) in refused {
+        assert_eq!(raw_statuses(&srv.base, request).await, [status], "{what}");
+    }
+    let many: String = (0..200).map(|i| format!("X-{i}: v\r\n")).collect();
+    let many = format!("GET /plain/ HTTP/1.1\r\nHost: t\r\n{many}\r\n");
+    assert_eq!(raw_statuses(&srv.base, many.as_bytes()).await, [431], "200 header lines");
+    // Content-Length with Transfer-Encoding: chunked framing wins and the connection is closed
+    // after the answer, so the request hidden after the chunked body is never answered.
+    let hidden = b"POST /plain/ HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /plain/ HTTP/1.1\r\nHost: t\r\n\r\n";
+    assert_eq!(raw_statuses(&srv.base, hidden).await.len(), 1, "one request, one answer");
+    // An absolute-form target is served by its path, with its own authority as the host.
+    let absolute = b"GET http://other.example/plain/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw_statuses(&srv.base, absolute).await, [200]);
+    let body =
+        raw_exchange(&srv.base, b"GET /plain/ HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n").await;
+    assert!(body.contains("\"code\":\"HOST_INVALID\""), "{body}");
     assert_eq!(get(&format!("{}/api/health", srv.base)).await.status(), 200);
     srv.stop().await;
 }

@@ -323,3 +323,65 @@ async fn sandbox_read_widens_reads_only_where_allowed() {
     }
     srv.stop().await;
 }
+
+/// A process app speaking raw HTTP/1.1: `/huge` sends a 20 MiB header, `/many` 20,000 headers,
+/// `/badname` a header name with `(`, anything else `ok` with the process id.
+const RAW_HEAD_APP: &str = r#"import os, socket, threading
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", int(os.environ["PORT"])))
+srv.listen(64)
+def handle(c):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        d = c.recv(4096)
+        if not d:
+            return
+        data += d
+    path = data.split(b" ")[1]
+    try:
+        if path.startswith(b"/huge"):
+            c.sendall(b"HTTP/1.1 200 OK\r\nX-Big: ")
+            for _ in range(320):
+                c.sendall(b"a" * 65536)
+            c.sendall(b"\r\n\r\n")
+        elif path.startswith(b"/many"):
+            c.sendall(b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(20000)) + b"Content-Length: 2\r\n\r\nok")
+        elif path.startswith(b"/badname"):
+            c.sendall(b"HTTP/1.1 200 OK\r\nX(A): b\r\nContent-Length: 2\r\n\r\nok")
+        else:
+            body = str(os.getpid()).encode()
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    except OSError:
+        pass
+    c.close()
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=handle, args=(c,), daemon=True).start()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_answering_with_a_huge_or_malformed_head_gets_502_and_is_not_blamed_as_crashed() {
+    let apps = tempfile::tempdir().unwrap();
+    set_mode(apps.path(), 0o755);
+    let dir = apps.path().join("raw");
+    std::fs::create_dir_all(&dir).unwrap();
+    set_mode(&dir, 0o755);
+    std::fs::write(dir.join("app.py"), RAW_HEAD_APP).unwrap();
+    std::fs::write(dir.join("manifest.yaml"), "command: [\"python3\", \"app.py\"]\nttl: 60s\n").unwrap();
+    for f in ["app.py", "manifest.yaml"] {
+        set_mode(&dir.join(f), 0o644);
+    }
+    let srv = common::start(apps.path(), |_| {}).await;
+    let (status, pid) = get(&srv.base, "/raw/").await;
+    assert_eq!(status, 200, "{pid}");
+    // (hyper reads at most its buffer's worth of a head before refusing it, so the 20 MiB
+    // header is never held.)
+    for path in ["/raw/huge", "/raw/many", "/raw/badname"] {
+        let (status, body) = get(&srv.base, path).await;
+        assert_eq!((status, body["code"].as_str()), (502, Some("WORKER_BAD_RESPONSE")), "{path}: {body}");
+    }
+    let (status, again) = get(&srv.base, "/raw/").await;
+    assert_eq!((status, &again), (200, &pid), "the same worker still serves");
+    srv.stop().await;
+}

@@ -322,6 +322,19 @@ sandbox: {read: [/usr/share/fonts]}
         assert!(e.problems[0].message.starts_with("line 1, column 9: invalid JSON"), "{e}");
     }
 
+    #[test]
+    fn deeply_nested_manifests_are_errors_not_stack_overflows() {
+        // A hostile app's manifest is read by marina itself: nesting must hit the parsers' depth
+        // limits (serde-saphyr's budget, serde_json's recursion limit), never the stack.
+        let depth = 100_000;
+        let yaml = format!("env: {}{}\n", "[".repeat(depth), "]".repeat(depth));
+        assert!(parse(&yaml).is_err());
+        let json = format!("{{\"env\": {}{}}}", "[".repeat(depth), "]".repeat(depth));
+        assert!(parse_str(&json, Format::Json, Path::new("w.json")).is_err());
+        let yaml_maps = format!("env: {}1{}\n", "{a: ".repeat(depth), "}".repeat(depth));
+        assert!(parse(&yaml_maps).is_err());
+    }
+
     proptest::proptest! {
         #[test]
         fn parser_never_panics(s in "\\PC{0,64}") {

@@ -453,10 +453,23 @@ impl ProcessInstance {
 impl Instance for ProcessInstance {
     fn call(self: Arc<Self>, req: Request<Body>) -> BoxFuture<'static, Result<Response<Body>, CallError>> {
         Box::pin(async move {
-            self.upstream
-                .forward(req)
-                .await
-                .map_err(|e| if e.is_body_too_large() { CallError::BodyTooLarge } else { CallError::Lost(Box::new(e)) })
+            self.upstream.forward(req).await.map_err(|e| {
+                if e.is_body_too_large() {
+                    CallError::BodyTooLarge
+                } else if e.is_bad_response() {
+                    // A head too large or malformed is the app's answer, not a crash: the worker
+                    // stays, and the message says what was wrong with it.
+                    CallError::Failed(
+                        Error::bad_gateway(
+                            "WORKER_BAD_RESPONSE",
+                            format!("app '{}' sent a response marina cannot pass on: {e}", self.key),
+                        )
+                        .with_data(json!({ "app": self.key, "worker": self.id })),
+                    )
+                } else {
+                    CallError::Lost(Box::new(e))
+                }
+            })
         })
     }
 
