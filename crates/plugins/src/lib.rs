@@ -9,7 +9,8 @@
 //!    too); a refusal held by authentication is answered when this phase ends; then
 //!    [`Plugin::on_request`] of every loaded plugin, in load order (fail-closed, per-hook
 //!    timeout, see [`PluginSet::on_request`]);
-//! 3. route — internal API → plugin routes ([`Plugin::handle`], longest base first) → apps →
+//! 3. route — internal API → plugin routes ([`Plugin::handle`], or the plugin's app
+//!    [`Plugin::app`], longest base first) → apps →
 //!    app shell ([`Plugin::shell`]) → 404;
 //! 4. dispatch to the app;
 //! 5. errors become responses at the server's one edge;
@@ -20,9 +21,11 @@
 //! back to the server's edge instead of rendering them.
 
 pub mod api;
+pub mod app_request;
 pub mod auth;
 pub mod context;
 pub mod data;
+pub mod external;
 pub mod gateway;
 pub mod loader;
 pub mod manifest;

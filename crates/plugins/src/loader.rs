@@ -67,7 +67,9 @@ pub fn reserved_bases(api_base: &str) -> Vec<String> {
 }
 
 /// Load the plugins of `dirs`: `extra` (built in code) first, then the manifests in
-/// dependency order. Plugins that are disabled, unknown to the catalog, missing a required
+/// dependency order. A manifest the catalog does not know but that names an `entrypoint` is an
+/// external plugin ([`crate::external`]). Plugins that are disabled, unknown to the catalog
+/// without an entrypoint, missing a required
 /// dependency, or whose `init` fails are left out with a warning (and so are their dependents).
 ///
 /// # Errors
@@ -93,13 +95,8 @@ pub async fn load(
             tracing::warn!(plugin = %spec.name, dir = %found.path.display(), "a plugin of this name was found earlier; this one is ignored");
             continue;
         }
-        if catalog.get(&spec.name).is_none() {
-            let why = if spec.entrypoint.is_some() {
-                "external plugins (an entrypoint run as a worker app) are not supported yet"
-            } else {
-                "marina has no plugin of this name"
-            };
-            tracing::warn!(plugin = %spec.name, dir = %found.path.display(), "plugin skipped: {why}");
+        if catalog.get(&spec.name).is_none() && spec.entrypoint.is_none() {
+            tracing::warn!(plugin = %spec.name, dir = %found.path.display(), "plugin skipped: marina has no plugin of this name and its manifest names no entrypoint");
             continue;
         }
         specs.push(spec);
@@ -128,7 +125,9 @@ pub async fn load(
             failed.insert(canon[i].0.clone());
             continue;
         }
-        let factory = catalog.get(&spec.name).expect("only cataloged plugins are ordered");
+        // A built-in plugin of the name wins; otherwise the dir is an external plugin, whose
+        // entrypoint runs as a worker app (only those with an entrypoint were kept).
+        let factory = catalog.get(&spec.name).cloned().unwrap_or_else(crate::external::External::factory);
         // A configuration the plugin refuses stops the load (start-up, or the reload, which then
         // keeps the old set): skipping a gateway whose limit is mistyped would silently serve
         // without the protection it was configured for.

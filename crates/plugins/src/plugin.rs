@@ -71,6 +71,14 @@ pub trait Plugin: Send + Sync + 'static {
         false
     }
 
+    /// The app served at the plugin's base, if it has one (an external plugin's `entrypoint`,
+    /// Buntime's plugin app): routing hands requests under the base to it through the worker
+    /// pool, like any app's (`x-base` is the plugin's base), instead of calling
+    /// [`Plugin::handle`]. `Some(Err)` when its files no longer load (the error is the answer).
+    fn app(&self) -> Option<Result<Arc<marina_apps::App>, Error>> {
+        None
+    }
+
     /// A request under the plugin's base (longest base first). The URI has the base stripped
     /// (`/keyval/api/keys` arrives as `/api/keys`); the original path is [`RequestContext::path`].
     /// A 404 `Err` here is the answer: it does not fall through to the plugin's UI.
@@ -118,7 +126,7 @@ pub struct PluginSpec {
     pub hook_timeout: Duration,
     /// The plugin's directory, when it came from one.
     pub dir: Option<PathBuf>,
-    /// `entrypoint`: the plugin's UI/worker app (external plugins; not run yet).
+    /// `entrypoint`: the plugin's worker app, served at its base (external plugins).
     pub entrypoint: Option<String>,
     /// `version`, informational.
     pub version: Option<String>,

@@ -382,7 +382,7 @@ async fn handle(
 }
 
 /// The header workers read the caller's identity from.
-pub const IDENTITY_HEADER: &str = "x-identity";
+pub use marina_plugins::app_request::IDENTITY_HEADER;
 
 async fn pipeline(
     rt: &Arc<Runtime>,
@@ -405,6 +405,14 @@ async fn pipeline(
         }
         Target::Plugin(plugin, rest) => {
             ctx.plugin = Some(plugin.name.clone());
+            // A plugin with an app of its own (an external plugin's entrypoint) is served by the
+            // pool like any app, at the plugin's base.
+            if let Some(app) = plugin.plugin.app() {
+                let app = app?;
+                ctx.app = Some(app.clone());
+                let segment = plugin.spec.base.trim_start_matches('/');
+                return dispatch::to_app(rt, app, segment, &rest, req, ctx).await;
+            }
             *req.uri_mut() = dispatch::with_path(req.uri(), &rest)?;
             plugin.plugin.handle(req, ctx).await
         }

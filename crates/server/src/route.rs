@@ -2,7 +2,8 @@
 //! steps. The first step that claims the path wins:
 //!
 //! 1. the internal API (`{RUNTIME_API_PREFIX}/api/*`) and discovery (`/.well-known/buntime`);
-//! 2. plugin routes, longest base first (`/keyval/api/...` → the keyval plugin);
+//! 2. plugin routes, longest base first (`/keyval/api/...` → the keyval plugin; an external
+//!    plugin's base → its app, through the worker pool);
 //! 3. apps (`/:app[@range]/*`), when the first segment resolves to an app version;
 //! 4. the app shell, when a plugin serves one and the request is the shell's (the gateway's
 //!    `GATEWAY_SHELL_DIR` and `Sec-Fetch-Dest` rules);
