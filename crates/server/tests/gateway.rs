@@ -179,3 +179,56 @@ async fn the_rate_limit_is_exact_under_load_and_ignores_forwarded_headers() {
     assert_eq!(resp.status(), 429);
     srv.stop().await;
 }
+
+/// The manifest's `cors` option (Buntime's keys): methods, headers and max-age shape the
+/// preflight answer; `preflight: false` lets preflights reach the app, with CORS headers added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_from_the_manifest_shapes_preflights() {
+    for preflight in [true, false] {
+        let tmp = common::gateway_fixture(&format!(
+            "cors:\n  origin: [\"https://a.example\"]\n  methods: [get, post]\n  allowedHeaders: content-type\n  \
+             exposedHeaders: [x-total-count]\n  maxAge: 600\n  preflight: {preflight}\n"
+        ));
+        let plugins = tmp.path().join("plugins");
+        let srv = common::start_with(
+            &tmp.path().join("apps"),
+            |r| {
+                r.set("RUNTIME_JS", "node").set("RUNTIME_PLUGIN_DIRS", plugins.display().to_string());
+            },
+            Vec::new(),
+        )
+        .await;
+        let client = reqwest::Client::new();
+        let url = format!("{}/echo/echo", srv.base);
+        let resp = client
+            .request(reqwest::Method::OPTIONS, &url)
+            .header("origin", "https://a.example")
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "x-evil")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(common::header(&resp, "access-control-allow-origin"), Some("https://a.example"));
+        if preflight {
+            assert_eq!(resp.status(), 204);
+            assert_eq!(common::header(&resp, "access-control-allow-methods"), Some("GET, POST"));
+            assert_eq!(common::header(&resp, "access-control-allow-headers"), Some("content-type"), "not reflected");
+            assert_eq!(common::header(&resp, "access-control-max-age"), Some("600"));
+        } else {
+            assert_eq!(resp.status(), 200);
+            assert_eq!(common::header(&resp, "access-control-allow-methods"), None);
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["method"], "OPTIONS", "the app answered the preflight");
+        }
+        let resp = client.get(&url).header("origin", "https://a.example").send().await.unwrap();
+        assert_eq!(common::header(&resp, "access-control-expose-headers"), Some("x-total-count"));
+        let resp = client.get(&url).header("origin", "https://b.example").send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(!has_cors(&resp), "{:?}", resp.headers());
+        let config: Value =
+            client.get(format!("{}/gateway/api/config", srv.base)).send().await.unwrap().json().await.unwrap();
+        assert_eq!(config["cors"]["maxAge"], 600);
+        assert_eq!(config["cors"]["preflight"], preflight);
+        srv.stop().await;
+    }
+}

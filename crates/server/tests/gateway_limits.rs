@@ -294,6 +294,8 @@ async fn impossible_limits_stop_start_up_naming_what_is_wrong() {
         ("rateLimit:\n  requests: 5\n  window: soon\n", "rateLimit.window"),
         ("rateLimit:\n  routes:\n    - path: nope\n      requests: 1\n", "rateLimit.routes[0].path"),
         ("rateLimit:\n  keyBy: cookie\n  requests: 1\n", "rateLimit.keyBy"),
+        ("cors:\n  origin: app.example.com\n", "cors.origin"),
+        ("cors:\n  methods: [GET, \"NO WAY\"]\n", "cors.methods"),
     ] {
         let tmp = common::gateway_fixture(extra);
         let state = tempfile::tempdir().unwrap();

@@ -69,7 +69,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway for `spec` (its options: `rateLimit`, `shellDir`, `shellExcludes`) and the
+    /// A gateway for `spec` (its options: `cors`, `rateLimit`, `shellDir`, `shellExcludes`) and the
     /// `GATEWAY_*` variables, which win over the options.
     ///
     /// # Errors
@@ -77,13 +77,7 @@ impl Gateway {
     /// instead of serving without the protection that was configured.
     pub fn configure(spec: &PluginSpec, env: &PluginEnv) -> Result<Self, Error> {
         let s: &RawSettings = &env.settings;
-        let bad = |e: marina_core::settings::ConfigError| {
-            Error::internal(e.to_string()).with_data(json!({ "variable": e.var, "expected": e.expected }))
-        };
-        let cors = match s.checked("GATEWAY_CORS_ORIGIN").map_err(bad)? {
-            Some(origin) => Some(cors::Policy::parse(origin, s.flag("GATEWAY_CORS_CREDENTIALS", false).map_err(bad)?)),
-            None => None,
-        };
+        let cors = cors::Policy::configure(spec.options.get("cors"), s)?;
         let limits = rules::RateLimits::from_options(spec.options.get("rateLimit"), s)?;
         let shell = shell::Shell::configure(&spec.options, s, env.registry.clone(), &env.api_base)?;
         let trusted_proxies = s
@@ -126,15 +120,7 @@ impl State {
     }
 
     fn config_json(&self) -> Value {
-        let cors = self.cors.as_ref().map(|p| {
-            json!({
-                "origin": match &p.origins { cors::Origins::Any => json!("*"), cors::Origins::List(l) => json!(l) },
-                "credentials": p.credentials,
-                "methods": cors::METHODS.split(", ").collect::<Vec<_>>(),
-                "maxAge": cors::MAX_AGE.parse::<u64>().unwrap_or_default(),
-                "preflight": true,
-            })
-        });
+        let cors = self.cors.as_ref().map(cors::Policy::describe);
         json!({
             "rateLimit": self.limits.describe(),
             "cors": cors,
@@ -172,7 +158,7 @@ impl Plugin for Gateway {
         st.stats.requests.fetch_add(1, Ordering::Relaxed);
         let origin = header_str(req, header::ORIGIN).map(str::to_string);
         let internal = st.internal(&ctx.path);
-        if let Some(policy) = &st.cors
+        if let Some(policy) = st.cors.as_ref().filter(|p| p.preflight)
             && !internal
             && ctx.refusal.is_none()
             && req.method() == Method::OPTIONS
