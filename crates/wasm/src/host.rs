@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use marina_apps::outbound::HostPattern;
+use parking_lot::Mutex;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -26,7 +27,66 @@ pub(crate) struct Host {
     pub hooks: Outbound,
     pub limits: Limits,
     /// When the request being served must have finished (checked at every epoch tick).
-    pub deadline: Instant,
+    pub deadline: Arc<Deadline>,
+}
+
+/// The deadline of one request: `timeout` of the guest's own time. Time spent waiting for the
+/// client's request body does not count, as the process kinds' `timeout` starts once the body
+/// is in: a slow upload is bounded by `RUNTIME_BODY_TIMEOUT` (408) instead, and the guest is
+/// not blamed. A wait ends when the body moves or when the guest runs code again (an epoch
+/// tick), so a guest cannot compute on borrowed time while a body read is pending.
+pub(crate) struct Deadline(Mutex<Clock>);
+
+struct Clock {
+    at: Instant,
+    /// Since when the guest waits for a piece of the body that has not arrived.
+    waiting_since: Option<Instant>,
+}
+
+impl Clock {
+    /// Ends a wait for the client: the deadline moves by its length.
+    fn end_wait(&mut self, now: Instant) {
+        if let Some(since) = self.waiting_since.take() {
+            self.at += now.saturating_duration_since(since);
+        }
+    }
+}
+
+impl Deadline {
+    pub fn new(timeout: Duration) -> Arc<Self> {
+        Arc::new(Self(Mutex::new(Clock { at: Instant::now() + timeout, waiting_since: None })))
+    }
+
+    /// The guest runs code (an epoch tick): whether its deadline has passed.
+    pub fn running(&self, now: Instant) -> bool {
+        let mut c = self.0.lock();
+        c.end_wait(now);
+        now >= c.at
+    }
+
+    /// The guest asked for the next piece of the request body and it has not arrived.
+    pub fn client_pending(&self, now: Instant) {
+        self.0.lock().waiting_since.get_or_insert(now);
+    }
+
+    /// A piece of the request body arrived (or its end, or an error).
+    pub fn client_moved(&self, now: Instant) {
+        self.0.lock().end_wait(now);
+    }
+
+    /// For the watchdog of a guest blocked in the host: `None` once the deadline is `grace` past
+    /// (and the guest is not waiting for the client), else how long to sleep before asking again.
+    pub fn overdue(&self, now: Instant, grace: Duration) -> Option<Duration> {
+        let c = self.0.lock();
+        let at = match c.waiting_since {
+            Some(since) => c.at + now.saturating_duration_since(since),
+            None => c.at,
+        } + grace;
+        if c.waiting_since.is_none() && now >= at {
+            return None;
+        }
+        Some(at.saturating_duration_since(now).max(grace))
+    }
 }
 
 impl WasiView for Host {

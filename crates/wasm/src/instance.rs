@@ -24,7 +24,8 @@ use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::{Error as HttpError, WasiHttpCtx, WasiHttpView};
 
 use crate::WasmOptions;
-use crate::host::{DEADLINE_TRAP, Host, Limits, MEMORY_TRAP, Outbound};
+use crate::host::{DEADLINE_TRAP, Deadline, Host, Limits, MEMORY_TRAP, Outbound};
+use crate::output::GuestOutput;
 
 /// An instance kept for the next request (`reuseInstances`).
 struct Warm {
@@ -51,6 +52,8 @@ pub(crate) struct WasmInstance {
     next_task: AtomicU64,
     stopped: AtomicBool,
     exit_tx: watch::Sender<Option<String>>,
+    /// The guest's stdout and stderr, into marina's log.
+    output: GuestOutput,
 }
 
 impl WasmInstance {
@@ -83,24 +86,29 @@ impl WasmInstance {
             next_task: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             exit_tx: watch::Sender::new(None),
+            output: GuestOutput::new(&app.key(), &spec.worker_id),
         }
     }
 
-    fn new_store(&self, exceeded: Arc<AtomicBool>) -> Store<Host> {
-        let wasi = WasiCtxBuilder::new().envs(self.env.as_slice()).inherit_stdout().inherit_stderr().build();
+    fn new_store(&self, exceeded: Arc<AtomicBool>, deadline: Arc<Deadline>) -> Store<Host> {
+        let wasi = WasiCtxBuilder::new()
+            .envs(self.env.as_slice())
+            .stdout(self.output.stdout())
+            .stderr(self.output.stderr())
+            .build();
         let host = Host {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             hooks: Outbound { allowed: self.allowed.clone(), app: self.key.clone() },
             limits: Limits { max: self.max_memory, mine: 0, used: self.used.clone(), exceeded },
-            deadline: Instant::now() + self.timeout,
+            deadline,
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limits);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline {
+            if ctx.data().deadline.running(Instant::now()) {
                 Err(wasmtime::Error::msg(DEADLINE_TRAP))
             } else {
                 Ok(UpdateDeadline::Yield(1))
@@ -117,16 +125,19 @@ impl WasmInstance {
         req: Request<wasmtime_wasi_http::WasiBody>,
         tx: oneshot::Sender<Result<hyper::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>, ErrorCode>>,
         exceeded: Arc<AtomicBool>,
+        deadline: Arc<Deadline>,
     ) -> wasmtime::Result<()> {
         let (mut store, proxy) = match warm {
-            Some(w) => (w.store, w.proxy),
+            Some(mut w) => {
+                w.store.data_mut().deadline = deadline;
+                (w.store, w.proxy)
+            }
             None => {
-                let mut store = self.new_store(exceeded);
+                let mut store = self.new_store(exceeded, deadline);
                 let proxy = self.pre.instantiate_async(&mut store).await?;
                 (store, proxy)
             }
         };
-        store.data_mut().deadline = Instant::now() + self.timeout;
         let req = store.data_mut().http().new_incoming_request(Scheme::Http, req)?;
         let out = store.data_mut().http().new_response_outparam(tx)?;
         proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await?;
@@ -141,8 +152,7 @@ impl WasmInstance {
         let key = &*self.key;
         if exceeded || text.contains(MEMORY_TRAP) {
             let max = self.max_memory.unwrap_or_default();
-            return Error::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
+            return Error::bad_gateway(
                 "WORKER_MEMORY_LIMIT",
                 format!("app '{key}' needed more memory than its maxMemory of {max} bytes; the instance was stopped"),
             )
@@ -172,7 +182,8 @@ impl Instance for WasmInstance {
             }
             let tripped = Arc::new(AtomicBool::new(false));
             let seen = tripped.clone();
-            let body = body.map_err(move |e: BoxError| {
+            let deadline = Deadline::new(self.timeout);
+            let body = ClientWait { inner: body, deadline: deadline.clone() }.map_err(move |e: BoxError| {
                 if e.is::<marina_proxy::BodyTooLarge>() {
                     seen.store(true, Ordering::Release);
                 }
@@ -191,10 +202,14 @@ impl Instance for WasmInstance {
                 let task = tokio::spawn(async move {
                     // The epoch deadline stops a guest that computes; this one stops a guest
                     // waiting on the host (an outgoing request that never answers).
-                    let limit = this.timeout + crate::engine::TICK * 2;
-                    let result = match tokio::time::timeout(limit, this.clone().run(warm, req, tx, exceeded)).await {
-                        Ok(r) => r,
-                        Err(_) => Err(wasmtime::Error::msg(DEADLINE_TRAP)),
+                    let watchdog = async {
+                        while let Some(wait) = deadline.overdue(Instant::now(), crate::engine::TICK * 2) {
+                            tokio::time::sleep(wait).await;
+                        }
+                    };
+                    let result = tokio::select! {
+                        r = this.clone().run(warm, req, tx, exceeded, deadline.clone()) => r,
+                        () = watchdog => Err(wasmtime::Error::msg(DEADLINE_TRAP)),
                     };
                     let mut running = this.running.lock();
                     running.remove(&id);
@@ -255,6 +270,7 @@ impl Instance for WasmInstance {
         for (_, task) in self.running.lock().drain() {
             task.abort();
         }
+        self.output.finish();
         self.exit_tx.send_if_modified(|s| {
             if s.is_none() {
                 *s = Some("stopped".into());
@@ -273,11 +289,49 @@ impl Instance for WasmInstance {
         true
     }
 
+    fn log_lines_dropped(&self) -> u64 {
+        self.output.dropped()
+    }
+
     fn enforces_timeout(&self) -> bool {
         true
     }
 
     fn exit(&self) -> watch::Receiver<Option<String>> {
         self.exit_tx.subscribe()
+    }
+}
+
+/// The request body on its way to the guest: time the guest waits for a piece that has not
+/// arrived is the client's, not counted against `timeout` (see [`Deadline`]).
+struct ClientWait {
+    inner: Body,
+    deadline: Arc<Deadline>,
+}
+
+impl http_body::Body for ClientWait {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        let now = Instant::now();
+        if polled.is_pending() {
+            self.deadline.client_pending(now);
+        } else {
+            self.deadline.client_moved(now);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -6,11 +6,14 @@
 //!   SHA-256 of the file and the engine's compatibility hash, so a restart does not recompile.
 //! - A fresh instance per request by default (the pooling allocator makes that cheap); with
 //!   `reuseInstances: true` an instance serves request after request until it traps.
-//! - Per-request deadline (`timeout`): epoch interruption every [`engine::TICK`]; past the
-//!   deadline the instance traps and the request gets 504. The ticks also make a busy guest
+//! - Per-request deadline (`timeout`, the guest's own time: waiting for a slow upload does not
+//!   count): epoch interruption every [`engine::TICK`]; past the deadline the instance traps
+//!   and the request gets 504. The ticks also make a busy guest
 //!   yield, so a loop never holds a runtime thread.
 //! - `maxMemory` caps each instance's linear memory; an instance that asks for more traps
-//!   (500 `WORKER_MEMORY_LIMIT`) and is dropped.
+//!   (502 `WORKER_MEMORY_LIMIT`, as a process over its limit) and is dropped.
+//! - Guest stdout and stderr go to marina's log as process workers' output does (line cut, rate
+//!   limit, dropped lines counted), never to marina's own stdout.
 //! - No filesystem, no sockets; outgoing HTTP only to `allowedOutboundHosts`; the environment is
 //!   the manifest's `env` (with `.env`) plus `WORKER_ID`, `NODE_ENV`, `RUNTIME_LOG_LEVEL` and
 //!   `RUNTIME_API_URL`.
@@ -22,6 +25,7 @@ pub mod component;
 mod engine;
 mod host;
 mod instance;
+mod output;
 
 use std::path::PathBuf;
 use std::sync::Arc;

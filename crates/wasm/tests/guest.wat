@@ -7,6 +7,9 @@
 ;;   /count      answers how many requests this instance has served (1 unless reused)
 ;;   /out/HOST   sends GET http://HOST/ and answers 200 (got a response), 403 (denied) or 502
 ;;   /slow?ms=N  waits N milliseconds on a host clock (not spinning), then answers "slow done"
+;;   /drain      reads the whole request body, then answers its length (traps if reading fails)
+;;   /print      writes 128 MiB without a newline to stdout and 5,000 lines to stderr, then
+;;               answers "printed"
 ;;   anything else: 200 "hello from wasm"
 (module
   (import "wasi:http/types@0.2.12" "[constructor]fields" (func $fields.new (result i32)))
@@ -34,6 +37,8 @@
   (import "wasi:io/streams@0.2.12" "[resource-drop]input-stream" (func $in.drop (param i32)))
   (import "wasi:cli/environment@0.2.12" "get-environment" (func $env.get (param i32)))
   (import "wasi:clocks/monotonic-clock@0.2.12" "subscribe-duration" (func $clock.after (param i64) (result i32)))
+  (import "wasi:cli/stdout@0.2.12" "get-stdout" (func $stdout.get (result i32)))
+  (import "wasi:cli/stderr@0.2.12" "get-stderr" (func $stderr.get (result i32)))
 
   (memory (export "memory") 1)
   ;; 0..128: results the host writes (retptr); 256..1024: constants; 4096..: the heap.
@@ -42,6 +47,8 @@
   (data (i32.const 288) "no GREETING")
   (data (i32.const 300) "/")
   (data (i32.const 304) "slow done")
+  (data (i32.const 360) "line\n")
+  (data (i32.const 368) "printed")
 
   (global $heap (mut i32) (i32.const 4096))
   (global $served (mut i32) (i32.const 0))
@@ -191,6 +198,52 @@
     (call $pollable.block (call $clock.after (i64.mul (local.get $ms) (i64.const 1000000))))
     (call $respond (local.get $outparam) (i32.const 200) (i32.const 304) (i32.const 9)))
 
+;; Reads the request body to its end and answers how many bytes it had.
+  (func $drain (param $request i32) (param $outparam i32)
+    (local $in i32) (local $n i32) (local $mark i32)
+    (call $request.consume (local.get $request) (i32.const 0))
+    (call $incoming.stream (i32.load (i32.const 4)) (i32.const 0))
+    (local.set $in (i32.load (i32.const 4)))
+    (block $closed
+      (loop $chunk
+        (local.set $mark (global.get $heap))
+        (call $in.read (local.get $in) (i64.const 65536) (i32.const 0))
+        ;; result<list<u8>, stream-error>: tag at 0; ok: length at 8; err: 0 = failed, 1 = closed at 4
+        (if (i32.load8_u (i32.const 0))
+          (then
+            (br_if $closed (i32.load8_u (i32.const 4)))
+            unreachable))
+        (local.set $n (i32.add (local.get $n) (i32.load (i32.const 8))))
+        (global.set $heap (local.get $mark))
+        (br $chunk)))
+    (call $in.drop (local.get $in))
+    (call $count (local.get $outparam) (local.get $n)))
+
+  ;; 128 MiB of "x" on stdout in 4 KiB writes, one newline, then 5,000 short lines on stderr.
+  (func $print (param $outparam i32)
+    (local $out i32) (local $buf i32) (local $i i32)
+    (local.set $buf (call $realloc (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 4096)))
+    (memory.fill (local.get $buf) (i32.const 120) (i32.const 4096))
+    (local.set $out (call $stdout.get))
+    (block $done
+      (loop $more
+        (br_if $done (i32.ge_u (local.get $i) (i32.const 32768)))
+        (call $out.write (local.get $out) (local.get $buf) (i32.const 4096) (i32.const 32))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $more)))
+    (call $out.write (local.get $out) (i32.const 364) (i32.const 1) (i32.const 32))
+    (call $out.drop (local.get $out))
+    (local.set $out (call $stderr.get))
+    (local.set $i (i32.const 0))
+    (block $done
+      (loop $more
+        (br_if $done (i32.ge_u (local.get $i) (i32.const 5000)))
+        (call $out.write (local.get $out) (i32.const 360) (i32.const 5) (i32.const 32))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $more)))
+    (call $out.drop (local.get $out))
+    (call $respond (local.get $outparam) (i32.const 200) (i32.const 368) (i32.const 7)))
+
   (func (export "wasi:http/incoming-handler@0.2.12#handle") (param $request i32) (param $outparam i32)
     (local $path i32) (local $len i32) (local $c i32)
     (global.set $served (i32.add (global.get $served) (i32.const 1)))
@@ -217,6 +270,10 @@
       (then (call $count (local.get $outparam) (global.get $served)) (return)))
     (if (i32.eq (local.get $c) (i32.const 111)) ;; o: /out/HOST
       (then (call $out (local.get $outparam) (i32.add (local.get $path) (i32.const 5)) (i32.sub (local.get $len) (i32.const 5))) (return)))
+    (if (i32.eq (local.get $c) (i32.const 100)) ;; d: /drain
+      (then (call $drain (local.get $request) (local.get $outparam)) (return)))
+    (if (i32.eq (local.get $c) (i32.const 112)) ;; p: /print
+      (then (call $print (local.get $outparam)) (return)))
     (if (i32.eq (local.get $c) (i32.const 115)) ;; s: /slow?ms=N
       (then (call $slow (local.get $outparam) (local.get $path) (local.get $len)) (return)))
     (call $respond (local.get $outparam) (i32.const 200) (i32.const 256) (i32.const 15)))

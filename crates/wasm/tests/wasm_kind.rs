@@ -111,7 +111,7 @@ async fn a_memory_bomb_is_stopped_at_max_memory() {
     let pool = pool(state.path(), |_| {});
     let app = wasm_app(state.path(), "bomb", guest(), |c| c.max_memory = Some(4 * 1024 * 1024));
     let e = get_err(&pool, &app, "/bomb").await;
-    assert_eq!((e.status(), e.code()), (StatusCode::INTERNAL_SERVER_ERROR, "WORKER_MEMORY_LIMIT"));
+    assert_eq!((e.status(), e.code()), (StatusCode::BAD_GATEWAY, "WORKER_MEMORY_LIMIT"));
     assert_eq!(e.data().unwrap()["maxMemoryBytes"], 4 * 1024 * 1024);
     assert_eq!(get(&pool, &app, "/").await.text, "hello from wasm");
     // Without maxMemory the pool's own ceiling (1 GiB) stops it; the guest then traps.

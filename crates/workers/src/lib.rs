@@ -19,5 +19,10 @@ pub mod static_files;
 pub mod static_kind;
 pub mod tokens;
 
+/// A worker's output into marina's log — lines cut at [`output::MAX_LINE`] bytes, a rate
+/// limit per worker, drops counted — for kinds outside this crate (wasm guests) too.
+pub mod output {
+    pub use crate::process::sandbox::output::{LINES_PER_SECOND, LineWriter, MAX_LINE, Output, Tail};
+}
 pub use pool::{AppDatabaseFn, AppDatabasePath, PoolMetrics, PoolOptions, WorkerInfo, WorkerPool};
 pub use tokens::WorkerTokens;

@@ -18,9 +18,9 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The longest line logged as is; longer ones are cut here and marked.
-pub(crate) const MAX_LINE: usize = 16 * 1024;
+pub const MAX_LINE: usize = 16 * 1024;
 /// How many lines a second one worker may log (both streams together) after its burst.
-pub(crate) const LINES_PER_SECOND: u32 = 200;
+pub const LINES_PER_SECOND: u32 = 200;
 /// How many lines a worker may log at once before the rate applies.
 const BURST: u32 = 1000;
 /// Lines kept in the stderr tail.
@@ -30,7 +30,7 @@ pub(crate) const TAIL_LINE_BYTES: usize = 2048;
 
 /// The last lines a worker wrote to stderr, bounded by [`TAIL_LINES`] × [`TAIL_LINE_BYTES`].
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Tail(Arc<Mutex<VecDeque<String>>>);
+pub struct Tail(Arc<Mutex<VecDeque<String>>>);
 
 impl Tail {
     pub fn push(&self, line: &str) {
@@ -60,7 +60,7 @@ fn truncate(s: &str, max: usize) -> &str {
 
 /// What one worker's output goes through: its log tags, rate limit and drop counter.
 #[derive(Clone)]
-pub(crate) struct Output {
+pub struct Output {
     app: Arc<str>,
     worker: Arc<str>,
     limiter: Arc<DefaultDirectRateLimiter>,
@@ -70,6 +70,7 @@ pub(crate) struct Output {
 }
 
 impl Output {
+    /// The output of worker `worker` of app version `app` (the tags of its log lines).
     pub fn new(app: &str, worker: &str) -> Self {
         let quota = Quota::per_second(NonZeroU32::new(LINES_PER_SECOND).expect("nonzero"))
             .allow_burst(NonZeroU32::new(BURST).expect("nonzero"));
@@ -85,49 +86,14 @@ impl Output {
     /// Reads `stream` to its end, logging each line (and keeping stderr's tail when given).
     pub async fn pump(self, mut stream: impl AsyncRead + Unpin, name: &'static str, tail: Option<Tail>) {
         let mut buf = vec![0u8; 8 * 1024];
-        let mut line: Vec<u8> = Vec::with_capacity(256);
-        // Bytes of the current line skipped after the cut; > 0 means "cutting".
-        let mut skipped: u64 = 0;
+        let mut lines = LineWriter::new(self, name, tail);
         loop {
-            let n = match stream.read(&mut buf).await {
+            match stream.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let mut chunk = &buf[..n];
-            while !chunk.is_empty() {
-                let newline = chunk.iter().position(|&b| b == b'\n');
-                let (part, rest, ends) = match newline {
-                    Some(i) => (&chunk[..i], &chunk[i + 1..], true),
-                    None => (chunk, &[][..], false),
-                };
-                chunk = rest;
-                if skipped > 0 {
-                    skipped += part.len() as u64;
-                } else {
-                    let room = MAX_LINE - line.len();
-                    if part.len() > room {
-                        line.extend_from_slice(&part[..room]);
-                        skipped = (part.len() - room) as u64;
-                        self.emit(&line, name, tail.as_ref(), false);
-                        line.clear();
-                    } else {
-                        line.extend_from_slice(part);
-                    }
-                }
-                if ends {
-                    if skipped > 0 {
-                        skipped = 0;
-                    } else {
-                        self.emit(&line, name, tail.as_ref(), true);
-                        line.clear();
-                    }
-                }
+                Ok(n) => lines.write(&buf[..n]),
             }
         }
-        if !line.is_empty() {
-            self.emit(&line, name, tail.as_ref(), true);
-        }
-        self.report_drops(name);
+        lines.finish();
     }
 
     fn emit(&self, bytes: &[u8], name: &'static str, tail: Option<&Tail>, whole: bool) {
@@ -159,6 +125,67 @@ impl Output {
                 "dropped {n} lines of worker output (more than {LINES_PER_SECOND} lines a second)"
             );
         }
+    }
+}
+
+/// One stream of a worker cut into log lines as its bytes come: the state [`Output::pump`]
+/// keeps between reads, usable by a kind whose output is pushed to marina rather than read from
+/// a pipe (a WebAssembly guest's stdout). It holds at most one line ([`MAX_LINE`] bytes).
+pub struct LineWriter {
+    out: Output,
+    name: &'static str,
+    tail: Option<Tail>,
+    line: Vec<u8>,
+    /// Bytes of the current line skipped after the cut; > 0 means "cutting".
+    skipped: u64,
+}
+
+impl LineWriter {
+    /// Lines of stream `name` (`stdout`, `stderr`) through `out`, kept in `tail` when given.
+    pub fn new(out: Output, name: &'static str, tail: Option<Tail>) -> Self {
+        Self { out, name, tail, line: Vec::with_capacity(256), skipped: 0 }
+    }
+
+    /// Logs every line `chunk` completes; a partial line waits for the next write.
+    pub fn write(&mut self, mut chunk: &[u8]) {
+        while !chunk.is_empty() {
+            let newline = chunk.iter().position(|&b| b == b'\n');
+            let (part, rest, ends) = match newline {
+                Some(i) => (&chunk[..i], &chunk[i + 1..], true),
+                None => (chunk, &[][..], false),
+            };
+            chunk = rest;
+            if self.skipped > 0 {
+                self.skipped += part.len() as u64;
+            } else {
+                let room = MAX_LINE - self.line.len();
+                if part.len() > room {
+                    self.line.extend_from_slice(&part[..room]);
+                    self.skipped = (part.len() - room) as u64;
+                    self.out.emit(&self.line, self.name, self.tail.as_ref(), false);
+                    self.line.clear();
+                } else {
+                    self.line.extend_from_slice(part);
+                }
+            }
+            if ends {
+                if self.skipped > 0 {
+                    self.skipped = 0;
+                } else {
+                    self.out.emit(&self.line, self.name, self.tail.as_ref(), true);
+                    self.line.clear();
+                }
+            }
+        }
+    }
+
+    /// The stream ended: logs the partial line left, and how many lines were dropped.
+    pub fn finish(&mut self) {
+        if !self.line.is_empty() {
+            self.out.emit(&self.line, self.name, self.tail.as_ref(), true);
+            self.line.clear();
+        }
+        self.out.report_drops(self.name);
     }
 }
 
