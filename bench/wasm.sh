@@ -12,7 +12,7 @@
 #   (the native binary itself, not the venv's Python launcher; or
 #   `cargo install --locked wasmtime-cli@48.0.8`, marina's exact version, a long release build).
 #   JS_COMPONENT=/path/hello.wasm adds the JavaScript hello component (built by
-#   examples/apps/hello-wasm-js/build.sh) in marina, fresh and reused, and in `wasmtime serve`.
+#   examples/components/hello-wasm-js/build.sh) in marina, fresh and reused, and in `wasmtime serve`.
 # Loopback only; every load run is bounded by DURATION. The servers run one after another in
 # ROUNDS alternating rounds (so drifting background load hits all of them alike); the table
 # gives the best round of each, and the script prints every round.

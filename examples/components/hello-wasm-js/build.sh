@@ -2,7 +2,7 @@
 # Builds hello.wasm from hello.js with componentize-js: a wasi:http/proxy component whose JS
 # engine (StarlingMonkey, a SpiderMonkey build) is inside it.
 #
-# Usage: examples/apps/hello-wasm-js/build.sh [OUT.wasm]
+# Usage: examples/components/hello-wasm-js/build.sh [OUT.wasm]
 #   needs node (20 or later) and npm. componentize-js is installed once from the npm registry
 #   into COMPONENTIZE_JS_DIR (default ~/.cache/marina/componentize-js); the build itself is
 #   offline and takes about 30 s of CPU.
