@@ -399,10 +399,10 @@ mod tests {
 
     #[test]
     fn the_variables_win_over_the_manifest() {
-        let p = configured(json!({ "origin": "https://a.example", "credentials": true, "maxAge": 5 }), &[
-            ("GATEWAY_CORS_ORIGIN", "https://b.example"),
-            ("GATEWAY_CORS_CREDENTIALS", "false"),
-        ])
+        let p = configured(
+            json!({ "origin": "https://a.example", "credentials": true, "maxAge": 5 }),
+            &[("GATEWAY_CORS_ORIGIN", "https://b.example"), ("GATEWAY_CORS_CREDENTIALS", "false")],
+        )
         .unwrap()
         .unwrap();
         assert_eq!(p.origins, Origins::List(vec!["https://b.example".into()]));
