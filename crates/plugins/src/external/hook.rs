@@ -45,15 +45,6 @@ pub struct Hook {
 fn reserved(name: &HeaderName) -> bool {
     const RESERVED: &[&str] = &[
         "host",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
         "content-length",
         "content-encoding",
         "content-type",
@@ -64,7 +55,11 @@ fn reserved(name: &HeaderName) -> bool {
         "x-real-ip",
     ];
     let n = name.as_str();
-    RESERVED.contains(&n) || n.starts_with("x-forwarded-") || n.starts_with("x-original-") || n.starts_with("x-marina-")
+    RESERVED.contains(&n)
+        || marina_proxy::headers::is_hop_by_hop(name)
+        || n.starts_with("x-forwarded-")
+        || n.starts_with("x-original-")
+        || n.starts_with("x-marina-")
 }
 
 fn bad(key: &str, message: String) -> Error {
@@ -288,6 +283,9 @@ mod tests {
             ),
             (json!({"hooks": {"onRequest": "/c", "authResponseHeaders": ["x-base"]}}), "cannot set it"),
             (json!({"hooks": {"onRequest": "/c", "authResponseHeaders": ["content-length"]}}), "cannot set it"),
+            (json!({"hooks": {"onRequest": "/c", "authResponseHeaders": ["Transfer-Encoding"]}}), "cannot set it"),
+            (json!({"hooks": {"onRequest": "/c", "authResponseHeaders": ["upgrade"]}}), "cannot set it"),
+            (json!({"hooks": {"onRequest": "/c", "authResponseHeaders": ["keep-alive"]}}), "cannot set it"),
         ] {
             let err = hook(v.clone()).unwrap_err();
             assert!(err.message().contains(needle), "{v}: {}", err.message());
