@@ -1,7 +1,8 @@
 //! Hostile and careless clients against a real `marina serve` with real workers: connections
-//! that send nothing, too many connections, slow uploads, malformed chunked bodies, clients that
-//! never read their response, and clients that give up (HTTP/2 reset, closed connection). None
-//! of them may hold shared capacity or get a worker blamed, and every request is on record.
+//! that send nothing, too many connections, slow uploads, malformed chunked bodies, workers that
+//! never read a large body, clients that never read their response, and clients that give up
+//! (HTTP/2 reset, closed connection). None of them may hold shared capacity or get a worker
+//! blamed for the client's doing, and every request is on record.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -155,7 +156,8 @@ impl Drop for Marina {
     }
 }
 
-/// A warm JS app: `/pid`, `/count` (reads the whole body), `?ms=` sleeps.
+/// A warm JS app: `/pid`, `/count` (reads the whole body), `/ignore` (neither reads its body
+/// nor answers), `?ms=` sleeps.
 fn app_dir() -> tempfile::TempDir {
     let apps = tempfile::tempdir().unwrap();
     write(&apps.path().join("echo/manifest.yaml"), "entrypoint: index.js\nttl: 60s\ntimeout: 1s\n");
@@ -166,6 +168,7 @@ fn app_dir() -> tempfile::TempDir {
     const url = new URL(req.url);
     if (url.pathname === "/pid") return new Response(String(process.pid));
     if (url.pathname === "/count") return new Response(String((await req.arrayBuffer()).byteLength));
+    if (url.pathname === "/ignore") return new Promise(() => {});
     const ms = Number(url.searchParams.get("ms") || 0);
     if (ms) await new Promise((r) => setTimeout(r, ms));
     return new Response(`slept ${ms}`);
@@ -263,6 +266,106 @@ fn a_slow_upload_gets_408_and_the_worker_keeps_its_pid() {
     let w = m.workers();
     let echo = &w["workers"].as_array().unwrap().iter().find(|w| w["app"] == "echo").unwrap().clone();
     assert_eq!((echo["restarts"].as_u64(), echo["errors"].as_u64()), (Some(0), Some(0)), "not blamed: {echo}");
+}
+
+#[test]
+fn a_slow_upload_within_the_body_timeout_is_served_though_it_outlasts_the_apps_timeout() {
+    let m = Marina::start(app_dir(), &[("RUNTIME_BODY_TIMEOUT", "30s")]);
+    let pid = body(&get(m.port, "/echo/pid")).to_string();
+    // The app's `timeout` is 1 s; 12 bytes one every 250 ms take 3 s, all of it the client's.
+    let mut s = TcpStream::connect(("127.0.0.1", m.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"POST /echo/count HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 12\r\n\r\n").unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let t0 = Instant::now();
+    std::thread::spawn(move || {
+        for _ in 0..12 {
+            if writer.write_all(b"x").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    });
+    let resp = read_all(&mut s);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(body(&resp), "12");
+    assert!(t0.elapsed() > Duration::from_secs(2), "the upload itself took ~3 s: {:?}", t0.elapsed());
+    assert_eq!(body(&get(m.port, "/echo/pid")), pid, "the worker was not replaced");
+    let w = m.workers();
+    let echo = &w["workers"].as_array().unwrap().iter().find(|w| w["app"] == "echo").unwrap().clone();
+    assert_eq!((echo["restarts"].as_u64(), echo["errors"].as_u64()), (Some(0), Some(0)), "not blamed: {echo}");
+}
+
+/// The echo app, and a process app whose POST handler neither reads its body nor answers; both
+/// take bodies up to 100 MiB, so a large one streams to them rather than being refused.
+fn never_reading_apps() -> tempfile::TempDir {
+    let apps = app_dir();
+    write(&apps.path().join("echo/manifest.yaml"), "entrypoint: index.js\nttl: 60s\ntimeout: 1s\nmaxBodySize: 100mb\n");
+    write(
+        &apps.path().join("py/manifest.yaml"),
+        "command: [\"python3\", \"app.py\"]\nttl: 60s\ntimeout: 1s\nmaxBodySize: 100mb\n",
+    );
+    write(
+        &apps.path().join("py/app.py"),
+        r#"import os, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = str(os.getpid()).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_POST(self):
+        time.sleep(3600)
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#,
+    );
+    apps
+}
+
+#[test]
+fn a_worker_that_never_reads_a_large_body_gets_504_and_is_replaced() {
+    let m = Marina::start(never_reading_apps(), &[("RUNTIME_BODY_TIMEOUT", "60s")]);
+    // Far more than the sockets and buffers between the client and the worker hold: the body
+    // waits on the worker, which never takes it.
+    let len = 90 << 20;
+    for app in ["echo", "py"] {
+        let pid = body(&get(m.port, &format!("/{app}/pid"))).to_string();
+        assert!(pid.parse::<u32>().is_ok(), "{app}: {pid}");
+        let mut s = TcpStream::connect(("127.0.0.1", m.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let head = format!("POST /{app}/ignore HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        let mut writer = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let chunk = vec![b'x'; 64 << 10];
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                if writer.write_all(&chunk[..n]).is_err() {
+                    return;
+                }
+                left -= n;
+            }
+        });
+        let t0 = Instant::now();
+        let resp = read_all(&mut s);
+        assert!(resp.starts_with("HTTP/1.1 504"), "{app}: {resp:.300}");
+        assert!(resp.contains("\"code\":\"WORKER_TIMEOUT\""), "{app}: {resp:.300}");
+        assert!(t0.elapsed() < Duration::from_secs(20), "{app}: answered by the app's 1 s timeout: {:?}", t0.elapsed());
+        let mut fresh = String::new();
+        assert!(
+            eventually(Duration::from_secs(20), || {
+                fresh = body(&get(m.port, &format!("/{app}/pid"))).to_string();
+                fresh.parse::<u32>().is_ok()
+            }),
+            "{app}: served again: {fresh}"
+        );
+        assert_ne!(fresh, pid, "{app}: the hung worker was replaced");
+    }
 }
 
 #[test]

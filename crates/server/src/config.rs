@@ -76,7 +76,7 @@ pub struct RuntimeConfig {
     pub max_connections: usize,
     /// `RUNTIME_HEADER_TIMEOUT`: time to a request's headers, from connecting or the previous request.
     pub header_timeout: Duration,
-    /// `RUNTIME_BODY_TIMEOUT`: time to a request's whole body, on its way to a worker.
+    /// `RUNTIME_BODY_TIMEOUT`: the time a worker may wait on the client for a request's body.
     pub body_timeout: Duration,
     /// `RUNTIME_SEND_TIMEOUT`: how long a response may wait for the client to read on.
     pub send_timeout: Duration,

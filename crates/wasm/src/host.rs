@@ -31,8 +31,7 @@ pub(crate) struct Host {
 }
 
 /// The deadline of one request: `timeout` of the guest's own time. Time spent waiting for the
-/// client's request body does not count, as the process kinds' `timeout` starts once the body
-/// is in: a slow upload is bounded by `RUNTIME_BODY_TIMEOUT` (408) instead, and the guest is
+/// client's request body does not count, as for the process kinds: a slow upload is bounded by `RUNTIME_BODY_TIMEOUT` (408) instead, and the guest is
 /// not blamed. A wait ends when the body moves or when the guest runs code again (an epoch
 /// tick), so a guest cannot compute on borrowed time while a body read is pending.
 pub(crate) struct Deadline(Mutex<Clock>);

@@ -84,20 +84,20 @@ impl Inner {
             return Err(Error::internal(format!("worker {} of app '{}' is not ready", worker.id, worker.key)));
         };
         let started = Instant::now();
-        // The worker's `timeout` is the worker's time: it starts once the client has sent the
-        // whole body (a slow upload is the client's business, bounded by RUNTIME_BODY_TIMEOUT).
-        // A kind that enforces `timeout` itself (wasm: the instance's deadline, which stops
-        // just that call) is not timed here.
+        // The worker's `timeout` is the worker's time: all of it but the waits for a piece of
+        // the body the client has not sent (a slow upload is the client's business, bounded by
+        // RUNTIME_BODY_TIMEOUT), so a worker that never reads a large body is timed out like a
+        // hung one. A kind that enforces `timeout` itself (wasm: the instance's deadline, which
+        // stops just that call) is not timed here.
         let own_deadline = instance.enforces_timeout();
         let call = instance.call(req);
-        tokio::pin!(call);
         let outcome = if own_deadline {
-            Ok((&mut call).await)
+            Ok(call.await)
         } else {
             tokio::select! {
                 biased;
-                result = &mut call => Ok(result),
-                () = upload.finished() => tokio::time::timeout(app.config.timeout, &mut call).await,
+                result = call => Ok(result),
+                () = upload.worker_timeout(started.into(), app.config.timeout) => Err(()),
             }
         };
         if outcome.as_ref().is_ok_and(|r| r.is_err())

@@ -90,8 +90,8 @@ pub struct PoolOptions {
     pub tokens: Option<crate::tokens::WorkerTokens>,
     /// Worker user, uid range, cgroups (see [`crate::process::sandbox`], docs/security.md).
     pub sandbox: SandboxOptions,
-    /// `RUNTIME_BODY_TIMEOUT`: how long a client may take to send a request body to a worker
-    /// (zero: no limit). The worker's `timeout` starts once the whole body is in.
+    /// `RUNTIME_BODY_TIMEOUT`: how long a worker may wait, in all, for pieces of a request body
+    /// the client has not sent (zero: no limit). The worker's `timeout` counts the rest.
     pub body_timeout: Duration,
 }
 
