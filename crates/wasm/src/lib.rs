@@ -33,6 +33,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use marina_core::Error;
 use marina_workers::backend::{Backend, Instance, StartSpec};
+use tokio::sync::OnceCell;
 
 /// Settings of the wasm kind.
 #[derive(Debug, Clone)]
@@ -47,29 +48,46 @@ pub struct WasmOptions {
     pub runtime_api_url: String,
 }
 
-/// Starts `wasm` workers. One per process: it owns the wasmtime engine.
+/// Starts `wasm` workers. One per process: it owns the wasmtime engine, which is built on the
+/// first start of a wasm app, so a marina that serves none pays nothing for it (start-up time,
+/// the pooling allocator's reservation, the epoch thread).
 pub struct WasmBackend {
-    runtime: Arc<engine::Runtime>,
+    runtime: Arc<OnceCell<Arc<engine::Runtime>>>,
     opts: WasmOptions,
 }
 
 impl WasmBackend {
-    /// Creates the engine (pooling allocator, epoch interruption), the linker with WASI 0.2 and
-    /// `wasi:http`, and the cache directory; starts the epoch ticker thread.
+    /// The backend; the engine comes with the first wasm app started.
     ///
     /// # Errors
-    /// The cache directory cannot be created, or wasmtime refuses the configuration.
+    /// None today; the engine's own failures (the cache directory cannot be created, wasmtime
+    /// refuses the configuration) fail that first start instead.
     pub fn new(opts: WasmOptions) -> Result<Self, Error> {
-        let runtime = engine::Runtime::new(&opts.state_dir.join("wasm-cache"))?;
-        Ok(Self { runtime: Arc::new(runtime), opts })
+        Ok(Self { runtime: Arc::default(), opts })
     }
 }
 
 impl Backend for WasmBackend {
     fn start(&self, spec: StartSpec) -> BoxFuture<'static, Result<Arc<dyn Instance>, Error>> {
-        let runtime = self.runtime.clone();
+        let cell = self.runtime.clone();
         let opts = self.opts.clone();
         Box::pin(async move {
+            // Built once, off the async threads (it maps the pooling allocator's slots): the
+            // engine, epoch interruption, the linker with WASI 0.2 and `wasi:http`, the cache
+            // directory and the epoch ticker thread.
+            let runtime = cell
+                .get_or_try_init(|| {
+                    let cache = opts.state_dir.join("wasm-cache");
+                    async move {
+                        match tokio::task::spawn_blocking(move || engine::Runtime::new(&cache)).await {
+                            Ok(built) => built.map(Arc::new).map_err(|e| e.message().to_string()),
+                            Err(e) => Err(format!("the wasm engine task failed: {e}")),
+                        }
+                    }
+                })
+                .await
+                .map_err(|reason| start_failed(&spec, reason))?
+                .clone();
             let pre = runtime.load(&spec.app).await.map_err(|reason| start_failed(&spec, reason))?;
             let instance = instance::WasmInstance::new(runtime.engine().clone(), pre, &spec, &opts);
             Ok(Arc::new(instance) as Arc<dyn Instance>)
