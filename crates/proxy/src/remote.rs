@@ -11,7 +11,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -72,7 +72,13 @@ impl Default for RemoteConfig {
 
 /// The client for remote upstreams. Cheap to share (`Arc`); one per process is the intent.
 pub struct Remote {
-    verified: Client<Connector, Body>,
+    /// Built on the first rule that verifies certificates: loading the system's roots reads
+    /// some 150 files, which a marina without such a rule should not pay for at start-up.
+    verified: OnceLock<Client<Connector, Body>>,
+    /// The verifying TLS configuration, up to its roots.
+    verified_tls: rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>,
+    /// The configured extra roots (checked by [`Remote::new`]); the system's join them.
+    extra_roots: rustls::RootCertStore,
     insecure: Client<Connector, Body>,
     config: RemoteConfig,
 }
@@ -84,46 +90,37 @@ impl std::fmt::Debug for Remote {
 }
 
 impl Remote {
-    /// Builds both clients. Fails only when the TLS configuration cannot be built.
+    /// Builds the clients (the verifying one on first use). Fails only when the TLS
+    /// configuration cannot be built.
     pub fn new(config: RemoteConfig) -> Result<Self, Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        let mut extra_roots = rustls::RootCertStore::empty();
         for cert in &config.extra_roots {
-            roots
+            extra_roots
                 .add(cert.clone())
                 .map_err(|e| Error::internal(format!("cannot trust the configured proxy CA certificate: {e}")))?;
         }
-        let tls_error = |e: rustls::Error| Error::internal(format!("cannot build the proxy TLS configuration: {e}"));
-        let verified_tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(tls_error)?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let insecure_tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(tls_error)?
+            .map_err(|e| Error::internal(format!("cannot build the proxy TLS configuration: {e}")))?;
+        let insecure_tls = tls
+            .clone()
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
             .with_no_client_auth();
-        let build = |tls: rustls::ClientConfig| {
-            let policy = Arc::new(config.policy.clone());
-            let mut http = HttpConnector::new_with_resolver(PolicyResolver(policy.clone()));
-            http.enforce_http(false);
-            http.set_nodelay(true);
-            http.set_connect_timeout(Some(config.connect_timeout));
-            let connector = HttpsConnectorBuilder::new()
-                .with_tls_config(tls)
-                .https_or_http()
-                .enable_http1()
-                .wrap_connector(LoopGuard { http, policy });
-            Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(config.pool_idle_timeout)
-                .pool_max_idle_per_host(config.max_idle_per_host)
-                .build(connector)
-        };
-        Ok(Self { verified: build(verified_tls), insecure: build(insecure_tls), config })
+        let insecure = client(&config, insecure_tls);
+        Ok(Self { verified: OnceLock::new(), verified_tls: tls, extra_roots, insecure, config })
+    }
+
+    /// The client that verifies upstream certificates against the system's roots and the
+    /// configured ones.
+    fn verified(&self) -> &Client<Connector, Body> {
+        self.verified.get_or_init(|| {
+            let mut roots = self.extra_roots.clone();
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            let tls = self.verified_tls.clone().with_root_certificates(roots).with_no_client_auth();
+            client(&self.config, tls)
+        })
     }
 
     /// The configuration it was built with.
@@ -175,7 +172,7 @@ impl Remote {
         }
         let head = req.method() == http::Method::HEAD;
         let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let http = if rule.secure() { &self.verified } else { &self.insecure };
+        let http = if rule.secure() { self.verified() } else { &self.insecure };
         let sent = tokio::time::timeout(self.config.response_timeout, http.request(req)).await;
         let mut resp = match sent {
             Ok(Ok(resp)) => resp,
@@ -269,6 +266,25 @@ impl Remote {
         )
         .with_data(data)
     }
+}
+
+/// A pooled client over `tls`, every connection checked against the policy.
+fn client(config: &RemoteConfig, tls: rustls::ClientConfig) -> Client<Connector, Body> {
+    let policy = Arc::new(config.policy.clone());
+    let mut http = HttpConnector::new_with_resolver(PolicyResolver(policy.clone()));
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.connect_timeout));
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(LoopGuard { http, policy });
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(config.pool_idle_timeout)
+        .pool_max_idle_per_host(config.max_idle_per_host)
+        .build(connector)
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
