@@ -68,12 +68,11 @@ export default { fetch: () => new Response("hello from a wasm component\n", { he
 JS
 printf 'ttl: 0\n' > "$WORK/apps/js-eph/manifest.yaml"
 if [ -n "$JS_COMPONENT" ]; then
-  for app in jsc-fresh jsc-reuse; do
-    mkdir -p "$WORK/apps/$app"
-    cp "$JS_COMPONENT" "$WORK/apps/$app/hello.wasm"
-  done
+  # Fresh instances only: a componentize-js component answers one request per instance (it
+  # throws on a second one), so `reuseInstances` does not apply to it (docs/workers.md).
+  mkdir -p "$WORK/apps/jsc-fresh"
+  cp "$JS_COMPONENT" "$WORK/apps/jsc-fresh/hello.wasm"
   printf 'entrypoint: hello.wasm\nttl: 5m\nmaxRequests: 100000000\n' > "$WORK/apps/jsc-fresh/manifest.yaml"
-  printf 'entrypoint: hello.wasm\nttl: 5m\nmaxRequests: 100000000\nreuseInstances: true\n' > "$WORK/apps/jsc-reuse/manifest.yaml"
 fi
 
 RUNTIME_JS="$JS" RUNTIME_LOG_LEVEL=warn "$BIN" serve --port "$MARINA_PORT" --worker-dirs "$WORK/apps" \
@@ -102,7 +101,7 @@ for url in "$M/fresh/" "$M/reuse/" "$M/eph/" "$M/js-eph/" "$W"; do check "$url";
 JS_BODY="hello from a javascript component"$'\n'
 WJ="http://127.0.0.1:$WASMTIME_JS_PORT/"
 # The JS component's first request compiles 13 MB of wasm: up to a minute or two here.
-[ -n "$JS_COMPONENT" ] && for url in "$M/jsc-fresh/" "$M/jsc-reuse/" "$WJ"; do check "$url" "$JS_BODY"; done
+[ -n "$JS_COMPONENT" ] && for url in "$M/jsc-fresh/" "$WJ"; do check "$url" "$JS_BODY"; done
 
 # Prints "requests/s p50 p99" for one wrk run; fails when any answer was not 2xx or a socket
 # error happened, and checks the body once more after the run.
@@ -120,13 +119,12 @@ ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 
 for url in "$M/fresh/" "$M/reuse/" "$W"; do rps "$CONNS" "$url" >/dev/null; done   # warm-up
 names="fresh reuse wasmtime fresh1 reuse1 wasmtime1 eph js-eph"
-[ -n "$JS_COMPONENT" ] && names="$names jsc-fresh jsc-reuse jsc-wasmtime"
+[ -n "$JS_COMPONENT" ] && names="$names jsc-fresh jsc-wasmtime"
 declare -A all
 for round in $(seq "$ROUNDS"); do
   for name in $names; do
     case $name in
       jsc-fresh) r="$(rps "$CONNS" "$M/jsc-fresh/" "$JS_BODY")" ;;
-      jsc-reuse) r="$(rps "$CONNS" "$M/jsc-reuse/" "$JS_BODY")" ;;
       jsc-wasmtime) r="$(rps "$CONNS" "$WJ" "$JS_BODY")" ;;
       fresh) r="$(rps "$CONNS" "$M/fresh/")" ;;
       reuse) r="$(rps "$CONNS" "$M/reuse/")" ;;
@@ -172,7 +170,6 @@ per_us() { python3 -c "print(f'{(1/$1 - 1/$2) * 1e6:.1f}')"; }
   echo "ttl: 0 wasm / ttl: 0 JS: $(ratio "$e" "$j")"
   if [ -n "$JS_COMPONENT" ]; then
     read -r a a50 a99 <<<"$(pick jsc-fresh)"
-    read -r b b50 b99 <<<"$(pick jsc-reuse)"
     read -r c c50 c99 <<<"$(pick jsc-wasmtime)"
     echo
     echo "JavaScript hello component ($(stat -c %s "$JS_COMPONENT") bytes, componentize-js), $CONNS connections:"
@@ -180,7 +177,6 @@ per_us() { python3 -c "print(f'{(1/$1 - 1/$2) * 1e6:.1f}')"; }
     echo "| server | req/s (p50 / p99) | vs wasmtime serve |"
     echo "|---|---|---|"
     echo "| marina, fresh instance per request | $a ($a50 / $a99) | $(ratio "$a" "$c") |"
-    echo "| marina, \`reuseInstances: true\` | $b ($b50 / $b99) | $(ratio "$b" "$c") |"
     echo "| \`wasmtime serve\` | $c ($c50 / $c99) | 1.00 |"
   fi
 } | tee /dev/stderr > "${OUT:-/dev/null}"

@@ -139,8 +139,45 @@ impl WasmInstance {
             }
         };
         let req = store.data_mut().http().new_incoming_request(Scheme::Http, req)?;
-        let out = store.data_mut().http().new_response_outparam(tx)?;
-        proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await?;
+        // The guest gets its own outparam, relayed to `tx` the moment it answers (the body may
+        // stream after that, while `handle` still runs). If `handle` returns without having
+        // answered, the guest may still hold the outparam (componentize-js keeps it in its
+        // event object); with the store kept for reuse it would never be dropped, and the
+        // caller would wait for an answer for ever.
+        let (guest_tx, mut guest_rx) = oneshot::channel();
+        let out = store.data_mut().http().new_response_outparam(guest_tx)?;
+        let mut tx = Some(tx);
+        {
+            let call = proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out);
+            tokio::pin!(call);
+            loop {
+                tokio::select! {
+                    done = &mut call => {
+                        done?;
+                        break;
+                    }
+                    answer = &mut guest_rx, if tx.is_some() => {
+                        // An error: the guest dropped its outparam unanswered; the caller
+                        // learns it when `tx` goes.
+                        let tx = tx.take();
+                        if let (Ok(answer), Some(tx)) = (answer, tx) {
+                            let _ = tx.send(answer);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(tx) = tx {
+            match guest_rx.try_recv() {
+                Ok(answer) => {
+                    let _ = tx.send(answer);
+                }
+                // `handle` returned without answering: the instance is in a state nobody
+                // knows (componentize-js guests answer one request per instance and throw on
+                // the next), so it is not kept; dropping `tx` answers the caller.
+                Err(_) => return Ok(()),
+            }
+        }
         if self.reuse && !self.stopped.load(Ordering::Acquire) {
             self.warm.lock().push(Warm { store, proxy });
         }

@@ -10,6 +10,8 @@
 ;;   /drain      reads the whole request body, then answers its length (traps if reading fails)
 ;;   /print      writes 128 MiB without a newline to stdout and 5,000 lines to stderr, then
 ;;               answers "printed"
+;;   /nothing    returns without answering, keeping its response-outparam (as a
+;;               componentize-js guest does when it throws on a reused instance)
 ;;   anything else: 200 "hello from wasm"
 (module
   (import "wasi:http/types@0.2.12" "[constructor]fields" (func $fields.new (result i32)))
@@ -274,6 +276,8 @@
       (then (call $drain (local.get $request) (local.get $outparam)) (return)))
     (if (i32.eq (local.get $c) (i32.const 112)) ;; p: /print
       (then (call $print (local.get $outparam)) (return)))
+    (if (i32.eq (local.get $c) (i32.const 110)) ;; n: /nothing
+      (then (return)))
     (if (i32.eq (local.get $c) (i32.const 115)) ;; s: /slow?ms=N
       (then (call $slow (local.get $outparam) (local.get $path) (local.get $len)) (return)))
     (call $respond (local.get $outparam) (i32.const 200) (i32.const 256) (i32.const 15)))

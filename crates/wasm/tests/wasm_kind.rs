@@ -188,6 +188,31 @@ async fn a_fresh_instance_per_request_unless_reuse_is_asked() {
     pool.shutdown(Duration::from_secs(2)).await;
 }
 
+/// A guest whose `handle` returns without answering and keeps its response-outparam (what a
+/// componentize-js component does on its second request: it throws "respondWith can't be
+/// called twice"). With reuse, the kept store used to keep the outparam alive and the caller
+/// waited for ever, past `timeout`; now the request fails at once and the instance is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_returns_without_answering_fails_fast_fresh_or_reused() {
+    let state = tempfile::tempdir().unwrap();
+    let pool = pool(state.path(), |_| {});
+    let fresh = wasm_app(state.path(), "fresh", guest(), |_| {});
+    let reused = wasm_app(state.path(), "reused", guest(), |c| c.reuse_instances = true);
+    for app in [&fresh, &reused] {
+        for _ in 0..3 {
+            let e = tokio::time::timeout(Duration::from_secs(20), get_err(&pool, app, "/nothing"))
+                .await
+                .unwrap_or_else(|_| panic!("{}: /nothing hung instead of failing", app.key()));
+            assert_eq!((e.status(), e.code()), (StatusCode::INTERNAL_SERVER_ERROR, "WORKER_TRAPPED"), "{e:?}");
+            assert!(e.to_string().contains("without setting a response"), "{e}");
+            // And the app goes on serving.
+            let n = get(&pool, app, "/count").await.text;
+            assert!(n.parse::<u32>().is_ok(), "{}: {n}", app.key());
+        }
+    }
+    pool.shutdown(Duration::from_secs(2)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bundled_example_builds_and_answers() {
     let wat = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/apps/hello-wasm/hello.wat"))
