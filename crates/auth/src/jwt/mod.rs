@@ -312,6 +312,10 @@ fn map_error(e: &jsonwebtoken::errors::Error) -> Error {
     }
 }
 
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,8 +339,4 @@ mod tests {
         let (alg, kid) = read_header(&format!("{}.e30.x", b64(&json!({"alg": "RS256", "kid": "k1"})))).unwrap();
         assert_eq!((alg, kid.as_deref()), (Algorithm::RS256, Some("k1")));
     }
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
