@@ -4,35 +4,15 @@
 //! (HTTP/2 reset, closed connection). None of them may hold shared capacity or get a worker
 //! blamed for the client's doing, and every request is on record.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_marina");
-
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Polls `check` every 20 ms until it holds or `limit` passes.
-fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    check()
-}
+use common::*;
 
 /// Sends raw bytes, then reads whatever comes back until EOF, an error or `timeout`.
 fn exchange(port: u16, request: &[u8], timeout: Duration) -> String {
@@ -95,24 +75,10 @@ struct Marina {
 
 impl Marina {
     fn start(apps: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
-        // Workers run as another user when marina is root: they must be able to enter it.
-        std::fs::set_permissions(apps.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        open_to_workers(apps.path());
         let state = tempfile::tempdir().unwrap();
         let port = free_port();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .env("PORT", port.to_string())
-            .env("RUNTIME_WORKER_DIRS", apps.path())
-            .env("RUNTIME_STATE_DIR", state.path())
-            .env_remove("DATABASE_URL")
-            .env_remove("NODE_ENV")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
+        let mut child = serve_command(apps.path(), state.path(), port, env).spawn().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let lines = log.clone();
         let stderr = child.stderr.take().unwrap();
@@ -668,20 +634,16 @@ fn a_closed_connection_and_an_http2_reset_are_logged_499_and_counted() {
     assert!(requests["total"].as_u64() > requests["clientClosed"].as_u64(), "{requests}");
 }
 
-fn in_flight(port: u16) -> u64 {
-    let v: serde_json::Value = serde_json::from_str(body(&get(port, "/api/workers"))).unwrap_or_default();
-    v["workers"].as_array().map(|ws| ws.iter().filter_map(|w| w["inFlight"].as_u64()).sum()).unwrap_or(0)
-}
-
 #[test]
 fn out_of_file_descriptors_accept_backs_off_logs_once_a_second_and_recovers() {
     let apps = tempfile::tempdir().unwrap();
     write(&apps.path().join("site/index.html"), "<html><body>hi</body></html>");
-    std::fs::set_permissions(apps.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    open_to_workers(apps.path());
     let state = tempfile::tempdir().unwrap();
     let port = free_port();
     // A hard limit of 64 open files: marina cannot raise it, so enough clients exhaust it.
-    let mut child = Command::new("sh")
+    // (`sh` runs marina here, so the environment is set as `serve_command` does.)
+    let mut child = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!("ulimit -n 64 && exec {BIN} serve"))
         .env("PORT", port.to_string())
@@ -690,8 +652,8 @@ fn out_of_file_descriptors_accept_backs_off_logs_once_a_second_and_recovers() {
         .env_remove("DATABASE_URL")
         .env_remove("NODE_ENV")
         .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let log = Arc::new(Mutex::new(Vec::<String>::new()));

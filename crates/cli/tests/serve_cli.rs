@@ -1,30 +1,19 @@
 //! `marina serve` and `marina check` as a user runs them: the real binary, real signals,
 //! real HTTP over loopback.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_marina");
-
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use common::*;
 
 /// A raw HTTP/1.1 GET; returns the status line and body.
 fn http_get(port: u16, path: &str, timeout: Duration) -> std::io::Result<(String, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(timeout))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
+    let text = http_get_raw(port, path, timeout)?;
     let status = text.lines().next().unwrap_or_default().to_string();
     let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
     Ok((status, body))
@@ -44,20 +33,7 @@ fn wait_ready(port: u16) {
 }
 
 fn serve(apps: &Path, state: &Path, port: u16, extra_env: &[(&str, &str)]) -> Child {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve")
-        .env("PORT", port.to_string())
-        .env("RUNTIME_WORKER_DIRS", apps)
-        .env("RUNTIME_STATE_DIR", state)
-        .env_remove("DATABASE_URL")
-        .env_remove("NODE_ENV")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().unwrap()
+    serve_command(apps, state, port, extra_env).spawn().unwrap()
 }
 
 fn sigterm(child: &Child) {
@@ -111,8 +87,7 @@ fn bad_configuration_exits_2_naming_the_variable() {
 #[test]
 fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
     let apps = tempfile::tempdir().unwrap();
-    // Workers run as another user when marina is root: they must be able to enter it.
-    std::fs::set_permissions(apps.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    open_to_workers(apps.path());
     let state = tempfile::tempdir().unwrap();
     write(&apps.path().join("slow/manifest.yaml"), "command: [\"python3\", \"app.py\"]\nttl: 60s\n");
     write(
@@ -155,8 +130,7 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
 #[test]
 fn production_logs_are_json_with_one_access_line_per_request() {
     let apps = tempfile::tempdir().unwrap();
-    // Workers run as another user when marina is root: they must be able to enter it.
-    std::fs::set_permissions(apps.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    open_to_workers(apps.path());
     let state = tempfile::tempdir().unwrap();
     write(&apps.path().join("site/index.html"), "<html><body>hi</body></html>");
     let port = free_port();
@@ -192,8 +166,7 @@ fn production_logs_are_json_with_one_access_line_per_request() {
 #[test]
 fn check_prints_manifest_errors_and_exits_1() {
     let apps = tempfile::tempdir().unwrap();
-    // Workers run as another user when marina is root: they must be able to enter it.
-    std::fs::set_permissions(apps.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    open_to_workers(apps.path());
     write(&apps.path().join("good/index.html"), "<html></html>");
     write(&apps.path().join("bad/index.html"), "<html></html>");
     write(&apps.path().join("bad/manifest.yaml"), "ttl: 5x\ntimeout: 0\n");
@@ -206,28 +179,6 @@ fn check_prints_manifest_errors_and_exits_1() {
 
     let out = Command::new(BIN).arg("check").arg(apps.path().join("good")).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
-}
-
-/// A raw HTTP/1.1 GET; returns the whole response (status line, headers, body).
-fn http_get_raw(port: u16, path: &str, timeout: Duration) -> std::io::Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(timeout))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    Ok(text)
-}
-
-/// Polls `check` every 20 ms until it holds or `limit` passes.
-fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    check()
 }
 
 /// A JS app that sleeps `?ms=` before answering and notes `onTerminate` in its data dir
@@ -251,16 +202,10 @@ export default {
     );
 }
 
-fn in_flight(port: u16) -> u64 {
-    let Ok((_, body)) = http_get(port, "/api/workers", Duration::from_secs(2)) else { return 0 };
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    v["workers"].as_array().map(|ws| ws.iter().filter_map(|w| w["inFlight"].as_u64()).sum()).unwrap_or(0)
-}
-
 #[test]
 fn sigterm_flips_readiness_then_serves_through_the_delay_and_runs_on_terminate() {
     let apps = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(apps.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    open_to_workers(apps.path());
     let state = tempfile::tempdir().unwrap();
     napper_app(apps.path());
     let port = free_port();
@@ -304,7 +249,7 @@ fn sigterm_flips_readiness_then_serves_through_the_delay_and_runs_on_terminate()
 #[test]
 fn the_shutdown_timeout_bounds_the_exit_and_cut_requests_get_503_shutting_down() {
     let apps = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(apps.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    open_to_workers(apps.path());
     let state = tempfile::tempdir().unwrap();
     napper_app(apps.path());
     let port = free_port();
@@ -401,7 +346,7 @@ fn h2_connection_watch(port: u16) -> std::sync::mpsc::Receiver<Result<(), String
 #[test]
 fn sigterm_under_load_with_a_2s_timeout_fails_no_request_that_finishes_in_time() {
     let apps = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(apps.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    open_to_workers(apps.path());
     let state = tempfile::tempdir().unwrap();
     napper_app(apps.path());
     let port = free_port();
@@ -446,7 +391,7 @@ fn sigterm_under_load_with_a_2s_timeout_fails_no_request_that_finishes_in_time()
 #[test]
 fn access_lines_show_while_serving_and_none_is_lost_at_exit() {
     let apps = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(apps.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    open_to_workers(apps.path());
     let state = tempfile::tempdir().unwrap();
     write(&apps.path().join("site/index.html"), "<html><body>hi</body></html>");
     let port = free_port();
