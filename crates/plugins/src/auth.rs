@@ -20,7 +20,7 @@ use marina_auth::{Auth, Destination, IdentityKind};
 use marina_core::{Body, Error};
 use percent_encoding::percent_decode_str;
 
-use crate::{Identity, Outcome, Plugin, PluginSpec, RequestContext};
+use crate::{Identity, Outcome, Phases, Plugin, PluginSpec, RequestContext};
 
 /// The name the plugin is listed under.
 pub const NAME: &str = "@marina/auth";
@@ -50,6 +50,10 @@ impl AuthPlugin {
 
 #[async_trait]
 impl Plugin for AuthPlugin {
+    fn phases(&self) -> Phases {
+        Phases { early_request: true, ..Phases::NONE }
+    }
+
     async fn early_request(&self, req: &mut Request<Body>, ctx: &mut RequestContext) -> Result<Outcome, Error> {
         let path = req.uri().path().to_string();
         let authority = req

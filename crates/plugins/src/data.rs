@@ -20,7 +20,7 @@ use marina_core::{Body, Error};
 use marina_data::{Access, Database, Keyval};
 
 use crate::context::RequestContext;
-use crate::plugin::{Plugin, PluginEnv, PluginSpec};
+use crate::plugin::{Phases, Plugin, PluginEnv, PluginSpec};
 
 /// The keyval plugin's manifest name.
 pub const KEYVAL: &str = "@buntime/plugin-keyval";
@@ -68,6 +68,10 @@ impl KeyvalPlugin {
 
 #[crate::async_trait]
 impl Plugin for KeyvalPlugin {
+    fn phases(&self) -> Phases {
+        Phases::NONE
+    }
+
     async fn init(&self, env: &PluginEnv) -> Result<(), Error> {
         let limits = marina_data::keyval::limits::limits_from_options(&self.spec.options)?;
         let kv = marina_store::kv::Kv::open(env.store.clone(), limits).await?;
@@ -105,6 +109,10 @@ impl DatabasePlugin {
 
 #[crate::async_trait]
 impl Plugin for DatabasePlugin {
+    fn phases(&self) -> Phases {
+        Phases::NONE
+    }
+
     async fn init(&self, env: &PluginEnv) -> Result<(), Error> {
         let db = Database::new(access(env), env.store.clone(), env.database_url.clone(), env.state_dir.clone());
         let _ = self.service.set(db);

@@ -36,7 +36,7 @@ pub mod set;
 
 pub use context::{Identity, RequestContext};
 pub use loader::{Catalog, canonical};
-pub use plugin::{DEFAULT_HOOK_TIMEOUT, Factory, Outcome, Plugin, PluginEnv, PluginSpec};
+pub use plugin::{DEFAULT_HOOK_TIMEOUT, Factory, Outcome, Phases, Plugin, PluginEnv, PluginSpec};
 pub use set::{Loaded, PluginSet};
 
 /// Re-exported so plugins implement [`Plugin`] with the same macro version.

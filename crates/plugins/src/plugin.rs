@@ -49,6 +49,14 @@ pub trait Plugin: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Which per-request hooks this plugin implements. The pipeline calls only these, so a hook
+    /// a plugin does not list costs its requests nothing (no call, no timer). The default lists
+    /// all three: a plugin that overrides a hook is called without having to say so. Asked once,
+    /// when the plugin set is built.
+    fn phases(&self) -> Phases {
+        Phases::ALL
+    }
+
     /// Admission, the first phase of every request (Pingora's `early_request_filter`): every
     /// plugin's `early_request` runs, in load order, before any plugin's `on_request`, so its
     /// verdict does not depend on load order (a proxy rule answering in `on_request` cannot skip
@@ -101,6 +109,24 @@ pub trait Plugin: Send + Sync + 'static {
 
     /// Once at shutdown or before a reload replaces this instance, in reverse load order.
     async fn shutdown(&self) {}
+}
+
+/// The per-request hooks a plugin implements ([`Plugin::phases`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Phases {
+    /// [`Plugin::early_request`].
+    pub early_request: bool,
+    /// [`Plugin::on_request`].
+    pub on_request: bool,
+    /// [`Plugin::on_response`].
+    pub on_response: bool,
+}
+
+impl Phases {
+    /// Every per-request hook (the default).
+    pub const ALL: Self = Self { early_request: true, on_request: true, on_response: true };
+    /// None: the plugin only has routes, or only lifecycle hooks.
+    pub const NONE: Self = Self { early_request: false, on_request: false, on_response: false };
 }
 
 /// A plugin as its manifest describes it (buntime.md §5.2).

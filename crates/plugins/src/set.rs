@@ -1,8 +1,15 @@
 //! The loaded plugins in load order, and the runners of their phases: per-hook timeout, panic
 //! isolation, fail-closed by default, reverse order for `on_response` and `shutdown`.
+//!
+//! A request pays only for the hooks plugins implement ([`Plugin::phases`]), and a hook that
+//! finishes without waiting (most do: a header check, a counter) arms no timer.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use http::{Request, Response, StatusCode};
@@ -37,6 +44,12 @@ pub struct PluginSet {
     plugins: Vec<Loaded>,
     /// Indices of plugins with routes, longest base first.
     routed: Vec<usize>,
+    /// Indices of the plugins implementing `early_request`, in load order.
+    early: Vec<usize>,
+    /// Indices of the plugins implementing `on_request`, in load order.
+    request: Vec<usize>,
+    /// Indices of the plugins implementing `on_response`, in reverse load order.
+    response: Vec<usize>,
 }
 
 impl PluginSet {
@@ -46,7 +59,14 @@ impl PluginSet {
             .filter(|&i| plugins[i].plugin.has_routes() && !plugins[i].spec.base.is_empty())
             .collect();
         routed.sort_by_key(|&i| std::cmp::Reverse(plugins[i].spec.base.len()));
-        Self { plugins, routed }
+        let phases: Vec<_> = plugins.iter().map(|p| p.plugin.phases()).collect();
+        let with =
+            |has: fn(&crate::Phases) -> bool| (0..plugins.len()).filter(|&i| has(&phases[i])).collect::<Vec<_>>();
+        let early = with(|p| p.early_request);
+        let request = with(|p| p.on_request);
+        let mut response = with(|p| p.on_response);
+        response.reverse();
+        Self { plugins, routed, early, request, response }
     }
 
     /// The plugins in load order.
@@ -57,6 +77,11 @@ impl PluginSet {
     /// True when nothing is loaded (the pipeline then skips every plugin phase).
     pub fn is_empty(&self) -> bool {
         self.plugins.is_empty()
+    }
+
+    /// True when no plugin implements `on_response`.
+    pub fn has_response_hooks(&self) -> bool {
+        !self.response.is_empty()
     }
 
     /// The plugin with routes whose base holds `path` (longest base first), and the path below
@@ -94,18 +119,18 @@ impl PluginSet {
         ctx: &mut RequestContext,
     ) -> Result<Option<Response<Body>>, Error> {
         for early in [true, false] {
-            for p in &self.plugins {
+            let phase = if early { &self.early } else { &self.request };
+            for p in phase.iter().map(|&i| &self.plugins[i]) {
                 let hook = if early { p.plugin.early_request(req, ctx) } else { p.plugin.on_request(req, ctx) };
-                let hook = AssertUnwindSafe(hook).catch_unwind();
-                let failure = match tokio::time::timeout(p.spec.hook_timeout, hook).await {
-                    Ok(Ok(Ok(Outcome::Continue))) => continue,
-                    Ok(Ok(Ok(Outcome::Respond(resp)))) => return Ok(Some(resp)),
+                let failure = match bounded(p.spec.hook_timeout, hook).await {
+                    Some(Ok(Ok(Outcome::Continue))) => continue,
+                    Some(Ok(Ok(Outcome::Respond(resp)))) => return Ok(Some(resp)),
                     // A client error is a deliberate answer; so is an upstream's failure that a
                     // hook passes on (the proxy plugin's 502/504): neither means the plugin failed.
-                    Ok(Ok(Err(err))) if matches!(err.kind(), Source::Client | Source::Upstream) => return Err(err),
-                    Ok(Ok(Err(err))) => Failure::Error(err),
-                    Ok(Err(panic)) => Failure::Panic(panic_text(&panic)),
-                    Err(_) => Failure::Timeout,
+                    Some(Ok(Err(err))) if matches!(err.kind(), Source::Client | Source::Upstream) => return Err(err),
+                    Some(Ok(Err(err))) => Failure::Error(err),
+                    Some(Err(panic)) => Failure::Panic(panic_text(&panic)),
+                    None => Failure::Timeout,
                 };
                 let detail = failure.to_string();
                 let phase = if early { "early_request" } else { "on_request" };
@@ -138,13 +163,12 @@ impl PluginSet {
     /// # Errors
     /// The first failure, which replaces the response.
     pub async fn on_response(&self, resp: &mut Response<Body>, ctx: &mut RequestContext) -> Result<(), Error> {
-        for p in self.plugins.iter().rev() {
-            let hook = AssertUnwindSafe(p.plugin.on_response(resp, ctx)).catch_unwind();
-            let failure = match tokio::time::timeout(p.spec.hook_timeout, hook).await {
-                Ok(Ok(Ok(()))) => continue,
-                Ok(Ok(Err(err))) => return Err(err),
-                Ok(Err(panic)) => Failure::Panic(panic_text(&panic)),
-                Err(_) => Failure::Timeout,
+        for p in self.response.iter().map(|&i| &self.plugins[i]) {
+            let failure = match bounded(p.spec.hook_timeout, p.plugin.on_response(resp, ctx)).await {
+                Some(Ok(Ok(()))) => continue,
+                Some(Ok(Err(err))) => return Err(err),
+                Some(Err(panic)) => Failure::Panic(panic_text(&panic)),
+                None => Failure::Timeout,
             };
             return Err(Error::internal(format!("plugin '{}' failed while finishing the response: {failure}", p.name))
                 .with_data(json!({ "plugin": &*p.name, "reason": failure.reason() })));
@@ -163,6 +187,24 @@ impl PluginSet {
             }
         }
     }
+}
+
+/// Runs one hook isolated from panics and bounded by `limit` (`None`: it ran out of time), the
+/// way `tokio::time::timeout` would, counting from the hook's start; but the timer is armed only
+/// once the hook has to wait, so a hook that finishes at its first poll never touches the timer
+/// wheel.
+async fn bounded<F: Future>(limit: Duration, hook: F) -> Option<std::thread::Result<F::Output>> {
+    let start = tokio::time::Instant::now();
+    let mut hook = std::pin::pin!(AssertUnwindSafe(hook).catch_unwind());
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = hook.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(start + limit)));
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 enum Failure {
@@ -197,4 +239,84 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a non-text panic".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::plugin::Phases;
+
+    /// Counts its `on_request` calls; panics in any hook it did not list.
+    struct Listed(AtomicUsize);
+
+    #[crate::async_trait]
+    impl Plugin for Listed {
+        fn phases(&self) -> Phases {
+            Phases { on_request: true, ..Phases::NONE }
+        }
+        async fn early_request(&self, _: &mut Request<Body>, _: &mut RequestContext) -> Result<Outcome, Error> {
+            panic!("early_request is not listed")
+        }
+        async fn on_request(&self, _: &mut Request<Body>, _: &mut RequestContext) -> Result<Outcome, Error> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(Outcome::Continue)
+        }
+        async fn on_response(&self, _: &mut Response<Body>, _: &mut RequestContext) -> Result<(), Error> {
+            panic!("on_response is not listed")
+        }
+    }
+
+    /// Lists nothing (the default: every hook), counts its `on_response` calls.
+    struct Unlisted(AtomicUsize);
+
+    #[crate::async_trait]
+    impl Plugin for Unlisted {
+        async fn on_response(&self, _: &mut Response<Body>, _: &mut RequestContext) -> Result<(), Error> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    fn ctx() -> RequestContext {
+        RequestContext::new("r".into(), "127.0.0.1:1".parse().unwrap(), http::Method::GET, "/".into())
+    }
+
+    #[tokio::test]
+    async fn only_the_hooks_a_plugin_lists_are_called() {
+        let listed = Arc::new(Listed(AtomicUsize::new(0)));
+        let unlisted = Arc::new(Unlisted(AtomicUsize::new(0)));
+        let set = PluginSet::new(vec![
+            Loaded::new(PluginSpec::new("listed", ""), listed.clone()),
+            Loaded::new(PluginSpec::new("unlisted", ""), unlisted.clone()),
+        ]);
+        assert!(set.has_response_hooks());
+        let mut req = Request::new(marina_core::body::empty());
+        let mut ctx = ctx();
+        assert!(set.on_request(&mut req, &mut ctx).await.unwrap().is_none());
+        let mut resp = Response::new(marina_core::body::empty());
+        set.on_response(&mut resp, &mut ctx).await.unwrap();
+        assert_eq!(listed.0.load(Ordering::Relaxed), 1);
+        assert_eq!(unlisted.0.load(Ordering::Relaxed), 1);
+        let only_listed = PluginSet::new(vec![Loaded::new(PluginSpec::new("listed", ""), listed)]);
+        assert!(!only_listed.has_response_hooks());
+    }
+
+    #[tokio::test]
+    async fn a_hook_is_bounded_once_it_waits() {
+        // Finished at the first poll: no timer, whatever the limit.
+        assert_eq!(bounded(Duration::ZERO, async { 7 }).await.map(|r| r.ok()), Some(Some(7)));
+        // Waits past the limit: out of time.
+        assert!(bounded(Duration::from_millis(20), std::future::pending::<()>()).await.is_none());
+        // Waits, then answers within the limit.
+        let late = async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            8
+        };
+        assert_eq!(bounded(Duration::from_secs(5), late).await.map(|r| r.ok()), Some(Some(8)));
+        // A panic is caught, not propagated.
+        let panics = async { panic!("boom") };
+        assert!(matches!(bounded::<_>(Duration::from_secs(5), panics).await, Some(Err(_))));
+    }
 }

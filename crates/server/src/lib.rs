@@ -369,7 +369,7 @@ async fn handle(
         Err(err) => edge::render(&err, ctx, hide),
     };
     // 6. on_response, reverse order
-    if !plugins.is_empty()
+    if plugins.has_response_hooks()
         && let Err(err) = plugins.on_response(&mut resp, ctx).await
     {
         resp = edge::render(&err, ctx, hide);

@@ -31,7 +31,7 @@ use serde_json::json;
 
 use crate::async_trait;
 use crate::context::RequestContext;
-use crate::plugin::{Factory, Outcome, Plugin, PluginEnv, PluginSpec};
+use crate::plugin::{Factory, Outcome, Phases, Plugin, PluginEnv, PluginSpec};
 
 /// A loaded external plugin.
 pub struct External {
@@ -103,6 +103,11 @@ impl External {
 
 #[async_trait]
 impl Plugin for External {
+    fn phases(&self) -> Phases {
+        // Only a forward-auth hook makes it a gate.
+        Phases { on_request: self.hook.is_some(), ..Phases::NONE }
+    }
+
     async fn on_request(&self, req: &mut Request<Body>, ctx: &mut RequestContext) -> Result<Outcome, Error> {
         let Some(hook) = &self.hook else { return Ok(Outcome::Continue) };
         // First, whatever the outcome: headers the hook may set are never the client's, so an app

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 
 use crate::async_trait;
 use crate::context::RequestContext;
-use crate::plugin::{Outcome, Plugin, PluginEnv, PluginSpec};
+use crate::plugin::{Outcome, Phases, Plugin, PluginEnv, PluginSpec};
 
 /// The manifest name marina's gateway answers to (also `plugin-gateway` and `gateway`).
 pub const NAME: &str = "@buntime/plugin-gateway";
@@ -153,6 +153,10 @@ fn rate_headers(v: &limit::Verdict) -> [(&'static str, String); 3] {
 
 #[async_trait]
 impl Plugin for Gateway {
+    fn phases(&self) -> Phases {
+        Phases { early_request: true, on_request: false, on_response: true }
+    }
+
     async fn early_request(&self, req: &mut Request<Body>, ctx: &mut RequestContext) -> Result<Outcome, Error> {
         let st = &self.state;
         st.stats.requests.fetch_add(1, Ordering::Relaxed);

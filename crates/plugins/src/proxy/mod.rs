@@ -23,7 +23,7 @@ use serde_json::Value;
 pub use store::RuleStore;
 
 use crate::context::RequestContext;
-use crate::plugin::{Outcome, Plugin, PluginEnv, PluginSpec};
+use crate::plugin::{Outcome, Phases, Plugin, PluginEnv, PluginSpec};
 
 /// The plugin's name, as Buntime's manifests write it.
 pub const NAME: &str = "@buntime/plugin-proxy";
@@ -171,11 +171,15 @@ impl Plugin for ProxyPlugin {
         Ok(())
     }
 
+    fn phases(&self) -> Phases {
+        Phases { on_request: true, ..Phases::NONE }
+    }
+
     async fn on_request(&self, req: &mut Request<Body>, ctx: &mut RequestContext) -> Result<Outcome, Error> {
         let Some(rules) = self.rules.get() else { return Ok(Outcome::Continue) };
         let set = rules.current();
+        let Some(m) = set.find(req.uri().path()) else { return Ok(Outcome::Continue) };
         let path = req.uri().path().to_string();
-        let Some(m) = set.find(&path) else { return Ok(Outcome::Continue) };
         // The request (with hyper's upgrade handle in its extensions) goes upstream whole.
         let owned = std::mem::replace(req, Request::new(marina_core::body::empty()));
         let client = ClientInfo { ip: ctx.client_ip, proto: "http" };
