@@ -5,6 +5,7 @@
 //! claims, so apps and upstreams can trust `X-Forwarded-For` and `Forwarded` for rate limits and
 //! audit logs. Values a client sent in these headers are replaced, not appended to.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::HeaderMap;
@@ -27,22 +28,30 @@ pub struct ClientInfo {
 /// from `client` and the request's `Host`. Call it before anything rewrites `Host`
 /// (`changeOrigin`), so the forwarded host is the one the client asked for.
 pub fn set_forwarding_headers(headers: &mut HeaderMap, client: ClientInfo) {
+    // Every request passes here: one buffer for both values, no intermediate strings.
     let ip = client.ip.to_canonical();
     let host = headers.get(HOST).cloned();
-    headers.insert(X_FORWARDED_FOR, HeaderValue::from_str(&ip.to_string()).expect("an IP is a header value"));
+    let mut value = String::with_capacity(96);
+    let _ = write!(value, "{ip}");
+    headers.insert(X_FORWARDED_FOR, HeaderValue::from_str(&value).expect("an IP is a header value"));
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
+    value.clear();
     // RFC 7239 §6: IPv6 node names are bracketed and quoted.
-    let node = match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    let _ = match ip {
+        IpAddr::V4(v4) => write!(value, "for={v4};proto={}", client.proto),
+        IpAddr::V6(v6) => write!(value, "for=\"[{v6}]\";proto={}", client.proto),
     };
-    let mut forwarded = format!("for={node};proto={}", client.proto);
     match host {
         Some(host) => {
-            // A Host value is a visible-ASCII token; quote it for `Forwarded`, escaping `"` and `\`.
             if let Ok(h) = host.to_str() {
-                let quoted = h.replace('\\', "\\\\").replace('"', "\\\"");
-                forwarded.push_str(&format!(";host=\"{quoted}\""));
+                value.push_str(";host=\"");
+                for c in h.chars() {
+                    if c == '\\' || c == '"' {
+                        value.push('\\');
+                    }
+                    value.push(c);
+                }
+                value.push('"');
             }
             headers.insert(X_FORWARDED_HOST, host);
         }
@@ -50,7 +59,7 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, client: ClientInfo) {
             headers.remove(X_FORWARDED_HOST);
         }
     }
-    match HeaderValue::from_str(&forwarded) {
+    match HeaderValue::from_str(&value) {
         Ok(v) => {
             headers.insert(FORWARDED, v);
         }
@@ -77,6 +86,14 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "app.example:8080");
         assert_eq!(h["forwarded"], "for=10.1.2.3;proto=http;host=\"app.example:8080\"");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn quotes_and_backslashes_in_the_host_are_escaped() {
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static("a\"b\\c"));
+        set_forwarding_headers(&mut h, ClientInfo { ip: "10.1.2.3".parse().unwrap(), proto: "http" });
+        assert_eq!(h["forwarded"], "for=10.1.2.3;proto=http;host=\"a\\\"b\\\\c\"");
     }
 
     #[test]

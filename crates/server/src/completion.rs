@@ -107,14 +107,14 @@ impl Drop for Record<'_> {
 }
 
 fn log(ctx: &RequestContext, status: u16) {
-    let elapsed = ctx.started.elapsed();
-    // The app key is formatted in place: nothing is allocated for the line itself.
+    // The app key is formatted in place: nothing is allocated for the line itself. The fields
+    // (the clock read included) are only evaluated when the line is logged.
     tracing::info!(
         target: "marina::access",
         method = %ctx.method,
         path = %ctx.path,
         status,
-        duration_ms = elapsed.as_micros() as f64 / 1000.0,
+        duration_ms = ctx.started.elapsed().as_micros() as f64 / 1000.0,
         request_id = %ctx.request_id,
         app = %AppKey(ctx.app.as_deref()),
         plugin = ctx.plugin.as_deref().unwrap_or("-"),

@@ -14,7 +14,9 @@ pub fn for_request(headers: &HeaderMap) -> String {
     {
         return id.to_string();
     }
-    uuid::Uuid::now_v7().to_string()
+    // Encoded in place: the same text as `to_string`, without the formatting machinery.
+    let mut buf = uuid::Uuid::encode_buffer();
+    uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf).to_owned()
 }
 
 fn is_sane(id: &str) -> bool {
