@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use http::{Request, Response, Uri};
-use marina_apps::App;
+use http::{HeaderName, HeaderValue, Request, Response, Uri};
+use marina_apps::{App, WorkerKind};
 use marina_core::{Body, Error};
 use marina_plugins::{RequestContext, app_request};
 use percent_encoding::percent_decode_str;
@@ -58,7 +58,15 @@ pub async fn to_app(
 ) -> Result<Response<Body>, Error> {
     let base = format!("/{segment}");
     *req.uri_mut() = with_path(req.uri(), rest)?;
-    app_request::set_app_headers(req.headers_mut(), &base, ctx);
+    if app.kind == WorkerKind::Static {
+        // Served in-process by marina itself, which reads only `x-base`: the forwarding
+        // headers, the request id and the identity are for workers.
+        if let Ok(v) = HeaderValue::from_str(&base) {
+            req.headers_mut().insert(HeaderName::from_static("x-base"), v);
+        }
+    } else {
+        app_request::set_app_headers(req.headers_mut(), &base, ctx);
+    }
     let resp = rt.pool.dispatch(app.clone(), req).await?;
     if app_request::is_worker_error(&resp) {
         return Err(app_request::worker_error(app.key(), resp.into_body()).await);

@@ -233,7 +233,8 @@ impl WorkerPool {
     /// Answers one request for `app`, whatever its kind.
     ///
     /// `req`'s URI is already the app-relative path and query, and the server has set `x-base`
-    /// (the app's prefix, for `<base>` injection), `x-request-id` and `x-forwarded-*`. An
+    /// (the app's prefix, for `<base>` injection), `x-request-id` and `x-forwarded-*` (only
+    /// `x-base` for a static app, which never leaves the process). An
     /// upgrade request (WebSocket) is spliced through when the worker answers 101. The response
     /// body streams from the worker; the worker counts the request as in flight until that body
     /// has been read or dropped. HTML responses get the manifest's `injectBase`/`envPrefix`.
