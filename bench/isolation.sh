@@ -6,7 +6,9 @@
 #   no-cg    marina as root, RUNTIME_CGROUP_PARENT=off: uid drop and Landlock only
 #   no-root  marina as an unprivileged user, no cgroups: Landlock only (no uid drop)
 # The differences between them are the cgroup and uid-drop costs per start. Landlock is on in
-# all three (there is no switch to turn it off), so its own cost is not separated here.
+# all three (there is no switch to turn it off), so its own cost is not separated here; the
+# per-step start timing (docs/workers.md, "Start timing": the log target marina::worker_start)
+# does separate it, and the medians of its steps are printed for each set-up.
 #
 # Usage: bench/isolation.sh   (as root; needs wrk, curl and node; loopback only; every load
 # run is bounded by DURATION or a request count)
@@ -55,7 +57,7 @@ start() { # $1 = set-up name
       run=(setpriv --reuid="$USER_NONROOT" --regid="$USER_NONROOT" --clear-groups env HOME="$state" RUNTIME_CGROUP_PARENT=off)
       ;;
   esac
-  "${run[@]}" RUNTIME_JS=node RUNTIME_LOG_LEVEL=warn "$BIN" serve --port "$PORT" --worker-dirs "$WORK/apps" \
+  "${run[@]}" RUNTIME_JS=node RUST_LOG="warn,marina::worker_start=debug" "$BIN" serve --port "$PORT" --worker-dirs "$WORK/apps" \
     --state-dir "$state" --plugin-dirs "$WORK/none" >"$WORK/log-$1" 2>&1 &
   MARINA_PID=$!
   for _ in $(seq 400); do curl -fs "http://127.0.0.1:$PORT/api/health" >/dev/null && return; sleep 0.05; done
@@ -64,6 +66,21 @@ start() { # $1 = set-up name
 stop() { kill "$MARINA_PID"; wait "$MARINA_PID" 2>/dev/null || true; MARINA_PID=; }
 
 requests() { awk '/requests in/ {print $1}'; }
+
+# Medians of the per-step start and stop timing a set-up's log holds, in ms.
+steps() { # $1 = set-up name
+  python3 - "$WORK/log-$1" <<'PY'
+import re, statistics, sys
+vals = {}
+for line in open(sys.argv[1], errors="replace"):
+    if "marina::worker_start" in line:
+        for k, v in re.findall(r"\b(\w+)_us=(\d+)", line):
+            vals.setdefault(k, []).append(int(v))
+order = ["total", "prepare", "cgroup", "landlock", "spawn", "fork", "join", "confine", "exec", "ready",
+         "response", "since_created", "on_terminate", "stop", "cleanup"]
+print(", ".join(f"{k} {statistics.median(vals[k]) / 1000:.2f}" for k in order if k in vals))
+PY
+}
 
 # ttl: 0 latency over $EPH sequential requests: prints "median p90" in ms, and the peak RSS.
 ephemeral() { # $1 = how many
@@ -90,11 +107,13 @@ read -r med p90 peak < <(ephemeral "$EPH")
 echo "across $EPH ttl:0 requests: peak $peak KiB, after: $(rss_kib) KiB"
 echo "ttl:0 latency (full sandbox): median ${med} ms, p90 ${p90} ms"
 stop
+echo "start steps (full sandbox), medians in ms: $(steps full)"
 for setup in no-cg no-root; do
   start "$setup"
   curl -fs "http://127.0.0.1:$PORT/eph/" >/dev/null
   read -r med p90 _ < <(ephemeral "$EPH_CMP")
   echo "ttl:0 latency ($setup): median ${med} ms, p90 ${p90} ms"
   stop
+  echo "start steps ($setup), medians in ms: $(steps "$setup")"
 done
 echo "# load after: $(uptime | sed 's/.*load average: //')"

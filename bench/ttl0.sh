@@ -4,7 +4,7 @@
 # 1. ttl: 0 hello world under `wrk -c10`: requests/s, p50/p99, and CPU per request measured
 #    from /proc: utime+stime of marina and every descendant (exited children through
 #    cutime/cstime, live ones directly), before and after the run. Compared with the CPU of a
-#    bare `bun -e 0` start.
+#    bare `bun -e 0` start. Then `wrk -c1`: the latency of one ttl: 0 request at a time.
 # 2. Cold start: spawning `marina serve` with a fresh, empty state dir (a new SQLite database
 #    created and migrated) until the first 200 on a static file; 20 runs, median.
 # 3. marina's RSS idle after start, and again after the ttl: 0 churn once the workers are gone.
@@ -66,6 +66,7 @@ DURATION=2s wrk_run 10 "http://127.0.0.1:18195/eph/" >/dev/null   # warm-up (pag
 read -r cpu0 own0 <<<"$(python3 "$WORK/treecpu.py" "$MPID")"
 read -r rps p50 p99 _ errors <<<"$(wrk_run 10 "http://127.0.0.1:18195/eph/")"
 read -r cpu1 own1 <<<"$(python3 "$WORK/treecpu.py" "$MPID")"
+read -r rps1 p50_1 p99_1 _ errors1 <<<"$(wrk_run 1 "http://127.0.0.1:18195/eph/")"
 secs=${DURATION%s}
 cpu_per_req=$(python3 -c "print(f'{($cpu1 - $cpu0) * 1000 / ($rps * $secs):.1f}')")
 own_per_req=$(python3 -c "print(f'{($own1 - $own0) * 1000 / ($rps * $secs):.1f}')")
@@ -121,6 +122,7 @@ PY
   echo "|---|---|"
   echo "| ttl: 0 requests/s | $rps (errors: $errors) |"
   echo "| ttl: 0 p50 / p99 | $p50 ms / $p99 ms |"
+  echo "| ttl: 0 one at a time (\`wrk -c1\`): requests/s, p50 / p99 | $rps1 (errors: $errors1), $p50_1 ms / $p99_1 ms |"
   echo "| CPU per ephemeral request (marina + workers, /proc) | $cpu_per_req ms (marina itself: $own_per_req ms) |"
   echo "| CPU of a bare \`bun -e 0\` | $bun_cpu ms |"
   echo "| cold start, fresh SQLite (spawn → first 200, 20 runs) | $cold |"

@@ -103,7 +103,8 @@ async fn a_hostile_app_cannot_reach_marina_other_apps_or_other_workers() {
     assert_ne!(me["uid"], victim["uid"], "two apps share a uid");
     // The lifecycle token is in neither argv nor the environment.
     let argv: Vec<String> = serde_json::from_value(me["argv"].clone()).unwrap();
-    assert_eq!(argv.len(), 3, "argv is runtime, shim, socket: {argv:?}");
+    assert_eq!(argv.len(), 4, "argv is runtime, shim, socket, readiness fd: {argv:?}");
+    assert_eq!(argv[3], "3", "{argv:?}");
     let env: Vec<String> = serde_json::from_value(me["env"].clone()).unwrap();
     // (LIBSQL_AUTH_TOKEN is the app's own data-services token, meant for it.)
     assert!(!env.iter().any(|k| k.contains("CONTROL") || k.contains("LIFECYCLE")), "{env:?}");

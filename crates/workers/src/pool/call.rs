@@ -21,6 +21,7 @@ use super::lifecycle::KILL_GRACE;
 use super::worker::Worker;
 use super::{Inner, gate};
 use crate::backend::{Backend, CallError, StartSpec};
+use crate::process::timing;
 
 impl Inner {
     /// A [`Policy::Shared`] kind: the app version's one instance, started on first use.
@@ -160,6 +161,15 @@ impl Inner {
             Ok(Ok(mut resp)) => {
                 default_content_type(&mut resp);
                 let took = started.elapsed();
+                if n == 1 && timing::enabled() {
+                    tracing::debug!(
+                        target: timing::TARGET,
+                        app = %worker.key, worker = %worker.id,
+                        response_us = timing::us(took),
+                        since_created_us = timing::us(worker.created.elapsed()),
+                        "worker first response"
+                    );
+                }
                 worker.latency.lock().record(took);
                 self.latency.lock().record(took);
                 if resp.status().is_server_error() {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::Inner;
 use super::stats::LatencyRing;
 use crate::backend::{Backend, Event, Instance, StartSpec};
-use crate::process::clone_error;
+use crate::process::{clone_error, timing};
 
 /// Where a worker is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,10 +240,19 @@ impl Worker {
     /// The terminate event, then a graceful stop that becomes a kill after `grace`.
     pub async fn terminate(&self, grace: Duration) {
         self.request_stop();
+        let begun = Instant::now();
         if self.phase() != Phase::Dead && !self.has_exited() {
             self.lifecycle(Event::Terminate).await;
         }
+        let notified = begun.elapsed();
         self.stop(grace).await;
+        tracing::debug!(
+            target: timing::TARGET,
+            app = %self.key, worker = %self.id,
+            on_terminate_us = timing::us(notified),
+            stop_us = timing::us(begun.elapsed() - notified),
+            "worker stop steps"
+        );
     }
 
     /// A graceful stop that becomes a kill after `grace` (no lifecycle event).

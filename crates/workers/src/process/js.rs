@@ -107,7 +107,8 @@ pub(crate) fn write_shim(state_dir: &Path) -> Result<PathBuf, Error> {
     Ok(path)
 }
 
-/// The program and arguments that run `entrypoint` through the shim on `socket`.
+/// The program and arguments that run `entrypoint` through the shim on `socket`, telling it
+/// the fd of its readiness pipe.
 pub(crate) fn command(
     runtime: &JsRuntime,
     shim: &Path,
@@ -140,6 +141,7 @@ pub(crate) fn command(
     };
     args.push(shim.into());
     args.push(socket.into());
+    args.push(super::sandbox::READY_FD.to_string().into());
     Ok((program, args))
 }
 

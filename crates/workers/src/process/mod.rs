@@ -1,14 +1,17 @@
 //! The process kinds, `js` and `process`: an OS process that answers HTTP.
 //!
-//! A `js` worker is Bun (or Node) running the host shim ([`js`]) on a Unix socket; a `process`
-//! worker is the manifest's `command`, listening on the loopback `PORT` it is given. Both run
-//! under a supervising shell in their own process group ([`spawn`]), are ready once they accept
-//! a connection (and answer `healthPath`, for `process`), and take requests over pooled
+//! A `js` worker is Bun (or Node) running the host shim ([`js`]) on a Unix socket, started
+//! directly and ready when the shim says so on its readiness pipe ([`ready`]); a `process`
+//! worker is the manifest's `command`, listening on the loopback `PORT` it is given, run under
+//! a supervising shell ([`spawn`]) and ready once it accepts a connection (and answers
+//! `healthPath`). Each runs in its own process group and takes requests over pooled
 //! keep-alive HTTP/1.1 connections ([`marina_proxy::Upstream`]).
 
 mod js;
+mod ready;
 pub mod sandbox;
 mod spawn;
+pub mod timing;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -162,7 +165,9 @@ impl Boot {
             marina_env.push(("LIBSQL_AUTH_TOKEN", tokens.issue(&app.name, &self.spec.worker_id)));
             token_guard = crate::tokens::Revoke::new(tokens.clone(), self.spec.worker_id.clone());
         }
+        let mut times = timing::enabled().then(timing::StartTimes::new);
         let mut socket = None;
+        let jail_started = std::time::Instant::now();
         let (spec, target, mut jail) = if app.kind == WorkerKind::Js {
             let runtime = self.runtime.as_ref().map_err(clone_error)?;
             let mut env = self.worker_env(&marina_env);
@@ -182,7 +187,7 @@ impl Boot {
             let (program, args) = js::command(runtime, &self.shim, &app.entrypoint, &path, app.config.low_memory)?;
             env.append(&mut jail.env);
             let stdin = Some(format!("{}\n", self.token));
-            (SpawnSpec { program, args, cwd: app.dir.clone(), env, stdin }, Target::Unix(path), jail)
+            (SpawnSpec { program, args, cwd: app.dir.clone(), env, stdin, direct: true }, Target::Unix(path), jail)
         } else {
             let command = app.config.command.as_deref().unwrap_or_default();
             let Some((program, rest)) = command.split_first() else {
@@ -202,18 +207,25 @@ impl Boot {
                 cwd: app.dir.clone(),
                 env,
                 stdin: None,
+                direct: false,
             };
             (spec, Target::Tcp(([127, 0, 0, 1], port).into()), jail)
         };
 
+        if let Some(t) = &mut times {
+            t.prepare = jail_started.elapsed();
+            t.cgroup = jail.cgroup_time;
+            t.landlock = jail.landlock_time;
+        }
         let output = Output::new(&self.key, &self.spec.worker_id);
-        let (mut child, mut stderr_pump) = match spawn::spawn(&spec, &mut jail, &output, &self.stderr) {
+        let spawned = match spawn::spawn(&spec, &mut jail, &output, &self.stderr, times.as_mut()) {
             Ok(spawned) => spawned,
             Err(e) => {
                 tokio::task::spawn_blocking(move || jail.clean_up());
                 return Err(self.start_error(format!("could not run '{}': {e}", spec.program.to_string_lossy())));
             }
         };
+        let spawn::Spawned { mut child, stderr: mut stderr_pump, ready: ready_pipe } = spawned;
         let jail = Arc::new(jail);
         let pid = child.id().unwrap_or(0);
         let upstream = Arc::new(Upstream::new(target));
@@ -244,10 +256,14 @@ impl Boot {
                     peak.fetch_max(cg.peak().unwrap_or(0), Ordering::Relaxed);
                 }
                 // Whatever left the process group (setsid) is still in the cgroup: kill it,
-                // then remove the worker's cgroups and socket dir.
-                let _ = tokio::task::spawn_blocking(move || jail.clean_up()).await;
+                // then remove the worker's cgroups and socket dir. Not on the exit's path: the
+                // exit (which frees a `ttl: 0` worker's gate slot) is told first.
+                let cleaning = std::time::Instant::now();
+                let cleanup = tokio::task::spawn_blocking(move || jail.clean_up());
                 upstream.close_idle();
                 exit_tx.send_replace(Some(text));
+                let _ = cleanup.await;
+                tracing::debug!(target: timing::TARGET, pid, cleanup_us = timing::us(cleaning.elapsed()), "worker cleaned up");
             });
         }
         let instance = Arc::new(ProcessInstance {
@@ -258,7 +274,8 @@ impl Boot {
             memory_killed,
             peak,
             upstream,
-            hooks: app.kind == WorkerKind::Js,
+            hooks: std::sync::OnceLock::new(),
+            supervised: !spec.direct,
             token: self.token.clone(),
             key: self.key.clone(),
             id: self.spec.worker_id.clone(),
@@ -266,9 +283,16 @@ impl Boot {
         });
         tracing::info!(app = %self.key, worker = %self.spec.worker_id, pid, listen = %instance.upstream.target(), "worker started");
 
-        match self.wait_listening(&instance, &app, &mut stderr_pump).await {
-            Ok(()) => {
-                if let Some(app) = spawn::app_pid(pid) {
+        let spawned = std::time::Instant::now();
+        match self.wait_ready(&instance, &app, &mut stderr_pump, ready_pipe).await {
+            Ok(hooks) => {
+                if let Some(t) = &times {
+                    t.log(&self.key, &self.spec.worker_id, pid, spawned.elapsed());
+                }
+                let _ = instance.hooks.set(hooks);
+                if instance.supervised
+                    && let Some(app) = spawn::app_pid(pid)
+                {
                     instance.app_pid.store(app, Ordering::Relaxed);
                 }
                 Ok(instance)
@@ -282,17 +306,46 @@ impl Boot {
         }
     }
 
+    /// Waits until the worker is ready: the shim's readiness line on `pipe` (JS workers), else
+    /// polling until the process listens (and answers `healthPath`). Fails when it exits, is
+    /// cancelled, or [`START_LIMIT`] passes. Returns the lifecycle hooks it has.
+    async fn wait_ready(
+        &self,
+        instance: &ProcessInstance,
+        app: &App,
+        stderr_pump: &mut Option<tokio::task::JoinHandle<()>>,
+        pipe: Option<std::os::fd::OwnedFd>,
+    ) -> Result<ready::Hooks, Error> {
+        let deadline = tokio::time::Instant::now() + START_LIMIT;
+        if let Some(pipe) = pipe {
+            let mut exit = instance.exit.clone();
+            tokio::select! {
+                hooks = ready::signalled(pipe) => {
+                    if let Some(hooks) = hooks {
+                        return Ok(hooks);
+                    }
+                    // EOF first: it exited (reported below), or closed fd 3 itself (probed).
+                }
+                _ = exit.wait_for(Option::is_some) => {}
+                () = self.spec.cancel.cancelled() => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+        self.wait_listening(instance, app, stderr_pump, deadline).await?;
+        Ok(if app.kind == WorkerKind::Js { ready::Hooks::UNKNOWN } else { ready::Hooks::NONE })
+    }
+
     /// Polls until the process listens (and answers `healthPath`), exits, is cancelled, or
-    /// [`START_LIMIT`] passes.
+    /// `deadline` passes.
     async fn wait_listening(
         &self,
         instance: &ProcessInstance,
         app: &App,
         stderr_pump: &mut Option<tokio::task::JoinHandle<()>>,
+        deadline: tokio::time::Instant,
     ) -> Result<(), Error> {
         let upstream = &instance.upstream;
         let health = app.config.health_path.clone().filter(|_| app.kind == WorkerKind::Process);
-        let deadline = tokio::time::Instant::now() + START_LIMIT;
         // A JS worker listens within a few ms of starting: probe every millisecond at first
         // (a failed probe is one connect(2)), then every 15 ms for slow starters.
         let mut probes = 0u32;
@@ -423,7 +476,8 @@ async fn healthy(upstream: &Upstream, path: Option<&str>) -> bool {
 
 /// A running worker process.
 struct ProcessInstance {
-    /// The supervising shell: the process group leader (see `spawn::SUPERVISOR`).
+    /// The process group leader: the runtime itself (`js`) or the supervising shell
+    /// (`process`, see `spawn::SUPERVISOR`).
     pid: u32,
     /// The app's own process under it, once known.
     app_pid: AtomicU32,
@@ -436,8 +490,10 @@ struct ProcessInstance {
     /// The highest memory use seen (the cgroup's peak, kept after the cgroup is gone).
     peak: Arc<AtomicU64>,
     upstream: Arc<Upstream>,
-    /// Whether it has the shim's lifecycle hooks (`js`).
-    hooks: bool,
+    /// The lifecycle hooks it has (set once it is ready).
+    hooks: std::sync::OnceLock<ready::Hooks>,
+    /// Whether it runs under the supervising shell (`pid` is the shell's, not the app's).
+    supervised: bool,
     token: String,
     key: String,
     id: String,
@@ -475,7 +531,12 @@ impl Instance for ProcessInstance {
 
     fn event(self: Arc<Self>, event: Event) -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            if !self.hooks || self.has_exited() {
+            let hooks = self.hooks.get().copied().unwrap_or(ready::Hooks::NONE);
+            let has = match event {
+                Event::Idle => hooks.idle,
+                Event::Terminate => hooks.terminate,
+            };
+            if !has || self.has_exited() {
                 return;
             }
             let req = Request::post("/__marina/lifecycle")

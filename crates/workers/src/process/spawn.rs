@@ -11,8 +11,9 @@ use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 
-use super::sandbox::Jail;
 use super::sandbox::output::{Output, Tail};
+use super::sandbox::{ChildTimes, Jail};
+use super::timing::{StartTimes, now_ns};
 
 /// The last lines a worker wrote to stderr (bounded in lines and bytes).
 pub(crate) type StderrTail = Tail;
@@ -28,6 +29,18 @@ pub(crate) struct SpawnSpec {
     /// Written to the worker's stdin, which is then closed: the JS shim reads its lifecycle
     /// token there, so the token is in neither its argv nor its environment.
     pub stdin: Option<String>,
+    /// Run the program itself (the JS runtime running marina's shim), not under the
+    /// supervising shell: it gets SIGKILL when marina dies and a readiness pipe as fd 3.
+    pub direct: bool,
+}
+
+/// A started worker process.
+pub(crate) struct Spawned {
+    pub child: Child,
+    /// The task reading its stderr (it ends when the process closes stderr).
+    pub stderr: Option<tokio::task::JoinHandle<()>>,
+    /// The read end of its readiness pipe (direct workers).
+    pub ready: Option<std::os::fd::OwnedFd>,
 }
 
 /// Builds the environment a worker sees: its app's `env` (manifest merged with `.env`), then
@@ -50,13 +63,14 @@ pub(crate) fn worker_env(app_env: &BTreeMap<String, String>, marina: &[(&str, St
 
 /// Spawns the process in its own process group (so a kill reaches its children too), confined
 /// by `jail`, with stdout and stderr forwarded line by line to `tracing` through `output`.
-/// Returns the child and the task reading its stderr (it ends when the process closes stderr).
+/// With `times`, the spawn and the child's own steps are timed into it.
 pub(crate) fn spawn(
     spec: &SpawnSpec,
     jail: &mut Jail,
     output: &Output,
     tail: &StderrTail,
-) -> std::io::Result<(Child, Option<tokio::task::JoinHandle<()>>)> {
+    times: Option<&mut StartTimes>,
+) -> std::io::Result<Spawned> {
     // Resolve the program with the worker's own PATH first, for a clear "not found" error
     // (under the supervising shell a missing program would only be an exit status 127).
     let program = resolve_program(&spec.program, spec.env.get("PATH").map(String::as_str)).ok_or_else(|| {
@@ -65,15 +79,29 @@ pub(crate) fn spawn(
             format!("'{}' is not an executable file on the worker's PATH", spec.program.to_string_lossy()),
         )
     })?;
-    let mut args: Vec<OsString> = vec!["-c".into(), SUPERVISOR.into(), "marina-worker".into(), program.into()];
-    args.extend(spec.args.iter().cloned());
-    let mut cmd = command("/bin/sh".as_ref(), &args, &spec.cwd, &spec.env);
+    let (mut cmd, ready) = if spec.direct {
+        jail.set_death_signal(libc::SIGKILL);
+        let ready = jail.readiness_pipe()?;
+        (command(program.as_os_str(), &spec.args, &spec.cwd, &spec.env), Some(ready))
+    } else {
+        let mut args: Vec<OsString> = vec!["-c".into(), SUPERVISOR.into(), "marina-worker".into(), program.into()];
+        args.extend(spec.args.iter().cloned());
+        (command("/bin/sh".as_ref(), &args, &spec.cwd, &spec.env), None)
+    };
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     if spec.stdin.is_some() {
         cmd.stdin(Stdio::piped());
     }
+    let report = times.is_some().then(|| jail.report_child_times()).flatten();
     jail.apply(&mut cmd);
-    let mut child = cmd.spawn()?;
+    let before = std::time::Instant::now();
+    let before_ns = now_ns();
+    let spawned = cmd.spawn();
+    if let Some(times) = times {
+        times.spawn = before.elapsed();
+        times.child = report.as_ref().and_then(ChildTimes::read).map(|c| (before_ns, c, now_ns()));
+    }
+    let mut child = spawned?;
     if let (Some(mut stdin), Some(text)) = (child.stdin.take(), spec.stdin.clone()) {
         // A pipe holds 64 KiB, so this never waits on the worker; dropping it closes stdin.
         tokio::spawn(async move {
@@ -84,7 +112,10 @@ pub(crate) fn spawn(
         tokio::spawn(output.clone().pump(out, "stdout", None));
     }
     let stderr = child.stderr.take().map(|err| tokio::spawn(output.clone().pump(err, "stderr", Some(tail.clone()))));
-    Ok((child, stderr))
+    // Our copy of the readiness pipe's write end goes with `cmd`, so the read end sees EOF
+    // once the worker (and whatever inherited it) is gone.
+    drop(cmd);
+    Ok(Spawned { child, stderr, ready })
 }
 
 /// The one place a command for app code is built (the worker itself and `autoInstall`'s
@@ -97,7 +128,10 @@ pub(crate) fn command(program: &OsStr, args: &[OsString], cwd: &Path, env: &BTre
     cmd
 }
 
-/// The supervising shell every worker runs under (`sh -c SUPERVISOR marina-worker program args`).
+/// The supervising shell `process` workers run under (`sh -c SUPERVISOR marina-worker program
+/// args`). JS workers do without it: the runtime itself is the group leader and gets SIGKILL
+/// when marina dies; what a JS app starts of its own is killed with its process group (and
+/// its cgroup) when the worker exits, but not when marina dies first (docs/security.md).
 ///
 /// It is the process group leader and the one process with `PR_SET_PDEATHSIG` (SIGHUP): when
 /// marina dies, even by SIGKILL, the kernel sends it SIGHUP and it SIGKILLs the whole group, so

