@@ -383,7 +383,10 @@ export default {
 #[test]
 fn clients_that_never_read_do_not_block_another_apps_ttl0_requests() {
     let apps = flood_and_quick_apps();
-    let m = Marina::start(apps, &[("RUNTIME_EPHEMERAL_CONCURRENCY", "2"), ("RUNTIME_SEND_TIMEOUT", "1s")]);
+    let m = Marina::start(
+        apps,
+        &[("RUNTIME_EPHEMERAL_CONCURRENCY", "2"), ("RUNTIME_EPHEMERAL_SPARES", "0"), ("RUNTIME_SEND_TIMEOUT", "1s")],
+    );
     // Two clients take both ttl: 0 slots and never read a byte.
     let stalled: Vec<TcpStream> = (0..2)
         .map(|_| {
@@ -457,7 +460,10 @@ fn a_slow_reader_that_keeps_reading_gets_the_whole_response() {
 fn an_http2_stream_that_stops_reading_is_reset_alone_and_frees_its_worker() {
     let apps = flood_and_quick_apps();
     // One ttl: 0 slot: while the flood response holds it, no other ttl: 0 request runs.
-    let m = Marina::start(apps, &[("RUNTIME_EPHEMERAL_CONCURRENCY", "1"), ("RUNTIME_SEND_TIMEOUT", "1s")]);
+    let m = Marina::start(
+        apps,
+        &[("RUNTIME_EPHEMERAL_CONCURRENCY", "1"), ("RUNTIME_EPHEMERAL_SPARES", "0"), ("RUNTIME_SEND_TIMEOUT", "1s")],
+    );
     let port = m.port;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {

@@ -84,6 +84,8 @@ pub struct RuntimeConfig {
     pub ephemeral_concurrency: usize,
     /// `ttl: 0` requests waiting before 503.
     pub ephemeral_queue_limit: usize,
+    /// `RUNTIME_EPHEMERAL_SPARES`: fresh workers started ahead per `ttl: 0` app in use.
+    pub ephemeral_spares: usize,
     /// `RUNTIME_JS`.
     pub js_runtime: Option<String>,
     /// `DATABASE_URL` (`None` = SQLite in the state dir).
@@ -151,6 +153,7 @@ impl RuntimeConfig {
         let send_timeout = raw.seconds("RUNTIME_SEND_TIMEOUT", Duration::from_secs(30))?;
         let ephemeral_concurrency = raw.count("RUNTIME_EPHEMERAL_CONCURRENCY", 2)?.min(pool_size);
         let ephemeral_queue_limit = raw.count("RUNTIME_EPHEMERAL_QUEUE_LIMIT", 100)?;
+        let ephemeral_spares = raw.count("RUNTIME_EPHEMERAL_SPARES", 1)?;
         let js_runtime = match raw.get("RUNTIME_JS") {
             None => None,
             Some(s) if s == "bun" || s == "node" => Some(s.to_string()),
@@ -190,6 +193,7 @@ impl RuntimeConfig {
             send_timeout,
             ephemeral_concurrency,
             ephemeral_queue_limit,
+            ephemeral_spares,
             js_runtime,
             database_url,
             auth,

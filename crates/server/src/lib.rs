@@ -182,6 +182,7 @@ impl Server {
                 pool_size: config.pool_size,
                 ephemeral_concurrency: config.ephemeral_concurrency,
                 ephemeral_queue_limit: config.ephemeral_queue_limit,
+                ephemeral_spares: config.ephemeral_spares,
                 state_dir: config.state_dir.clone(),
                 runtime_api_url,
                 node_env: config.node_env.as_str().to_string(),

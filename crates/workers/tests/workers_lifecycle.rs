@@ -94,6 +94,32 @@ async fn ephemeral_gets_a_fresh_worker_and_the_gate_answers_503() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ephemeral_spares_start_ahead_serve_one_request_each_and_stop_on_reload() {
+    let state = tempfile::tempdir().unwrap();
+    let pool = pool(state.path(), Some("node"), |o| o.ephemeral_spares = 1);
+    let app = js_app("spare", "js-echo", "index.js", |c| c.ttl = Duration::ZERO);
+    let first: u32 = get(&pool, &app, "/pid").await.text.parse().unwrap();
+    // A never-used worker is started ahead and waits, ready, for the next request.
+    let spare = |not: u32| {
+        pool.workers()
+            .iter()
+            .find(|w| w.ephemeral && w.state == "ready" && w.requests == 0 && w.pid != Some(not))
+            .and_then(|w| w.pid)
+    };
+    assert!(eventually(Duration::from_secs(5), || spare(first).is_some()).await, "a spare is ready");
+    let ahead = spare(first).unwrap();
+    let second: u32 = get(&pool, &app, "/pid").await.text.parse().unwrap();
+    assert_eq!(second, ahead, "the request was served by the worker started ahead");
+    assert!(eventually(Duration::from_secs(3), || gone(first) && gone(second)).await, "each served one request");
+    assert!(eventually(Duration::from_secs(5), || spare(second).is_some()).await, "its replacement is ready");
+    let next = spare(second).unwrap();
+    assert!(eventually(Duration::from_secs(3), || pool.workers().len() == 1).await, "one spare: {:?}", pool.workers());
+    pool.reload(app.clone(), "test");
+    assert!(eventually(Duration::from_secs(3), || gone(next)).await, "the spare is stopped on reload");
+    assert!(eventually(Duration::from_secs(3), || pool.workers().is_empty()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_requests_recycles_after_draining_in_flight() {
     let state = tempfile::tempdir().unwrap();
     let pool = pool(state.path(), Some("node"), |_| {});

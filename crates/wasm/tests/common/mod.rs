@@ -47,6 +47,7 @@ pub fn pool(state: &Path, tweak: impl FnOnce(&mut PoolOptions)) -> Arc<WorkerPoo
         pool_size: 10,
         ephemeral_concurrency: 2,
         ephemeral_queue_limit: 100,
+        ephemeral_spares: 0,
         state_dir: state.to_path_buf(),
         runtime_api_url: "http://127.0.0.1:8000".into(),
         node_env: "test".into(),

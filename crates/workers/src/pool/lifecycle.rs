@@ -142,6 +142,7 @@ impl Inner {
                 tokio::spawn(async move { w.lifecycle(Event::Idle).await });
             }
         }
+        self.expire_spares();
         // Drop slots that stayed empty for a while (their restart history goes with them), so
         // apps nobody calls stop taking LRU room.
         let mut slots = self.slots.lock();

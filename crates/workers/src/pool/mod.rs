@@ -11,7 +11,8 @@
 //! This file holds the pool's entry points (`dispatch` and the API); the policy lives beside
 //! it: [`slots`] (slots, picking, the early successor), [`gate`] (the ephemeral gate),
 //! [`call`] (forwarding a request, the in-flight guard), [`lifecycle`] (retire, crashes,
-//! housekeeping, shutdown), [`reload`] (live reload) and [`report`] (`/api/workers`, metrics).
+//! housekeeping, shutdown), [`reload`] (live reload), [`spares`] (fresh `ttl: 0` workers
+//! started ahead) and [`report`] (`/api/workers`, metrics).
 
 mod call;
 mod client_body;
@@ -21,6 +22,7 @@ mod reload;
 mod report;
 mod shared;
 mod slots;
+mod spares;
 mod stats;
 mod worker;
 
@@ -68,6 +70,9 @@ pub struct PoolOptions {
     pub ephemeral_concurrency: usize,
     /// `RUNTIME_EPHEMERAL_QUEUE_LIMIT` (default 100): `ttl: 0` requests waiting; beyond, 503.
     pub ephemeral_queue_limit: usize,
+    /// `RUNTIME_EPHEMERAL_SPARES` (default 1): never-used workers started ahead for each `ttl: 0`
+    /// app in use (see [`spares`]).
+    pub ephemeral_spares: usize,
     /// `RUNTIME_STATE_DIR`: the JS shim and worker sockets go under it.
     pub state_dir: PathBuf,
     /// `RUNTIME_API_URL` as workers see it.
@@ -147,6 +152,8 @@ pub(crate) struct Inner {
     /// Every worker with a process (or starting one), by id.
     all: Mutex<HashMap<String, Arc<Worker>>>,
     gate: Gate,
+    /// Never-used `ttl: 0` workers started ahead, by app key.
+    spares: Mutex<spares::Spares>,
     counters: Counters,
     latency: Mutex<LatencyRing>,
     last_rate: Mutex<(Instant, u64)>,
@@ -202,6 +209,7 @@ impl WorkerPool {
             backends,
             shared: Shared::default(),
             gate: Gate::new(concurrency, opts.ephemeral_queue_limit),
+            spares: Mutex::new(spares::Spares::new()),
             opts,
             slots: Mutex::new(LruCache::new(pool_size)),
             all: Mutex::new(HashMap::new()),
@@ -280,7 +288,7 @@ impl WorkerPool {
         let (worker, permit) = if app.config.ttl.is_zero() {
             let permit = inner.gate.enter(&app.name).await?;
             inner.counters.misses.fetch_add(1, Ordering::Relaxed);
-            let worker = inner.spawn_worker(app.clone(), true);
+            let worker = inner.ephemeral_worker(&app);
             (worker, Some(permit))
         } else {
             let slot = inner.current_slot(inner.slot_for(&app), &app);
@@ -311,13 +319,14 @@ impl WorkerPool {
     /// Live reload: the files of `app`'s version changed on disk (its code, or its manifest or
     /// `.env`, in which case `app` is the newly loaded one). Running workers get successors of
     /// `app`; they take over once one is ready, and the old ones drain and stop. A static app's
-    /// instance is rebuilt on its next request; `ttl: 0` apps start fresh per request anyway.
+    /// instance is rebuilt on its next request; a `ttl: 0` app's spares are stopped.
     pub fn reload(&self, app: Arc<App>, reason: &str) {
         let inner = &self.inner;
         if inner.backend(&app).is_ok_and(|b| b.policy() == Policy::Shared) {
             inner.shared.forget(&app.key());
             return;
         }
+        inner.drop_spares(&app.key());
         let Some(slot) = inner.slots.lock().peek(&app.key()).cloned() else { return };
         inner.reload_slot(&slot, app, reason.to_string());
     }

@@ -142,11 +142,8 @@ pub(crate) fn install(cmd: &mut tokio::process::Command, setup: ChildSetup) {
             // Last: fd 3 may have been one of the fds used above (they are close-on-exec).
             if let Some(ready) = &setup.ready {
                 let fd = ready.as_raw_fd();
-                let inherited = if fd == READY_FD {
-                    libc::fcntl(fd, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(fd, READY_FD)
-                };
+                let inherited =
+                    if fd == READY_FD { libc::fcntl(fd, libc::F_SETFD, 0) } else { libc::dup2(fd, READY_FD) };
                 if inherited < 0 {
                     return Err(io::Error::last_os_error());
                 }
