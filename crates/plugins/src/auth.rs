@@ -55,6 +55,16 @@ impl Plugin for AuthPlugin {
     }
 
     async fn early_request(&self, req: &mut Request<Body>, ctx: &mut RequestContext) -> Result<Outcome, Error> {
+        // Without JWT verification an app route ignores credentials and a request that presents
+        // none has no identity anywhere outside the internal API: nothing to look up (the app
+        // lookup below is per request otherwise).
+        if self.auth.jwt().is_none()
+            && marina_auth::presented(req.headers()) == marina_auth::Presented::Nothing
+            && !is_under(req.uri().path(), &self.api_base)
+        {
+            marina_auth::identity::strip_incoming(req.headers_mut());
+            return Ok(Outcome::Continue);
+        }
         let path = req.uri().path().to_string();
         let authority = req
             .headers()
@@ -91,6 +101,11 @@ impl Plugin for AuthPlugin {
         }
         Ok(Outcome::Continue)
     }
+}
+
+/// Whether `path` is `base` or below it (`/api`, `/api/keys`, not `/apis`).
+fn is_under(path: &str, base: &str) -> bool {
+    path.strip_prefix(base).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// An app version and its key (`name@version`).
