@@ -32,7 +32,7 @@ LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 command -v "$JS" >/dev/null || { echo "$JS is missing" >&2; exit 1; }
 command -v "$WASMTIME" >/dev/null || { echo "no wasmtime CLI (set WASMTIME; see the header of $0)" >&2; exit 1; }
-# MARINA_BIN: a marina binary to use instead of building the release one (smoke runs only).
+# MARINA_BIN: a marina binary to use instead of building the release one (say which build it is).
 if [ -z "${MARINA_BIN:-}" ]; then
   cargo build --release -q -p marina
 fi
@@ -152,7 +152,7 @@ per_us() { python3 -c "print(f'{(1/$1 - 1/$2) * 1e6:.1f}')"; }
 
 {
   echo "hello-wasm component ($(stat -c %s "$WORK/hello.wasm") bytes), keep-alive, \`wrk -t1 -d$DURATION\` on $(nproc) cores, $(date -u +%Y-%m-%d), load average before the run: $LOAD_BEFORE."
-  echo "Command: \`bench/wasm.sh\` (${MARINA_BIN:+marina binary $MARINA_BIN, not a release build: smoke only; }${MARINA_BIN:-marina release build;} $("$WASMTIME" --version | cut -d' ' -f1-2) \`serve -Scli\`; $JS $("$JS" --version); best of $ROUNDS alternating rounds)."
+  echo "Command: \`bench/wasm.sh\` (${MARINA_BIN:+marina binary $MARINA_BIN (given by MARINA_BIN: the caller states its build); }${MARINA_BIN:-marina release build;} $("$WASMTIME" --version | cut -d' ' -f1-2) \`serve -Scli\`; $JS $("$JS" --version); best of $ROUNDS alternating rounds)."
   echo
   echo "| server | req/s, $CONNS connections (p50 / p99) | req/s, 1 connection (p50) | vs wasmtime serve ($CONNS conn.) |"
   echo "|---|---|---|---|"
