@@ -226,7 +226,7 @@ pub static SETTINGS: &[Setting] = &[
         var: "RUNTIME_EPHEMERAL_SPARES",
         flag: "ephemeral-spares",
         default: "`1`",
-        help: "never-used workers kept started ahead for each `ttl: 0` app that had a request in the last 10 s, each serving exactly one request (stopped after 10 s without requests and on reload); `0`: every `ttl: 0` request waits for its worker to start",
+        help: "never-used workers kept started ahead for each `ttl: 0` app that had a request in the last 10 s (at most 4 apps at a time, the most recently asked), each serving exactly one request (stopped after 10 s without requests and on reload); `0`: every `ttl: 0` request waits for its worker to start",
         check: Check::Count { min: 0, max: 64 },
     },
     Setting {

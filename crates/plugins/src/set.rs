@@ -79,7 +79,7 @@ impl PluginSet {
         self.plugins.is_empty()
     }
 
-    /// True when no plugin implements `on_response`.
+    /// True when some plugin implements `on_response`.
     pub fn has_response_hooks(&self) -> bool {
         !self.response.is_empty()
     }

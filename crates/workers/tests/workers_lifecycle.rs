@@ -119,6 +119,35 @@ async fn ephemeral_spares_start_ahead_serve_one_request_each_and_stop_on_reload(
     assert!(eventually(Duration::from_secs(3), || pool.workers().is_empty()).await);
 }
 
+/// Requests spread over many `ttl: 0` apps keep spares for at most 4 of them (the most
+/// recently asked): a client cannot keep an idle process alive per app it touches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spares_are_kept_for_four_apps_at_most() {
+    let state = tempfile::tempdir().unwrap();
+    let pool = pool(state.path(), Some("node"), |o| o.ephemeral_spares = 1);
+    let apps: Vec<_> =
+        (0..6).map(|i| js_app(&format!("many{i}"), "js-echo", "index.js", |c| c.ttl = Duration::ZERO)).collect();
+    for app in &apps {
+        get(&pool, app, "/pid").await;
+    }
+    let spare_apps = || {
+        let mut keys: Vec<String> = pool
+            .workers()
+            .iter()
+            .filter(|w| w.ephemeral && w.requests == 0 && w.state != "draining" && w.state != "stopped")
+            .map(|w| w.app.clone())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || spare_apps() == ["many2", "many3", "many4", "many5"]).await,
+        "spares for the four most recent apps only: {:?}",
+        pool.workers().iter().map(|w| (&w.app, &w.state, w.requests)).collect::<Vec<_>>()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_requests_recycles_after_draining_in_flight() {
     let state = tempfile::tempdir().unwrap();

@@ -24,7 +24,7 @@ pub struct WorkerInfo {
     pub version: String,
     /// `static`, `js`, `process` or `wasm`.
     pub kind: &'static str,
-    /// OS process id of the app (its process group also holds marina's supervising shell);
+    /// OS process id of the app (for a process app its group also holds marina's supervising shell);
     /// null for kinds that run inside marina.
     pub pid: Option<u32>,
     /// `starting`, `ready`, `busy`, `idle`, `draining` or `crashloop`.

@@ -6,9 +6,11 @@
 //! further along than a new start) and a replacement starts at once. Each spare is an ordinary
 //! ephemeral worker: it serves exactly one request and is stopped when its response ends, so
 //! `ttl: 0` still means a fresh process per request. Spares run outside the ephemeral gate
-//! (the request that takes one still holds a gate slot), at most that many per app; an app
-//! with no `ttl: 0` request for [`SPARE_IDLE`] loses its spares, and so does an app whose
-//! files change (a reload) or whose manifest is reloaded (a spare runs the app as it was loaded).
+//! (the request that takes one still holds a gate slot), at most that many per app and for at
+//! most [`MAX_SPARE_APPS`] apps at a time (the ones with the latest demand), so requests spread
+//! over many `ttl: 0` apps cannot keep a crowd of idle processes alive; an app with no `ttl: 0`
+//! request for [`SPARE_IDLE`] loses its spares, and so does an app whose files change (a
+//! reload) or whose manifest is reloaded (a spare runs the app as it was loaded).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +24,9 @@ use super::worker::{Phase, Worker};
 
 /// An app without a `ttl: 0` request for this long has its spares stopped.
 pub(super) const SPARE_IDLE: Duration = Duration::from_secs(10);
+
+/// Apps that keep spares at once; a new one takes the place of the one asked least recently.
+pub(super) const MAX_SPARE_APPS: usize = 4;
 
 /// The spares of one app version.
 pub(super) struct AppSpares {
@@ -44,14 +49,21 @@ impl Inner {
         }
         let (taken, stale, missing) = {
             let mut spares = self.spares.lock();
-            let entry = spares.entry(app.key()).or_insert_with(|| AppSpares {
+            let mut stale = Vec::new();
+            let key = app.key();
+            if !spares.contains_key(&key) && spares.len() >= MAX_SPARE_APPS {
+                let oldest = spares.iter().min_by_key(|(_, e)| e.last_demand).map(|(k, _)| k.clone());
+                if let Some(evicted) = oldest.and_then(|k| spares.remove(&k)) {
+                    stale = evicted.workers;
+                }
+            }
+            let entry = spares.entry(key).or_insert_with(|| AppSpares {
                 app: app.clone(),
                 workers: Vec::new(),
                 last_demand: Instant::now(),
             });
-            let mut stale = Vec::new();
             if !Arc::ptr_eq(&entry.app, app) {
-                stale = std::mem::take(&mut entry.workers);
+                stale.append(&mut entry.workers);
                 entry.app = app.clone();
             }
             entry.last_demand = Instant::now();
