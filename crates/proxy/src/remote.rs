@@ -11,7 +11,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -73,8 +73,9 @@ impl Default for RemoteConfig {
 /// The client for remote upstreams. Cheap to share (`Arc`); one per process is the intent.
 pub struct Remote {
     /// Built on the first rule that verifies certificates: loading the system's roots reads
-    /// some 150 files, which a marina without such a rule should not pay for at start-up.
-    verified: OnceLock<Client<Connector, Body>>,
+    /// some 150 files, which a marina without such a rule should not pay for at start-up, and
+    /// which is done on the blocking pool, not on the thread serving requests.
+    verified: tokio::sync::OnceCell<Client<Connector, Body>>,
     /// The verifying TLS configuration, up to its roots.
     verified_tls: rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>,
     /// The configured extra roots (checked by [`Remote::new`]); the system's join them.
@@ -109,18 +110,23 @@ impl Remote {
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
             .with_no_client_auth();
         let insecure = client(&config, insecure_tls);
-        Ok(Self { verified: OnceLock::new(), verified_tls: tls, extra_roots, insecure, config })
+        Ok(Self { verified: tokio::sync::OnceCell::new(), verified_tls: tls, extra_roots, insecure, config })
     }
 
     /// The client that verifies upstream certificates against the system's roots and the
     /// configured ones.
-    fn verified(&self) -> &Client<Connector, Body> {
-        self.verified.get_or_init(|| {
-            let mut roots = self.extra_roots.clone();
-            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-            let tls = self.verified_tls.clone().with_root_certificates(roots).with_no_client_auth();
-            client(&self.config, tls)
-        })
+    async fn verified(&self) -> &Client<Connector, Body> {
+        self.verified
+            .get_or_init(|| async {
+                let system = tokio::task::spawn_blocking(|| rustls_native_certs::load_native_certs().certs)
+                    .await
+                    .unwrap_or_default();
+                let mut roots = self.extra_roots.clone();
+                roots.add_parsable_certificates(system);
+                let tls = self.verified_tls.clone().with_root_certificates(roots).with_no_client_auth();
+                client(&self.config, tls)
+            })
+            .await
     }
 
     /// The configuration it was built with.
@@ -172,7 +178,7 @@ impl Remote {
         }
         let head = req.method() == http::Method::HEAD;
         let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let http = if rule.secure() { self.verified() } else { &self.insecure };
+        let http = if rule.secure() { self.verified().await } else { &self.insecure };
         let sent = tokio::time::timeout(self.config.response_timeout, http.request(req)).await;
         let mut resp = match sent {
             Ok(Ok(resp)) => resp,
