@@ -60,7 +60,7 @@ impl Plugin for AuthPlugin {
         // lookup below is per request otherwise).
         if self.auth.jwt().is_none()
             && marina_auth::presented(req.headers()) == marina_auth::Presented::Nothing
-            && !is_under(req.uri().path(), &self.api_base)
+            && api_rest(req.uri().path(), &self.api_base).is_none()
         {
             marina_auth::identity::strip_incoming(req.headers_mut());
             return Ok(Outcome::Continue);
@@ -73,7 +73,7 @@ impl Plugin for AuthPlugin {
             .map(str::to_owned)
             .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
         let method = req.method().clone();
-        let api_rest = path.strip_prefix(self.api_base.as_str()).filter(|r| r.is_empty() || r.starts_with('/'));
+        let api_rest = api_rest(&path, &self.api_base);
         let app = match api_rest {
             Some(_) => None,
             None => self.app_of(&path),
@@ -103,9 +103,10 @@ impl Plugin for AuthPlugin {
     }
 }
 
-/// Whether `path` is `base` or below it (`/api`, `/api/keys`, not `/apis`).
-fn is_under(path: &str, base: &str) -> bool {
-    path.strip_prefix(base).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+/// The path below the internal API's `base` when `path` is for it (`/api` → "", `/api/keys`
+/// → "/keys"; `/apis` is not).
+fn api_rest<'p>(path: &'p str, base: &str) -> Option<&'p str> {
+    path.strip_prefix(base).filter(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// An app version and its key (`name@version`).
