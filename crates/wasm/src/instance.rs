@@ -147,6 +147,7 @@ impl WasmInstance {
         let (guest_tx, mut guest_rx) = oneshot::channel();
         let out = store.data_mut().http().new_response_outparam(guest_tx)?;
         let mut tx = Some(tx);
+        let mut answered = false;
         {
             let call = proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out);
             tokio::pin!(call);
@@ -156,27 +157,27 @@ impl WasmInstance {
                         done?;
                         break;
                     }
+                    // An error: the guest dropped its outparam unanswered; the caller learns it
+                    // when `tx` goes.
                     answer = &mut guest_rx, if tx.is_some() => {
-                        // An error: the guest dropped its outparam unanswered; the caller
-                        // learns it when `tx` goes.
-                        let tx = tx.take();
-                        if let (Ok(answer), Some(tx)) = (answer, tx) {
+                        if let (Ok(answer), Some(tx)) = (answer, tx.take()) {
+                            answered = true;
                             let _ = tx.send(answer);
                         }
                     }
                 }
             }
         }
-        if let Some(tx) = tx {
-            match guest_rx.try_recv() {
-                Ok(answer) => {
-                    let _ = tx.send(answer);
-                }
-                // `handle` returned without answering: the instance is in a state nobody
-                // knows (componentize-js guests answer one request per instance and throw on
-                // the next), so it is not kept; dropping `tx` answers the caller.
-                Err(_) => return Ok(()),
-            }
+        if let (Some(tx), Ok(answer)) = (tx, guest_rx.try_recv()) {
+            answered = true;
+            let _ = tx.send(answer);
+        }
+        // `handle` returned without answering (or dropped its outparam unanswered): the
+        // instance is in a state nobody knows (componentize-js guests answer one request per
+        // instance and throw on the next), so it is not kept; the caller's answer is gone with
+        // `tx`, which tells it.
+        if !answered {
+            return Ok(());
         }
         if self.reuse && !self.stopped.load(Ordering::Acquire) {
             self.warm.lock().push(Warm { store, proxy });
