@@ -208,6 +208,10 @@ pub struct PluginEnv {
     pub database_url: Option<String>,
     /// marina's state dir (resolved), where app databases live on SQLite.
     pub state_dir: PathBuf,
+    /// Cancelled when marina stops accepting connections at shutdown: long-lived responses a
+    /// plugin streams (event streams) end then, so the graceful close need not wait for the
+    /// shutdown deadline. Plugins take a child token and cancel it in their own `shutdown`.
+    pub closing: tokio_util::sync::CancellationToken,
 }
 
 /// Builds a plugin from its spec. Cheap and synchronous; async set-up belongs in

@@ -223,6 +223,7 @@ impl Server {
             tokens,
             database_url: config.database_url.clone(),
             state_dir: config.state_dir.clone(),
+            closing: CancellationToken::new(),
         };
         // Authentication is built in and runs first, whatever the plugin dirs hold: the internal
         // API's key requirement must not hang on a manifest, and later hooks (a rate limit by

@@ -57,6 +57,8 @@ impl Exit {
     pub async fn close_connections(&self, rt: &Runtime, graceful: GracefulShutdown, hard_stop: CancellationToken) {
         let open = graceful.count();
         tracing::info!(connections = open, "no longer accepting; closing idle connections, in-flight requests finish");
+        // Plugins' event streams end now; they would otherwise hold their connections open.
+        rt.plugin_env.closing.cancel();
         let closed = graceful.shutdown();
         tokio::pin!(closed);
         if tokio::time::timeout_at(self.cut_at, &mut closed).await.is_ok() {

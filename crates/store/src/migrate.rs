@@ -59,6 +59,8 @@ const SYSTEM: &[(&str, &str)] = &[
     ("0016_app_roles.down.sql", include_str!("../migrations/0016_app_roles.down.sql")),
     ("0017_kv_indexes.up.sql", include_str!("../migrations/0017_kv_indexes.up.sql")),
     ("0017_kv_indexes.down.sql", include_str!("../migrations/0017_kv_indexes.down.sql")),
+    ("0018_gateway_shell_excludes.up.sql", include_str!("../migrations/0018_gateway_shell_excludes.up.sql")),
+    ("0018_gateway_shell_excludes.down.sql", include_str!("../migrations/0018_gateway_shell_excludes.down.sql")),
 ];
 
 fn err(status: StatusCode, code: &'static str, message: String) -> Error {

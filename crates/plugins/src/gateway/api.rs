@@ -1,20 +1,30 @@
-//! `/gateway/api`: Buntime's read endpoints (buntime.md §6.2), behind the internal API's key
-//! rules ([`crate::api::guard`]).
+//! `/gateway/api`: Buntime's endpoints (buntime.md §6.2), behind the internal API's key rules
+//! ([`crate::api::guard`]: reading needs a key once keys exist, changing needs an admin key or
+//! the root key, and without keys a state-changing call needs a same-host `Origin`).
 //!
 //! | Method & path | Answer |
 //! |---|---|
 //! | GET `/stats` | `{totalRequests, allowedRequests, blockedRequests, preflights, activeBuckets}` |
 //! | GET `/config` | `{rateLimit, cors, cache: null, shell, trustedProxies}` |
+//! | GET `/sse` | an event each second: `{timestamp, rateLimit: {metrics, config}, cors, shell, recentLogs}` ([`super::sse`]) |
 //! | GET `/rate-limit/metrics` | `{totalRequests, allowedRequests, blockedRequests, activeBuckets}` |
 //! | GET `/rate-limit/buckets?limit=100` | `[{key, rule, remaining, requests, blocked, lastSeen}]`, most recent first |
+//! | DELETE `/rate-limit/buckets/:key` | `{deleted, key, rules}`: the key forgotten under every rule |
+//! | POST `/rate-limit/clear` | `{cleared: <keys>}` |
+//! | GET `/metrics/history?limit=60` | `[{timestamp, totalRequests, blockedRequests, allowedRequests, activeBuckets}]`, newest first, one a second, at most 3600 (in memory: [`super::history`]) |
+//! | DELETE `/metrics/history` | `{cleared: true}` |
+//! | GET `/shell/excludes` | `[{basename, source: "env" \| "keyval", addedAt?}]` |
+//! | POST `/shell/excludes` `{basename}` | `{added, basename, source: "keyval"}`, stored in marina's database ([`super::excludes`]) |
+//! | DELETE `/shell/excludes/:basename` | `{removed, basename}`; 409 `EXCLUDE_CONFIGURED` for a configured one |
 //! | GET `/logs?limit=50&ip=&rateLimited=true&statusRange=4` | `[{timestamp, ip, method, path, status, duration, rateLimited, requestId}]`, newest first |
 //! | DELETE `/logs` | `{cleared: true}` |
 //! | GET `/logs/stats` | `{total, capacity, rateLimited, byStatus, avgDuration}` |
+//! | POST `/cache/invalidate` | always 400 `CACHE_DISABLED` (Buntime: 400 "Cache not enabled"; there is no cache) |
 //!
 //! Without a rate limit, the `/rate-limit/*` routes answer 400 `RATE_LIMIT_DISABLED` (Buntime:
-//! 400 "Rate limiting not enabled"). Not provided: Buntime's SSE stream, bucket deletion and
-//! clearing (governor's state cannot be edited per key), metrics history and shell excludes
-//! persisted in keyval, and `/cache/invalidate` (Buntime's cache was never enabled).
+//! 400 "Rate limiting not enabled"); without a shell, `/shell/excludes` answers 400
+//! `SHELL_DISABLED` (Buntime: 400 "Shell not configured"). A bad basename is 400
+//! `INVALID_BASENAME` naming the field and quoting what was sent.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -22,13 +32,14 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{Query, State as Extract};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use marina_core::Error;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::State;
 use super::log::Filter;
+use super::manage::{self, limits_enabled as enabled};
+use super::{State, sse};
 use crate::api::{ApiError, reply};
 
 type S = Extract<Arc<State>>;
@@ -38,8 +49,15 @@ pub fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/api/stats", get(|Extract(s): S| async move { reply(&s.stats_json()) }))
         .route("/api/config", get(|Extract(s): S| async move { reply(&s.config_json()) }))
+        .route("/api/sse", get(|Extract(s): S| async move { sse::stream(s) }))
         .route("/api/rate-limit/metrics", get(metrics))
         .route("/api/rate-limit/buckets", get(buckets))
+        .route("/api/rate-limit/buckets/{key}", delete(manage::delete_bucket))
+        .route("/api/rate-limit/clear", post(manage::clear_buckets))
+        .route("/api/metrics/history", get(manage::history).delete(manage::clear_history))
+        .route("/api/shell/excludes", get(manage::list_excludes).post(manage::add_exclude))
+        .route("/api/shell/excludes/{basename}", delete(manage::remove_exclude))
+        .route("/api/cache/invalidate", post(manage::invalidate_cache))
         .route(
             "/api/logs",
             get(logs).delete(|Extract(s): S| async move {
@@ -51,24 +69,9 @@ pub fn router(state: Arc<State>) -> Router {
         .with_state(state)
 }
 
-fn enabled(s: &State) -> Result<(), ApiError> {
-    if s.limits.is_empty() {
-        return Err(Error::bad_request(
-            "RATE_LIMIT_DISABLED",
-            "no rate limit is configured (GATEWAY_RATE_LIMIT_REQUESTS or the manifest's rateLimit)",
-        )
-        .into());
-    }
-    Ok(())
-}
-
 async fn metrics(Extract(s): S) -> Result<Response, ApiError> {
     enabled(&s)?;
-    let mut stats = s.stats_json();
-    if let Some(o) = stats.as_object_mut() {
-        o.remove("preflights");
-    }
-    reply(&stats)
+    reply(&s.metrics_json())
 }
 
 #[derive(Deserialize)]

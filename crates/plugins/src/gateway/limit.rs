@@ -15,11 +15,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use serde::Serialize;
 
-type Keyed = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+use super::keyed::SharedKeyedStore;
+
+type Keyed = RateLimiter<String, SharedKeyedStore, DefaultClock, StateInformationMiddleware>;
 
 /// How often keyed state is swept of buckets that are full again.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -65,6 +66,7 @@ struct Counters {
 /// The keyed limiter of one rule.
 pub struct Limiter {
     limiter: Keyed,
+    store: SharedKeyedStore,
     counters: DashMap<String, Counters>,
     limit: u32,
     period: Duration,
@@ -79,8 +81,15 @@ impl Limiter {
     pub fn new(requests: NonZeroU32, window: Duration) -> Option<Self> {
         let period = window.checked_div(requests.get()).filter(|p| !p.is_zero())?;
         let quota = Quota::with_period(period)?.allow_burst(requests);
+        let store = SharedKeyedStore::default();
         Some(Self {
-            limiter: RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
+            limiter: RateLimiter::<String, SharedKeyedStore, DefaultClock>::new(
+                quota,
+                store.clone(),
+                DefaultClock::default(),
+            )
+            .with_middleware::<StateInformationMiddleware>(),
+            store,
             counters: DashMap::new(),
             limit: requests.get(),
             period,
@@ -128,6 +137,21 @@ impl Limiter {
         c.remaining = verdict.remaining;
         c.last_seen = epoch_ms();
         verdict
+    }
+
+    /// Forget `key` (its GCRA state and counters): its next request meets a full allowance.
+    /// True when the key was known.
+    pub fn remove(&self, key: &str) -> bool {
+        let state = self.store.remove(key);
+        self.counters.remove(key).is_some() || state
+    }
+
+    /// Forget every key; how many were known.
+    pub fn clear(&self) -> usize {
+        let state = self.store.clear();
+        let known = self.counters.len();
+        self.counters.clear();
+        known.max(state)
     }
 
     /// The keys seen, most recent first, at most `limit`.
@@ -195,6 +219,10 @@ mod tests {
         let first = buckets.iter().find(|b| b.key == "ip:10.0.0.1").unwrap();
         assert_eq!((first.requests, first.blocked, first.remaining), (5, 2, 0));
         assert_eq!(l.buckets(1).len(), 1);
+        assert!(l.remove("ip:10.0.0.1") && !l.remove("ip:10.0.0.1"));
+        assert!(l.check("ip:10.0.0.1").allowed, "a removed key starts over");
+        assert_eq!(l.clear(), 2);
+        assert_eq!((l.tracked(), l.buckets(10).len()), (0, 0));
     }
 
     #[test]

@@ -9,13 +9,22 @@
 //! authentication refused included, so a flood of bad keys meets 429 like any flood. A valid
 //! API key, root key or token skips nothing. `on_response` adds the CORS and `RateLimit-*`
 //! headers to every answer, errors included (a page can read a 429), and logs the request.
+//!
+//! Background work: `init` reads the shell excludes stored in marina's database and starts the
+//! metrics-history sampler ([`history`]), which `shutdown` (or marina closing its listener)
+//! stops, together with every `/gateway/api/sse` stream.
 
 pub mod api;
 pub mod cors;
+pub mod excludes;
+pub mod history;
+pub mod keyed;
 pub mod limit;
 pub mod log;
+mod manage;
 pub mod rules;
 pub mod shell;
+pub mod sse;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +33,7 @@ use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, heade
 use marina_core::settings::RawSettings;
 use marina_core::{Body, Error, body};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 use crate::async_trait;
 use crate::context::RequestContext;
@@ -60,6 +70,17 @@ pub struct State {
     trusted_proxies: Vec<String>,
     stats: Stats,
     log: log::RequestLog,
+    history: history::History,
+    store: marina_store::Store,
+    /// Cancelled by `shutdown` or when marina stops accepting: ends the sampler and SSE streams.
+    closing: CancellationToken,
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        // A gateway dropped without `shutdown` (a failed load) still stops its sampler.
+        self.closing.cancel();
+    }
 }
 
 /// The gateway plugin.
@@ -93,6 +114,9 @@ impl Gateway {
             trusted_proxies,
             stats: Stats::default(),
             log: log::RequestLog::default(),
+            history: history::History::default(),
+            store: env.store.clone(),
+            closing: env.closing.child_token(),
         });
         Ok(Self { router: api::router(state.clone()), state })
     }
@@ -117,6 +141,26 @@ impl State {
             "preflights": s.preflights.load(Ordering::Relaxed),
             "activeBuckets": self.limits.rules.iter().map(|r| r.limiter.tracked()).sum::<usize>(),
         })
+    }
+
+    /// `/rate-limit/metrics` (Buntime's `getMetrics`).
+    fn metrics_json(&self) -> Value {
+        let mut stats = self.stats_json();
+        if let Some(o) = stats.as_object_mut() {
+            o.remove("preflights");
+        }
+        stats
+    }
+
+    fn snapshot(&self) -> history::Snapshot {
+        let s = &self.stats;
+        history::Snapshot {
+            timestamp: limit::epoch_ms(),
+            total_requests: s.requests.load(Ordering::SeqCst),
+            blocked_requests: s.rate_limited.load(Ordering::Relaxed),
+            allowed_requests: s.allowed.load(Ordering::Relaxed),
+            active_buckets: self.limits.rules.iter().map(|r| r.limiter.tracked() as u64).sum(),
+        }
     }
 
     fn config_json(&self) -> Value {
@@ -157,9 +201,26 @@ impl Plugin for Gateway {
         Phases { early_request: true, on_request: false, on_response: true }
     }
 
+    async fn init(&self, _env: &PluginEnv) -> Result<(), Error> {
+        let st = &self.state;
+        if let Some(shell) = &st.shell {
+            shell.set_stored(excludes::Stored::load(st.store.clone()).await?);
+        }
+        let sampler =
+            history::History::run(Arc::downgrade(st), |s: &State| &s.history, State::snapshot, st.closing.clone());
+        tokio::spawn(sampler);
+        Ok(())
+    }
+
+    async fn shutdown(&self) {
+        self.state.closing.cancel();
+    }
+
     async fn early_request(&self, req: &mut Request<Body>, ctx: &mut RequestContext) -> Result<Outcome, Error> {
         let st = &self.state;
-        st.stats.requests.fetch_add(1, Ordering::Relaxed);
+        // SeqCst: pairs with the history sampler's check before it parks (see `History::touch`).
+        st.stats.requests.fetch_add(1, Ordering::SeqCst);
+        st.history.touch();
         let origin = header_str(req, header::ORIGIN).map(str::to_string);
         let internal = st.internal(&ctx.path);
         if let Some(policy) = st.cors.as_ref().filter(|p| p.preflight)

@@ -7,15 +7,16 @@
 //!
 //! - never the internal API (`{RUNTIME_API_PREFIX}/api/...`);
 //! - never a path whose first segment is excluded: `GATEWAY_SHELL_EXCLUDES` (or `shellExcludes`),
-//!   or the `gateway_shell_excludes` / `GATEWAY_SHELL_EXCLUDES` cookie (comma-separated);
-//!   basenames match `^[a-zA-Z0-9_-]+$`;
+//!   the excludes added through `/gateway/api/shell/excludes` ([`super::excludes`], stored in
+//!   marina's database), or the `gateway_shell_excludes` / `GATEWAY_SHELL_EXCLUDES` cookie
+//!   (comma-separated); basenames match `^[a-zA-Z0-9_-]+$`;
 //! - then a document navigation (`Sec-Fetch-Dest: document`), or a single-segment path
 //!   (`/`, `/settings`) that is not being embedded (`Sec-Fetch-Dest` other than `iframe`,
 //!   `embed`, `object`).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::{HeaderMap, header};
 use marina_apps::App;
@@ -23,6 +24,8 @@ use marina_apps::registry::{Registry, Resolved};
 use marina_core::Error;
 use marina_core::settings::RawSettings;
 use serde_json::{Value, json};
+
+use super::excludes::Stored;
 
 /// The name the shell app runs under in the worker pool (`gateway-shell@latest`).
 pub const APP_NAME: &str = "gateway-shell";
@@ -40,6 +43,8 @@ pub struct Shell {
     resolved: Resolved,
     registry: Arc<Registry>,
     excludes: HashSet<String>,
+    /// The excludes added at runtime, once the gateway's `init` has read them.
+    stored: OnceLock<Stored>,
     api_base: String,
 }
 
@@ -103,6 +108,7 @@ impl Shell {
             resolved: Resolved { name: APP_NAME.into(), version: "latest".into(), dir: path },
             registry,
             excludes,
+            stored: OnceLock::new(),
             api_base: api_base.to_string(),
         };
         // Its manifest and entrypoint are checked now, so a broken shell stops start-up.
@@ -135,12 +141,43 @@ impl Shell {
             Some(i) => (&rest[..i], false),
             None => (rest, true),
         };
-        if !first.is_empty() && (self.excludes.contains(first) || cookie_excludes(headers, first)) {
+        let stored = || self.stored.get().is_some_and(|s| s.contains(first));
+        if !first.is_empty() && (self.excludes.contains(first) || stored() || cookie_excludes(headers, first)) {
             return false;
         }
         let dest = headers.get("sec-fetch-dest").and_then(|v| v.to_str().ok()).unwrap_or("");
         dest.eq_ignore_ascii_case("document")
             || (single && !["iframe", "embed", "object"].iter().any(|d| dest.eq_ignore_ascii_case(d)))
+    }
+
+    /// Hand over the stored excludes (once, at init).
+    pub fn set_stored(&self, stored: Stored) {
+        let _ = self.stored.set(stored);
+    }
+
+    /// The stored excludes, once read.
+    pub fn stored(&self) -> Option<&Stored> {
+        self.stored.get()
+    }
+
+    /// Whether the configuration (variable or manifest) excludes `basename`.
+    pub fn configured(&self, basename: &str) -> bool {
+        self.excludes.contains(basename)
+    }
+
+    /// Every exclude as Buntime lists them: `{basename, source: "env"}` for configured ones,
+    /// then `{basename, source: "keyval", addedAt}` for stored ones (Buntime's name for the
+    /// persisted kind; marina keeps them in its database).
+    pub fn entries(&self) -> Vec<Value> {
+        let mut configured: Vec<&String> = self.excludes.iter().collect();
+        configured.sort();
+        let mut out: Vec<Value> = configured.iter().map(|b| json!({ "basename": b, "source": "env" })).collect();
+        for (name, at) in self.stored().map(Stored::all).unwrap_or_default() {
+            if !self.excludes.contains(&name) {
+                out.push(json!({ "basename": name, "source": "keyval", "addedAt": at }));
+            }
+        }
+        out
     }
 
     /// The configuration as `/gateway/api/config` shows it.
@@ -177,6 +214,7 @@ mod tests {
             resolved: Resolved { name: APP_NAME.into(), version: "latest".into(), dir: PathBuf::from("/nonexistent") },
             registry: Arc::new(Registry::new(Vec::new())),
             excludes: excludes.iter().map(|s| s.to_string()).collect(),
+            stored: OnceLock::new(),
             api_base: "/api".into(),
         }
     }

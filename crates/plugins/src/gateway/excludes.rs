@@ -1,0 +1,82 @@
+//! Shell excludes added at runtime (`/gateway/api/shell/excludes`), kept in marina's database
+//! (the `marina_gateway_shell_excludes` table, migration 0018, SQLite or PostgreSQL) so they
+//! survive a restart, and in memory so that the shell's bypass sees a change at once.
+//!
+//! Excludes from `GATEWAY_SHELL_EXCLUDES` or the manifest (`source: "env"`) are not stored and
+//! cannot be removed through the API: the configuration owns them. Several instances sharing a
+//! PostgreSQL database read the table at start; one instance's later change reaches the others
+//! at their next start (or plugin reload).
+
+use std::collections::BTreeMap;
+
+use marina_core::Error;
+use marina_store::{Store, Value};
+use parking_lot::RwLock;
+
+use super::limit::epoch_ms;
+
+/// The stored excludes: basename → when it was added (epoch ms).
+pub struct Stored {
+    store: Store,
+    names: RwLock<BTreeMap<String, u64>>,
+}
+
+impl Stored {
+    /// Read the table.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn load(store: Store) -> Result<Self, Error> {
+        let rows = store.query("SELECT basename, added_at FROM marina_gateway_shell_excludes", &[]).await?;
+        let mut names = BTreeMap::new();
+        for row in rows {
+            let name: String = row.get("basename")?;
+            let at: i64 = row.get("added_at")?;
+            names.insert(name, u64::try_from(at).unwrap_or(0));
+        }
+        Ok(Self { store, names: RwLock::new(names) })
+    }
+
+    /// Whether `basename` is excluded here.
+    pub fn contains(&self, basename: &str) -> bool {
+        self.names.read().contains_key(basename)
+    }
+
+    /// Every stored exclude with its time, by name.
+    pub fn all(&self) -> Vec<(String, u64)> {
+        self.names.read().iter().map(|(n, t)| (n.clone(), *t)).collect()
+    }
+
+    /// Store `basename` (already validated); false when it was there.
+    ///
+    /// # Errors
+    /// The database's; memory is changed only after the row is written.
+    pub async fn add(&self, basename: &str) -> Result<bool, Error> {
+        let now = epoch_ms();
+        let n = self
+            .store
+            .execute(
+                "INSERT INTO marina_gateway_shell_excludes (basename, added_at) VALUES ($1, $2) \
+                 ON CONFLICT (basename) DO NOTHING",
+                &[Value::from(basename), Value::from(now as i64)],
+            )
+            .await?;
+        let mut names = self.names.write();
+        let fresh = !names.contains_key(basename);
+        names.entry(basename.to_string()).or_insert(now);
+        Ok(n > 0 || fresh)
+    }
+
+    /// Remove `basename`; false when it was not stored.
+    ///
+    /// # Errors
+    /// The database's; memory is changed only after the row is deleted.
+    pub async fn remove(&self, basename: &str) -> Result<bool, Error> {
+        let n = self
+            .store
+            .execute("DELETE FROM marina_gateway_shell_excludes WHERE basename = $1", &[Value::from(basename)])
+            .await?;
+        let known = self.names.write().remove(basename).is_some();
+        Ok(n > 0 || known)
+    }
+}

@@ -1,0 +1,1 @@
+DROP TABLE marina_gateway_shell_excludes;
