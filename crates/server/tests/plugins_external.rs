@@ -3,7 +3,7 @@
 //! gates requests forward-auth style — allow (2xx, listed headers reach the app), deny (the
 //! worker's 401/403/302 as it gave it), time out, throw or crash (503 fail-closed; fail-open goes
 //! on), never a body to the hook, and a client's copy of a header the hook may set never reaching
-//! the app. Also: the bundled `examples/plugins/forward-auth`, disabled on a fresh clone and
+//! the app; `hooks.paths`/`hooks.excludePaths` narrowing what the hook is asked. Also: the bundled `examples/plugins/forward-auth`, disabled on a fresh clone and
 //! working once enabled.
 
 mod common;
@@ -193,6 +193,32 @@ async fn a_fail_open_hook_lets_requests_through_without_trusting_the_client() {
     srv.stop().await;
 }
 
+/// `hooks.paths` / `hooks.excludePaths`: the hook is asked only about matching paths; the
+/// headers it may set are still stripped from every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hook_checks_only_its_paths() {
+    let tmp = setup("  paths: [\"/echo/admin\", \"/echo/admin/**\"]\n  excludePaths: [\"/echo/admin/public/**\"]\n");
+    let srv = serve(&tmp).await;
+    let c = client();
+    let at = |p: &str| format!("{}{p}", srv.base);
+    // In its paths: gated.
+    assert_eq!(c.get(at("/echo/admin/deny401")).send().await.unwrap().status(), 401);
+    assert_eq!(c.get(at("/echo/admin")).send().await.unwrap().status(), 200);
+    let got: Value = c.get(at("/echo/admin/x")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(got["headers"]["x-user"], "alice", "{got}");
+    let asked = seen(&c, &srv).await.len();
+    assert_eq!(asked, 3);
+    // Outside them, or excluded: not asked, and a client's x-user still never reaches the app.
+    for p in ["/echo/deny401", "/echo/admin/public/deny401", "/echo/administrator/deny401"] {
+        let resp = c.get(at(p)).header("x-user", "mallory").send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{p}");
+        let got: Value = resp.json().await.unwrap();
+        assert!(got["headers"].get("x-user").is_none(), "{p}: {got}");
+    }
+    assert_eq!(seen(&c, &srv).await.len(), asked, "the hook was not asked");
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_hooks_stop_start_up_naming_the_key() {
     let tmp = setup("");
@@ -201,6 +227,17 @@ async fn bad_hooks_stop_start_up_naming_the_key() {
     std::fs::write(&manifest, text.replace("[x-user, x-identity]", "[x-user, x-forwarded-for]")).unwrap();
     let Err(err) = bind(&tmp).await else { panic!("start-up should fail") };
     assert!(err.message().contains("hooks.authResponseHeaders[1]"), "{}", err.message());
+    for (extra, key, quoted) in [
+        ("  paths: /admin\n", "`hooks.paths`", "found \"/admin\""),
+        ("  paths: []\n", "`hooks.paths`", "at least one"),
+        ("  paths: [\"/ok\", \"admin/**\"]\n", "`hooks.paths[1]`", "found \"admin/**\""),
+        ("  excludePaths: [\"/a/[z\"]\n", "`hooks.excludePaths[0]`", "\"/a/[z\" is not a glob"),
+        ("  onlyPaths: [\"/a\"]\n", "`hooks.onlyPaths`", "unknown key"),
+    ] {
+        std::fs::write(&manifest, format!("{text}{extra}")).unwrap();
+        let Err(err) = bind(&tmp).await else { panic!("start-up should fail with {extra:?}") };
+        assert!(err.message().contains(key) && err.message().contains(quoted), "{extra:?}: {}", err.message());
+    }
     std::fs::write(&manifest, text.replace("entrypoint: index.js", "entrypoint: missing.js")).unwrap();
     std::fs::remove_file(tmp.path().join("plugins/gate/index.js")).unwrap();
     let Err(err) = bind(&tmp).await else { panic!("start-up should fail") };

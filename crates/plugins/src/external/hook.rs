@@ -39,6 +39,8 @@ pub struct Hook {
     path: String,
     /// Headers copied from a 2xx answer to the request.
     copy: Vec<HeaderName>,
+    /// `paths` / `excludePaths`: which requests it is asked about.
+    pub paths: super::paths::PathFilter,
 }
 
 /// Names a hook may not set: marina's own, hop-by-hop and body headers.
@@ -80,11 +82,13 @@ impl Hook {
                 return Err(bad("hooks", format!("expected a mapping such as {{onRequest: /check}}, found {other}")));
             }
         };
+        const KEYS: [&str; 4] = ["onRequest", "authResponseHeaders", "paths", "excludePaths"];
         for key in hooks.keys() {
-            if key != "onRequest" && key != "authResponseHeaders" {
+            if !KEYS.contains(&key.as_str()) {
                 return Err(bad(
                     &format!("hooks.{key}"),
-                    "unknown key (external plugins have `onRequest` and `authResponseHeaders`)".into(),
+                    "unknown key (external plugins have `onRequest`, `authResponseHeaders`, `paths` and `excludePaths`)"
+                        .into(),
                 ));
             }
         }
@@ -130,7 +134,8 @@ impl Hook {
                 ));
             }
         }
-        Ok(Some(Self { path, copy }))
+        let paths = super::paths::PathFilter::from_hooks(hooks)?;
+        Ok(Some(Self { path, copy, paths }))
     }
 
     /// Removes the headers the hook may set from the incoming request (see the module docs) and

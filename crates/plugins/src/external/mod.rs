@@ -16,9 +16,11 @@
 //! refusals, rate-limited requests and CORS preflights were answered before it; plugins loaded
 //! earlier may have answered too), except the internal API and `/.well-known` (marina's own,
 //! guarded by its keys: a broken gate must not lock the operator out of `/api/plugins/reload`)
-//! and the plugin's own base (its login page must be reachable without logging in).
+//! and the plugin's own base (its login page must be reachable without logging in). The
+//! manifest narrows it further with `hooks.paths` and `hooks.excludePaths` ([`paths`]).
 
 pub mod hook;
+pub mod paths;
 
 use std::sync::Arc;
 
@@ -95,9 +97,10 @@ impl External {
     }
 
     /// Whether `path` is the hook's to check (see the module docs).
-    fn in_scope(&self, path: &str) -> bool {
+    fn in_scope(&self, hook: &hook::Hook, path: &str) -> bool {
         let under = |base: &str| path == base || path.strip_prefix(base).is_some_and(|r| r.starts_with('/'));
         !(under(&self.api_base) || path.starts_with("/.well-known/") || (!self.base.is_empty() && under(&self.base)))
+            && hook.paths.allows(path)
     }
 }
 
@@ -113,7 +116,7 @@ impl Plugin for External {
         // First, whatever the outcome: headers the hook may set are never the client's, so an app
         // can trust them even when the hook failed open or the request is out of its scope.
         let sent = hook.strip_trusted(req.headers_mut());
-        if !self.in_scope(req.uri().path()) {
+        if !self.in_scope(hook, req.uri().path()) {
             return Ok(Outcome::Continue);
         }
         let app = self.load_app().map_err(|e| hook::failed(&self.spec_name, "its app does not load", e))?;
