@@ -39,7 +39,12 @@ pub enum Presented<'a> {
 /// Read the credential: `X-API-Key` first (as Buntime), else `Authorization: Bearer`, which is
 /// a JWT when it has the three-part shape and is not a `btk_` key.
 pub fn presented(headers: &HeaderMap) -> Presented<'_> {
-    if let Some(k) = headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim).filter(|k| !k.is_empty()) {
+    if let Some(k) = headers
+        .get(marina_core::headers::X_API_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+    {
         return Presented::Key(k, KeySource::XApiKey);
     }
     let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
@@ -226,7 +231,7 @@ impl Auth {
             Ok(identity) => {
                 match source {
                     Some(KeySource::XApiKey) => {
-                        headers.remove("x-api-key");
+                        headers.remove(marina_core::headers::X_API_KEY);
                     }
                     Some(KeySource::Bearer) => {
                         headers.remove(header::AUTHORIZATION);

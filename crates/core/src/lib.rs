@@ -15,6 +15,7 @@
 pub mod app_file;
 pub mod body;
 pub mod error;
+pub mod headers;
 pub mod settings;
 pub mod units;
 pub mod zerocopy;

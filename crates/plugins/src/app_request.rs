@@ -9,17 +9,17 @@ use crate::context::RequestContext;
 
 /// The header workers read the caller's identity from. marina drops it from every incoming
 /// request; only marina sets it (from [`RequestContext::identity`]).
-pub const IDENTITY_HEADER: &str = "x-identity";
+pub const IDENTITY_HEADER: HeaderName = marina_auth::IDENTITY_HEADER;
 
 /// The header with which the JS host shim marks the 500 it answers for an error the app threw.
-pub const WORKER_ERROR_HEADER: &str = "x-marina-error";
+pub const WORKER_ERROR_HEADER: HeaderName = HeaderName::from_static("x-marina-error");
 
 /// Sets `x-base` (the app's prefix), `x-request-id`, the forwarding headers (the client address
 /// is the socket's, or a trusted proxy's as the gateway decided, never the client's claim) and
 /// `x-identity` (JSON of the established identity, when there is one).
 pub fn set_app_headers(headers: &mut HeaderMap, base: &str, ctx: &RequestContext) {
-    set(headers, "x-base", base);
-    set(headers, "x-request-id", &ctx.request_id);
+    set(headers, marina_core::headers::X_BASE, base);
+    set(headers, marina_core::headers::X_REQUEST_ID, &ctx.request_id);
     marina_proxy::set_forwarding_headers(headers, marina_proxy::ClientInfo { ip: ctx.client_ip, proto: "http" });
     if let Some(identity) = &ctx.identity
         && let Ok(json) = serde_json::to_string(identity)
@@ -36,7 +36,7 @@ pub fn is_worker_error(resp: &http::Response<Body>) -> bool {
 /// The app threw: its message becomes a marina error, so the one edge decides what the client
 /// sees (the thrown text in development, only the code and request id in production) and the
 /// text is logged under the request id. The body read is bounded.
-pub async fn worker_error(app: String, mut body: Body) -> Error {
+pub async fn worker_error(app: &str, mut body: Body) -> Error {
     use http_body_util::BodyExt as _;
     let mut text = Vec::new();
     while let Some(Ok(frame)) = body.frame().await {
@@ -73,9 +73,9 @@ pub fn ascii_json(json: &str) -> String {
     out
 }
 
-fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(HeaderName::from_static(name), v);
+        headers.insert(name, v);
     }
 }
 

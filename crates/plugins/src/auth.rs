@@ -81,7 +81,7 @@ impl Plugin for AuthPlugin {
         let destination = match (api_rest, &app) {
             (Some(rest), _) => Destination::Api { path: if rest.is_empty() { "/" } else { rest } },
             (None, Some((app, rest))) => {
-                Destination::App { key: &app.0, public_routes: &app.1.config.public_routes.by_method, path: rest }
+                Destination::App { key: app.key(), public_routes: &app.config.public_routes.by_method, path: rest }
             }
             (None, None) => Destination::Other,
         };
@@ -109,13 +109,10 @@ fn api_rest<'p>(path: &'p str, base: &str) -> Option<&'p str> {
     path.strip_prefix(base).filter(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-/// An app version and its key (`name@version`).
-type KeyedApp = (String, Arc<marina_apps::App>);
-
 impl AuthPlugin {
     /// The app the path's first segment resolves to, and the raw path below it. An app whose
     /// manifest is broken is left to routing, which answers with the manifest's error.
-    fn app_of<'p>(&self, path: &'p str) -> Option<(KeyedApp, &'p str)> {
+    fn app_of<'p>(&self, path: &'p str) -> Option<(Arc<marina_apps::App>, &'p str)> {
         let trimmed = path.strip_prefix('/')?;
         let (raw, rest) = match trimmed.find('/') {
             Some(i) => (&trimmed[..i], &trimmed[i..]),
@@ -127,7 +124,7 @@ impl AuthPlugin {
         let segment = percent_decode_str(raw).decode_utf8().ok()?;
         let resolved = self.registry.resolve(&segment)?;
         let app = self.registry.load(&resolved).ok()?;
-        Some(((app.key(), app), rest))
+        Some((app, rest))
     }
 }
 

@@ -89,7 +89,7 @@ impl<'s> Record<'s> {
     /// Finish a request: `X-Request-Id`, the access log line, the counters.
     pub fn finish(mut self, resp: &mut Response<Body>) {
         if let Ok(v) = HeaderValue::from_str(&self.ctx.request_id) {
-            resp.headers_mut().insert("x-request-id", v);
+            resp.headers_mut().insert(marina_core::headers::X_REQUEST_ID, v);
         }
         self.done = true;
         log(&self.ctx, resp.status().as_u16());

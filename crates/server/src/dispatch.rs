@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue, Request, Response, Uri};
+use http::{HeaderValue, Request, Response, Uri};
 use marina_apps::{App, WorkerKind};
 use marina_core::{Body, Error};
 use marina_plugins::{RequestContext, app_request};
@@ -62,7 +62,7 @@ pub async fn to_app(
         // Served in-process by marina itself, which reads only `x-base`: the forwarding
         // headers, the request id and the identity are for workers.
         if let Ok(v) = HeaderValue::from_str(&base) {
-            req.headers_mut().insert(HeaderName::from_static("x-base"), v);
+            req.headers_mut().insert(marina_core::headers::X_BASE, v);
         }
     } else {
         app_request::set_app_headers(req.headers_mut(), &base, ctx);

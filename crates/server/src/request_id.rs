@@ -9,7 +9,7 @@ const MAX_LEN: usize = 128;
 /// The id for this request: the incoming `x-request-id` when it is 1–128 visible characters from
 /// a conservative set (letters, digits, `-_.:/+=`), else a new UUIDv7.
 pub fn for_request(headers: &HeaderMap) -> String {
-    if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
+    if let Some(id) = headers.get(marina_core::headers::X_REQUEST_ID).and_then(|v| v.to_str().ok())
         && is_sane(id)
     {
         return id.to_string();

@@ -86,7 +86,7 @@ impl WasmInstance {
             next_task: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             exit_tx: watch::Sender::new(None),
-            output: GuestOutput::new(&app.key(), &spec.worker_id),
+            output: GuestOutput::new(app.key(), &spec.worker_id),
         }
     }
 

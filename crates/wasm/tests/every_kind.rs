@@ -57,6 +57,7 @@ fn app(kind: Kind, state: &Path, name: &str, tweak: impl FnOnce(&mut AppConfig))
         kind,
         config: Arc::new(config),
         proxy: Default::default(),
+        key: App::key_of(name, "1.0.0"),
     })
 }
 

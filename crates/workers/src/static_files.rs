@@ -294,7 +294,7 @@ impl StaticSite {
     /// 405 (with `Allow`), 403 for refused paths, 404 for missing files, 416 (with
     /// `Content-Range`) for unsatisfiable ranges, 500 when reading fails. The server renders them.
     pub async fn serve(&self, method: &Method, raw_path: &str, headers: &HeaderMap) -> Result<Response<Body>, Error> {
-        let base = headers.get("x-base").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let base = headers.get(marina_core::headers::X_BASE).and_then(|v| v.to_str().ok()).unwrap_or("");
         self.serve_with_base(method, raw_path, headers, base).await
     }
 

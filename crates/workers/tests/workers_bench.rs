@@ -99,6 +99,7 @@ async fn throughput_through_marina_vs_direct() {
         kind: WorkerKind::Process,
         config: Arc::new(config),
         proxy: Default::default(),
+        key: App::key_of("bench", "1.0.0"),
     });
     let via = front(pool.clone(), app.clone()).await;
     load(via, 8, 1).await; // warm up

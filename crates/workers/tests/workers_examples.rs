@@ -24,6 +24,7 @@ fn example(name: &str) -> Arc<App> {
         kind,
         config: Arc::new(config),
         proxy: Default::default(),
+        key: App::key_of(name, "latest"),
     })
 }
 

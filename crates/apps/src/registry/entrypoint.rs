@@ -53,6 +53,7 @@ fn build_from(resolved: &Resolved, loaded: manifest::LoadedManifest) -> Result<A
         kind,
         config: Arc::new(config),
         proxy,
+        key: App::key_of(&resolved.name, &resolved.version),
     })
 }
 

@@ -61,6 +61,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use discover::{Index, is_name};
@@ -111,7 +112,9 @@ pub struct Registry {
     index: RwLock<Option<Cached<Arc<Index>>>>,
     /// Held while rescanning the worker dirs.
     rescan: Mutex<()>,
-    apps: Mutex<HashMap<PathBuf, LoadedVersion>>,
+    /// Loaded app versions by dir. Looked up on every request, so hashed with FxHash rather
+    /// than SipHash (the keys are the operator's app dirs, not attacker-chosen).
+    apps: Mutex<FxHashMap<PathBuf, LoadedVersion>>,
     /// Whether loaded apps are refreshed by someone else (the server's reload task), so that
     /// [`Registry::load`] never touches an app's files once it is loaded.
     background: AtomicBool,
@@ -148,7 +151,7 @@ impl Registry {
             generation: Arc::new(AtomicU64::new(0)),
             index: RwLock::new(None),
             rescan: Mutex::new(()),
-            apps: Mutex::new(HashMap::new()),
+            apps: Mutex::new(FxHashMap::default()),
             background: AtomicBool::new(false),
             reads: AtomicU64::new(0),
             logged: Mutex::new(HashMap::new()),

@@ -35,8 +35,12 @@ impl Inner {
         let instance = match self.shared.get(&app) {
             Some(i) => i,
             None => {
-                let spec =
-                    StartSpec { app: app.clone(), worker_id: app.key(), ephemeral: false, cancel: Default::default() };
+                let spec = StartSpec {
+                    app: app.clone(),
+                    worker_id: app.key().to_string(),
+                    ephemeral: false,
+                    cancel: Default::default(),
+                };
                 let instance = backend.start(spec).await?;
                 self.shared.insert(&app, instance)
             }

@@ -301,7 +301,7 @@ impl WorkerPool {
         // it (and an ephemeral worker is stopped).
         let guard = Arc::new(InFlight::enter(worker.clone(), permit, inner.me.clone()));
         worker.wait_ready().await?;
-        let base = req.headers().get("x-base").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let base = req.headers().get(marina_core::headers::X_BASE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let injection = Injection::from_config(&app.config, base);
         let resp = inner.forward(guard, req, tripped, upload).await?;
         match injection {
@@ -323,11 +323,11 @@ impl WorkerPool {
     pub fn reload(&self, app: Arc<App>, reason: &str) {
         let inner = &self.inner;
         if inner.backend(&app).is_ok_and(|b| b.policy() == Policy::Shared) {
-            inner.shared.forget(&app.key());
+            inner.shared.forget(app.key());
             return;
         }
-        inner.drop_spares(&app.key());
-        let Some(slot) = inner.slots.lock().peek(&app.key()).cloned() else { return };
+        inner.drop_spares(app.key());
+        let Some(slot) = inner.slots.lock().peek(app.key()).cloned() else { return };
         inner.reload_slot(&slot, app, reason.to_string());
     }
 

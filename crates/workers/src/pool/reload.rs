@@ -135,7 +135,7 @@ impl Inner {
     /// Put a new slot for `app` holding `workers` where `old` is in the LRU, carrying the
     /// restart history over. `None` when `old` is no longer there (evicted or replaced).
     fn replace_slot(&self, old: &Arc<Slot>, app: Arc<App>, workers: Vec<Arc<Worker>>) -> Option<Arc<Slot>> {
-        let key = app.key();
+        let key = app.key().to_string();
         let (restarts, last_reason) = {
             let st = old.st.lock();
             (st.restarts, st.last_reason.clone())

@@ -3,7 +3,7 @@
 //! `GET /api/workers` shows them as the same [`WorkerInfo`] rows as pooled workers, so clients
 //! read one shape for every kind.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,10 +33,11 @@ struct Entry {
     last_seen: Instant,
 }
 
-/// Every shared instance, by `name@version`.
+/// Every shared instance, by `name@version` (looked up twice per request: FxHash, since the
+/// keys are app names, not attacker-chosen).
 #[derive(Default)]
 pub(crate) struct Shared {
-    apps: Mutex<HashMap<String, Entry>>,
+    apps: Mutex<FxHashMap<String, Entry>>,
 }
 
 impl Shared {
@@ -44,7 +45,7 @@ impl Shared {
     /// only when the app really changed, which retires the old instance).
     pub fn get(&self, app: &Arc<App>) -> Option<Arc<dyn Instance>> {
         let apps = self.apps.lock();
-        let e = apps.get(&app.key())?;
+        let e = apps.get(app.key())?;
         (Arc::ptr_eq(&e.app, app) && !e.stale).then(|| e.instance.clone())
     }
 
@@ -53,7 +54,7 @@ impl Shared {
         let now = Instant::now();
         let mut apps = self.apps.lock();
         let key = app.key();
-        if let Some(e) = apps.get_mut(&key) {
+        if let Some(e) = apps.get_mut(key) {
             if Arc::ptr_eq(&e.app, app) && !e.stale {
                 return e.instance.clone(); // another request started it first
             }
@@ -63,7 +64,7 @@ impl Shared {
             return instance;
         }
         apps.insert(
-            key,
+            key.to_string(),
             Entry {
                 app: app.clone(),
                 instance: instance.clone(),
@@ -92,7 +93,7 @@ impl Shared {
     pub fn record(&self, app: &App, status: u16, latency: Duration) {
         let now = Instant::now();
         let mut apps = self.apps.lock();
-        let Some(entry) = apps.get_mut(&app.key()) else { return };
+        let Some(entry) = apps.get_mut(app.key()) else { return };
         entry.requests += 1;
         if status >= 500 {
             entry.errors += 1;
@@ -159,6 +160,7 @@ mod tests {
                 kind: WorkerKind::Static,
                 config: Default::default(),
                 proxy: Default::default(),
+                key: App::key_of("a", version),
             })
         };
         let start = |app: &Arc<App>| {

@@ -45,11 +45,11 @@ impl Inner {
     pub(super) fn slot_for(&self, app: &Arc<App>) -> Arc<Slot> {
         let key = app.key();
         let mut slots = self.slots.lock();
-        if let Some(slot) = slots.get(&key) {
+        if let Some(slot) = slots.get(key) {
             return slot.clone();
         }
         let slot = Arc::new(Slot { app: app.clone(), st: Mutex::new(SlotState::default()) });
-        let evicted = slots.push(key, slot.clone());
+        let evicted = slots.push(key.to_string(), slot.clone());
         drop(slots);
         if let Some((old_key, old)) = evicted {
             self.counters.evictions.fetch_add(1, Ordering::Relaxed);

@@ -51,13 +51,13 @@ impl Inner {
             let mut spares = self.spares.lock();
             let mut stale = Vec::new();
             let key = app.key();
-            if !spares.contains_key(&key) && spares.len() >= MAX_SPARE_APPS {
+            if !spares.contains_key(key) && spares.len() >= MAX_SPARE_APPS {
                 let oldest = spares.iter().min_by_key(|(_, e)| e.last_demand).map(|(k, _)| k.clone());
                 if let Some(evicted) = oldest.and_then(|k| spares.remove(&k)) {
                     stale = evicted.workers;
                 }
             }
-            let entry = spares.entry(key).or_insert_with(|| AppSpares {
+            let entry = spares.entry(key.to_string()).or_insert_with(|| AppSpares {
                 app: app.clone(),
                 workers: Vec::new(),
                 last_demand: Instant::now(),
@@ -82,7 +82,7 @@ impl Inner {
         let worker = taken.unwrap_or_else(|| self.spawn_worker(app.clone(), true));
         let fresh: Vec<Arc<Worker>> = (0..missing).map(|_| self.spawn_worker(app.clone(), true)).collect();
         let mut spares = self.spares.lock();
-        match spares.get_mut(&app.key()).filter(|e| Arc::ptr_eq(&e.app, app)) {
+        match spares.get_mut(app.key()).filter(|e| Arc::ptr_eq(&e.app, app)) {
             Some(entry) => entry.workers.extend(fresh),
             // Dropped (reload) or replaced meanwhile: these are not wanted.
             None => fresh.into_iter().for_each(stop_spare),

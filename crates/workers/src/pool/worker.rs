@@ -75,7 +75,7 @@ impl std::fmt::Debug for Worker {
 impl Worker {
     pub fn new(app: Arc<App>, ephemeral: bool, pool: Weak<Inner>) -> Arc<Self> {
         Arc::new(Self {
-            key: app.key(),
+            key: app.key().to_string(),
             id: uuid::Uuid::new_v4().to_string(),
             app,
             ephemeral,

@@ -115,7 +115,7 @@ impl ProcessBackend {
 impl Backend for ProcessBackend {
     fn start(&self, spec: StartSpec) -> BoxFuture<'static, Result<Arc<dyn Instance>, Error>> {
         let boot = Boot {
-            key: spec.app.key(),
+            key: spec.app.key().to_string(),
             spec,
             opts: self.opts.clone(),
             shim: self.shim.clone(),

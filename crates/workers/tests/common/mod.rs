@@ -29,6 +29,7 @@ pub fn js_app(name: &str, fixture_dir: &str, entry: &str, tweak: impl FnOnce(&mu
         kind: WorkerKind::Js,
         config: Arc::new(config),
         proxy: Default::default(),
+        key: App::key_of(name, "1.0.0"),
     })
 }
 
@@ -49,6 +50,7 @@ pub fn py_app(name: &str, tweak: impl FnOnce(&mut AppConfig)) -> Arc<App> {
         kind: WorkerKind::Process,
         config: Arc::new(config),
         proxy: Default::default(),
+        key: App::key_of(name, "1.0.0"),
     })
 }
 
