@@ -1,7 +1,8 @@
 //! `/gateway/api`'s managing half through a real server: rate-limit buckets forgotten one by
 //! one and all at once, the per-second metrics history, the SSE stream (its shape, and its end
-//! when marina shuts down), the cache answer, shell excludes added and removed at runtime (kept
-//! across a restart, on SQLite and on PostgreSQL), and the key and Origin rules on all of them.
+//! when marina shuts down), the cache answer, shell excludes added and removed at runtime and the
+//! history, both kept across a restart (on SQLite and on PostgreSQL), and the key and Origin
+//! rules on all of them.
 
 mod common;
 
@@ -312,4 +313,66 @@ async fn shell_excludes_at_runtime_on_postgres() {
         return;
     };
     excludes_lifecycle(Some(&url)).await;
+}
+
+/// The metrics history survives a restart (written at shutdown at the latest), and a clear
+/// reaches the stored rows.
+async fn history_lifecycle(database_url: Option<&str>) {
+    let tmp = common::gateway_fixture("");
+    let state = tempfile::tempdir().unwrap();
+    let apps = tmp.path().join("apps");
+    let start = || {
+        let (plugins, state) = (tmp.path().join("plugins"), state.path());
+        common::start(&apps, move |r| {
+            r.set("RUNTIME_PLUGIN_DIRS", plugins.display().to_string())
+                .set("RUNTIME_STATE_DIR", state.display().to_string());
+            if let Some(url) = database_url {
+                r.set("DATABASE_URL", url);
+            }
+        })
+    };
+    let c = Client::new();
+    let history = |srv: &common::Running| {
+        let url = format!("{}/gateway/api/metrics/history?limit=3600", srv.base);
+        let c = c.clone();
+        async move { c.get(url).send().await.unwrap().json::<Value>().await.unwrap().as_array().unwrap().clone() }
+    };
+    let srv = start().await;
+    for _ in 0..3 {
+        assert_eq!(c.get(format!("{}/api/health", srv.base)).send().await.unwrap().status(), 200);
+    }
+    until("a snapshot of the requests", || async {
+        history(&srv).await.first().is_some_and(|s| s["totalRequests"].as_u64() >= Some(3))
+    })
+    .await;
+    let seen = history(&srv).await[0].clone();
+    srv.stop().await;
+
+    let srv = start().await;
+    let got = history(&srv).await;
+    assert!(got.contains(&seen), "{seen} not in {got:?}");
+    let cleared_at = common_now_ms();
+    let (s, _) = call(&c, &srv, Method::DELETE, "/gateway/api/metrics/history", None).await;
+    assert_eq!(s, 200);
+    srv.stop().await;
+
+    let srv = start().await;
+    let got = history(&srv).await;
+    assert!(got.iter().all(|s| s["timestamp"].as_u64().unwrap() + 1000 >= cleared_at), "{got:?}");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_survives_a_restart_on_sqlite() {
+    history_lifecycle(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_survives_a_restart_on_postgres() {
+    let Some(url) = std::env::var("MARINA_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) else {
+        assert!(std::env::var("CI").is_err(), "CI must test PostgreSQL (MARINA_TEST_DATABASE_URL)");
+        eprintln!("skip: MARINA_TEST_DATABASE_URL is unset");
+        return;
+    };
+    history_lifecycle(Some(&url)).await;
 }

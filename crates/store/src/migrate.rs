@@ -61,6 +61,8 @@ const SYSTEM: &[(&str, &str)] = &[
     ("0017_kv_indexes.down.sql", include_str!("../migrations/0017_kv_indexes.down.sql")),
     ("0018_gateway_shell_excludes.up.sql", include_str!("../migrations/0018_gateway_shell_excludes.up.sql")),
     ("0018_gateway_shell_excludes.down.sql", include_str!("../migrations/0018_gateway_shell_excludes.down.sql")),
+    ("0019_gateway_metrics_history.up.sql", include_str!("../migrations/0019_gateway_metrics_history.up.sql")),
+    ("0019_gateway_metrics_history.down.sql", include_str!("../migrations/0019_gateway_metrics_history.down.sql")),
 ];
 
 fn err(status: StatusCode, code: &'static str, message: String) -> Error {

@@ -11,7 +11,7 @@
 //! | GET `/rate-limit/buckets?limit=100` | `[{key, rule, remaining, requests, blocked, lastSeen}]`, most recent first |
 //! | DELETE `/rate-limit/buckets/:key` | `{deleted, key, rules}`: the key forgotten under every rule |
 //! | POST `/rate-limit/clear` | `{cleared: <keys>}` |
-//! | GET `/metrics/history?limit=60` | `[{timestamp, totalRequests, blockedRequests, allowedRequests, activeBuckets}]`, newest first, one a second, at most 3600 (in memory: [`super::history`]) |
+//! | GET `/metrics/history?limit=60` | `[{timestamp, totalRequests, blockedRequests, allowedRequests, activeBuckets}]`, newest first, one a second, at most 3600, kept across restarts ([`super::history`]) |
 //! | DELETE `/metrics/history` | `{cleared: true}` |
 //! | GET `/shell/excludes` | `[{basename, source: "env" \| "keyval", addedAt?}]` |
 //! | POST `/shell/excludes` `{basename}` | `{added, basename, source: "keyval"}`, stored in marina's database ([`super::excludes`]) |

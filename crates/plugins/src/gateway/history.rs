@@ -2,10 +2,11 @@
 //! second, `{timestamp, totalRequests, blockedRequests, allowedRequests, activeBuckets}`, the
 //! last [`CAPACITY`] kept (an hour), as Buntime's.
 //!
-//! Kept in memory only. Buntime wrote the whole array to keyval every second; marina does not
-//! persist it because the counters it samples are the process's own and restart at zero — a
-//! persisted history would splice two runs' counters together, and several instances sharing
-//! one PostgreSQL would interleave theirs in one key (Buntime's do).
+//! Kept in memory and, once the gateway's `init` attached it, in marina's database
+//! ([`super::history_db`], per host, written in batches), so it survives a restart as Buntime's
+//! (kept in keyval) did. The counters sampled are the process's own and restart at zero, so
+//! after a restart the history shows the previous run, a gap while marina was down, then the new
+//! run from zero; the gap is not filled.
 //!
 //! Idle costs nothing: the sampler parks when a tick finds the counters unchanged, and the
 //! first request after that wakes it ([`History::touch`], one atomic load on the request
@@ -14,13 +15,16 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
+use marina_core::Error;
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use super::history_db::{FLUSH_EVERY, HistoryDb};
 
 /// Snapshots kept: an hour at one per second.
 pub const CAPACITY: usize = 3600;
@@ -51,12 +55,27 @@ impl Snapshot {
     }
 }
 
-/// The ring and the sampler's wake-up.
+#[derive(Default)]
+struct Ring {
+    snaps: VecDeque<Snapshot>,
+    /// Whether the newest snapshot is this process's (quiet seconds after it are filled in);
+    /// false after loading a previous run's.
+    own: bool,
+    /// The newest snapshot stored in the database.
+    flushed: u64,
+    /// Snapshots taken since the last write.
+    unflushed: usize,
+}
+
+/// The ring, the sampler's wake-up, and where it is stored.
 #[derive(Default)]
 pub struct History {
-    ring: Mutex<VecDeque<Snapshot>>,
+    ring: Mutex<Ring>,
     parked: AtomicBool,
     wake: Arc<Notify>,
+    db: OnceLock<HistoryDb>,
+    /// One database write at a time (a flush, a clear), so a clear is never undone by a flush.
+    writing: tokio::sync::Mutex<()>,
 }
 
 impl History {
@@ -72,35 +91,88 @@ impl History {
 
     /// The newest `limit` snapshots, newest first.
     pub fn newest(&self, limit: usize) -> Vec<Snapshot> {
-        self.ring.lock().iter().rev().take(limit).copied().collect()
+        self.ring.lock().snaps.iter().rev().take(limit).copied().collect()
     }
 
-    /// Forget every snapshot; how many there were.
-    pub fn clear(&self) -> usize {
-        let mut ring = self.ring.lock();
-        let n = ring.len();
-        ring.clear();
-        n
+    /// Load the stored history and keep storing it there.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn attach(&self, db: HistoryDb) -> Result<(), Error> {
+        let stored = db.load().await?;
+        {
+            let mut ring = self.ring.lock();
+            let flushed = stored.last().map_or(0, |s| s.timestamp);
+            ring.flushed = flushed;
+            // What this process sampled before (none: `init` runs first) goes after.
+            let own: Vec<Snapshot> = ring.snaps.drain(..).filter(|s| s.timestamp > flushed).collect();
+            ring.snaps = stored.into_iter().chain(own).collect();
+            ring.own = false;
+        }
+        let _ = self.db.set(db);
+        Ok(())
+    }
+
+    /// Write what is new to the database (when attached). A failure is logged; the snapshots
+    /// stay in memory and go with the next write.
+    pub async fn flush(&self) {
+        let Some(db) = self.db.get() else { return };
+        let _one = self.writing.lock().await;
+        let fresh: Vec<Snapshot> = {
+            let ring = self.ring.lock();
+            ring.snaps.iter().filter(|s| s.timestamp > ring.flushed).copied().collect()
+        };
+        let Some(newest) = fresh.last().map(|s| s.timestamp) else { return };
+        match db.append(&fresh).await {
+            Ok(()) => {
+                let mut ring = self.ring.lock();
+                ring.flushed = ring.flushed.max(newest);
+                ring.unflushed = 0;
+            }
+            Err(e) => tracing::warn!(error = %e, "the gateway's metrics history could not be stored; kept in memory"),
+        }
+    }
+
+    /// Forget every snapshot, stored ones included.
+    ///
+    /// # Errors
+    /// The database's (memory is cleared all the same).
+    pub async fn clear(&self) -> Result<(), Error> {
+        let _one = self.writing.lock().await;
+        {
+            let mut ring = self.ring.lock();
+            ring.snaps.clear();
+            ring.unflushed = 0;
+        }
+        match self.db.get() {
+            Some(db) => db.clear().await,
+            None => Ok(()),
+        }
     }
 
     /// Keep `s`; when the previous snapshot is more than a second older, the seconds between
     /// (slept through while nothing changed) are filled with the previous values first.
-    fn push(&self, s: Snapshot) {
+    /// How many snapshots wait to be written.
+    fn push(&self, s: Snapshot) -> usize {
         let mut ring = self.ring.lock();
-        if let Some(last) = ring.back().copied() {
+        if let Some(last) = ring.snaps.back().copied().filter(|_| ring.own) {
             let step = EVERY.as_millis() as u64;
             let gap = s.timestamp.saturating_sub(last.timestamp) / step;
             // Only the last CAPACITY seconds can remain anyway.
             let fill = gap.saturating_sub(1).min(CAPACITY as u64);
             let first = s.timestamp.saturating_sub(fill * step);
             for i in 0..fill {
-                ring.push_back(Snapshot { timestamp: first + i * step, ..last });
+                ring.snaps.push_back(Snapshot { timestamp: first + i * step, ..last });
             }
+            ring.unflushed += fill as usize;
         }
-        ring.push_back(s);
-        while ring.len() > CAPACITY {
-            ring.pop_front();
+        ring.snaps.push_back(s);
+        ring.own = true;
+        ring.unflushed += 1;
+        while ring.snaps.len() > CAPACITY {
+            ring.snaps.pop_front();
         }
+        ring.unflushed
     }
 
     /// Sample `take` every [`EVERY`] until `stop` is cancelled or the owner (`owner`) is gone,
@@ -119,8 +191,11 @@ impl History {
             let Some(owner) = owner.upgrade() else { return };
             let h = history(&owner);
             let now = take(&owner);
-            let unchanged = h.ring.lock().back().is_some_and(|last| last.same_counts(&now));
-            h.push(now);
+            let unchanged = h.ring.lock().snaps.back().is_some_and(|last| last.same_counts(&now));
+            if h.push(now) >= FLUSH_EVERY || unchanged {
+                // Before parking, so an idle gateway has everything stored.
+                h.flush().await;
+            }
             if !unchanged {
                 continue;
             }
@@ -161,7 +236,7 @@ mod tests {
     fn gaps_are_filled_and_the_ring_is_capped() {
         let h = History::default();
         h.push(snap(1_000, 1));
-        h.push(snap(4_500, 2));
+        assert_eq!(h.push(snap(4_500, 2)), 4, "3 seconds filled, 1 new, none written");
         let got = h.newest(10);
         assert_eq!(
             got.iter().map(|s| (s.timestamp, s.total_requests)).collect::<Vec<_>>(),
@@ -171,8 +246,19 @@ mod tests {
         h.push(snap(10_000_000, 3));
         assert_eq!(h.newest(usize::MAX).len(), CAPACITY);
         assert_eq!(h.newest(1)[0].total_requests, 3);
-        assert_eq!(h.clear(), CAPACITY);
+    }
+
+    #[tokio::test]
+    async fn cleared_and_no_gap_filled_after_a_previous_run() {
+        let h = History::default();
+        h.push(snap(1_000, 1));
+        h.clear().await.unwrap();
         assert!(h.newest(5).is_empty());
+        // A previous run's snapshot (as `attach` leaves it): the downtime is not filled.
+        h.ring.lock().snaps.push_back(snap(1_000, 9));
+        h.ring.lock().own = false;
+        h.push(snap(9_000, 0));
+        assert_eq!(h.newest(5).iter().map(|s| s.timestamp).collect::<Vec<_>>(), [9_000, 1_000]);
     }
 
     async fn until(what: &str, f: impl Fn() -> bool) {

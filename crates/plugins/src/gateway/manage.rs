@@ -62,9 +62,9 @@ pub(super) async fn history(Extract(s): S, Query(q): Query<HistoryQuery>) -> Res
     reply(&s.history.newest(limit))
 }
 
-/// `DELETE /metrics/history`.
+/// `DELETE /metrics/history`: memory and the stored rows.
 pub(super) async fn clear_history(Extract(s): S) -> Result<Response, ApiError> {
-    s.history.clear();
+    s.history.clear().await?;
     reply(&json!({ "cleared": true }))
 }
 

@@ -10,14 +10,16 @@
 //! API key, root key or token skips nothing. `on_response` adds the CORS and `RateLimit-*`
 //! headers to every answer, errors included (a page can read a 429), and logs the request.
 //!
-//! Background work: `init` reads the shell excludes stored in marina's database and starts the
-//! metrics-history sampler ([`history`]), which `shutdown` (or marina closing its listener)
-//! stops, together with every `/gateway/api/sse` stream.
+//! Background work: `init` reads the shell excludes and the metrics history stored in marina's
+//! database and starts the history sampler ([`history`]), which `shutdown` (or marina closing
+//! its listener) stops, together with every `/gateway/api/sse` stream; `shutdown` stores the
+//! history's last snapshots.
 
 pub mod api;
 pub mod cors;
 pub mod excludes;
 pub mod history;
+pub mod history_db;
 pub mod keyed;
 pub mod limit;
 pub mod log;
@@ -72,6 +74,7 @@ pub struct State {
     log: log::RequestLog,
     history: history::History,
     store: marina_store::Store,
+    state_dir: std::path::PathBuf,
     /// Cancelled by `shutdown` or when marina stops accepting: ends the sampler and SSE streams.
     closing: CancellationToken,
 }
@@ -116,6 +119,7 @@ impl Gateway {
             log: log::RequestLog::default(),
             history: history::History::default(),
             store: env.store.clone(),
+            state_dir: env.state_dir.clone(),
             closing: env.closing.child_token(),
         });
         Ok(Self { router: api::router(state.clone()), state })
@@ -206,6 +210,7 @@ impl Plugin for Gateway {
         if let Some(shell) = &st.shell {
             shell.set_stored(excludes::Stored::load(st.store.clone()).await?);
         }
+        st.history.attach(history_db::HistoryDb::new(st.store.clone(), &st.state_dir)).await?;
         let sampler =
             history::History::run(Arc::downgrade(st), |s: &State| &s.history, State::snapshot, st.closing.clone());
         tokio::spawn(sampler);
@@ -214,6 +219,7 @@ impl Plugin for Gateway {
 
     async fn shutdown(&self) {
         self.state.closing.cancel();
+        self.state.history.flush().await;
     }
 
     async fn early_request(&self, req: &mut Request<Body>, ctx: &mut RequestContext) -> Result<Outcome, Error> {

@@ -1,0 +1,1 @@
+DROP TABLE marina_gateway_metrics_history;
