@@ -129,7 +129,11 @@ impl History {
                 ring.flushed = ring.flushed.max(newest);
                 ring.unflushed = 0;
             }
-            Err(e) => tracing::warn!(error = %e, "the gateway's metrics history could not be stored; kept in memory"),
+            Err(e) => {
+                // Retried with the next batch, not every second.
+                self.ring.lock().unflushed = 0;
+                tracing::warn!(error = %e, "the gateway's metrics history could not be stored; kept in memory");
+            }
         }
     }
 

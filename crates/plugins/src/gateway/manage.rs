@@ -79,9 +79,15 @@ fn shell(s: &State) -> Result<&Shell, ApiError> {
     })
 }
 
-/// The shell's stored excludes; 503 until `init` has read them (never seen once started).
+/// The shell's stored excludes; 503 when `init` could not read them (its error is in the log).
 fn stored(shell: &Shell) -> Result<&super::excludes::Stored, ApiError> {
-    shell.stored().ok_or_else(|| Error::unavailable("PLUGIN_NOT_READY", "the gateway is not initialised").into())
+    shell.stored().ok_or_else(|| {
+        Error::unavailable(
+            "EXCLUDES_UNAVAILABLE",
+            "the stored shell excludes could not be read at start-up (see the log); restart or reload plugins",
+        )
+        .into()
+    })
 }
 
 /// A basename from a client: 400 `INVALID_BASENAME` naming the field and quoting it.

@@ -207,10 +207,19 @@ impl Plugin for Gateway {
 
     async fn init(&self, _env: &PluginEnv) -> Result<(), Error> {
         let st = &self.state;
+        // Neither failure fails `init`: the loader would skip the whole gateway (its CORS and
+        // rate limits) over what is bookkeeping. Both are logged; the API says what is missing.
         if let Some(shell) = &st.shell {
-            shell.set_stored(excludes::Stored::load(st.store.clone()).await?);
+            match excludes::Stored::load(st.store.clone()).await {
+                Ok(stored) => shell.set_stored(stored),
+                Err(e) => {
+                    tracing::error!(error = %e, "the gateway's stored shell excludes could not be read; only the configured ones apply")
+                }
+            }
         }
-        st.history.attach(history_db::HistoryDb::new(st.store.clone(), &st.state_dir)).await?;
+        if let Err(e) = st.history.attach(history_db::HistoryDb::new(st.store.clone(), &st.state_dir)).await {
+            tracing::error!(error = %e, "the gateway's stored metrics history could not be read; it is kept in memory only");
+        }
         let sampler =
             history::History::run(Arc::downgrade(st), |s: &State| &s.history, State::snapshot, st.closing.clone());
         tokio::spawn(sampler);
