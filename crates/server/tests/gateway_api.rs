@@ -63,6 +63,10 @@ async fn buckets_history_sse_and_cache() {
     assert_eq!(statuses(4).await, [200, 200, 200, 429]);
     let (s, v) = call(&c, &srv, Method::DELETE, "/gateway/api/rate-limit/buckets/ip%3A10.9.9.9", None).await;
     assert_eq!((s, v), (200, json!({ "deleted": false, "key": "ip:10.9.9.9", "rules": [] })));
+    // Identity keys hold slashes (`jwt:<iss>:<sub>`): sent percent-encoded, as Buntime's client does.
+    let path = "/gateway/api/rate-limit/buckets/jwt%3Ahttps%3A%2F%2Fissuer.example%2F%3Aann";
+    let (s, v) = call(&c, &srv, Method::DELETE, path, None).await;
+    assert_eq!((s, v["key"].as_str()), (200, Some("jwt:https://issuer.example/:ann")), "{v}");
     // All keys forgotten.
     let (s, v) = call(&c, &srv, Method::POST, "/gateway/api/rate-limit/clear", None).await;
     assert_eq!((s, v), (200, json!({ "cleared": 1 })));

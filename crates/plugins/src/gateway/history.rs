@@ -3,7 +3,7 @@
 //! last [`CAPACITY`] kept (an hour), as Buntime's.
 //!
 //! Kept in memory and, once the gateway's `init` attached it, in marina's database
-//! ([`super::history_db`], per host, written in batches), so it survives a restart as Buntime's
+//! ([`super::history_db`], per instance, written in batches), so it survives a restart as Buntime's
 //! (kept in keyval) did. The counters sampled are the process's own and restart at zero, so
 //! after a restart the history shows the previous run, a gap while marina was down, then the new
 //! run from zero; the gap is not filled.
@@ -154,9 +154,9 @@ impl History {
         }
     }
 
-    /// Keep `s`; when the previous snapshot is more than a second older, the seconds between
-    /// (slept through while nothing changed) are filled with the previous values first.
-    /// How many snapshots wait to be written.
+    /// Keep `s`; when the previous snapshot (this process's) is more than a second older, the
+    /// seconds between (slept through while nothing changed) are filled with its values first.
+    /// Returns how many snapshots wait to be written.
     fn push(&self, s: Snapshot) -> usize {
         let mut ring = self.ring.lock();
         if let Some(last) = ring.snaps.back().copied().filter(|_| ring.own) {
