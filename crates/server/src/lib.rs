@@ -147,7 +147,7 @@ impl Server {
         harden_process();
         std::fs::create_dir_all(&config.state_dir)
             .map_err(|e| Error::internal(format!("cannot create the state dir {}: {e}", config.state_dir.display())))?;
-        let store = Store::open(config.database_url.as_deref(), &config.state_dir).await?;
+        let store = Store::open_quick(config.database_url.as_deref(), &config.state_dir).await?;
         store.migrate_system().await?;
         protect_state_files(&config.state_dir);
         for dir in &config.worker_dirs {
@@ -272,6 +272,9 @@ impl Server {
         if runtime._watch.is_some() {
             reload::start(&runtime);
         }
+        // A marina.db created by this start was written without fsyncs (Store::open_quick); it
+        // is made durable while the listener answers, ahead of any request's database call.
+        runtime.store.seal_in_background().await;
         Ok(Self { runtime, listener })
     }
 

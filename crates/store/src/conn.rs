@@ -57,7 +57,8 @@ fn unavailable(message: String) -> Error {
     Error::unavailable("DATABASE_UNAVAILABLE", message)
 }
 
-pub(crate) fn open_sqlite(path: Option<&Path>) -> Result<rusqlite::Connection, Error> {
+/// `unsealed`: a database being created, configured by [`crate::fresh::UNSEALED`] until sealed.
+pub(crate) fn open_sqlite(path: Option<&Path>, unsealed: bool) -> Result<rusqlite::Connection, Error> {
     let conn = match path {
         Some(p) => {
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -75,7 +76,9 @@ pub(crate) fn open_sqlite(path: Option<&Path>) -> Result<rusqlite::Connection, E
         .and_then(|_| conn.pragma_update(None, "foreign_keys", "ON"))
         // `synchronous` first: the switch of a new file to WAL then syncs once less (a cold
         // start with a fresh state dir pays every fsync on its way to the first answer).
-        .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
+        .and_then(|_| {
+            if unsealed { crate::fresh::unseal(&conn) } else { conn.pragma_update(None, "synchronous", "NORMAL") }
+        })
         .and_then(|_| if path.is_some() { conn.pragma_update(None, "journal_mode", "WAL") } else { Ok(()) })
         .map_err(|e| unavailable(format!("cannot configure the SQLite database '{shown}': {e}")))?;
     Ok(conn)

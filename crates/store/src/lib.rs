@@ -37,6 +37,7 @@
 
 pub mod app_role;
 mod conn;
+mod fresh;
 pub mod hrana;
 pub mod kv;
 pub mod migrate;

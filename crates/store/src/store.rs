@@ -32,6 +32,8 @@ pub const SYSTEM_SCHEMA: &str = "marina";
 pub struct Store {
     backend: Arc<Backend>,
     label: String,
+    /// A SQLite file this store created without fsyncs, until [`Store::seal_in_background`].
+    unsealed: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -50,7 +52,18 @@ impl Store {
     /// `DATABASE_UNAVAILABLE` when the file cannot be opened or the server cannot be reached.
     pub async fn open(database_url: Option<&str>, state_dir: &Path) -> Result<Store, Error> {
         let url = DatabaseUrl::parse(database_url, state_dir)?;
-        Self::open_url(&url, SYSTEM_SCHEMA, None).await
+        Self::open_url(&url, SYSTEM_SCHEMA, None, false).await
+    }
+
+    /// [`Store::open`] for a server's start: a SQLite file that does not exist yet is created
+    /// and migrated without fsyncs, a third of a cold start (see `fresh.rs`); the caller then
+    /// calls [`Store::seal_in_background`] before it accepts requests.
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub async fn open_quick(database_url: Option<&str>, state_dir: &Path) -> Result<Store, Error> {
+        let url = DatabaseUrl::parse(database_url, state_dir)?;
+        Self::open_url(&url, SYSTEM_SCHEMA, None, true).await
     }
 
     /// Open app `name`'s own database: on SQLite a file `{state_dir}/apps/{name}/app.db` (in memory
@@ -65,7 +78,7 @@ impl Store {
             DatabaseUrl::SqliteFile(_) => DatabaseUrl::SqliteFile(app_sqlite_path(state_dir, &ident)),
             other => other,
         };
-        Self::open_url(&url, &format!("app_{ident}"), None).await
+        Self::open_url(&url, &format!("app_{ident}"), None, false).await
     }
 
     /// Open app `name`'s database as the app itself: on PostgreSQL logged in as the app's own
@@ -87,33 +100,41 @@ impl Store {
         let ident = sql::app_ident(name)?;
         let login = crate::app_role::ensure(system, name).await?;
         let url = DatabaseUrl::parse(database_url, state_dir)?;
-        let store = Self::open_url(&url, &format!("app_{ident}"), Some(&login)).await?;
+        let store = Self::open_url(&url, &format!("app_{ident}"), Some(&login), false).await?;
         Ok(Store { label: format!("{} as {}", store.label, login.role), ..store })
     }
 
+    /// `fast_create`: a SQLite file that does not exist yet is created without fsyncs until
+    /// [`Store::seal_in_background`] (marina's own database, see `fresh.rs`).
     async fn open_url(
         url: &DatabaseUrl,
         schema: &str,
         login: Option<&crate::app_role::AppLogin>,
+        fast_create: bool,
     ) -> Result<Store, Error> {
         let label = match url {
             DatabaseUrl::Postgres(_) => format!("{} (schema {schema})", url.redacted()),
             _ => url.redacted(),
         };
+        let mut unsealed = false;
         let backend = match url {
             DatabaseUrl::SqliteFile(path) => {
                 let p = path.clone();
-                let c = tokio::task::spawn_blocking(move || conn::open_sqlite(Some(&p)))
-                    .await
-                    .map_err(|e| Error::internal(format!("opening SQLite failed: {e}")))??;
+                let (c, created) = tokio::task::spawn_blocking(move || {
+                    let created = fast_create && crate::fresh::prepare(&p)?;
+                    conn::open_sqlite(Some(&p), created).map(|c| (c, created))
+                })
+                .await
+                .map_err(|e| Error::internal(format!("opening SQLite failed: {e}")))??;
+                unsealed = created;
                 Backend::Sqlite { conn: Arc::new(Mutex::new(c)), path: Some(path.clone()) }
             }
             DatabaseUrl::SqliteMemory => {
-                Backend::Sqlite { conn: Arc::new(Mutex::new(conn::open_sqlite(None)?)), path: None }
+                Backend::Sqlite { conn: Arc::new(Mutex::new(conn::open_sqlite(None, false)?)), path: None }
             }
             DatabaseUrl::Postgres(u) => conn::open_postgres(u, schema, login).await?,
         };
-        Ok(Store { backend: Arc::new(backend), label })
+        Ok(Store { backend: Arc::new(backend), label, unsealed })
     }
 
     /// Which driver this store uses.
@@ -218,6 +239,26 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// Make a SQLite file this store has just created durable (see `fresh.rs`: it was written
+    /// without fsyncs, for a quick first start), on the blocking pool while the caller goes on.
+    /// The connection is taken before this returns, so every later call waits for the seal and
+    /// runs with the usual `synchronous = NORMAL`. `None` when there is nothing to seal; a
+    /// failure is logged (the database stays usable; its durability is then that of a
+    /// power loss in the first seconds).
+    pub async fn seal_in_background(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let Backend::Sqlite { conn, path: Some(path) } = &*self.backend else { return None };
+        if !self.unsealed {
+            return None;
+        }
+        let guard = conn.clone().lock_owned().await;
+        let path = path.clone();
+        Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = crate::fresh::seal(&guard, &path) {
+                tracing::error!("{e}");
+            }
+        }))
     }
 
     /// Apply marina's own migrations (embedded in the binary) to this store.
