@@ -38,16 +38,18 @@ pub enum Presented<'a> {
 
 /// Read the credential: `X-API-Key` first (as Buntime), else `Authorization: Bearer`, which is
 /// a JWT when it has the three-part shape and is not a `btk_` key.
+///
+/// Runs on every request that carries a credential, so the value is checked as UTF-8 (which
+/// is vectorised) rather than byte by byte: a `HeaderValue` never holds a control character
+/// other than tab (`http` and hyper's parser refuse them), so valid UTF-8 is text. Non-ASCII
+/// text, which `HeaderValue::to_str` refuses, matches no key or token anyway.
 pub fn presented(headers: &HeaderMap) -> Presented<'_> {
-    if let Some(k) = headers
-        .get(marina_core::headers::X_API_KEY)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
+    if let Some(k) =
+        headers.get(marina_core::headers::X_API_KEY).and_then(text).map(str::trim).filter(|k| !k.is_empty())
     {
         return Presented::Key(k, KeySource::XApiKey);
     }
-    let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+    let Some(auth) = headers.get(header::AUTHORIZATION).and_then(text) else {
         return Presented::Nothing;
     };
     let Some((scheme, value)) = auth.trim().split_once(' ') else { return Presented::Nothing };
@@ -58,11 +60,16 @@ pub fn presented(headers: &HeaderMap) -> Presented<'_> {
     if value.is_empty() {
         return Presented::Nothing;
     }
-    if !value.starts_with(secret::KEY_PREFIX) && value.matches('.').count() == 2 {
+    if !value.starts_with(secret::KEY_PREFIX) && value.bytes().filter(|&b| b == b'.').count() == 2 {
         Presented::Token(value)
     } else {
         Presented::Key(value, KeySource::Bearer)
     }
+}
+
+/// A header value as text (see [`presented`]).
+fn text(value: &http::HeaderValue) -> Option<&str> {
+    std::str::from_utf8(value.as_bytes()).ok()
 }
 
 fn unauthorized(code: &'static str, message: impl Into<String>) -> Error {
@@ -192,33 +199,39 @@ impl Auth {
         Ok(Some(identity))
     }
 
-    /// The gate of an app route. `x-identity` is always removed from the request first. Without
-    /// JWT configuration nothing else happens: apps keep their own `Authorization` schemes.
-    /// With it, every route not in the app's `publicRoutes` needs a valid JWT (or a marina key);
-    /// on a public route valid credentials still yield an identity and bad ones are ignored.
-    /// On success a marina key is removed from the request so that the worker never sees it (a
-    /// JWT stays: apps may want the raw token); the server sends the identity as `x-identity`.
+    /// The gate of a path that may be an app route. `x-identity` is always removed from the
+    /// request first. Without JWT configuration nothing else happens on an app route: apps keep
+    /// their own `Authorization` schemes. With it, every route not in the app's `publicRoutes`
+    /// needs a valid JWT (or a marina key); on a public route valid credentials still yield an
+    /// identity and bad ones are ignored. On success a marina key is removed from the request
+    /// so that the worker never sees it (a JWT stays: apps may want the raw token); the server
+    /// sends the identity as `x-identity`. A path that is no app is [`Destination::Other`].
     ///
-    /// `app_key` names the app version (`todo@1.0.0`); `raw_path` is app-relative, as on the wire.
+    /// `route` says which: it is asked only when the answer changes the outcome (no valid
+    /// credential, a key to remove, no JWT configuration), because finding the app and its
+    /// `publicRoutes` is a registry lookup, and a request with a valid token needs neither.
     ///
     /// # Errors
     /// 401 `AUTH_REQUIRED`, `TOKEN_*`, `API_KEY_*`; 400 `PUBLIC_ROUTE_INVALID` for a manifest
     /// pattern that does not compile; 503 `JWKS_UNAVAILABLE`.
     pub async fn authorize_app(
         &self,
-        app_key: &str,
-        public_routes: &RouteMap,
+        route: &AppRouteFn<'_>,
         method: &Method,
-        raw_path: &str,
         headers: &mut HeaderMap,
     ) -> Result<Option<Identity>, Error> {
         identity::strip_incoming(headers);
-        let Some(jwt) = &self.jwt else { return Ok(None) };
+        let Some(jwt) = &self.jwt else {
+            // Only a marina key can identify anyone then, and only off app routes.
+            return Ok(match presented(headers) {
+                Presented::Key(..) if matches!(route()?, AppRoute::NotAnApp) => self.identify_any(headers).await,
+                _ => None,
+            });
+        };
         // A CORS preflight never carries credentials (Fetch standard); the gateway answers it.
         if method == Method::OPTIONS && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
             return Ok(None);
         }
-        let public = self.public_routes.get(app_key, public_routes)?.is_public(method, raw_path);
         let (result, source) = match presented(headers) {
             Presented::Nothing => (
                 Err(unauthorized("AUTH_REQUIRED", "this route needs a bearer token: Authorization: Bearer <JWT>")),
@@ -229,19 +242,39 @@ impl Auth {
         };
         match result {
             Ok(identity) => {
-                match source {
-                    Some(KeySource::XApiKey) => {
-                        headers.remove(marina_core::headers::X_API_KEY);
-                    }
-                    Some(KeySource::Bearer) => {
-                        headers.remove(header::AUTHORIZATION);
-                    }
-                    None => {}
+                if let Some(source) = source
+                    && matches!(route()?, AppRoute::App { .. })
+                {
+                    headers.remove(match source {
+                        KeySource::XApiKey => marina_core::headers::X_API_KEY,
+                        KeySource::Bearer => header::AUTHORIZATION,
+                    });
                 }
                 Ok(Some(identity))
             }
-            Err(e) if public && e.status() == StatusCode::UNAUTHORIZED => Ok(None),
-            Err(e) => Err(e),
+            Err(e) => match route()? {
+                AppRoute::NotAnApp => Ok(None),
+                AppRoute::App { key, public_routes, path }
+                    if e.status() == StatusCode::UNAUTHORIZED
+                        && self.public_routes.get(key, public_routes)?.is_public(method, path) =>
+                {
+                    Ok(None)
+                }
+                AppRoute::App { .. } => Err(e),
+            },
+        }
+    }
+
+    /// Valid credentials' identity, if any; bad ones are ignored (routes where credentials are
+    /// optional).
+    async fn identify_any(&self, headers: &HeaderMap) -> Option<Identity> {
+        match presented(headers) {
+            Presented::Nothing => None,
+            Presented::Key(k, _) => self.identify_key(k).await.ok(),
+            Presented::Token(t) => match &self.jwt {
+                Some(jwt) => jwt.verify(t).await.ok().map(Identity::from_claims),
+                None => None,
+            },
         }
     }
 
@@ -263,30 +296,21 @@ impl Auth {
         identity::strip_incoming(headers);
         match destination {
             Destination::Api { path } => self.authorize_api(method, path, headers, authority).await,
-            Destination::App { key, public_routes, path } => {
-                self.authorize_app(key, public_routes, method, path, headers).await
-            }
-            Destination::Other => Ok(match presented(headers) {
-                Presented::Nothing => None,
-                Presented::Key(k, _) => self.identify_key(k).await.ok(),
-                Presented::Token(t) => match &self.jwt {
-                    Some(jwt) => jwt.verify(t).await.ok().map(Identity::from_claims),
-                    None => None,
-                },
-            }),
+            Destination::App { route } => self.authorize_app(route, method, headers).await,
+            Destination::Other => Ok(self.identify_any(headers).await),
         }
     }
 }
 
-/// Where a request is going, as far as authentication cares.
+/// Finds the app a path is for, asked only when it matters ([`Auth::authorize_app`]).
+pub type AppRouteFn<'a> = dyn Fn() -> Result<AppRoute<'a>, Error> + Send + Sync + 'a;
+
+/// What [`AppRouteFn`] found.
 #[derive(Debug, Clone, Copy)]
-pub enum Destination<'a> {
-    /// The internal API; `path` is relative to its base (`/keys/3`).
-    Api {
-        /// The path below the API base.
-        path: &'a str,
-    },
-    /// An app version.
+pub enum AppRoute<'a> {
+    /// The path is no app's (a plugin route, the shell, a 404): credentials are optional.
+    NotAnApp,
+    /// An app version's route.
     App {
         /// `name@version`, for the compiled-routes cache.
         key: &'a str,
@@ -294,6 +318,21 @@ pub enum Destination<'a> {
         public_routes: &'a RouteMap,
         /// The app-relative path as on the wire.
         path: &'a str,
+    },
+}
+
+/// Where a request is going, as far as authentication cares.
+#[derive(Clone, Copy)]
+pub enum Destination<'a> {
+    /// The internal API; `path` is relative to its base (`/keys/3`).
+    Api {
+        /// The path below the API base.
+        path: &'a str,
+    },
+    /// A path that may be an app's: `route` finds out, when asked ([`Auth::authorize_app`]).
+    App {
+        /// Which app route, if any.
+        route: &'a AppRouteFn<'a>,
     },
     /// Plugin routes, the shell, marina's own pages.
     Other,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use http::Request;
 use marina_apps::registry::Registry;
-use marina_auth::{Auth, Destination, IdentityKind};
+use marina_auth::{AppRoute, Auth, Destination, IdentityKind};
 use marina_core::{Body, Error};
 use percent_encoding::percent_decode_str;
 
@@ -55,35 +55,42 @@ impl Plugin for AuthPlugin {
     }
 
     async fn early_request(&self, req: &mut Request<Body>, ctx: &mut RequestContext) -> Result<Outcome, Error> {
-        // Without JWT verification an app route ignores credentials and a request that presents
-        // none has no identity anywhere outside the internal API: nothing to look up (the app
-        // lookup below is per request otherwise).
+        // Without JWT verification an app route ignores credentials, and outside the internal
+        // API only a marina key identifies anyone (a bearer token cannot be checked): a request
+        // without a key has no identity and nothing needs looking up.
         if self.auth.jwt().is_none()
-            && marina_auth::presented(req.headers()) == marina_auth::Presented::Nothing
+            && !matches!(marina_auth::presented(req.headers()), marina_auth::Presented::Key(..))
             && api_rest(req.uri().path(), &self.api_base).is_none()
         {
             marina_auth::identity::strip_incoming(req.headers_mut());
             return Ok(Outcome::Continue);
         }
         let path = req.uri().path().to_string();
-        let authority = req
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
+        let api = api_rest(&path, &self.api_base).is_some();
+        // The internal API's Origin (CSRF) check compares with the request's own authority.
+        let authority = api
+            .then(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+                    .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
+            })
+            .flatten();
         let method = req.method().clone();
-        let api_rest = api_rest(&path, &self.api_base);
-        let app = match api_rest {
-            Some(_) => None,
-            None => self.app_of(&path),
+        // The app is looked up only if authentication asks (see `Auth::authorize_app`).
+        let found = std::sync::OnceLock::new();
+        let route = || {
+            Ok(match found.get_or_init(|| self.app_of(&path)) {
+                None => AppRoute::NotAnApp,
+                Some((app, rest)) => {
+                    AppRoute::App { key: app.key(), public_routes: &app.config.public_routes.by_method, path: rest }
+                }
+            })
         };
-        let destination = match (api_rest, &app) {
-            (Some(rest), _) => Destination::Api { path: if rest.is_empty() { "/" } else { rest } },
-            (None, Some((app, rest))) => {
-                Destination::App { key: app.key(), public_routes: &app.config.public_routes.by_method, path: rest }
-            }
-            (None, None) => Destination::Other,
+        let destination = match api_rest(&path, &self.api_base) {
+            Some(rest) => Destination::Api { path: if rest.is_empty() { "/" } else { rest } },
+            None => Destination::App { route: &route },
         };
         let identity =
             match self.auth.check_request(destination, &method, req.headers_mut(), authority.as_deref()).await {
@@ -95,9 +102,13 @@ impl Plugin for AuthPlugin {
                 Err(e) => return Err(e),
             };
         if let Some(identity) = identity {
-            ctx.identity = Some(context_identity(&identity));
-            // The internal API's handlers read it (createdBy of a new key).
-            req.extensions_mut().insert(identity);
+            if api {
+                // The internal API's handlers read it (createdBy of a new key).
+                ctx.identity = Some(context_identity(identity.clone()));
+                req.extensions_mut().insert(identity);
+            } else {
+                ctx.identity = Some(context_identity(identity));
+            }
         }
         Ok(Outcome::Continue)
     }
@@ -129,17 +140,17 @@ impl AuthPlugin {
 }
 
 /// The request context's form of an identity (what workers get as `x-identity`).
-pub fn context_identity(identity: &marina_auth::Identity) -> Identity {
+pub fn context_identity(identity: marina_auth::Identity) -> Identity {
     Identity {
-        id: identity.id.clone(),
-        name: identity.name.clone(),
-        roles: identity.roles.clone(),
+        id: identity.id,
+        name: identity.name,
+        roles: identity.roles,
         via: match identity.kind {
             IdentityKind::Root => "root-key",
             IdentityKind::Apikey => "api-key",
             IdentityKind::Jwt => "jwt",
         },
-        permissions: identity.permissions.clone(),
-        claims: identity.claims.clone().unwrap_or(serde_json::Value::Null),
+        permissions: identity.permissions,
+        claims: identity.claims.unwrap_or(serde_json::Value::Null),
     }
 }

@@ -339,7 +339,10 @@ async fn history_lifecycle(database_url: Option<&str>) {
     let history = |srv: &common::Running| {
         let url = format!("{}/gateway/api/metrics/history?limit=3600", srv.base);
         let c = c.clone();
-        async move { c.get(url).send().await.unwrap().json::<Value>().await.unwrap().as_array().unwrap().clone() }
+        async move {
+            let body = c.get(url).send().await.unwrap().json::<Value>().await.unwrap();
+            body.as_array().unwrap_or_else(|| panic!("expected the history, got {body}")).clone()
+        }
     };
     let srv = start().await;
     for _ in 0..3 {

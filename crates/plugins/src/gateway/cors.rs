@@ -20,6 +20,7 @@
 //!   preflight: true                       # false: preflights go on to the apps
 //! ```
 
+use http::{HeaderMap, HeaderValue, header};
 use marina_core::Error;
 use marina_core::settings::{RawSettings, is_origin};
 use serde::Deserialize;
@@ -58,6 +59,8 @@ pub struct Policy {
     pub max_age: u64,
     /// Whether the gateway answers preflights itself (else they reach the apps).
     pub preflight: bool,
+    /// `exposed_headers` as a header value, once made ([`Policy::exposed_value`]).
+    exposed_cache: std::sync::OnceLock<Option<HeaderValue>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -134,6 +137,7 @@ impl Policy {
             exposed_headers: EXPOSE.into(),
             max_age: MAX_AGE,
             preflight: true,
+            exposed_cache: std::sync::OnceLock::new(),
         }
     }
 
@@ -218,35 +222,61 @@ impl Policy {
     /// The `Access-Control-Allow-Origin` value for a request's `Origin`, or `None` when the
     /// origin is absent or not allowed (then no CORS header is sent).
     pub fn allow_origin(&self, origin: Option<&str>) -> Option<String> {
-        let origin = origin?.trim();
+        self.allowed(origin?).map(|a| match a {
+            Allowed::Star => "*".to_string(),
+            Allowed::Echo(origin) => origin.to_string(),
+        })
+    }
+
+    /// Whether `origin` (a request's `Origin`) may read the answer, and how to say so.
+    fn allowed<'o>(&self, origin: &'o str) -> Option<Allowed<'o>> {
+        let origin = origin.trim();
         if origin.is_empty() {
             return None;
         }
         match &self.origins {
             // `*` with credentials is refused by browsers: echo the caller instead.
-            Origins::Any if self.credentials => Some(origin.to_string()),
-            Origins::Any => Some("*".to_string()),
-            Origins::List(list) if list.iter().any(|o| *o == normalize(origin)) => Some(origin.to_string()),
+            Origins::Any if self.credentials => Some(Allowed::Echo(origin)),
+            Origins::Any => Some(Allowed::Star),
+            Origins::List(list) if list.iter().any(|o| same_origin(o, origin)) => Some(Allowed::Echo(origin)),
             Origins::List(_) => None,
         }
     }
 
-    /// Headers for an ordinary (non-preflight) response.
-    pub fn response_headers(&self, origin: Option<&str>) -> Vec<(&'static str, String)> {
-        let mut out = Vec::new();
-        if let Some(allow) = self.allow_origin(origin) {
-            out.push(("access-control-allow-origin", allow));
+    /// Adds the CORS headers of an ordinary (non-preflight) response to `headers`; `origin` is
+    /// the request's `Origin`. Runs on every answer, so it builds no strings: the allowed
+    /// origin is the request's own header value, the rest are constants or made once.
+    pub fn add_response_headers(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+        if let Some(value) = origin
+            && let Ok(text) = value.to_str()
+            && let Some(allow) = self.allowed(text)
+        {
+            let allow = match allow {
+                Allowed::Star => HeaderValue::from_static("*"),
+                Allowed::Echo(o) if o.len() == text.len() => value.clone(),
+                Allowed::Echo(o) => HeaderValue::from_str(o).unwrap_or_else(|_| value.clone()),
+            };
+            headers.append(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
             if self.credentials {
-                out.push(("access-control-allow-credentials", "true".into()));
+                headers.append(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
             }
-            if !self.exposed_headers.is_empty() {
-                out.push(("access-control-expose-headers", self.exposed_headers.clone()));
+            if let Some(exposed) = self.exposed_value() {
+                headers.append(header::ACCESS_CONTROL_EXPOSE_HEADERS, exposed.clone());
             }
         }
         if self.varies() {
-            out.push(("vary", "Origin".into()));
+            headers.append(header::VARY, HeaderValue::from_static("Origin"));
         }
-        out
+    }
+
+    /// `Access-Control-Expose-Headers` as a header value, made on first use (the field can be
+    /// set after construction) and then shared by every answer.
+    fn exposed_value(&self) -> Option<&HeaderValue> {
+        self.exposed_cache
+            .get_or_init(|| {
+                Some(&self.exposed_headers).filter(|h| !h.is_empty()).and_then(|h| HeaderValue::from_str(h).ok())
+            })
+            .as_ref()
     }
 
     /// Headers for the 204 answer to a preflight; `request_headers` is the preflight's
@@ -286,18 +316,39 @@ fn normalize(origin: &str) -> String {
     origin.trim().trim_end_matches('/').to_ascii_lowercase()
 }
 
+/// Whether a request's `origin` is the configured `normalized` one (as [`normalize`] makes it),
+/// without allocating: compared case-insensitively, a trailing slash ignored.
+fn same_origin(normalized: &str, origin: &str) -> bool {
+    origin.trim().trim_end_matches('/').eq_ignore_ascii_case(normalized)
+}
+
+/// How an allowed origin is answered.
+enum Allowed<'o> {
+    /// `Access-Control-Allow-Origin: *`.
+    Star,
+    /// The request's origin, echoed.
+    Echo(&'o str),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn get<'a>(h: &'a [(&'static str, String)], name: &str) -> Option<&'a str> {
-        h.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    fn get<'a, N: AsRef<str>>(h: &'a [(N, String)], name: &str) -> Option<&'a str> {
+        h.iter().find(|(n, _)| n.as_ref() == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The headers [`Policy::add_response_headers`] adds for a request from `origin`.
+    fn response_headers(p: &Policy, origin: Option<&str>) -> Vec<(String, String)> {
+        let mut h = HeaderMap::new();
+        p.add_response_headers(origin.map(|o| HeaderValue::from_str(o).unwrap()).as_ref(), &mut h);
+        h.iter().map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap().to_string())).collect()
     }
 
     #[test]
     fn a_listed_origin_is_echoed_with_vary() {
         let p = Policy::parse("https://a.example, http://localhost:3000", false);
-        let h = p.response_headers(Some("https://a.example"));
+        let h = response_headers(&p, Some("https://a.example"));
         assert_eq!(get(&h, "access-control-allow-origin"), Some("https://a.example"));
         assert_eq!(get(&h, "vary"), Some("Origin"));
         assert_eq!(get(&h, "access-control-allow-credentials"), None);
@@ -314,7 +365,7 @@ mod tests {
     fn other_origins_get_no_cors_header() {
         let p = Policy::parse("https://a.example", true);
         for origin in [Some("https://evil.example"), Some("https://a.example.evil"), Some("null"), Some(""), None] {
-            let h = p.response_headers(origin);
+            let h = response_headers(&p, origin);
             assert!(h.iter().all(|(n, _)| !n.starts_with("access-control-")), "{origin:?}: {h:?}");
             assert_eq!(get(&h, "vary"), Some("Origin"), "caches must still key on Origin");
             let h = p.preflight_headers(origin, Some("content-type"));
@@ -328,16 +379,16 @@ mod tests {
     #[test]
     fn star_without_credentials_is_star_and_does_not_vary() {
         let p = Policy::parse("*", false);
-        let h = p.response_headers(Some("https://any.example"));
+        let h = response_headers(&p, Some("https://any.example"));
         assert_eq!(get(&h, "access-control-allow-origin"), Some("*"));
         assert_eq!(get(&h, "vary"), None);
-        assert!(p.response_headers(None).is_empty(), "no Origin, not a CORS request");
+        assert!(response_headers(&p, None).is_empty(), "no Origin, not a CORS request");
     }
 
     #[test]
     fn star_is_never_sent_with_credentials() {
         let p = Policy::parse("*", true);
-        let h = p.response_headers(Some("https://any.example"));
+        let h = response_headers(&p, Some("https://any.example"));
         assert_eq!(get(&h, "access-control-allow-origin"), Some("https://any.example"));
         assert_eq!(get(&h, "access-control-allow-credentials"), Some("true"));
         assert_eq!(get(&h, "vary"), Some("Origin"));
@@ -386,7 +437,7 @@ mod tests {
         assert_eq!(get(&h, "access-control-allow-methods"), Some("GET, POST"));
         assert_eq!(get(&h, "access-control-allow-headers"), Some("content-type, authorization"), "not reflected");
         assert_eq!(get(&h, "access-control-max-age"), Some("600"));
-        let h = p.response_headers(Some("https://a.example"));
+        let h = response_headers(&p, Some("https://a.example"));
         assert_eq!(get(&h, "access-control-expose-headers"), None, "an empty list exposes nothing");
         assert_eq!(get(&h, "access-control-allow-credentials"), Some("true"));
         assert_eq!(p.describe()["methods"], json!(["GET", "POST"]));

@@ -115,10 +115,9 @@ impl Limiter {
     }
 
     /// Count one request from `key`.
-    pub fn check(&self, key: &str) -> Verdict {
+    pub fn check(&self, key: String) -> Verdict {
         self.sweep();
         let clock = self.limiter.clock();
-        let key = key.to_string();
         let verdict = match self.limiter.check_key(&key) {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
@@ -205,14 +204,14 @@ mod tests {
     #[test]
     fn a_burst_of_the_limit_then_refusals_with_a_retry_time() {
         let l = Limiter::new(NonZeroU32::new(3).unwrap(), Duration::from_secs(3600)).unwrap();
-        let got: Vec<_> = (0..5).map(|_| l.check("ip:10.0.0.1")).collect();
+        let got: Vec<_> = (0..5).map(|_| l.check("ip:10.0.0.1".into())).collect();
         assert_eq!(got.iter().filter(|v| v.allowed).count(), 3);
         assert_eq!(got.iter().map(|v| v.remaining).collect::<Vec<_>>(), [2, 1, 0, 0, 0]);
         assert!(!got[3].allowed);
         // One request comes back every 20 minutes.
         assert!((1190..=1200).contains(&got[3].reset_secs), "{:?}", got[3]);
         // Another key has its own allowance.
-        assert!(l.check("ip:10.0.0.2").allowed);
+        assert!(l.check("ip:10.0.0.2".into()).allowed);
         assert_eq!(l.tracked(), 2);
         let buckets = l.buckets(10);
         assert_eq!(buckets.len(), 2);
@@ -220,7 +219,7 @@ mod tests {
         assert_eq!((first.requests, first.blocked, first.remaining), (5, 2, 0));
         assert_eq!(l.buckets(1).len(), 1);
         assert!(l.remove("ip:10.0.0.1") && !l.remove("ip:10.0.0.1"));
-        assert!(l.check("ip:10.0.0.1").allowed, "a removed key starts over");
+        assert!(l.check("ip:10.0.0.1".into()).allowed, "a removed key starts over");
         assert_eq!(l.clear(), 2);
         assert_eq!((l.tracked(), l.buckets(10).len()), (0, 0));
     }

@@ -21,7 +21,8 @@ pub struct Entry {
     /// The real client address.
     pub ip: IpAddr,
     /// The method.
-    pub method: String,
+    #[serde(serialize_with = "method_str")]
+    pub method: http::Method,
     /// The path as received.
     pub path: String,
     /// The status answered.
@@ -32,6 +33,10 @@ pub struct Entry {
     pub rate_limited: bool,
     /// `X-Request-Id`.
     pub request_id: String,
+}
+
+fn method_str<S: serde::Serializer>(m: &http::Method, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(m.as_str())
 }
 
 /// Which entries `GET /gateway/api/logs` wants.
@@ -107,7 +112,7 @@ mod tests {
         Entry {
             timestamp: u64::from(i),
             ip: if i.is_multiple_of(2) { "10.0.0.2".parse().unwrap() } else { "10.0.0.1".parse().unwrap() },
-            method: "GET".into(),
+            method: http::Method::GET,
             path: format!("/p/{i}"),
             status,
             duration: 1.0,

