@@ -23,6 +23,14 @@ const BLOCKED: &[(&str, &str)] = &[
     ("::/128", "the unspecified address"),
 ];
 
+/// [`BLOCKED`], parsed once: every proxied request to an IP-literal target checks them.
+fn blocked() -> &'static [(IpNet, &'static str)] {
+    static PARSED: std::sync::LazyLock<Vec<(IpNet, &'static str)>> = std::sync::LazyLock::new(|| {
+        BLOCKED.iter().map(|(net, why)| (net.parse().expect("built-in ranges parse"), *why)).collect()
+    });
+    &PARSED
+}
+
 /// The SSRF policy: what marina's own listeners are, and which ranges the operator allows.
 #[derive(Debug, Clone, Default)]
 pub struct TargetPolicy {
@@ -59,8 +67,7 @@ impl TargetPolicy {
         if let Some(net) = self.deny.iter().find(|n| n.contains(&ip)) {
             return Some(format!("{ip} is in {net}, which the proxy configuration denies"));
         }
-        for (net, why) in BLOCKED {
-            let net: IpNet = net.parse().expect("built-in ranges parse");
+        for (net, why) in blocked() {
             if net.contains(&ip) {
                 return Some(format!("{ip} is {why}; allow it in the proxy configuration if this is intended"));
             }
