@@ -36,10 +36,21 @@ impl AppMigrations {
     /// # Errors
     /// 503 `APP_MIGRATION_FAILED` with `data: {app, migration, error}`.
     pub async fn ensure(&self, app: &App, database_url: Option<&str>, state_dir: &Path) -> Result<(), Error> {
-        if app.kind == WorkerKind::Static || !app.config.auto_migrate || !app.dir.join("migrations").is_dir() {
+        if app.kind == WorkerKind::Static || !app.config.auto_migrate {
             return Ok(());
         }
-        let cell = self.done.lock().entry(app.dir.clone()).or_default().clone();
+        // Known since the files last changed (this is on every request: no `stat` here). An app
+        // without a `migrations` dir is remembered as done; creating one is a change to its
+        // files, which forgets it.
+        let known = self.done.lock().get(&app.dir).cloned();
+        let cell = match known {
+            Some(cell) => cell,
+            None if !app.dir.join("migrations").is_dir() => {
+                let none = Arc::new(OnceCell::new_with(Some(Ok(()))));
+                self.done.lock().entry(app.dir.clone()).or_insert(none).clone()
+            }
+            None => self.done.lock().entry(app.dir.clone()).or_default().clone(),
+        };
         let outcome = cell.get_or_init(|| apply(app, database_url, state_dir)).await;
         outcome.clone().map_err(|(message, data)| {
             Error::new(StatusCode::SERVICE_UNAVAILABLE, "APP_MIGRATION_FAILED", message).with_data(data)

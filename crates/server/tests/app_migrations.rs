@@ -44,6 +44,9 @@ async fn migrations_run_before_the_first_worker_and_a_failure_stays_with_its_app
     copy_dir(&example("todo"), &apps.path().join("manual"));
     let manifest = std::fs::read_to_string(apps.path().join("manual/manifest.yaml")).unwrap();
     std::fs::write(apps.path().join("manual/manifest.yaml"), format!("{manifest}autoMigrate: false\n")).unwrap();
+    // One whose migrations dir appears only later (kept aside as `later/` for now).
+    copy_dir(&example("todo"), &apps.path().join("late"));
+    std::fs::rename(apps.path().join("late/migrations"), apps.path().join("late/later")).unwrap();
     let srv = common::start(apps.path(), |_| {}).await;
 
     // The first request applies the migrations, then the worker reads the table they made.
@@ -69,6 +72,21 @@ async fn migrations_run_before_the_first_worker_and_a_failure_stays_with_its_app
     let (status, body) = get(&format!("{}/manual/", srv.base)).await;
     assert_eq!(status, 503, "{body}");
     assert!(body["error"].as_str().unwrap().contains("no such table"), "{body}");
+
+    // No migrations dir: the worker finds no table. Once the dir appears, its migrations run.
+    let (status, body) = get(&format!("{}/late/", srv.base)).await;
+    assert_eq!(status, 503, "{body}");
+    std::fs::rename(apps.path().join("late/later"), apps.path().join("late/migrations")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = get(&format!("{}/late/", srv.base)).await;
+        if status == 200 {
+            assert_eq!(body[0]["title"], "try marina");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Fixing the migration file retries it.
     std::fs::write(apps.path().join("broken/migrations/0002_oops.up.sql"), "ALTER TABLE todos ADD COLUMN x TEXT;\n")
