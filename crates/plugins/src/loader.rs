@@ -70,12 +70,15 @@ pub fn reserved_bases(api_base: &str) -> Vec<String> {
 /// dependency order. A manifest the catalog does not know but that names an `entrypoint` is an
 /// external plugin ([`crate::external`]). Plugins that are disabled, unknown to the catalog
 /// without an entrypoint, missing a required
-/// dependency, or whose `init` fails are left out with a warning (and so are their dependents).
+/// dependency, or whose `init` fails are left out with a warning (and so are their dependents)
+/// — except a plugin with request hooks that is not `onRequestFailOpen`: its `init` failing
+/// stops the load, as its hook failing at request time answers 503, because serving without a
+/// gateway or an auth hook that was configured would be failing open.
 ///
 /// # Errors
 /// A manifest that cannot be read or is invalid (its path and key), a plugin whose factory
-/// refuses its configuration (its options or variables), a dependency cycle (its members), two
-/// plugins answering under the same base.
+/// refuses its configuration (its options or variables), a fail-closed hook plugin whose
+/// `init` fails, a dependency cycle (its members), two plugins answering under the same base.
 pub async fn load(
     dirs: &[PathBuf],
     catalog: &Catalog,
@@ -135,9 +138,18 @@ pub async fn load(
             Error::internal(format!("plugin '{}' is misconfigured: {}", spec.name, e.message()))
                 .with_data(json!({ "plugin": spec.name, "dir": spec.dir }))
         })?;
-        let started = plugin.init(env).await.map(|()| plugin);
-        match started {
-            Ok(plugin) => loaded.push(Loaded::new(spec, plugin)),
+        let phases = plugin.phases();
+        let guards_requests = (phases.early_request || phases.on_request) && !spec.fail_open;
+        match plugin.init(env).await {
+            Ok(()) => loaded.push(Loaded::new(spec, plugin)),
+            Err(e) if guards_requests => {
+                return Err(Error::internal(format!(
+                    "plugin '{}' failed to start: {} (it checks requests and is not onRequestFailOpen, so marina does not serve without it)",
+                    spec.name,
+                    e.message()
+                ))
+                .with_data(json!({ "plugin": spec.name, "dir": spec.dir })));
+            }
             Err(e) => {
                 tracing::error!(plugin = %spec.name, error = %e, "plugin failed to start; it and its dependents are skipped");
                 failed.insert(canon[i].0.clone());

@@ -147,3 +147,69 @@ async fn cycles_and_reserved_bases_stop_start_up() {
     let err = bind(&dir, &apps, &tmp.path().join("s2"), catalog(Default::default())).await.err().unwrap();
     assert!(err.message().contains("\"/api\" is reserved"), "{}", err.message());
 }
+
+/// Fails its `init`; `hooks` says whether it checks requests.
+struct Brittle {
+    hooks: bool,
+}
+
+#[async_trait]
+impl Plugin for Brittle {
+    fn phases(&self) -> marina_plugins::Phases {
+        if self.hooks { marina_plugins::Phases::ALL } else { marina_plugins::Phases::NONE }
+    }
+
+    async fn init(&self, _env: &PluginEnv) -> Result<(), Error> {
+        Err(Error::internal("the identity provider is unreachable"))
+    }
+}
+
+fn brittle_catalog() -> Catalog {
+    let mut c = catalog(Default::default());
+    for (name, hooks) in [("guard", true), ("extra", false)] {
+        c.register(
+            name,
+            Arc::new(move |_: &PluginSpec, _: &PluginEnv| Ok(Arc::new(Brittle { hooks }) as Arc<dyn Plugin>)),
+        );
+    }
+    c
+}
+
+/// A plugin that checks requests and fails to start stops start-up (serving without it would
+/// fail open); with `onRequestFailOpen: true`, or without hooks, it is skipped with its
+/// dependents and the rest serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_checking_plugin_that_fails_to_start_stops_start_up_unless_fail_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let apps = tmp.path().join("apps");
+    std::fs::create_dir_all(&apps).unwrap();
+
+    let dir = tmp.path().join("closed");
+    write(&dir.join("g/manifest.yaml"), "name: guard\n");
+    let err = bind(&dir, &apps, &tmp.path().join("s1"), brittle_catalog()).await.err().expect("start-up must fail");
+    assert!(
+        err.message().contains("plugin 'guard' failed to start: the identity provider is unreachable"),
+        "{}",
+        err.message()
+    );
+
+    let dir = tmp.path().join("open");
+    write(&dir.join("g/manifest.yaml"), "name: guard\nonRequestFailOpen: true\n");
+    write(&dir.join("e/manifest.yaml"), "name: extra\nbase: /extra\n");
+    write(&dir.join("a/manifest.yaml"), "name: alpha\ndependencies: [extra]\n");
+    write(&dir.join("b/manifest.yaml"), "name: beta\n");
+    let server = bind(&dir, &apps, &tmp.path().join("s2"), brittle_catalog()).await.expect("skipped, not fatal");
+    let addr = server.local_addr();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = rx.await;
+    }));
+    let loaded: Value = reqwest::get(format!("http://{addr}/api/plugins/loaded")).await.unwrap().json().await.unwrap();
+    let names: Vec<&str> = loaded.as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+    assert!(names.contains(&"beta"), "{loaded}");
+    for gone in ["guard", "extra", "alpha"] {
+        assert!(!names.contains(&gone), "{gone} should be skipped: {loaded}");
+    }
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+}
