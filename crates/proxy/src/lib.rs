@@ -12,12 +12,15 @@
 
 pub mod forwarded;
 pub mod headers;
+mod hosts;
 pub mod html;
 pub mod limit;
 pub mod policy;
+pub mod pooled;
 pub mod remote;
 pub mod rules;
 pub mod splice;
+pub mod stream;
 pub mod upstream;
 
 pub use forwarded::{ClientInfo, set_forwarding_headers};

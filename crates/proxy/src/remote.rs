@@ -1,8 +1,8 @@
 //! Forwarding to remote upstreams: the targets of proxy rules.
 //!
-//! One pooled client (hyper-util's legacy client, which keeps a keep-alive pool per
-//! scheme+host and expires idle connections) over rustls with the ring provider. There are
-//! two clients because a rule's `secure: false` needs a TLS config that accepts any
+//! One pooled client ([`crate::hosts`]: a keep-alive pool per scheme+host, idle connections
+//! expired, each connection driven by the request using it) over rustls with the ring provider.
+//! There are two clients because a rule's `secure: false` needs a TLS config that accepts any
 //! certificate, and a connection made without verification must never be reused for a rule
 //! that asked for it. Upstreams speak HTTP/1.1, which is what WebSocket upgrades need.
 
@@ -17,11 +17,10 @@ use std::time::Duration;
 
 use http::header;
 use http::{Request, Response, StatusCode, Version};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
+use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use marina_core::Error;
 use marina_core::body::{self, Body, BoxError};
 use rustls::pki_types::CertificateDer;
@@ -30,12 +29,13 @@ use tokio::net::TcpStream;
 
 use crate::forwarded::{ClientInfo, set_forwarding_headers};
 use crate::headers::{is_upgrade, strip_hop_by_hop};
+use crate::hosts::{Hosts, SendError};
 use crate::limit::BodyTooLarge;
 use crate::policy::TargetPolicy;
 use crate::rules::Rule;
 use crate::splice::splice;
 
-type Connector = HttpsConnector<LoopGuard>;
+type Client = Arc<Hosts<LoopGuard>>;
 
 /// Timeouts, pool sizes, trust and the SSRF policy of the remote client.
 #[derive(Debug, Clone)]
@@ -75,12 +75,12 @@ pub struct Remote {
     /// Built on the first rule that verifies certificates: loading the system's roots reads
     /// some 150 files, which a marina without such a rule should not pay for at start-up, and
     /// which is done on the blocking pool, not on the thread serving requests.
-    verified: tokio::sync::OnceCell<Client<Connector, Body>>,
+    verified: tokio::sync::OnceCell<Client>,
     /// The verifying TLS configuration, up to its roots.
     verified_tls: rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>,
     /// The configured extra roots (checked by [`Remote::new`]); the system's join them.
     extra_roots: rustls::RootCertStore,
-    insecure: Client<Connector, Body>,
+    insecure: Client,
     config: RemoteConfig,
 }
 
@@ -115,7 +115,7 @@ impl Remote {
 
     /// The client that verifies upstream certificates against the system's roots and the
     /// configured ones.
-    async fn verified(&self) -> &Client<Connector, Body> {
+    async fn verified(&self) -> &Client {
         self.verified
             .get_or_init(|| async {
                 let system = tokio::task::spawn_blocking(|| rustls_native_certs::load_native_certs().certs)
@@ -179,7 +179,14 @@ impl Remote {
         let head = req.method() == http::Method::HEAD;
         let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
         let http = if rule.secure() { self.verified().await } else { &self.insecure };
-        let sent = tokio::time::timeout(self.config.response_timeout, http.request(req)).await;
+        let exchange = async {
+            if client_side.is_some() {
+                http.upgrade(req).await.map(|r| r.map(body::boxed))
+            } else {
+                http.send(req).await
+            }
+        };
+        let sent = tokio::time::timeout(self.config.response_timeout, exchange).await;
         let mut resp = match sent {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => return Err(self.classify(rule, e)),
@@ -219,17 +226,16 @@ impl Remote {
             }
             _ => strip_hop_by_hop(resp.headers_mut(), false),
         }
-        let resp = resp.map(body::boxed);
         Ok(match html {
             Some(html) => html.apply(resp, head),
             None => resp,
         })
     }
 
-    fn classify(&self, rule: &Rule, e: hyper_util::client::legacy::Error) -> Error {
-        let chain = error_chain(&e);
+    fn classify(&self, rule: &Rule, e: SendError) -> Error {
+        let chain = error_chain(e.as_error());
         let data = json!({ "rule": rule.id, "target": rule.target.authority.as_str() });
-        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e.as_error());
         while let Some(inner) = cur {
             if inner.is::<BodyTooLarge>() {
                 let limit = inner.downcast_ref::<BodyTooLarge>().map_or(0, |b| b.limit);
@@ -275,7 +281,7 @@ impl Remote {
 }
 
 /// A pooled client over `tls`, every connection checked against the policy.
-fn client(config: &RemoteConfig, tls: rustls::ClientConfig) -> Client<Connector, Body> {
+fn client(config: &RemoteConfig, tls: rustls::ClientConfig) -> Client {
     let policy = Arc::new(config.policy.clone());
     let mut http = HttpConnector::new_with_resolver(PolicyResolver(policy.clone()));
     http.enforce_http(false);
@@ -286,11 +292,7 @@ fn client(config: &RemoteConfig, tls: rustls::ClientConfig) -> Client<Connector,
         .https_or_http()
         .enable_http1()
         .wrap_connector(LoopGuard { http, policy });
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(config.pool_idle_timeout)
-        .pool_max_idle_per_host(config.max_idle_per_host)
-        .build(connector)
+    Arc::new(Hosts::new(connector, config.max_idle_per_host, config.pool_idle_timeout))
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

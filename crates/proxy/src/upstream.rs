@@ -8,14 +8,16 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use marina_core::body::{self, Body};
-use parking_lot::Mutex;
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::headers::{is_upgrade, strip_hop_by_hop};
 use crate::limit::BodyTooLarge;
+use crate::pooled::{Conn, Pool, PooledBody};
+use crate::stream::Stream;
 
 /// Where an upstream listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,25 +101,24 @@ const MAX_IDLE: usize = 64;
 
 /// An upstream with a pool of keep-alive HTTP/1.1 connections.
 ///
-/// The pool is a plain vector of idle senders: a request takes one (or dials), and a small task
-/// puts the sender back once hyper says the connection can take the next request, i.e. after
-/// the response body has been read to its end. That keeps the hot path at one lock and no
-/// per-request dial, which is most of the cost of proxying to a local worker.
+/// A request takes an idle connection (or dials) and drives it itself, and the response body
+/// puts it back when it ends ([`crate::pooled`]): one lock and no task per request, no dial,
+/// which is most of the cost of proxying to a local worker.
 pub struct Upstream {
     target: Target,
-    idle: Arc<Mutex<Vec<SendRequest<Body>>>>,
+    pool: Arc<Pool<TokioIo<Stream>>>,
 }
 
 impl fmt::Debug for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Upstream").field("target", &self.target).field("idle", &self.idle.lock().len()).finish()
+        f.debug_struct("Upstream").field("target", &self.target).field("idle", &self.pool.idle()).finish()
     }
 }
 
 impl Upstream {
     /// An upstream with no connections yet.
     pub fn new(target: Target) -> Self {
-        Self { target, idle: Arc::new(Mutex::new(Vec::new())) }
+        Self { target, pool: Arc::new(Pool::new(MAX_IDLE, None)) }
     }
 
     /// Where it listens.
@@ -127,85 +128,48 @@ impl Upstream {
 
     /// Opens and closes one connection: used to tell when a worker has started listening.
     pub async fn probe(&self) -> io::Result<()> {
-        match &self.target {
-            Target::Unix(p) => UnixStream::connect(p).await.map(drop),
-            Target::Tcp(a) => TcpStream::connect(a).await.map(drop),
-        }
+        self.dial().await.map(drop)
     }
 
     /// Drops every idle connection (the upstream is going away).
     pub fn close_idle(&self) {
-        self.idle.lock().clear();
+        self.pool.expire(None);
     }
 
-    async fn connect(&self, upgrades: bool) -> Result<SendRequest<Body>, ProxyError> {
-        async fn handshake<T>(io: T, upgrades: bool) -> Result<SendRequest<Body>, ProxyError>
-        where
-            T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-        {
-            let (sender, conn) =
-                http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(ProxyError::Upstream)?;
-            if upgrades {
-                tokio::spawn(async move {
-                    let _ = conn.with_upgrades().await;
-                });
-            } else {
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
-            Ok(sender)
-        }
+    async fn dial(&self) -> io::Result<Stream> {
         match &self.target {
-            Target::Unix(p) => handshake(UnixStream::connect(p).await.map_err(ProxyError::Connect)?, upgrades).await,
+            Target::Unix(p) => UnixStream::connect(p).await.map(Stream::Unix),
             Target::Tcp(a) => {
-                let s = TcpStream::connect(a).await.map_err(ProxyError::Connect)?;
+                let s = TcpStream::connect(a).await?;
                 let _ = s.set_nodelay(true);
-                handshake(s, upgrades).await
+                Ok(Stream::Tcp(s))
             }
         }
     }
 
-    fn take_idle(&self) -> Option<SendRequest<Body>> {
-        let mut idle = self.idle.lock();
-        while let Some(s) = idle.pop() {
-            if s.is_ready() {
-                return Some(s);
-            }
-        }
-        None
-    }
-
-    fn recycle(&self, mut sender: SendRequest<Body>) {
-        let idle = self.idle.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                let mut idle = idle.lock();
-                if idle.len() < MAX_IDLE {
-                    idle.push(sender);
-                }
-            }
-        });
-    }
-
-    async fn send_pooled(&self, mut req: Request<Body>) -> Result<Response<hyper::body::Incoming>, ProxyError> {
-        while let Some(mut sender) = self.take_idle() {
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    self.recycle(sender);
-                    return Ok(resp);
-                }
-                Err(mut e) => match e.take_message() {
+    async fn send_pooled(&self, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+        while let Some(conn) = self.pool.take() {
+            match conn.send(req).await {
+                (Ok(resp), Some(conn)) => return Ok(self.pooled(resp, conn)),
+                (Ok(resp), None) => return Ok(resp.map(body::boxed)),
+                (Err(mut e), _) => match e.take_message() {
                     // Never written: the connection had closed meanwhile; try the next one.
                     Some(back) => req = back,
                     None => return Err(ProxyError::Upstream(e.into_error())),
                 },
             }
         }
-        let mut sender = self.connect(false).await?;
-        let resp = sender.send_request(req).await.map_err(ProxyError::Upstream)?;
-        self.recycle(sender);
-        Ok(resp)
+        let io = self.dial().await.map_err(ProxyError::Connect)?;
+        let conn = Conn::handshake(TokioIo::new(io)).await.map_err(ProxyError::Upstream)?;
+        match conn.send(req).await {
+            (Ok(resp), Some(conn)) => Ok(self.pooled(resp, conn)),
+            (Ok(resp), None) => Ok(resp.map(body::boxed)),
+            (Err(e), _) => Err(ProxyError::Upstream(e.into_error())),
+        }
+    }
+
+    fn pooled(&self, resp: Response<Incoming>, conn: Conn<TokioIo<Stream>>) -> Response<Body> {
+        resp.map(|b| body::boxed(PooledBody::new(b, conn, self.pool.clone())))
     }
 
     /// Forwards `req` (its URI already the upstream path and query) and returns the upstream's
@@ -228,13 +192,18 @@ impl Upstream {
         }
         let mut resp = self.send_pooled(req).await?;
         strip_hop_by_hop(resp.headers_mut(), false);
-        Ok(resp.map(body::boxed))
+        Ok(resp)
     }
 
     async fn forward_upgrade(&self, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
         let client_side = hyper::upgrade::on(&mut req);
         let hold = req.extensions_mut().remove::<Hold>();
-        let mut sender = self.connect(true).await?;
+        let io = self.dial().await.map_err(ProxyError::Connect)?;
+        let (mut sender, conn) =
+            http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(ProxyError::Upstream)?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
         let mut resp = sender.send_request(req).await.map_err(ProxyError::Upstream)?;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let upstream_side = hyper::upgrade::on(&mut resp);

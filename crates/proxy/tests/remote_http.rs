@@ -219,3 +219,55 @@ async fn names_reaching_refused_addresses_are_caught_on_connect() {
     let (status, body) = get_json(&front.url("/fine")).await;
     assert_eq!((status, body["path"].as_str()), (200, Some("/ok")), "{body}");
 }
+
+/// An upstream that answers `ok` on keep-alive connections and reports each connection it
+/// accepts (`true`) and each one the client closes (`false`).
+async fn counting_upstream() -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<bool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let _ = tx.send(true);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+                    }
+                }
+                let _ = tx.send(false);
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn connections_are_reused_per_host_and_closed_when_idle() {
+    let (addr, mut events) = counting_upstream().await;
+    let idle = Duration::from_millis(400);
+    let front = Front::start(RemoteConfig { pool_idle_timeout: idle, ..RemoteConfig::default() }).await;
+    front.set_rules(vec![rule("^/a", &format!("http://{addr}")), rule("^/b", &format!("http://{addr}"))]);
+    let http = client();
+    for path in ["/a", "/b", "/a/x", "/b/y"] {
+        let resp = http.get(front.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), "ok");
+    }
+    // One connection for all four: two rules, one host.
+    assert_eq!(events.try_recv(), Ok(true));
+    assert!(events.try_recv().is_err(), "requests one after the other must share one connection");
+    // Left idle, it is closed within about twice the idle timeout (the sweep runs every half).
+    let closed = tokio::time::timeout(Duration::from_secs(10), events.recv()).await;
+    assert_eq!(closed, Ok(Some(false)), "the idle connection must be closed");
+}
