@@ -49,7 +49,8 @@ pub struct App {
     pub proxy: Arc<marina_proxy::RuleSet>,
     /// `name@version` ([`App::key_of`]), the pool's key: kept here because the request path
     /// needs it several times per request (pool lookups, counters, public routes) and
-    /// formatting it each time was a measurable share of a small request's cost.
+    /// formatting it each time was a measurable share of a small request's cost. Whoever
+    /// changes `name` or `version` of a copy sets it again.
     pub key: String,
 }
 

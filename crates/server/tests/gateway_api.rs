@@ -321,6 +321,9 @@ async fn shell_excludes_at_runtime_on_postgres() {
 
 /// The metrics history survives a restart (written at shutdown at the latest), and a clear
 /// reaches the stored rows.
+/// With a root key and every API call carrying it: on PostgreSQL the database is shared with
+/// other test binaries, which leave API keys behind, and once a key exists `/gateway/api`
+/// needs one (a keyless run passed or failed with the order the binaries ran in).
 async fn history_lifecycle(database_url: Option<&str>) {
     let tmp = common::gateway_fixture("");
     let state = tempfile::tempdir().unwrap();
@@ -329,7 +332,8 @@ async fn history_lifecycle(database_url: Option<&str>) {
         let (plugins, state) = (tmp.path().join("plugins"), state.path());
         common::start(&apps, move |r| {
             r.set("RUNTIME_PLUGIN_DIRS", plugins.display().to_string())
-                .set("RUNTIME_STATE_DIR", state.display().to_string());
+                .set("RUNTIME_STATE_DIR", state.display().to_string())
+                .set("RUNTIME_ROOT_KEY", ROOT);
             if let Some(url) = database_url {
                 r.set("DATABASE_URL", url);
             }
@@ -340,7 +344,7 @@ async fn history_lifecycle(database_url: Option<&str>) {
         let url = format!("{}/gateway/api/metrics/history?limit=3600", srv.base);
         let c = c.clone();
         async move {
-            let body = c.get(url).send().await.unwrap().json::<Value>().await.unwrap();
+            let body = c.get(url).header("x-api-key", ROOT).send().await.unwrap().json::<Value>().await.unwrap();
             body.as_array().unwrap_or_else(|| panic!("expected the history, got {body}")).clone()
         }
     };
@@ -359,8 +363,13 @@ async fn history_lifecycle(database_url: Option<&str>) {
     let got = history(&srv).await;
     assert!(got.contains(&seen), "{seen} not in {got:?}");
     let cleared_at = common_now_ms();
-    let (s, _) = call(&c, &srv, Method::DELETE, "/gateway/api/metrics/history", None).await;
-    assert_eq!(s, 200);
+    let resp = c
+        .delete(format!("{}/gateway/api/metrics/history", srv.base))
+        .header("x-api-key", ROOT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     srv.stop().await;
 
     let srv = start().await;

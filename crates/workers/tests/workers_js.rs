@@ -192,6 +192,7 @@ async fn auto_install_runs_bun_install_before_start() {
     .unwrap();
     let mut app2 = (*app).clone();
     app2.name = "auto2".into();
+    app2.key = marina_apps::App::key_of(&app2.name, &app2.version);
     app2.entrypoint = broken.join("index.js");
     app2.dir = broken;
     let err = call(&pool, &std::sync::Arc::new(app2), "GET", "/", "").await.err().expect("frozen lockfile mismatch");
