@@ -363,12 +363,8 @@ async fn history_lifecycle(database_url: Option<&str>) {
     let got = history(&srv).await;
     assert!(got.contains(&seen), "{seen} not in {got:?}");
     let cleared_at = common_now_ms();
-    let resp = c
-        .delete(format!("{}/gateway/api/metrics/history", srv.base))
-        .header("x-api-key", ROOT)
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        c.delete(format!("{}/gateway/api/metrics/history", srv.base)).header("x-api-key", ROOT).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     srv.stop().await;
 
