@@ -28,14 +28,17 @@ use rusqlite::config::DbConfig;
 /// SQLite's default page size, which marina never changes: a sealed database is larger.
 const ONE_PAGE: u64 = 4096;
 
-/// Whether `path` is to be created now (so it may be built without fsyncs). A file of at most
-/// one page that SQLite cannot read is an unfinished creation (see the module doc) and is
-/// removed first.
+/// Whether `path` is to be created now (so it may be built without fsyncs). A regular file of
+/// at most one page that SQLite cannot read and that is empty, all zeros or begins with
+/// SQLite's header is an unfinished creation (see the module doc) and is removed first.
+/// Anything else — a symlink, a file that is not SQLite's, a larger file — is left to the
+/// normal open, which reports it: marina never deletes what it did not start writing.
 ///
 /// # Errors
 /// `DATABASE_UNAVAILABLE` when such a file cannot be removed.
 pub(crate) fn prepare(path: &Path) -> Result<bool, Error> {
-    let len = match std::fs::metadata(path) {
+    let len = match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_file() => return Ok(false),
         Ok(m) => m.len(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
         // Let the open report it.
@@ -44,7 +47,7 @@ pub(crate) fn prepare(path: &Path) -> Result<bool, Error> {
     if len == 0 {
         return Ok(true);
     }
-    if len > ONE_PAGE || readable(path) {
+    if len > ONE_PAGE || readable(path) || !unfinished_sqlite(path) {
         return Ok(false);
     }
     tracing::warn!(
@@ -67,6 +70,15 @@ pub(crate) fn prepare(path: &Path) -> Result<bool, Error> {
         }
     }
     Ok(true)
+}
+
+/// Whether the (at most one page) file holds nothing but zeros or starts with SQLite's header,
+/// as a creation cut short leaves it.
+fn unfinished_sqlite(path: &Path) -> bool {
+    match std::fs::read(path) {
+        Ok(bytes) => bytes.starts_with(b"SQLite format 3\0") || bytes.iter().all(|&b| b == 0),
+        Err(_) => false,
+    }
 }
 
 /// False only when SQLite says the file is not a database or is corrupt.

@@ -65,7 +65,10 @@ async fn an_unsealed_database_closed_early_is_reopened_whole() {
 #[tokio::test]
 async fn a_torn_one_page_database_is_created_again() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("marina.db"), vec![0x5a; 4096]).unwrap();
+    // What a creation cut short leaves: SQLite's header, then a page that never got written.
+    let mut torn = b"SQLite format 3\0".to_vec();
+    torn.resize(4096, 0x5a);
+    std::fs::write(dir.path().join("marina.db"), torn).unwrap();
     std::fs::write(dir.path().join("marina.db-wal"), vec![0x5a; 1000]).unwrap();
     let store = Store::open_quick(None, dir.path()).await.unwrap();
     assert_eq!(store.migrate_system().await.unwrap().steps.len(), all_migrations());
@@ -84,4 +87,31 @@ async fn a_larger_unreadable_file_is_never_removed() {
     };
     assert!(failed, "a file that is not a database is an error");
     assert_eq!(std::fs::read(dir.path().join("marina.db")).unwrap(), junk, "and is left as it was");
+}
+
+/// A small file that is not SQLite's (a user's file named by `DATABASE_URL`) and a symlinked
+/// `marina.db` are never removed or replaced: only what marina started writing is recreated.
+#[tokio::test]
+async fn a_small_foreign_file_or_a_symlink_is_never_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = vec![0x5a; 4096];
+    std::fs::write(dir.path().join("marina.db"), &foreign).unwrap();
+    let failed = match Store::open_quick(None, dir.path()).await {
+        Ok(store) => store.migrate_system().await.is_err(),
+        Err(_) => true,
+    };
+    assert!(failed, "a file that is not a database is an error");
+    assert_eq!(std::fs::read(dir.path().join("marina.db")).unwrap(), foreign, "and is left as it was");
+
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = elsewhere.path().join("real.db");
+    std::os::unix::fs::symlink(&target, dir.path().join("marina.db")).unwrap();
+    let store = Store::open_quick(None, dir.path()).await.unwrap();
+    store.migrate_system().await.unwrap();
+    if let Some(seal) = store.seal_in_background().await {
+        seal.await.unwrap();
+    }
+    assert!(std::fs::symlink_metadata(dir.path().join("marina.db")).unwrap().file_type().is_symlink(), "still a link");
+    assert!(target.is_file(), "the database was created where the link points");
 }

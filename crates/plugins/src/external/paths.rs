@@ -69,10 +69,27 @@ impl PathFilter {
     }
 
     /// Whether the hook is asked about `path`.
+    ///
+    /// The globs see the path as received, but routing decodes the app segment and workers
+    /// usually decode and normalise the rest, so `/%61dmin/x`, `/app//admin` or
+    /// `/app/assets/../secret` can mean a path the globs would have caught. Such a path is
+    /// always asked about: a filter narrows the hook, it never lets an ambiguous spelling past it.
     pub fn allows(&self, path: &str) -> bool {
+        if (self.include.is_some() || self.exclude.is_some()) && ambiguous(path) {
+            return true;
+        }
         self.include.as_ref().is_none_or(|s| s.is_match(path))
             && !self.exclude.as_ref().is_some_and(|s| s.is_match(path))
     }
+}
+
+/// A path whose meaning may change when decoded or normalised: a percent escape, an empty
+/// segment, a `.` or `..` segment, or a backslash (which some servers read as `/`).
+fn ambiguous(path: &str) -> bool {
+    path.contains('%')
+        || path.contains('\\')
+        || path.contains("//")
+        || path.split('/').any(|segment| segment == "." || segment == "..")
 }
 
 #[cfg(test)]
@@ -97,6 +114,12 @@ mod tests {
             ("/administrator", false),
             ("/admin/assets/app.css", false),
             ("/shop", false),
+            // Spellings that decode or normalise to a filtered path are always asked about.
+            ("/%61dmin/x", true),
+            ("/shop//admin", true),
+            ("/admin/assets/../secret", true),
+            ("/admin/assets/%2e%2e/secret", true),
+            ("/shop/.", true),
         ] {
             assert_eq!(f.allows(path), asked, "{path}");
         }
