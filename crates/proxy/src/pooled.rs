@@ -138,8 +138,20 @@ where
     }
 
     /// Puts a connection that can take another request back.
+    ///
+    /// The stack is in the order connections came back, so the oldest are at the bottom, where
+    /// `take` (last in, first out) may never reach after a burst: expired ones are dropped from
+    /// there (usually one clock read), so a socket the upstream closed does not stay open.
     fn put(&self, conn: Conn<T>) {
+        if self.max_idle == 0 {
+            return; // no pooling
+        }
         let mut idle = self.idle.lock();
+        if let Some(timeout) = self.idle_timeout {
+            while idle.first().is_some_and(|(_, since)| since.elapsed() >= timeout) {
+                idle.remove(0);
+            }
+        }
         if idle.len() >= self.max_idle {
             idle.remove(0);
         }

@@ -98,6 +98,10 @@ pub struct Hold(pub Arc<dyn std::any::Any + Send + Sync>);
 
 /// Idle keep-alive connections kept per upstream; more than this are closed when they free up.
 const MAX_IDLE: usize = 64;
+/// How long an idle connection to a worker is kept: under the keep-alive timeouts of the
+/// runtimes workers use (Node 5 s, Bun 10 s), so marina drops a connection before the worker
+/// closes it, and closed ones do not linger at the bottom of the pool.
+const WORKER_IDLE: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// An upstream with a pool of keep-alive HTTP/1.1 connections.
 ///
@@ -118,7 +122,7 @@ impl fmt::Debug for Upstream {
 impl Upstream {
     /// An upstream with no connections yet.
     pub fn new(target: Target) -> Self {
-        Self { target, pool: Arc::new(Pool::new(MAX_IDLE, None)) }
+        Self { target, pool: Arc::new(Pool::new(MAX_IDLE, Some(WORKER_IDLE))) }
     }
 
     /// Where it listens.
