@@ -261,9 +261,15 @@ impl Rule {
     }
 
     /// The absolute upstream URI: target + its path + the rewritten path + the query.
+    ///
+    /// The path part always starts with `/`: a rewrite such as `$1` fills it from the request,
+    /// and `http://backend` followed by `@evil.example/x` would otherwise parse as userinfo
+    /// and another host, sending the request wherever the client chose.
     pub fn upstream_uri(&self, path: &str, query: Option<&str>) -> Result<Uri, Error> {
         let rewritten = self.rewritten_path(path);
-        let mut s = format!("{}://{}{}{}", self.target.scheme, self.target.authority, self.target.path, rewritten);
+        let slash = if self.target.path.starts_with('/') || rewritten.starts_with('/') { "" } else { "/" };
+        let mut s =
+            format!("{}://{}{slash}{}{}", self.target.scheme, self.target.authority, self.target.path, rewritten);
         if let Some(q) = query {
             s.push('?');
             s.push_str(q);

@@ -105,6 +105,16 @@ fn upstream_uri_joins_target_path_rewrite_and_query() {
     assert_eq!(r.target.origin_header, "http://up:9000");
 }
 
+/// A rewrite that fills the start of the path from the request cannot move the host: the path
+/// part always starts with `/`, so `@evil.example` stays in the path.
+#[test]
+fn a_rewritten_path_cannot_become_userinfo_and_a_host() {
+    let r = compile(RuleSpec { rewrite: Some("$1".into()), ..spec("^/api/(.*)$", "http://up:9000") }).unwrap();
+    let uri = r.upstream_uri("/api/@evil.example/x", None).unwrap();
+    assert_eq!(uri.authority().unwrap().as_str(), "up:9000");
+    assert_eq!(uri.to_string(), "http://up:9000/@evil.example/x");
+}
+
 #[test]
 fn spec_json_matches_buntime_and_refuses_unknown_fields() {
     let s: RuleSpec = serde_json::from_str(
