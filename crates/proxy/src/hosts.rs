@@ -81,21 +81,21 @@ where
         let pool = self.pool(&uri);
         while let Some(conn) = pool.take() {
             match conn.send(req).await {
-                (Ok(resp), Some(conn)) => return Ok(pooled(resp, conn, &pool)),
-                (Ok(resp), None) => return Ok(resp.map(body::boxed)),
-                (Err(mut e), _) => match e.take_message() {
+                (Ok(resp), Some(conn), _) => return Ok(pooled(resp, conn, &pool)),
+                (Ok(resp), None, _) => return Ok(resp.map(body::boxed)),
+                (Err(mut e), _, ended) => match e.take_message() {
                     // Never written: the upstream had closed it meanwhile; try the next one.
                     Some(back) => req = back,
-                    None => return Err(SendError::Upstream(e.into_error())),
+                    None => return Err(SendError::Upstream(crate::pooled::cause(ended, e.into_error()))),
                 },
             }
         }
         let io = self.connect(uri).await?;
         let conn = Conn::handshake(io).await.map_err(SendError::Upstream)?;
         match conn.send(req).await {
-            (Ok(resp), Some(conn)) => Ok(pooled(resp, conn, &pool)),
-            (Ok(resp), None) => Ok(resp.map(body::boxed)),
-            (Err(e), _) => Err(SendError::Upstream(e.into_error())),
+            (Ok(resp), Some(conn), _) => Ok(pooled(resp, conn, &pool)),
+            (Ok(resp), None, _) => Ok(resp.map(body::boxed)),
+            (Err(e), _, ended) => Err(SendError::Upstream(crate::pooled::cause(ended, e.into_error()))),
         }
     }
 

@@ -56,19 +56,23 @@ where
 
     /// Sends `req` and drives the connection until the response head arrives. The connection
     /// comes back with the response unless it ended; a request that was never written comes
-    /// back in the error (`take_message`), so it can go over another connection.
+    /// back in the error (`take_message`), so it can go over another connection. The third
+    /// element is the connection's own error when it failed: the request may only see "closed"
+    /// while the connection knows why (an answer head over hyper's bounds), see [`cause`].
     pub async fn send(
         mut self,
         req: Request<Body>,
-    ) -> (Result<Response<Incoming>, TrySendError<Request<Body>>>, Option<Self>) {
+    ) -> (Result<Response<Incoming>, TrySendError<Request<Body>>>, Option<Self>, Option<hyper::Error>) {
         let mut answer = std::pin::pin!(self.0.sender.try_send_request(req));
         let mut conn = Some(self);
+        let mut ended = None;
         let result = poll_fn(|cx| {
             if let Some(c) = conn.as_mut()
-                && Pin::new(&mut c.0.conn).poll(cx).is_ready()
+                && let Poll::Ready(done) = Pin::new(&mut c.0.conn).poll(cx)
             {
-                // Ended (closed, or failed: hyper has handed the error to the pending request).
-                // Dropping it answers a request still queued, with the request given back.
+                // Ended (closed, or failed). Dropping it answers a request still queued, with
+                // the request given back.
+                ended = done.err();
                 conn = None;
             }
             let mut quiet = Context::from_waker(Waker::noop());
@@ -78,7 +82,7 @@ where
             }
         })
         .await;
-        (result, conn)
+        (result, conn, ended)
     }
 
     /// Polls the connection once; `false` when it has ended (closed by the upstream, failed).
@@ -97,6 +101,20 @@ where
         } else {
             Settled::Busy
         }
+    }
+}
+
+/// The error to report for a failed exchange: the connection's own when it is about the
+/// upstream's answer (malformed, or over hyper's size bounds), since the request then often
+/// sees only that the connection closed, which would blame a crash instead of a bad answer.
+pub fn cause(ended: Option<hyper::Error>, request: hyper::Error) -> hyper::Error {
+    match ended {
+        Some(e)
+            if (e.is_parse() || e.is_parse_too_large()) && !(request.is_parse() || request.is_parse_too_large()) =>
+        {
+            e
+        }
+        _ => request,
     }
 }
 

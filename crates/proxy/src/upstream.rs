@@ -154,21 +154,21 @@ impl Upstream {
     async fn send_pooled(&self, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
         while let Some(conn) = self.pool.take() {
             match conn.send(req).await {
-                (Ok(resp), Some(conn)) => return Ok(self.pooled(resp, conn)),
-                (Ok(resp), None) => return Ok(resp.map(body::boxed)),
-                (Err(mut e), _) => match e.take_message() {
+                (Ok(resp), Some(conn), _) => return Ok(self.pooled(resp, conn)),
+                (Ok(resp), None, _) => return Ok(resp.map(body::boxed)),
+                (Err(mut e), _, ended) => match e.take_message() {
                     // Never written: the connection had closed meanwhile; try the next one.
                     Some(back) => req = back,
-                    None => return Err(ProxyError::Upstream(e.into_error())),
+                    None => return Err(ProxyError::Upstream(crate::pooled::cause(ended, e.into_error()))),
                 },
             }
         }
         let io = self.dial().await.map_err(ProxyError::Connect)?;
         let conn = Conn::handshake(TokioIo::new(io)).await.map_err(ProxyError::Upstream)?;
         match conn.send(req).await {
-            (Ok(resp), Some(conn)) => Ok(self.pooled(resp, conn)),
-            (Ok(resp), None) => Ok(resp.map(body::boxed)),
-            (Err(e), _) => Err(ProxyError::Upstream(e.into_error())),
+            (Ok(resp), Some(conn), _) => Ok(self.pooled(resp, conn)),
+            (Ok(resp), None, _) => Ok(resp.map(body::boxed)),
+            (Err(e), _, ended) => Err(ProxyError::Upstream(crate::pooled::cause(ended, e.into_error()))),
         }
     }
 
