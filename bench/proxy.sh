@@ -8,7 +8,8 @@
 # after the other, so no queueing).
 #
 # Usage: bench/proxy.sh   (OUT=file also writes the Markdown summary there)
-# Needs: wrk, nginx (apt-get install wrk nginx-light), python3, curl, a release build of marina.
+# Needs: wrk, nginx (apt-get install wrk nginx-light), python3, curl, a release build of marina
+# (built here into CARGO_TARGET_DIR, or MARINA_BIN=path: that binary, as in bench/lib.sh).
 # Loopback only; every load run is bounded by DURATION. Every URL is checked first: status 200
 # and the exact 1024 bytes; a run with non-2xx answers or socket errors stops the script.
 set -euo pipefail
@@ -22,8 +23,13 @@ BACKEND_PORT="${BACKEND_PORT:-18182}"
 
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 command -v nginx >/dev/null || { echo "nginx is missing: apt-get install nginx-light" >&2; exit 1; }
-cargo build --release -q -p marina
-BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/marina"
+if [ -n "${MARINA_BIN:-}" ]; then
+  BIN="$MARINA_BIN"
+  [ -x "$BIN" ] || { echo "MARINA_BIN=$BIN is not an executable file" >&2; exit 1; }
+else
+  cargo build --release -q -p marina
+  BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/marina"
+fi
 
 WORK="$(mktemp -d)"
 cleanup() {
@@ -132,7 +138,7 @@ ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 
 {
   echo "Reverse proxy to an nginx backend serving 1 KiB, keep-alive, \`wrk -t1 -c$CONNS -d$DURATION\` on $(nproc) cores, $(date -u +%Y-%m-%d), load average before the run: ${LOAD:-$(cut -d' ' -f1-3 /proc/loadavg)}."
-  echo "Command: \`bench/proxy.sh\`."
+  echo "Command: \`bench/proxy.sh\`${MARINA_BIN:+ (marina binary \`$MARINA_BIN\`, given by MARINA_BIN)}."
   echo
   echo "| path | req/s | bytes read per response | / nginx proxy | / backend direct |"
   echo "|---|---|---|---|---|"
