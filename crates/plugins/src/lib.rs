@@ -33,6 +33,8 @@ pub mod order;
 pub mod plugin;
 pub mod proxy;
 pub mod set;
+#[cfg(test)]
+mod test_db;
 
 pub use context::{Identity, RequestContext};
 pub use loader::{Catalog, canonical};

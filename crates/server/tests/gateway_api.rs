@@ -324,12 +324,16 @@ async fn shell_excludes_at_runtime_on_postgres() {
 /// With a root key and every API call carrying it: on PostgreSQL the database is shared with
 /// other test binaries, which leave API keys behind, and once a key exists `/gateway/api`
 /// needs one (a keyless run passed or failed with the order the binaries ran in).
+/// The history follows the state dir (its `instance-id`), not the host name nor the dir's path:
+/// here the state dir moves between two runs (a volume mounted elsewhere).
 async fn history_lifecycle(database_url: Option<&str>) {
     let tmp = common::gateway_fixture("");
-    let state = tempfile::tempdir().unwrap();
+    let states = tempfile::tempdir().unwrap();
+    let (first, moved) = (states.path().join("first"), states.path().join("moved"));
+    std::fs::create_dir(&first).unwrap();
     let apps = tmp.path().join("apps");
-    let start = || {
-        let (plugins, state) = (tmp.path().join("plugins"), state.path());
+    let start = |state: &std::path::Path| {
+        let (plugins, state) = (tmp.path().join("plugins"), state.to_path_buf());
         common::start(&apps, move |r| {
             r.set("RUNTIME_PLUGIN_DIRS", plugins.display().to_string())
                 .set("RUNTIME_STATE_DIR", state.display().to_string())
@@ -348,7 +352,7 @@ async fn history_lifecycle(database_url: Option<&str>) {
             body.as_array().unwrap_or_else(|| panic!("expected the history, got {body}")).clone()
         }
     };
-    let srv = start().await;
+    let srv = start(&first).await;
     for _ in 0..3 {
         assert_eq!(c.get(format!("{}/api/health", srv.base)).send().await.unwrap().status(), 200);
     }
@@ -359,7 +363,8 @@ async fn history_lifecycle(database_url: Option<&str>) {
     let seen = history(&srv).await[0].clone();
     srv.stop().await;
 
-    let srv = start().await;
+    std::fs::rename(&first, &moved).unwrap();
+    let srv = start(&moved).await;
     let got = history(&srv).await;
     assert!(got.contains(&seen), "{seen} not in {got:?}");
     let cleared_at = common_now_ms();
@@ -368,7 +373,7 @@ async fn history_lifecycle(database_url: Option<&str>) {
     assert_eq!(resp.status(), 200);
     srv.stop().await;
 
-    let srv = start().await;
+    let srv = start(&moved).await;
     let got = history(&srv).await;
     assert!(got.iter().all(|s| s["timestamp"].as_u64().unwrap() + 1000 >= cleared_at), "{got:?}");
     srv.stop().await;

@@ -63,6 +63,14 @@ const SYSTEM: &[(&str, &str)] = &[
     ("0018_gateway_shell_excludes.down.sql", include_str!("../migrations/0018_gateway_shell_excludes.down.sql")),
     ("0019_gateway_metrics_history.up.sql", include_str!("../migrations/0019_gateway_metrics_history.up.sql")),
     ("0019_gateway_metrics_history.down.sql", include_str!("../migrations/0019_gateway_metrics_history.down.sql")),
+    (
+        "0020_gateway_metrics_history_runs.up.sql",
+        include_str!("../migrations/0020_gateway_metrics_history_runs.up.sql"),
+    ),
+    (
+        "0020_gateway_metrics_history_runs.down.sql",
+        include_str!("../migrations/0020_gateway_metrics_history_runs.down.sql"),
+    ),
 ];
 
 fn err(status: StatusCode, code: &'static str, message: String) -> Error {

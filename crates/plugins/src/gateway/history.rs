@@ -1,6 +1,6 @@
 //! The gateway's metrics history (`GET/DELETE /gateway/api/metrics/history`): one snapshot per
 //! second, `{timestamp, totalRequests, blockedRequests, allowedRequests, activeBuckets}`, the
-//! last [`CAPACITY`] kept (an hour), as Buntime's.
+//! last [`CAPACITY`] (an hour), newest first, as Buntime's.
 //!
 //! Kept in memory and, once the gateway's `init` attached it, in marina's database
 //! ([`super::history_db`], per instance, written in batches), so it survives a restart as Buntime's
@@ -10,8 +10,13 @@
 //!
 //! Idle costs nothing: the sampler parks when a tick finds the counters unchanged, and the
 //! first request after that wakes it ([`History::touch`], one atomic load on the request
-//! path); the seconds it slept through are filled with the unchanged values then, so the
-//! history still has one snapshot per second.
+//! path). Only the snapshots actually taken are kept (and stored); the seconds the sampler slept
+//! through are filled in with the unchanged values when the history is read ([`walk`]), between
+//! two snapshots of one run (one marina process) only.
+//!
+//! Clocks: the cadence is tokio's (monotonic); the wall clock only labels a snapshot. Snapshots
+//! are ordered and written by their `seq`, so a wall clock stepped back changes the labels, never
+//! what is sampled or stored (no seconds are filled in across a step back).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +30,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::history_db::{FLUSH_EVERY, HistoryDb};
+use super::limit::epoch_ms;
 
 /// Snapshots kept: an hour at one per second.
 pub const CAPACITY: usize = 3600;
@@ -32,11 +38,13 @@ pub const CAPACITY: usize = 3600;
 /// How often a snapshot is taken while requests arrive.
 pub const EVERY: Duration = Duration::from_secs(1);
 
+const STEP_MS: u64 = EVERY.as_millis() as u64;
+
 /// The counters at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Snapshot {
-    /// Epoch milliseconds.
+    /// Epoch milliseconds (the wall clock: a label only).
     pub timestamp: u64,
     /// Requests the gateway saw.
     pub total_requests: u64,
@@ -55,16 +63,74 @@ impl Snapshot {
     }
 }
 
-#[derive(Default)]
+/// A snapshot the sampler took, as kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// Its place in the instance's history: only grows (across restarts too).
+    pub seq: u64,
+    /// The marina process that took it: quiet seconds are filled in within one run only.
+    pub run: u64,
+    /// The counters.
+    pub snap: Snapshot,
+}
+
+/// The history newest first, calling `emit` for at most `limit` snapshots: each entry, and
+/// before the next older one (of the same run) the quiet seconds between them, filled in with
+/// the older one's counts and labelled back from the newer one's time. Returns the index of the
+/// oldest entry used (what lies before it is out of reach).
+fn walk(entries: &VecDeque<Entry>, limit: usize, mut emit: impl FnMut(Snapshot)) -> usize {
+    let mut n = 0;
+    let mut oldest = entries.len();
+    for i in (0..entries.len()).rev() {
+        if n >= limit {
+            break;
+        }
+        let e = entries[i];
+        emit(e.snap);
+        n += 1;
+        oldest = i;
+        let Some(older) = i.checked_sub(1).map(|j| entries[j]).filter(|o| o.run == e.run) else { continue };
+        // A clock stepped back between them: no seconds to fill.
+        let quiet = (e.snap.timestamp.saturating_sub(older.snap.timestamp) / STEP_MS).saturating_sub(1);
+        let fill = quiet.min((limit - n) as u64);
+        for k in 1..=fill {
+            emit(Snapshot { timestamp: e.snap.timestamp - k * STEP_MS, ..older.snap });
+        }
+        if fill > 0 {
+            n += fill as usize;
+            oldest = i - 1;
+        }
+    }
+    oldest
+}
+
 struct Ring {
-    snaps: VecDeque<Snapshot>,
-    /// Whether the newest snapshot is this process's (quiet seconds after it are filled in);
-    /// false after loading a previous run's.
-    own: bool,
-    /// The newest snapshot stored in the database.
+    /// Snapshots taken (this run's and, after `attach`, earlier runs'), oldest first.
+    entries: VecDeque<Entry>,
+    /// This process's run.
+    run: u64,
+    /// The next snapshot's `seq`.
+    next_seq: u64,
+    /// Entries up to this `seq` are in the database.
     flushed: u64,
     /// Snapshots taken since the last write.
     unflushed: usize,
+}
+
+impl Default for Ring {
+    fn default() -> Self {
+        // Random, so two runs of one instance never share it (stored as a positive BIGINT).
+        let run = uuid::Uuid::new_v4().as_u64_pair().0 >> 1;
+        Self { entries: VecDeque::new(), run, next_seq: 1, flushed: 0, unflushed: 0 }
+    }
+}
+
+impl Ring {
+    /// Drop what [`walk`] can no longer reach.
+    fn trim(&mut self) {
+        let oldest = walk(&self.entries, CAPACITY, |_| {});
+        self.entries.drain(..oldest);
+    }
 }
 
 /// The ring, the sampler's wake-up, and where it is stored.
@@ -89,9 +155,12 @@ impl History {
         }
     }
 
-    /// The newest `limit` snapshots, newest first.
+    /// The newest `limit` snapshots, newest first, one per second within a run ([`walk`]).
     pub fn newest(&self, limit: usize) -> Vec<Snapshot> {
-        self.ring.lock().snaps.iter().rev().take(limit).copied().collect()
+        let ring = self.ring.lock();
+        let mut out = Vec::with_capacity(limit.min(CAPACITY));
+        walk(&ring.entries, limit.min(CAPACITY), |s| out.push(s));
+        out
     }
 
     /// Load the stored history and keep storing it there.
@@ -99,15 +168,20 @@ impl History {
     /// # Errors
     /// The database's.
     pub async fn attach(&self, db: HistoryDb) -> Result<(), Error> {
-        let stored = db.load().await?;
+        let (stored, last) = db.load(epoch_ms()).await?;
         {
             let mut ring = self.ring.lock();
-            let flushed = stored.last().map_or(0, |s| s.timestamp);
-            ring.flushed = flushed;
             // What this process sampled before (none: `init` runs first) goes after.
-            let own: Vec<Snapshot> = ring.snaps.drain(..).filter(|s| s.timestamp > flushed).collect();
-            ring.snaps = stored.into_iter().chain(own).collect();
-            ring.own = false;
+            let own: Vec<Entry> = ring.entries.drain(..).collect();
+            ring.entries = stored.into_iter().collect();
+            ring.flushed = last;
+            ring.next_seq = last + 1;
+            for e in own {
+                let seq = ring.next_seq;
+                ring.next_seq += 1;
+                ring.entries.push_back(Entry { seq, ..e });
+            }
+            ring.trim();
         }
         let _ = self.db.set(db);
         Ok(())
@@ -118,12 +192,13 @@ impl History {
     pub async fn flush(&self) {
         let Some(db) = self.db.get() else { return };
         let _one = self.writing.lock().await;
-        let fresh: Vec<Snapshot> = {
+        let (fresh, keep_from) = {
             let ring = self.ring.lock();
-            ring.snaps.iter().filter(|s| s.timestamp > ring.flushed).copied().collect()
+            let fresh: Vec<Entry> = ring.entries.iter().filter(|e| e.seq > ring.flushed).copied().collect();
+            (fresh, ring.entries.front().map_or(ring.next_seq, |e| e.seq))
         };
-        let Some(newest) = fresh.last().map(|s| s.timestamp) else { return };
-        match db.append(&fresh).await {
+        let Some(newest) = fresh.last().map(|e| e.seq) else { return };
+        match db.append(&fresh, keep_from, epoch_ms()).await {
             Ok(()) => {
                 let mut ring = self.ring.lock();
                 ring.flushed = ring.flushed.max(newest);
@@ -145,7 +220,7 @@ impl History {
         let _one = self.writing.lock().await;
         {
             let mut ring = self.ring.lock();
-            ring.snaps.clear();
+            ring.entries.clear();
             ring.unflushed = 0;
         }
         match self.db.get() {
@@ -154,28 +229,14 @@ impl History {
         }
     }
 
-    /// Keep `s`; when the previous snapshot (this process's) is more than a second older, the
-    /// seconds between (slept through while nothing changed) are filled with its values first.
-    /// Returns how many snapshots wait to be written.
+    /// Keep `s` as this run's newest snapshot. Returns how many snapshots wait to be written.
     fn push(&self, s: Snapshot) -> usize {
         let mut ring = self.ring.lock();
-        if let Some(last) = ring.snaps.back().copied().filter(|_| ring.own) {
-            let step = EVERY.as_millis() as u64;
-            let gap = s.timestamp.saturating_sub(last.timestamp) / step;
-            // Only the last CAPACITY seconds can remain anyway.
-            let fill = gap.saturating_sub(1).min(CAPACITY as u64);
-            let first = s.timestamp.saturating_sub(fill * step);
-            for i in 0..fill {
-                ring.snaps.push_back(Snapshot { timestamp: first + i * step, ..last });
-            }
-            ring.unflushed += fill as usize;
-        }
-        ring.snaps.push_back(s);
-        ring.own = true;
+        let (seq, run) = (ring.next_seq, ring.run);
+        ring.next_seq += 1;
+        ring.entries.push_back(Entry { seq, run, snap: s });
         ring.unflushed += 1;
-        while ring.snaps.len() > CAPACITY {
-            ring.snaps.pop_front();
-        }
+        ring.trim();
         ring.unflushed
     }
 
@@ -195,7 +256,7 @@ impl History {
             let Some(owner) = owner.upgrade() else { return };
             let h = history(&owner);
             let now = take(&owner);
-            let unchanged = h.ring.lock().snaps.back().is_some_and(|last| last.same_counts(&now));
+            let unchanged = h.ring.lock().entries.back().is_some_and(|last| last.snap.same_counts(&now));
             if h.push(now) >= FLUSH_EVERY || unchanged {
                 // Before parking, so an idle gateway has everything stored.
                 h.flush().await;
@@ -222,82 +283,5 @@ impl History {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::gateway::limit::epoch_ms;
-
-    fn snap(ts: u64, total: u64) -> Snapshot {
-        Snapshot {
-            timestamp: ts,
-            total_requests: total,
-            blocked_requests: 0,
-            allowed_requests: total,
-            active_buckets: 1,
-        }
-    }
-
-    #[test]
-    fn gaps_are_filled_and_the_ring_is_capped() {
-        let h = History::default();
-        h.push(snap(1_000, 1));
-        assert_eq!(h.push(snap(4_500, 2)), 4, "3 seconds filled, 1 new, none written");
-        let got = h.newest(10);
-        assert_eq!(
-            got.iter().map(|s| (s.timestamp, s.total_requests)).collect::<Vec<_>>(),
-            [(4_500, 2), (3_500, 1), (2_500, 1), (1_000, 1)]
-        );
-        // Days of silence fill at most the capacity.
-        h.push(snap(10_000_000, 3));
-        assert_eq!(h.newest(usize::MAX).len(), CAPACITY);
-        assert_eq!(h.newest(1)[0].total_requests, 3);
-    }
-
-    #[tokio::test]
-    async fn cleared_and_no_gap_filled_after_a_previous_run() {
-        let h = History::default();
-        h.push(snap(1_000, 1));
-        h.clear().await.unwrap();
-        assert!(h.newest(5).is_empty());
-        // A previous run's snapshot (as `attach` leaves it): the downtime is not filled.
-        h.ring.lock().snaps.push_back(snap(1_000, 9));
-        h.ring.lock().own = false;
-        h.push(snap(9_000, 0));
-        assert_eq!(h.newest(5).iter().map(|s| s.timestamp).collect::<Vec<_>>(), [9_000, 1_000]);
-    }
-
-    async fn until(what: &str, f: impl Fn() -> bool) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !f() {
-            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    #[tokio::test]
-    async fn the_sampler_parks_when_idle_and_a_touch_wakes_it() {
-        struct Owner {
-            h: History,
-            n: std::sync::atomic::AtomicU64,
-        }
-        let owner = Arc::new(Owner { h: History::default(), n: 0.into() });
-        let take = |o: &Owner| Snapshot { timestamp: epoch_ms(), ..snap(0, o.n.load(Ordering::SeqCst)) };
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(History::run(Arc::downgrade(&owner), |o: &Owner| &o.h, take, stop.clone()));
-        // The first tick samples at once; the second finds nothing changed and parks.
-        until("the sampler to park", || owner.h.parked.load(Ordering::SeqCst)).await;
-        let before = owner.h.newest(100).len();
-        assert_eq!(before, 2);
-        // Parked: no tick runs (a wait for something that must not happen has to be a wait).
-        tokio::time::sleep(EVERY * 2).await;
-        assert_eq!(owner.h.newest(100).len(), before, "parked: nothing sampled");
-        owner.n.store(5, Ordering::SeqCst);
-        owner.h.touch();
-        until("a sample after the touch", || owner.h.newest(1)[0].total_requests == 5).await;
-        // The seconds slept through were filled with the unchanged values.
-        let all = owner.h.newest(100);
-        assert!(all.len() >= 4, "{all:?}");
-        assert!(all[1..].iter().all(|s| s.total_requests == 0));
-        stop.cancel();
-        tokio::time::timeout(Duration::from_secs(10), task).await.expect("the sampler stops").unwrap();
-    }
-}
+#[path = "history_tests.rs"]
+mod tests;

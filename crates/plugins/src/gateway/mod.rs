@@ -222,8 +222,15 @@ impl Plugin for Gateway {
                 }
             }
         }
-        if let Err(e) = st.history.attach(history_db::HistoryDb::new(st.store.clone(), &st.state_dir)).await {
-            tracing::error!(error = %e, "the gateway's stored metrics history could not be read; it is kept in memory only");
+        match history_db::instance_id(&st.state_dir) {
+            Ok(id) => {
+                if let Err(e) = st.history.attach(history_db::HistoryDb::new(st.store.clone(), id)).await {
+                    tracing::error!(error = %e, "the gateway's stored metrics history could not be read; it is kept in memory only");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the gateway's metrics history has no instance id; it is kept in memory only")
+            }
         }
         let sampler =
             history::History::run(Arc::downgrade(st), |s: &State| &s.history, State::snapshot, st.closing.clone());

@@ -1,0 +1,193 @@
+//! The history's ring, sampler and storage (on SQLite and PostgreSQL).
+
+use super::*;
+use crate::gateway::history_db::{INSTANCE_FILE, RETENTION_MS, instance_id};
+use crate::test_db::stores;
+
+fn snap(ts: u64, total: u64) -> Snapshot {
+    Snapshot { timestamp: ts, total_requests: total, blocked_requests: 0, allowed_requests: total, active_buckets: 1 }
+}
+
+fn times(snaps: &[Snapshot]) -> Vec<u64> {
+    snaps.iter().map(|s| s.timestamp).collect()
+}
+
+#[test]
+fn quiet_seconds_are_filled_when_read_and_not_kept() {
+    let h = History::default();
+    h.push(snap(1_000, 1));
+    assert_eq!(h.push(snap(4_500, 2)), 2, "two snapshots wait to be written, no filler");
+    let got = h.newest(10);
+    assert_eq!(
+        got.iter().map(|s| (s.timestamp, s.total_requests)).collect::<Vec<_>>(),
+        [(4_500, 2), (3_500, 1), (2_500, 1), (1_000, 1)]
+    );
+    assert_eq!(h.newest(2).len(), 2);
+    // Days of silence fill at most the capacity; the snapshot before them is only its source.
+    h.push(snap(10_000_000, 3));
+    let all = h.newest(usize::MAX);
+    assert_eq!(all.len(), CAPACITY);
+    assert_eq!((all[0].total_requests, all[CAPACITY - 1].total_requests), (3, 2));
+    assert_eq!(h.ring.lock().entries.len(), 2, "the first snapshot is out of reach: dropped");
+}
+
+#[tokio::test]
+async fn no_seconds_are_filled_across_runs_or_a_clock_stepped_back() {
+    let h = History::default();
+    h.push(snap(1_000, 1));
+    h.clear().await.unwrap();
+    assert!(h.newest(5).is_empty());
+    // A previous run's snapshot (as `attach` leaves it): the downtime is not filled.
+    h.ring.lock().entries.push_back(Entry { seq: 7, run: 1, snap: snap(1_000, 9) });
+    h.push(snap(9_000, 0));
+    assert_eq!(times(&h.newest(5)), [9_000, 1_000]);
+    // The wall clock stepped back: kept in the order taken, nothing filled.
+    h.push(snap(4_000, 1));
+    assert_eq!(times(&h.newest(5)), [4_000, 9_000, 1_000]);
+}
+
+async fn until(what: &str, f: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_sampler_parks_when_idle_and_a_touch_wakes_it() {
+    struct Owner {
+        h: History,
+        n: std::sync::atomic::AtomicU64,
+    }
+    let owner = Arc::new(Owner { h: History::default(), n: 0.into() });
+    let take = |o: &Owner| Snapshot { timestamp: epoch_ms(), ..snap(0, o.n.load(Ordering::SeqCst)) };
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(History::run(Arc::downgrade(&owner), |o: &Owner| &o.h, take, stop.clone()));
+    // The first tick samples at once; the second finds nothing changed and parks.
+    until("the sampler to park", || owner.h.parked.load(Ordering::SeqCst)).await;
+    let before = owner.h.newest(100).len();
+    assert!(before >= 2, "{before}");
+    // Parked: no tick runs (a wait for something that must not happen has to be a wait).
+    tokio::time::sleep(EVERY * 2).await;
+    assert_eq!(owner.h.newest(100).len(), before, "parked: nothing sampled");
+    owner.n.store(5, Ordering::SeqCst);
+    owner.h.touch();
+    until("a sample after the touch", || owner.h.newest(1)[0].total_requests == 5).await;
+    // The seconds slept through are filled with the unchanged values.
+    let all = owner.h.newest(100);
+    assert!(all.len() >= 4, "{all:?}");
+    assert!(all[1..].iter().all(|s| s.total_requests == 0));
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task).await.expect("the sampler stops").unwrap();
+}
+
+/// A history attached to `store` under an instance id of its own.
+async fn attached(store: &marina_store::Store, instance: &str) -> History {
+    let h = History::default();
+    h.attach(HistoryDb::new(store.clone(), instance.to_string())).await.unwrap();
+    h
+}
+
+async fn rows(store: &marina_store::Store, instance: &str) -> i64 {
+    let row = store
+        .query_opt(
+            "SELECT COUNT(*) AS n FROM marina_gateway_metrics_history WHERE instance = $1",
+            &[marina_store::Value::from(instance)],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    row.get::<i64>("n").unwrap()
+}
+
+fn unique(what: &str) -> String {
+    format!("{what}-{}", uuid::Uuid::new_v4())
+}
+
+#[tokio::test]
+async fn an_idle_quarter_hour_stores_two_rows_and_reads_back_filled() {
+    for (_dir, store) in stores().await {
+        let id = unique("idle");
+        let h = attached(&store, &id).await;
+        let base = epoch_ms() - 1_000_000;
+        h.push(snap(base, 1));
+        h.push(snap(base + 900_000, 2));
+        h.flush().await;
+        assert_eq!(rows(&store, &id).await, 2, "{}: only the snapshots taken are stored", store.describe());
+        assert_eq!(h.newest(CAPACITY).len(), 901);
+        // After a restart the same run's quiet seconds are filled in again.
+        let again = attached(&store, &id).await;
+        assert_eq!(again.newest(CAPACITY), h.newest(CAPACITY), "{}", store.describe());
+    }
+}
+
+#[tokio::test]
+async fn a_clock_stepped_back_does_not_stall_the_writes() {
+    for (_dir, store) in stores().await {
+        let id = unique("clock");
+        let h = attached(&store, &id).await;
+        let base = epoch_ms() - 60_000;
+        h.push(snap(base + 10_000, 1));
+        h.flush().await;
+        // Ten seconds back: written at once, in the order taken, after a restart too.
+        h.push(snap(base, 2));
+        h.push(snap(base + 1_000, 3));
+        h.flush().await;
+        assert_eq!(rows(&store, &id).await, 3, "{}", store.describe());
+        let again = attached(&store, &id).await;
+        assert_eq!(times(&again.newest(10)), [base + 1_000, base, base + 10_000], "{}", store.describe());
+        // New snapshots follow the stored ones.
+        again.push(snap(base + 2_000, 4));
+        again.flush().await;
+        assert_eq!(attached(&store, &id).await.newest(1)[0].total_requests, 4, "{}", store.describe());
+    }
+}
+
+#[tokio::test]
+async fn rows_out_of_reach_or_older_than_an_hour_are_deleted() {
+    for (_dir, store) in stores().await {
+        let (me, gone, live) = (unique("me"), unique("gone"), unique("live"));
+        let now = epoch_ms();
+        let entry = |seq: u64, ts: u64| Entry { seq, run: 1, snap: snap(ts, seq) };
+        for (id, ts) in [(&gone, now - RETENTION_MS - 60_000), (&live, now - 10_000)] {
+            let db = HistoryDb::new(store.clone(), id.clone());
+            db.append(&[entry(1, ts)], 0, now).await.unwrap();
+        }
+        let db = HistoryDb::new(store.clone(), me.clone());
+        db.append(&[entry(1, now - 3_000), entry(2, now - 2_000), entry(3, now - 1_000)], 0, now).await.unwrap();
+        db.append(&[entry(4, now)], 3, now).await.unwrap();
+        let (kept, last) = db.load(now).await.unwrap();
+        assert_eq!((kept.iter().map(|e| e.seq).collect::<Vec<_>>(), last), (vec![3, 4], 4), "{}", store.describe());
+        assert_eq!((rows(&store, &gone).await, rows(&store, &live).await), (0, 1), "{}", store.describe());
+        // Loading skips this instance's rows older than an hour (keeping their seq).
+        let (kept, last) = db.load(now + RETENTION_MS - 500).await.unwrap();
+        assert_eq!((kept.iter().map(|e| e.seq).collect::<Vec<_>>(), last), (vec![4], 4), "{}", store.describe());
+        db.clear().await.unwrap();
+        HistoryDb::new(store.clone(), live).clear().await.unwrap();
+    }
+}
+
+#[test]
+fn the_instance_id_follows_the_state_dir() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("state");
+    std::fs::create_dir(&dir).unwrap();
+    let id = instance_id(&dir).unwrap();
+    assert_eq!(instance_id(&dir).unwrap(), id);
+    assert!(!id.contains(&dir.display().to_string()), "{id}");
+    // Mounted elsewhere (or on a host with another name): the same instance.
+    let moved = root.path().join("elsewhere");
+    std::fs::rename(&dir, &moved).unwrap();
+    assert_eq!(instance_id(&moved).unwrap(), id);
+    let other = root.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    assert_ne!(instance_id(&other).unwrap(), id);
+    // One an operator chose is kept; an unusable one is an error naming the file.
+    std::fs::write(other.join(INSTANCE_FILE), "web-0\n").unwrap();
+    assert_eq!(instance_id(&other).unwrap(), "web-0");
+    std::fs::write(other.join(INSTANCE_FILE), "\n").unwrap();
+    let e = instance_id(&other).unwrap_err().to_string();
+    assert!(e.contains(INSTANCE_FILE) && e.contains("found nothing"), "{e}");
+    assert_eq!(std::fs::read_dir(&moved).unwrap().count(), 1, "no temporary file left behind");
+}
