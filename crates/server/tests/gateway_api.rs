@@ -261,6 +261,25 @@ async fn excludes_lifecycle(database_url: Option<&str>) {
         assert_eq!((s, v["code"].as_str(), v["data"]["field"].as_str()), (400, Some(code), Some("basename")), "{body}");
         assert!(v["message"].as_str().unwrap().contains(quoted), "{v}");
     }
+    // A basename is at most 255 bytes (a file name's limit): longer is refused by its length.
+    for (method, path, body) in [
+        (Method::POST, "/shell/excludes".to_string(), Some(json!({ "basename": "a".repeat(256) }))),
+        (Method::DELETE, format!("/shell/excludes/{}", "b".repeat(300)), None),
+    ] {
+        let (s, v) = api(method.clone(), path, body).await;
+        assert_eq!(
+            (s, v["code"].as_str(), v["data"]["field"].as_str()),
+            (400, Some("INVALID_BASENAME"), Some("basename"))
+        );
+        let m = v["message"].as_str().unwrap();
+        assert!(m.contains("at most 255 bytes") && m.contains("found") && !m.contains("aaaa"), "{method}: {v}");
+        assert_eq!(v["data"]["limit"], 255, "{v}");
+    }
+    let longest = format!("{name}{}", "a".repeat(255 - name.len()));
+    let (s, v) = api(Method::POST, "/shell/excludes".into(), Some(json!({ "basename": longest }))).await;
+    assert_eq!((s, v["added"].as_bool()), (200, Some(true)), "{v}");
+    let (s, v) = api(Method::DELETE, format!("/shell/excludes/{longest}"), None).await;
+    assert_eq!((s, v["removed"].as_bool()), (200, Some(true)), "{v}");
     let (s, v) = api(Method::POST, "/shell/excludes".into(), Some(json!({ "name": "x" }))).await;
     assert_eq!((s, v["code"].as_str()), (400, Some("INVALID_JSON")), "{v}");
     let (s, v) = api(Method::POST, "/shell/excludes".into(), Some(json!({ "basename": 7 }))).await;

@@ -23,8 +23,8 @@
 //!
 //! Without a rate limit, the `/rate-limit/*` routes answer 400 `RATE_LIMIT_DISABLED` (Buntime:
 //! 400 "Rate limiting not enabled"); without a shell, `/shell/excludes` answers 400
-//! `SHELL_DISABLED` (Buntime: 400 "Shell not configured"). A bad basename is 400
-//! `INVALID_BASENAME` naming the field and quoting what was sent.
+//! `SHELL_DISABLED` (Buntime: 400 "Shell not configured"). A bad basename (or one over
+//! 255 bytes) is 400 `INVALID_BASENAME` naming the field and quoting what was sent (or its length).
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -90,9 +90,22 @@ fn stored(shell: &Shell) -> Result<&super::excludes::Stored, ApiError> {
     })
 }
 
-/// A basename from a client: 400 `INVALID_BASENAME` naming the field and quoting it.
+/// The longest basename accepted through the API, in bytes: a file name's limit. Stored
+/// excludes are repeated in every `/gateway/api/sse` event and every `/shell/excludes` answer.
+pub(super) const BASENAME_MAX: usize = 255;
+
+/// A basename from a client: 400 `INVALID_BASENAME` naming the field and quoting it (an
+/// overlong one by its length, with the limit).
 fn basename(field: &str, got: &str) -> Result<String, ApiError> {
     let name = got.trim();
+    if name.len() > BASENAME_MAX {
+        return Err(Error::bad_request(
+            "INVALID_BASENAME",
+            format!("{field}: expected at most {BASENAME_MAX} bytes (a file name's limit), found {} bytes", name.len()),
+        )
+        .with_data(json!({ "field": field, "limit": BASENAME_MAX }))
+        .into());
+    }
     if is_basename(name) {
         return Ok(name.to_string());
     }
