@@ -8,11 +8,17 @@
 //! own future polls the connection until the response head arrives ([`Conn::send`]), and the
 //! response body ([`PooledBody`]) owns the connection and polls it in `poll_frame`. When the
 //! body ends with the connection ready for another request, the connection goes back to its
-//! [`Pool`] right there; a body dropped before its end (the client went away) drops the
-//! connection, since the rest of that answer would otherwise be read as the next one's.
+//! [`Pool`] right there. A body dropped before its end (the client went away) drops its
+//! connection at once, closing the socket, even when the rest of the answer has already arrived
+//! and could be drained: the upstream stops sending an answer nobody reads, and no task is
+//! spawned to read it. (That rest could not be taken for the next request's answer either way:
+//! hyper itself drains or closes a connection whose response body was dropped.)
 //!
 //! An idle connection is polled by no one, so a close by the upstream is seen when the
-//! connection is next taken: [`Pool::take`] polls it once and skips it if it has ended.
+//! connection is next taken: [`Pool::take`] polls it once and skips it if it has ended, which
+//! it knows once the runtime's I/O driver has reported the close (the driver runs between
+//! batches of tasks, so under traffic that is soon after the close arrives). A close that
+//! arrives after a request was written over the connection fails that request.
 //!
 //! The channels inside hyper between the sender and the connection would still wake the task
 //! that last polled the connection; those are polled with a no-op waker, which is sound
@@ -289,9 +295,13 @@ where
 {
     fn drop(&mut self) {
         // A body read to its last byte may be dropped without being asked for its end (hyper
-        // stops at `is_end_stream`): its connection is reusable. One dropped earlier is not.
+        // stops at `is_end_stream`): its connection is reusable. One dropped earlier is closed
+        // with it (see the module doc).
         if self.body.is_end_stream() {
             self.finish();
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
