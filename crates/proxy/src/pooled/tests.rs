@@ -4,7 +4,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
@@ -34,6 +34,13 @@ fn open(peer: &UnixStream) -> bool {
     matches!(peer.try_read(&mut buf), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
+/// Waits until `deadline` has passed, by the same clock the pool stamps connections with.
+async fn past(deadline: Instant) {
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn take_skips_a_connection_the_upstream_closed() {
     let pool = Arc::new(Pool::new(4, None));
@@ -53,4 +60,65 @@ async fn take_skips_a_connection_the_upstream_closed() {
     assert!(open(&peer_a));
     drop(taken);
     closed(&mut peer_a, "the connection handed out").await;
+}
+
+#[tokio::test]
+async fn a_pool_of_max_idle_zero_keeps_nothing() {
+    let pool = Arc::new(Pool::new(0, Some(Duration::from_secs(60))));
+    let (a, mut peer) = conn().await;
+    pool.recycle(a);
+    assert_eq!(pool.idle(), 0);
+    assert!(pool.take().is_none());
+    closed(&mut peer, "the connection put back into a pool of max_idle 0").await;
+}
+
+#[tokio::test]
+async fn a_connection_idle_past_its_expiry_is_not_handed_out() {
+    // The same steps with a long expiry hand the connection out: what differs below is its age.
+    let fresh = Arc::new(Pool::new(4, Some(Duration::from_secs(60))));
+    let (a, peer_a) = conn().await;
+    fresh.recycle(a);
+    assert!(fresh.take().is_some(), "a connection within its idle time is handed out");
+    drop(peer_a);
+
+    const IDLE: Duration = Duration::from_millis(200);
+    let pool = Arc::new(Pool::new(4, Some(IDLE)));
+    let (b, mut peer_b) = conn().await;
+    pool.recycle(b);
+    let pooled_by = Instant::now(); // the pool's stamp is at or before this
+    assert_eq!(pool.idle(), 1);
+    past(pooled_by + IDLE).await;
+    assert!(pool.take().is_none(), "a connection idle for longer than {IDLE:?} was handed out");
+    assert_eq!(pool.idle(), 0);
+    closed(&mut peer_b, "the expired connection").await;
+}
+
+#[tokio::test]
+async fn putting_a_connection_back_drops_the_expired_ones_under_it() {
+    const IDLE: Duration = Duration::from_millis(200);
+    let pool = Arc::new(Pool::new(4, Some(IDLE)));
+    let (a, mut peer_a) = conn().await;
+    pool.recycle(a);
+    let pooled_by = Instant::now();
+    past(pooled_by + IDLE).await;
+    let (b, peer_b) = conn().await;
+    pool.recycle(b);
+    // No `take` in between: a LIFO pool under steady traffic never reaches its bottom.
+    assert_eq!(pool.idle(), 1, "the expired connection at the bottom is dropped when another is put back");
+    closed(&mut peer_a, "the expired connection").await;
+    assert!(open(&peer_b), "the connection just put back was closed");
+}
+
+#[tokio::test]
+async fn a_full_pool_drops_its_oldest_connection() {
+    let pool = Arc::new(Pool::new(2, None));
+    let (a, mut peer_a) = conn().await;
+    let (b, peer_b) = conn().await;
+    let (c, peer_c) = conn().await;
+    pool.recycle(a);
+    pool.recycle(b);
+    pool.recycle(c);
+    assert_eq!(pool.idle(), 2, "a pool of max_idle 2 kept more");
+    closed(&mut peer_a, "the oldest connection of a full pool").await;
+    assert!(open(&peer_b) && open(&peer_c));
 }
