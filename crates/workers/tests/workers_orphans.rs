@@ -42,7 +42,13 @@ async fn orphan_host() {
 #[test]
 fn no_orphans_after_sigkill_of_marina() {
     let state = tempfile::tempdir().unwrap();
-    let mut host = Command::new(std::env::current_exe().unwrap())
+    // The host starts with SIGHUP, SIGINT and SIGQUIT ignored, as marina does under `nohup` or
+    // as a script's background job: ignored signals survive `exec`, and a shell cannot trap one
+    // that was ignored when it started, so marina must reset them for its workers (the process
+    // apps' supervising shell kills its group on SIGHUP). Without that reset this test fails.
+    let mut host = Command::new("sh")
+        .args(["-c", r#"trap '' HUP INT QUIT; exec "$0" "$@""#])
+        .arg(std::env::current_exe().unwrap())
         .args(["--exact", "orphan_host", "--nocapture", "--test-threads=1"])
         .env("MARINA_ORPHAN_HOST", state.path())
         .stdout(Stdio::piped())

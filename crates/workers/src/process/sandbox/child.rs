@@ -82,12 +82,26 @@ pub(crate) fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Signals a worker gets with their default disposition whatever marina inherited (std resets
+/// SIGPIPE and the signal mask itself).
+const RESET_SIGNALS: [libc::c_int; 9] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGCHLD,
+    libc::SIGTSTP,
+];
+
 /// Installs the setup as `cmd`'s `pre_exec` step.
 pub(crate) fn install(cmd: &mut tokio::process::Command, setup: ChildSetup) {
     let parent = std::process::id();
     // SAFETY: the closure runs in the forked child before `exec`, where only async-signal-safe
     // functions may be called. It calls `clock_gettime`, `open`, `write`, `close`, `setgroups`,
-    // `setgid`, `setuid`, `umask`, `prctl`, `getppid`, `syscall(landlock_restrict_self)`, `dup2`,
+    // `setgid`, `setuid`, `umask`, `sigaction` (through `signal`), `prctl`, `getppid`, `syscall(landlock_restrict_self)`, `dup2`,
     // `fcntl` and `_exit`, all of which are system calls that neither allocate nor take locks;
     // the data it reads (`CString`s, the ruleset and pipe fds) was built before `fork` and is
     // owned by the closure. Errors
@@ -118,6 +132,17 @@ pub(crate) fn install(cmd: &mut tokio::process::Command, setup: ChildSetup) {
                 }
             }
             libc::umask(setup.umask);
+            // An ignored signal stays ignored across `exec`, and a shell cannot trap a signal
+            // that was ignored when it started: marina run under `nohup` (or as a background job
+            // of a script: SIGINT, SIGQUIT) would hand its workers an ignored SIGHUP, and the
+            // supervising shell's `trap 'kill -KILL 0' HUP` — what kills a process app's group
+            // when marina dies — would silently do nothing. Workers start with default
+            // dispositions (`sigaction`, which `signal` wraps, is async-signal-safe).
+            for signal in RESET_SIGNALS {
+                if libc::signal(signal, libc::SIG_DFL) == libc::SIG_ERR {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, setup.death_signal as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
