@@ -13,31 +13,51 @@ use crate::keys::KeyInfo;
 /// The header workers read the verified identity from (JSON).
 pub const IDENTITY_HEADER: HeaderName = HeaderName::from_static("x-identity");
 
-/// How the caller proved who it is.
+/// How the caller proved who it is; serialized as `x-identity`'s `via`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
 pub enum IdentityKind {
     /// The root key (`RUNTIME_ROOT_KEY`).
+    #[serde(rename = "root-key")]
     Root,
     /// A generated API key.
+    #[serde(rename = "api-key")]
     Apikey,
     /// A verified JWT.
+    #[serde(rename = "jwt")]
     Jwt,
+    /// An external plugin's forward-auth hook vouched for it.
+    #[serde(rename = "forward-auth")]
+    ForwardAuth,
+}
+
+impl IdentityKind {
+    /// The `via` text: `root-key`, `api-key`, `jwt`, `forward-auth`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Root => "root-key",
+            Self::Apikey => "api-key",
+            Self::Jwt => "jwt",
+            Self::ForwardAuth => "forward-auth",
+        }
+    }
 }
 
 /// A verified caller, in the shape Buntime's authn plugin used (`id`, `name`, `roles`) plus how
-/// it was established, a key's permissions and a token's claims.
+/// it was established (`via`), a key's permissions and a token's claims. This is also what the
+/// request context carries and what workers get as `x-identity` (JSON of this struct), so one
+/// verified token's identity is built once and shared (`Arc`) by every request that presents it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Identity {
     /// `root`, `apikey:<id>`, or the token's `sub`.
     pub id: String,
-    /// How it was proven.
-    pub kind: IdentityKind,
     /// A display name: the key's name, or the token's `name` / `preferred_username`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// The key's role, or the token's `roles` claim (or Keycloak's `realm_access.roles`).
     pub roles: Vec<String>,
+    /// How it was proven.
+    #[serde(rename = "via")]
+    pub kind: IdentityKind,
     /// A key's permissions (empty for tokens).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub permissions: Vec<String>,
@@ -100,12 +120,22 @@ impl Identity {
         }
     }
 
+    /// A stable key for limits per caller: `via:id`, with a token's issuer (`jwt:iss:sub`) so
+    /// two providers' subjects never share a bucket.
+    pub fn key(&self) -> String {
+        let via = self.kind.as_str();
+        match self.claims.as_ref().and_then(|c| c.get("iss")).and_then(Value::as_str) {
+            Some(iss) => format!("{via}:{iss}:{}", self.id),
+            None => format!("{via}:{}", self.id),
+        }
+    }
+
     /// Whether this identity may do what `permission` names on the internal API. The root key
     /// and admin keys may do everything; tokens never reach the internal API.
     pub fn has_permission(&self, permission: &str) -> bool {
         match self.kind {
             IdentityKind::Apikey => self.is_admin() || self.permissions.iter().any(|p| p == permission),
-            IdentityKind::Root | IdentityKind::Jwt => self.is_admin(),
+            IdentityKind::Root | IdentityKind::Jwt | IdentityKind::ForwardAuth => self.is_admin(),
         }
     }
 
@@ -114,7 +144,7 @@ impl Identity {
         match self.kind {
             IdentityKind::Root => true,
             IdentityKind::Apikey => self.roles.iter().any(|r| r == "admin"),
-            IdentityKind::Jwt => false,
+            IdentityKind::Jwt | IdentityKind::ForwardAuth => false,
         }
     }
 }
@@ -142,6 +172,26 @@ mod tests {
         assert_eq!(id.roles, vec!["x", "y"]);
         assert!(!id.has_permission("apps:read"));
         assert!(Identity::root().has_permission("keys:create"));
+    }
+
+    #[test]
+    fn x_identity_has_the_documented_shape() {
+        // What workers parse: `via`, never `kind`; no `key_id`; claims only for tokens.
+        let token = Identity::from_claims(json!({"sub": "u1", "iss": "https://idp", "exp": 9}));
+        assert_eq!(
+            serde_json::to_value(&token).unwrap(),
+            json!({"id": "u1", "roles": [], "via": "jwt", "claims": {"sub": "u1", "iss": "https://idp", "exp": 9}})
+        );
+        assert_eq!(token.key(), "jwt:https://idp:u1");
+        let root = Identity::root();
+        assert_eq!(
+            serde_json::to_value(&root).unwrap(),
+            json!({"id": "root", "name": "root", "roles": ["admin"], "via": "root-key"})
+        );
+        assert_eq!(root.key(), "root-key:root");
+        let forwarded = Identity { kind: IdentityKind::ForwardAuth, ..Identity::from_claims(json!({"sub": "x"})) };
+        assert_eq!(serde_json::to_value(&forwarded).unwrap()["via"], "forward-auth");
+        assert!(!forwarded.has_permission("apps:read") && !forwarded.is_admin());
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub fn set_app_headers(headers: &mut HeaderMap, base: &str, ctx: &RequestContext
     set(headers, marina_core::headers::X_REQUEST_ID, &ctx.request_id);
     marina_proxy::set_forwarding_headers(headers, marina_proxy::ClientInfo { ip: ctx.client_ip, proto: "http" });
     if let Some(identity) = &ctx.identity
-        && let Ok(json) = serde_json::to_string(identity)
+        && let Ok(json) = serde_json::to_string(identity.as_ref())
     {
         set(headers, IDENTITY_HEADER, &ascii_json(&json));
     }

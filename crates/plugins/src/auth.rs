@@ -16,11 +16,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use http::Request;
 use marina_apps::registry::Registry;
-use marina_auth::{AppRoute, Auth, Destination, IdentityKind};
+use marina_auth::{AppRoute, Auth, Destination};
 use marina_core::{Body, Error};
 use percent_encoding::percent_decode_str;
 
-use crate::{Identity, Outcome, Phases, Plugin, PluginSpec, RequestContext};
+use crate::{Outcome, Phases, Plugin, PluginSpec, RequestContext};
 
 /// The name the plugin is listed under.
 pub const NAME: &str = "@marina/auth";
@@ -104,11 +104,9 @@ impl Plugin for AuthPlugin {
         if let Some(identity) = identity {
             if api {
                 // The internal API's handlers read it (createdBy of a new key).
-                ctx.identity = Some(context_identity(identity.clone()));
-                req.extensions_mut().insert(identity);
-            } else {
-                ctx.identity = Some(context_identity(identity));
+                req.extensions_mut().insert(Arc::clone(&identity));
             }
+            ctx.identity = Some(identity);
         }
         Ok(Outcome::Continue)
     }
@@ -136,21 +134,5 @@ impl AuthPlugin {
         let resolved = self.registry.resolve(&segment)?;
         let app = self.registry.load(&resolved).ok()?;
         Some((app, rest))
-    }
-}
-
-/// The request context's form of an identity (what workers get as `x-identity`).
-pub fn context_identity(identity: marina_auth::Identity) -> Identity {
-    Identity {
-        id: identity.id,
-        name: identity.name,
-        roles: identity.roles,
-        via: match identity.kind {
-            IdentityKind::Root => "root-key",
-            IdentityKind::Apikey => "api-key",
-            IdentityKind::Jwt => "jwt",
-        },
-        permissions: identity.permissions,
-        claims: identity.claims.unwrap_or(serde_json::Value::Null),
     }
 }

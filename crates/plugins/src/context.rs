@@ -7,41 +7,11 @@ use std::time::{Duration, Instant};
 
 use http::{Extensions, Method};
 use marina_apps::App;
-use serde::Serialize;
 
-/// Who made the request, as established by an authentication plugin. Workers receive it as the
-/// `x-identity` header (JSON of this struct); an incoming `x-identity` is always dropped, so a
-/// worker can trust the header. The shape is Buntime's (`id`, `name`, `roles`, as its authn
-/// plugin sent them) plus how it was established and, for tokens, the verified claims.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Identity {
-    /// Who: a token's `sub`, `apikey:<id>`, `root`.
-    pub id: String,
-    /// A display name: a key's name, a token's `name` or `preferred_username`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Roles granted (`admin`, `editor`, ...).
-    pub roles: Vec<String>,
-    /// How it was established: `root-key`, `api-key`, `jwt`, `forward-auth`.
-    pub via: &'static str,
-    /// An API key's permissions (empty otherwise).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub permissions: Vec<String>,
-    /// The verified claims (a JWT's payload), or `null`.
-    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
-    pub claims: serde_json::Value,
-}
-
-impl Identity {
-    /// A stable key for limits per caller: `via:id`, with a token's issuer (`jwt:iss:sub`) so
-    /// two providers' subjects never share a bucket.
-    pub fn key(&self) -> String {
-        match self.claims.get("iss").and_then(|i| i.as_str()) {
-            Some(iss) => format!("{}:{iss}:{}", self.via, self.id),
-            None => format!("{}:{}", self.via, self.id),
-        }
-    }
-}
+/// Who made the request, as established by authentication or a forward-auth hook: marina's one
+/// identity type ([`marina_auth::Identity`]), shared. Workers receive it as the `x-identity`
+/// header (JSON); an incoming `x-identity` is always dropped, so a worker can trust the header.
+pub use marina_auth::Identity;
 
 /// Per-request state, from accept to completion.
 #[derive(Debug)]
@@ -64,7 +34,7 @@ pub struct RequestContext {
     /// The plugin whose base answered the request, once routing found one.
     pub plugin: Option<Arc<str>>,
     /// Who is calling, once an authentication plugin established it.
-    pub identity: Option<Identity>,
+    pub identity: Option<Arc<Identity>>,
     /// Authentication's answer when it refused the request (401/403), held until the
     /// `early_request` phase ends so that admission hooks (the gateway's rate limit) count
     /// refused requests too: a flood of bad keys is limited like any other flood.

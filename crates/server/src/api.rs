@@ -127,11 +127,11 @@ async fn keys(
     State(rt): State<Arc<Runtime>>,
     method: Method,
     OriginalUri(uri): OriginalUri,
-    identity: Option<Extension<marina_auth::Identity>>,
+    identity: Option<Extension<Arc<marina_auth::Identity>>>,
     body: Bytes,
 ) -> ApiResult {
     let rest = uri.path().strip_prefix(rt.api_base.as_str()).and_then(|p| p.strip_prefix("/keys")).unwrap_or("");
-    let caller = identity.as_ref().map(|Extension(i)| i);
+    let caller = identity.as_ref().map(|Extension(i)| &**i);
     let (status, value) = marina_auth::keys_api::handle(rt.auth.keys(), &method, rest, body, caller).await?;
     let mut resp = reply(&value)?;
     *resp.status_mut() = status;

@@ -50,14 +50,15 @@ impl Plugin for Gatekeeper {
         }
         match req.headers().get("x-key").and_then(|v| v.to_str().ok()) {
             Some("good") => {
-                ctx.identity = Some(Identity {
+                ctx.identity = Some(std::sync::Arc::new(Identity {
                     id: "user-1".into(),
                     name: None,
                     roles: vec!["editor".into()],
-                    via: "api-key",
+                    kind: marina_auth::IdentityKind::Apikey,
                     permissions: Vec::new(),
-                    claims: json!({"name": "Zoë"}),
-                });
+                    claims: Some(json!({"name": "Zoë"})),
+                    key_id: None,
+                }));
                 Ok(Outcome::Continue)
             }
             _ => Err(Error::new(StatusCode::UNAUTHORIZED, "AUTH_REQUIRED", "a key is required")),

@@ -2,7 +2,8 @@
 //! the decoding and the signature check.
 //!
 //! What keeps this safe:
-//! - only a token that passed every check is remembered, with the claims it had;
+//! - only a token that passed every check is remembered, with the identity its claims made
+//!   (shared: a hit costs a reference count, not a copy of the claims);
 //! - a remembered token is used only while its `exp` (plus the leeway) has not passed, and at
 //!   most [`MAX_AGE`] after it was checked — never longer than the JWKS keys are cached
 //!   (`RUNTIME_JWT_JWKS_CACHE_TTL`), so a refetch happens when it would without this map —:
@@ -14,11 +15,14 @@
 //!   used first out), so a flood of distinct valid tokens cannot grow marina's memory.
 
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
 use parking_lot::Mutex;
 use serde_json::Value;
+
+use crate::identity::Identity;
 
 /// Tokens remembered at most.
 const CAPACITY: usize = 4096;
@@ -28,7 +32,7 @@ const MAX_TOKEN: usize = 4096;
 pub(super) const MAX_AGE: Duration = Duration::from_secs(60);
 
 struct Entry {
-    claims: Value,
+    identity: Arc<Identity>,
     exp: u64,
     checked: Instant,
     generation: u64,
@@ -49,9 +53,9 @@ impl Verified {
         }
     }
 
-    /// The claims of `token` if it verified within the max age at this key `generation` and
+    /// The identity of `token` if it verified within the max age at this key `generation` and
     /// its `exp` (with `leeway`) has not passed at `now` (seconds since the epoch).
-    pub fn get(&self, token: &str, generation: u64, now: u64, leeway: u64) -> Option<Value> {
+    pub fn get(&self, token: &str, generation: u64, now: u64, leeway: u64) -> Option<Arc<Identity>> {
         if token.len() > MAX_TOKEN {
             return None;
         }
@@ -61,19 +65,21 @@ impl Verified {
             && now < entry.exp.saturating_add(leeway)
             && entry.checked.elapsed() < self.max_age
         {
-            return Some(entry.claims.clone());
+            return Some(Arc::clone(&entry.identity));
         }
         map.pop(token);
         None
     }
 
-    /// Remembers `token`, which just verified with `claims`.
-    pub fn put(&self, token: &str, claims: &Value, generation: u64) {
-        let Some(exp) = claims.get("exp").and_then(Value::as_u64) else { return };
+    /// Remembers `token`, which just verified as `identity` (made from its claims).
+    pub fn put(&self, token: &str, identity: &Arc<Identity>, generation: u64) {
+        let Some(exp) = identity.claims.as_ref().and_then(|c| c.get("exp")).and_then(Value::as_u64) else {
+            return;
+        };
         if token.len() > MAX_TOKEN || self.max_age.is_zero() {
             return;
         }
-        let entry = Entry { claims: claims.clone(), exp, checked: Instant::now(), generation };
+        let entry = Entry { identity: Arc::clone(identity), exp, checked: Instant::now(), generation };
         self.map.lock().put(token.to_string(), entry);
     }
 }
@@ -83,13 +89,18 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn id(claims: Value) -> Arc<Identity> {
+        Arc::new(Identity::from_claims(claims))
+    }
+
     #[test]
     fn a_remembered_token_is_used_until_exp_or_new_keys() {
         let v = Verified::new(MAX_AGE);
-        let claims = json!({ "sub": "a", "exp": 1_000 });
+        let claims = id(json!({ "sub": "a", "exp": 1_000 }));
         assert_eq!(v.get("t", 0, 900, 0), None);
         v.put("t", &claims, 0);
         assert_eq!(v.get("t", 0, 901, 0), Some(claims.clone()));
+        assert!(Arc::ptr_eq(&v.get("t", 0, 901, 0).unwrap(), &claims), "a hit shares the identity");
         // past exp (no leeway), or within the leeway
         assert_eq!(v.get("t", 0, 1_000, 0), None);
         v.put("t", &claims, 0);
@@ -103,7 +114,7 @@ mod tests {
 
     #[test]
     fn the_max_age_bounds_the_trust() {
-        let claims = json!({ "exp": 100_000 });
+        let claims = id(json!({ "exp": 100_000 }));
         let never = Verified::new(Duration::ZERO);
         never.put("t", &claims, 0);
         assert_eq!(never.get("t", 0, 1, 0), None);
@@ -118,13 +129,13 @@ mod tests {
     #[test]
     fn tokens_without_exp_or_too_long_are_not_remembered_and_the_map_is_bounded() {
         let v = Verified::new(MAX_AGE);
-        v.put("n", &json!({ "sub": "a" }), 0);
+        v.put("n", &id(json!({ "sub": "a" })), 0);
         assert_eq!(v.get("n", 0, 2, 0), None);
         let long = "x".repeat(MAX_TOKEN + 1);
-        v.put(&long, &json!({ "exp": 10 }), 0);
+        v.put(&long, &id(json!({ "exp": 10 })), 0);
         assert_eq!(v.get(&long, 0, 2, 0), None);
         for i in 0..CAPACITY + 10 {
-            v.put(&format!("t{i}"), &json!({ "exp": 10 }), 0);
+            v.put(&format!("t{i}"), &id(json!({ "exp": 10 })), 0);
         }
         assert_eq!(v.map.lock().len(), CAPACITY);
         assert_eq!(v.get("t0", 0, 2, 0), None, "the least recently used went first");

@@ -20,6 +20,8 @@
 mod cache;
 pub mod jwks;
 
+use std::sync::Arc;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::StatusCode;
@@ -29,6 +31,7 @@ use marina_core::Error;
 use serde_json::{Value, json};
 
 use crate::config::JwtConfig;
+use crate::identity::Identity;
 use jwks::{Jwks, Need};
 
 /// A public key that can check signatures, with what it is allowed to check.
@@ -170,15 +173,24 @@ impl JwtVerifier {
     /// signature, wrong issuer or audience, missing claim), `TOKEN_EXPIRED`,
     /// `TOKEN_NOT_YET_VALID`; 503 `JWKS_UNAVAILABLE` when the keys cannot be fetched at all.
     pub async fn verify(&self, token: &str) -> Result<Value, Error> {
+        Ok(self.identify(token).await?.claims.clone().unwrap_or(Value::Null))
+    }
+
+    /// The identity a token's verified claims make ([`Identity::from_claims`]), shared by every
+    /// request that presents the same token while it is remembered (see `cache`).
+    ///
+    /// # Errors
+    /// As [`JwtVerifier::verify`].
+    pub async fn identify(&self, token: &str) -> Result<Arc<Identity>, Error> {
         let generation = self.jwks.as_ref().map_or(0, Jwks::fetches);
-        if let Some(claims) = self.verified.get(token, generation, now_secs(), self.leeway) {
-            return Ok(claims);
+        if let Some(identity) = self.verified.get(token, generation, now_secs(), self.leeway) {
+            return Ok(identity);
         }
-        let claims = self.verify_fully(token).await?;
+        let identity = Arc::new(Identity::from_claims(self.verify_fully(token).await?));
         // Keyed to the key set it was checked against: a JWKS fetch (a rotation) starts afresh.
         let generation = self.jwks.as_ref().map_or(0, Jwks::fetches);
-        self.verified.put(token, &claims, generation);
-        Ok(claims)
+        self.verified.put(token, &identity, generation);
+        Ok(identity)
     }
 
     async fn verify_fully(&self, token: &str) -> Result<Value, Error> {

@@ -23,6 +23,8 @@
 //! and becomes marina's identity (`via: "forward-auth"`), which the app receives as `x-identity`
 //! like any other.
 
+use std::sync::Arc;
+
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use marina_core::{Body, Error, body};
@@ -215,9 +217,9 @@ impl Hook {
             if name == IDENTITY_HEADER {
                 if let Some(value) = answer.headers().get(name) {
                     ctx.identity =
-                        Some(identity(value).map_err(|why| {
+                        Some(Arc::new(identity(value).map_err(|why| {
                             failed(plugin, "its answer's x-identity is unusable", Error::internal(why))
-                        })?);
+                        })?));
                 }
                 continue;
             }
@@ -243,7 +245,15 @@ fn identity(value: &HeaderValue) -> Result<Identity, String> {
             .ok_or("`roles` holds a non-string")?,
         Some(_) => return Err("`roles` is not a list".into()),
     };
-    Ok(Identity { id: id.to_string(), name, roles, via: "forward-auth", permissions: Vec::new(), claims: parsed })
+    Ok(Identity {
+        id: id.to_string(),
+        name,
+        roles,
+        kind: marina_auth::IdentityKind::ForwardAuth,
+        permissions: Vec::new(),
+        claims: Some(parsed),
+        key_id: None,
+    })
 }
 
 /// A failure of the hook (not an answer): the pipeline's policy applies (503
@@ -302,10 +312,10 @@ mod tests {
         let ok =
             identity(&HeaderValue::from_static(r#"{"id":"u1","name":"Ann","roles":["admin"],"tenant":"t"}"#)).unwrap();
         assert_eq!(
-            (ok.id.as_str(), ok.name.as_deref(), ok.roles.clone(), ok.via),
+            (ok.id.as_str(), ok.name.as_deref(), ok.roles.clone(), ok.kind.as_str()),
             ("u1", Some("Ann"), vec!["admin".to_string()], "forward-auth")
         );
-        assert_eq!(ok.claims["tenant"], "t");
+        assert_eq!(ok.claims.as_ref().unwrap()["tenant"], "t");
         for bad in
             [r#"nope"#, r#"{"name":"x"}"#, r#"{"id":""}"#, r#"{"id":"a","roles":"x"}"#, r#"{"id":"a","roles":[1]}"#]
         {

@@ -15,9 +15,14 @@ use governor::nanos::Nanos;
 use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
 use governor::state::{InMemoryState, StateStore};
 
+/// The keys' hasher: foldhash, randomly seeded per map (keys are client addresses, so a fixed
+/// seed would let a client aim for collisions) and several times cheaper than std's SipHash on
+/// the short keys every request hashes.
+pub type KeyHasher = foldhash::fast::RandomState;
+
 /// Keyed GCRA state, shared between the limiter and the API that edits it.
 #[derive(Clone, Default)]
-pub struct SharedKeyedStore(Arc<DashMapStateStore<String>>);
+pub struct SharedKeyedStore(Arc<DashMapStateStore<String, KeyHasher>>);
 
 impl SharedKeyedStore {
     /// Forget `key`: its next request starts with a full bucket. True when it had state.
@@ -40,7 +45,7 @@ impl StateStore for SharedKeyedStore {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        let map: &DashMap<String, InMemoryState> = &self.0;
+        let map: &DashMap<String, InMemoryState, KeyHasher> = &self.0;
         map.measure_and_replace(key, f)
     }
 }

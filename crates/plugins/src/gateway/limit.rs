@@ -18,7 +18,7 @@ use governor::middleware::StateInformationMiddleware;
 use governor::{Quota, RateLimiter};
 use serde::Serialize;
 
-use super::keyed::SharedKeyedStore;
+use super::keyed::{KeyHasher, SharedKeyedStore};
 
 type Keyed = RateLimiter<String, SharedKeyedStore, DefaultClock, StateInformationMiddleware>;
 
@@ -67,8 +67,10 @@ struct Counters {
 pub struct Limiter {
     limiter: Keyed,
     store: SharedKeyedStore,
-    counters: DashMap<String, Counters>,
+    counters: DashMap<String, Counters, KeyHasher>,
     limit: u32,
+    /// `RateLimit-Limit`, made once.
+    limit_header: http::HeaderValue,
     period: Duration,
     window: Duration,
     born: Instant,
@@ -90,8 +92,9 @@ impl Limiter {
             )
             .with_middleware::<StateInformationMiddleware>(),
             store,
-            counters: DashMap::new(),
+            counters: DashMap::default(),
             limit: requests.get(),
+            limit_header: http::HeaderValue::from(requests.get()),
             period,
             window,
             born: Instant::now(),
@@ -102,6 +105,11 @@ impl Limiter {
     /// The configured limit.
     pub fn limit(&self) -> u32 {
         self.limit
+    }
+
+    /// The configured limit as a `RateLimit-Limit` value (shared, not rebuilt per answer).
+    pub fn limit_header(&self) -> &http::HeaderValue {
+        &self.limit_header
     }
 
     /// The configured window.

@@ -59,7 +59,8 @@ struct Seen {
     origin: Option<HeaderValue>,
     preflight: bool,
     internal: bool,
-    verdict: Option<limit::Verdict>,
+    /// The tightest rule's verdict and its `RateLimit-Limit` value.
+    verdict: Option<(limit::Verdict, HeaderValue)>,
 }
 
 /// What the gateway holds (shared with its API router).
@@ -195,13 +196,29 @@ const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
-/// The `RateLimit-*` headers of a verdict (IETF draft-ietf-httpapi-ratelimit-headers).
-fn rate_headers(v: &limit::Verdict) -> [(HeaderName, HeaderValue); 3] {
+/// The `RateLimit-*` headers of a verdict (IETF draft-ietf-httpapi-ratelimit-headers); `limit`
+/// is the rule's `RateLimit-Limit`, made once ([`limit::Limiter::limit_header`]).
+fn rate_headers(v: &limit::Verdict, limit: &HeaderValue) -> [(HeaderName, HeaderValue); 3] {
     [
-        (RATELIMIT_LIMIT, HeaderValue::from(v.limit)),
-        (RATELIMIT_REMAINING, HeaderValue::from(v.remaining)),
-        (RATELIMIT_RESET, HeaderValue::from(v.reset_secs)),
+        (RATELIMIT_LIMIT, limit.clone()),
+        (RATELIMIT_REMAINING, number(u64::from(v.remaining))),
+        (RATELIMIT_RESET, number(v.reset_secs)),
     ]
+}
+
+/// Numbers below this are header values made once: seconds to a reset and what remains of a
+/// usual limit are small, and formatting plus allocating a value per answer was most of the
+/// cost of the `RateLimit-*` headers.
+const SMALL_NUMBERS: u64 = 1024;
+
+/// `n` as a header value.
+fn number(n: u64) -> HeaderValue {
+    static SMALL: std::sync::LazyLock<Vec<HeaderValue>> =
+        std::sync::LazyLock::new(|| (0..SMALL_NUMBERS).map(HeaderValue::from).collect());
+    match usize::try_from(n).ok().and_then(|i| SMALL.get(i)) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from(n),
+    }
 }
 
 #[async_trait]
@@ -266,7 +283,7 @@ impl Plugin for Gateway {
             return Ok(Outcome::Respond(resp));
         }
         let checked = st.limits.check(ctx);
-        let verdict = checked.as_ref().map(|(v, _)| *v);
+        let verdict = checked.as_ref().map(|(v, rule)| (*v, rule.limiter.limit_header().clone()));
         ctx.extensions.insert(Seen { origin, preflight: false, internal, verdict });
         match checked {
             Some((v, rule)) if !v.allowed => {
@@ -278,7 +295,7 @@ impl Plugin for Gateway {
                 )
                 .with_data(json!({ "limit": v.limit, "retryAfter": v.reset_secs, "rule": rule.name() }))
                 .with_header(header::RETRY_AFTER, HeaderValue::from(v.reset_secs));
-                for (name, value) in rate_headers(&v) {
+                for (name, value) in rate_headers(&v, rule.limiter.limit_header()) {
                     err = err.with_header(name, value);
                 }
                 Err(err)
@@ -316,27 +333,30 @@ impl Plugin for Gateway {
             path: ctx.path.clone(),
             status: resp.status().as_u16(),
             duration: ctx.started.elapsed().as_micros() as f64 / 1000.0,
-            rate_limited: seen.verdict.is_some_and(|v| !v.allowed),
+            rate_limited: seen.verdict.as_ref().is_some_and(|(v, _)| !v.allowed),
             request_id: ctx.request_id.clone(),
         });
         if seen.preflight {
             return Ok(());
         }
-        if let Some(v) = seen.verdict.filter(|v| v.allowed) {
-            for (name, value) in rate_headers(&v) {
+        if let Some((v, limit)) = seen.verdict.as_ref().filter(|(v, _)| v.allowed) {
+            for (name, value) in rate_headers(v, limit) {
                 resp.headers_mut().append(name, value);
             }
         }
         if let Some(policy) = &st.cors
             && !seen.internal
         {
-            // The app's own CORS headers are replaced, so the answer follows one policy.
-            for name in [
-                header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            ] {
-                resp.headers_mut().remove(name);
+            // The app's own CORS headers are replaced, so the answer follows one policy. One
+            // pass over the names first: most answers have none, and each `remove` hashes.
+            if resp.headers().keys().any(|k| k.as_str().starts_with("access-control-")) {
+                for name in [
+                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                ] {
+                    resp.headers_mut().remove(name);
+                }
             }
             policy.add_response_headers(seen.origin.as_ref(), resp.headers_mut());
         }

@@ -377,14 +377,15 @@ mod tests {
     fn identity_keys_fall_back_to_the_address() {
         let l = limits(json!({ "requests": 1, "window": "1h", "keyBy": "user" })).unwrap();
         let mut a = ctx(Method::GET, "/x", "10.0.0.1");
-        a.identity = Some(Identity {
+        a.identity = Some(std::sync::Arc::new(Identity {
             id: "3".into(),
             name: None,
             roles: vec![],
-            via: "api-key",
+            kind: marina_auth::IdentityKind::Apikey,
             permissions: vec![],
-            claims: Value::Null,
-        });
+            claims: None,
+            key_id: Some(3),
+        }));
         assert_eq!(l.rules[0].key(&a), "api-key:3");
         assert!(l.check(&a).unwrap().0.allowed);
         assert!(!l.check(&a).unwrap().0.allowed);
