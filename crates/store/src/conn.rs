@@ -1,7 +1,8 @@
 //! The two drivers behind one leased connection.
 //!
 //! SQLite: one `rusqlite::Connection` per database behind an async mutex; every call moves the
-//! lock guard into `spawn_blocking`, so the async runtime never waits on disk. PostgreSQL: a
+//! lock guard into `spawn_blocking`, so the async runtime never waits on disk (a run of many
+//! statements, such as migrations, can go as one such call: [`Conn::in_one_call`]). PostgreSQL: a
 //! `deadpool-postgres` pool; the schema is chosen per connection with `search_path` in the
 //! startup options, so every pooled connection of an app's store sees only that app's schema.
 
@@ -43,9 +44,28 @@ pub(crate) struct ListenConfig {
 /// One connection leased from a store, exclusively, until dropped.
 #[allow(clippy::large_enum_variant)] // one per leased connection, never stored in bulk
 pub(crate) enum Conn {
-    /// `None` only while a call is running on the blocking pool, or after it was lost there.
-    Sqlite(Option<OwnedMutexGuard<rusqlite::Connection>>),
+    Sqlite(SqliteLease),
     Postgres(deadpool_postgres::Object),
+}
+
+/// A leased SQLite connection.
+pub(crate) struct SqliteLease {
+    /// `None` only while a call is running on the blocking pool, or after it was lost there.
+    guard: Option<OwnedMutexGuard<rusqlite::Connection>>,
+    /// Calls run on the current thread: the lease lives inside [`Conn::in_one_call`], which is
+    /// on the blocking pool already.
+    here: bool,
+}
+
+impl SqliteLease {
+    pub(crate) fn new(guard: OwnedMutexGuard<rusqlite::Connection>) -> Self {
+        Self { guard: Some(guard), here: false }
+    }
+
+    /// The guard, to return the connection (`None` when an interrupted call lost it).
+    pub(crate) fn take(&mut self) -> Option<OwnedMutexGuard<rusqlite::Connection>> {
+        self.guard.take()
+    }
 }
 
 pub(crate) fn sql_error(message: impl Into<String>, sql: &str) -> Error {
@@ -294,7 +314,7 @@ impl Backend {
                 // open on the shared connection; close it before anyone else uses it. The
                 // check is an in-memory flag; only the rollback touches the disk.
                 let open_tx = !guard.is_autocommit();
-                let mut c = Conn::Sqlite(Some(guard));
+                let mut c = Conn::Sqlite(SqliteLease::new(guard));
                 if open_tx {
                     c.batch("ROLLBACK").await?;
                 }
@@ -341,17 +361,56 @@ impl Conn {
         _what: &str,
         f: impl FnOnce(&mut rusqlite::Connection) -> Result<R, Error> + Send + 'static,
     ) -> Result<R, Error> {
-        let Conn::Sqlite(slot) = self else { unreachable!("blocking() is only called on SQLite connections") };
-        let mut guard = slot
-            .take()
-            .ok_or_else(|| Error::internal("the SQLite connection was lost by an earlier interrupted call"))?;
+        let Conn::Sqlite(lease) = self else { unreachable!("blocking() is only called on SQLite connections") };
+        let lost = || Error::internal("the SQLite connection was lost by an earlier interrupted call");
+        if lease.here {
+            return f(lease.guard.as_mut().ok_or_else(lost)?);
+        }
+        let mut guard = lease.guard.take().ok_or_else(lost)?;
         let (guard, result) = tokio::task::spawn_blocking(move || {
             let r = f(&mut guard);
             (guard, r)
         })
         .await
         .map_err(|e| Error::internal(format!("an SQLite call panicked or was cancelled: {e}")))?;
-        *slot = Some(guard);
+        lease.guard = Some(guard);
+        result
+    }
+
+    /// Run `steps` with this connection. On SQLite all of it is one call on the blocking pool,
+    /// where every statement runs in turn on that thread: a run of many small statements (a
+    /// new database's migrations: ~35) otherwise pays a hand-off to the pool and back per
+    /// statement, and the pool often starts a new thread for the next one before the last is
+    /// idle again. On PostgreSQL `steps` simply runs here.
+    ///
+    /// `steps` must wait on nothing but this connection's calls (they complete at once on that
+    /// thread); anything else it waits on is reported as an internal error.
+    pub(crate) async fn in_one_call<R: Send + 'static>(
+        &mut self,
+        steps: impl AsyncFnOnce(&mut Conn) -> Result<R, Error> + Send + 'static,
+    ) -> Result<R, Error> {
+        let Conn::Sqlite(lease) = self else { return steps(self).await };
+        let guard = lease
+            .guard
+            .take()
+            .ok_or_else(|| Error::internal("the SQLite connection was lost by an earlier interrupted call"))?;
+        let (guard, result) = tokio::task::spawn_blocking(move || {
+            let mut here = Conn::Sqlite(SqliteLease { guard: Some(guard), here: true });
+            let result = {
+                let mut run = std::pin::pin!(steps(&mut here));
+                match run.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+                    std::task::Poll::Ready(r) => r,
+                    std::task::Poll::Pending => {
+                        Err(Error::internal("a run of SQLite calls waited on something other than its connection"))
+                    }
+                }
+            };
+            let Conn::Sqlite(mut lease) = here else { unreachable!("built as SQLite above") };
+            (lease.take(), result)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("a run of SQLite calls panicked or was cancelled: {e}")))?;
+        lease.guard = guard;
         result
     }
 
@@ -585,5 +644,48 @@ mod tests {
         );
         assert_eq!(take_param("postgres://h/db", "sslrootcert"), ("postgres://h/db".to_string(), None));
         assert_eq!(percent_decode("a%20b%zz%"), "a b%zz%");
+    }
+
+    fn sqlite_memory() -> Backend {
+        Backend::Sqlite { conn: Arc::new(Mutex::new(open_sqlite(None, false).unwrap())), path: None }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_in_one_call_executes_each_statement_on_one_thread_and_keeps_the_connection() {
+        let backend = sqlite_memory();
+        let mut conn = backend.conn().await.unwrap();
+        let threads = conn
+            .in_one_call(async |c: &mut Conn| {
+                let mut threads = Vec::new();
+                for stmt in ["CREATE TABLE t (x INTEGER)", "INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)"] {
+                    c.batch(stmt).await?;
+                    threads.push(std::thread::current().id());
+                }
+                Ok(threads)
+            })
+            .await
+            .unwrap();
+        assert!(threads.iter().all(|t| *t == threads[0]), "{threads:?}");
+        assert_ne!(threads[0], std::thread::current().id(), "the run is on the blocking pool");
+        // The connection came back from the run.
+        let rows = conn.query("SELECT count(*) AS n FROM t", &[]).await.unwrap();
+        assert_eq!(rows[0].get::<i64>("n").unwrap(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_in_one_call_that_waits_on_something_else_is_an_error_not_a_hang() {
+        let backend = sqlite_memory();
+        let mut conn = backend.conn().await.unwrap();
+        let err = conn
+            .in_one_call(async |c: &mut Conn| {
+                c.batch("CREATE TABLE t (x INTEGER)").await?;
+                tokio::task::yield_now().await;
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        assert!(err.message().contains("waited on something other than its connection"), "{}", err.message());
+        // The connection is still usable (the statement before the wait ran).
+        conn.batch("INSERT INTO t VALUES (1)").await.unwrap();
     }
 }

@@ -584,9 +584,25 @@ impl<'a> Migrator<'a> {
             return Ok(report);
         }
         let lock = Lock::acquire(self.store, &mut conn).await?;
-        let result = self.migrate_locked(&mut conn, options.to, &mut report).await;
+        let to = options.to;
+        let result = self
+            .locked(&mut conn, async move |m, conn| m.migrate_locked(conn, to, &mut report).await.map(|()| report))
+            .await;
         lock.release(&mut conn).await;
-        result.map(|()| report)
+        result
+    }
+
+    /// Run `steps` under the lock with a migrator of its own. On SQLite they are one call
+    /// on the blocking pool ([`Conn::in_one_call`]): a new database's migrations are ~35 small
+    /// statements, and a hand-off to the pool and back for each was the largest part of a
+    /// cold start (~4 ms of ~12).
+    async fn locked<R: Send + 'static>(
+        &self,
+        conn: &mut Conn,
+        steps: impl AsyncFnOnce(&Migrator<'_>, &mut Conn) -> Result<R, Error> + Send + 'static,
+    ) -> Result<R, Error> {
+        let (store, set) = (self.store.clone(), self.set.clone());
+        conn.in_one_call(async move |conn| steps(&Migrator::new(&store, &set), conn).await).await
     }
 
     fn pending<'s>(
@@ -629,9 +645,11 @@ impl<'a> Migrator<'a> {
         let mut report = self.report(Direction::Down, false);
         let mut conn = self.store.conn().await?;
         let lock = Lock::acquire(self.store, &mut conn).await?;
-        let result = self.rollback_locked(&mut conn, target, &mut report).await;
+        let result = self
+            .locked(&mut conn, async move |m, conn| m.rollback_locked(conn, target, &mut report).await.map(|()| report))
+            .await;
         lock.release(&mut conn).await;
-        result.map(|()| report)
+        result
     }
 
     async fn rollback_locked(
@@ -692,13 +710,14 @@ impl<'a> Migrator<'a> {
         let mut report = self.report(Direction::Up, false);
         let mut conn = self.store.conn().await?;
         let lock = Lock::acquire(self.store, &mut conn).await?;
-        let result = async {
-            drop_everything(self.store, &mut conn).await?;
-            self.migrate_locked(&mut conn, None, &mut report).await
-        }
-        .await;
+        let result = self
+            .locked(&mut conn, async move |m, conn| {
+                drop_everything(m.store, conn).await?;
+                m.migrate_locked(conn, None, &mut report).await.map(|()| report)
+            })
+            .await;
         lock.release(&mut conn).await;
-        result.map(|()| report)
+        result
     }
 
     fn report(&self, direction: Direction, dry_run: bool) -> MigrationReport {

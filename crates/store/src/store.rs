@@ -395,8 +395,8 @@ pub(crate) fn rollback_in_background(mut conn: Conn) {
         }
         // The SQLite connection is checked and rolled back by the next lease; returning the
         // guard now releases the in-process lock, and the file lock goes with the rollback.
-        (Conn::Sqlite(slot), _) => {
-            if let Some(guard) = slot.take() {
+        (Conn::Sqlite(lease), _) => {
+            if let Some(guard) = lease.take() {
                 match tokio::runtime::Handle::try_current() {
                     Ok(handle) => {
                         handle.spawn_blocking(move || {
