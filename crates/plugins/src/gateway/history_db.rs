@@ -49,43 +49,94 @@ fn int(v: u64) -> Value {
 /// there is none (atomically: two processes starting at once on one state dir get the same id).
 ///
 /// # Errors
-/// The file cannot be read or written, or holds no id (empty, over 200 bytes, or control
-/// characters), naming it and saying what it found.
+/// The file cannot be read or written, is not a regular file, or holds no id (empty, over 200
+/// bytes, not UTF-8, or control characters), naming it and saying what it found.
 pub fn instance_id(state_dir: &Path) -> Result<String, Error> {
     let path = state_dir.join(INSTANCE_FILE);
-    let read = |path: &Path| -> Result<Option<String>, Error> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let id = text.trim();
-                if id.is_empty() || id.len() > ID_MAX || id.chars().any(char::is_control) {
-                    let found = if id.is_empty() { "nothing".to_string() } else { format!("{} bytes", id.len()) };
-                    return Err(Error::internal(format!(
-                        "{}: expected this instance's id (1 to {ID_MAX} bytes on one line), found {found}; \
-                         delete the file to get a new one",
-                        path.display()
-                    )));
-                }
-                Ok(Some(id.to_string()))
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::internal(format!("cannot read {}: {e}", path.display()))),
-        }
-    };
-    if let Some(id) = read(&path)? {
+    if let Some(id) = read_id(&path)? {
         return Ok(id);
     }
     let id = uuid::Uuid::new_v4().to_string();
-    let tmp = state_dir.join(format!(".{INSTANCE_FILE}.{}", std::process::id()));
-    let written = std::fs::write(&tmp, format!("{id}\n")).and_then(|()| std::fs::hard_link(&tmp, &path));
+    // A name no other process uses (a pid is not one: two containers sharing the dir may both
+    // run marina as pid 1), so nobody else's half-written file is truncated or removed here.
+    let tmp = state_dir.join(format!(".{INSTANCE_FILE}.{}", uuid::Uuid::new_v4().simple()));
+    let written = write_synced(&tmp, &id).and_then(|()| std::fs::hard_link(&tmp, &path));
     let _ = std::fs::remove_file(&tmp);
     match written {
-        Ok(()) => Ok(id),
+        Ok(()) => {
+            // The link itself survives a crash once the directory is synced (best effort).
+            let _ = std::fs::File::open(state_dir).and_then(|d| d.sync_all());
+            Ok(id)
+        }
         // Another process made it first: theirs is the id.
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-            read(&path)?.ok_or_else(|| Error::internal(format!("{} vanished while it was read", path.display())))
+            read_id(&path)?.ok_or_else(|| Error::internal(format!("{} vanished while it was read", path.display())))
         }
         Err(e) => Err(Error::internal(format!("cannot write {}: {e}", path.display()))),
     }
+}
+
+/// What a file that is not a regular one is, for an error.
+fn kind(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else {
+        "something other than a regular file"
+    }
+}
+
+/// `id` and a newline in a new file at `path`, on disk before it is linked into place: without
+/// the sync a crash soon after the first start could leave an empty `instance-id` (delayed
+/// allocation), which every later start refuses.
+fn write_synced(path: &Path, id: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create_new(path)?;
+    file.write_all(format!("{id}\n").as_bytes())?;
+    file.sync_all()
+}
+
+/// The id in `path`, `None` when there is no such file. Only a regular file is opened (a FIFO
+/// would block the start) and only its first bytes are read.
+fn read_id(path: &Path) -> Result<Option<String>, Error> {
+    use std::io::Read;
+    let bad = |found: String| {
+        Error::internal(format!(
+            "{}: expected this instance's id (1 to {ID_MAX} bytes on one line in a regular file), found {found}; \
+             delete it to get a new one",
+            path.display()
+        ))
+    };
+    let cannot = |e: std::io::Error| Error::internal(format!("cannot read {}: {e}", path.display()));
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => return Err(bad(kind(meta.file_type()).to_string())),
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(cannot(e)),
+    }
+    let mut bytes = Vec::new();
+    // Room for the longest id, a line end and some blanks; more is refused unread.
+    let cap = ID_MAX as u64 + 64;
+    match std::fs::File::open(path).and_then(|f| f.take(cap + 1).read_to_end(&mut bytes)) {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(cannot(e)),
+    }
+    if bytes.len() as u64 > cap {
+        return Err(bad(format!("more than {cap} bytes")));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| bad("bytes that are not UTF-8".into()))?;
+    let id = text.trim();
+    if id.is_empty() || id.len() > ID_MAX || id.chars().any(char::is_control) {
+        return Err(bad(if id.is_empty() { "nothing".to_string() } else { format!("{} bytes", id.len()) }));
+    }
+    Ok(Some(id.to_string()))
 }
 
 impl HistoryDb {

@@ -191,3 +191,37 @@ fn the_instance_id_follows_the_state_dir() {
     assert!(e.contains(INSTANCE_FILE) && e.contains("found nothing"), "{e}");
     assert_eq!(std::fs::read_dir(&moved).unwrap().count(), 1, "no temporary file left behind");
 }
+
+/// Two processes creating the id at once must not touch each other's files: a pid names no
+/// file uniquely (two containers sharing the state dir may both run marina as pid 1). Here a
+/// file of "another process" carries this process's pid, as the temporary file was once named.
+#[test]
+fn making_the_instance_id_leaves_other_files_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = dir.path().join(format!(".{INSTANCE_FILE}.{}", std::process::id()));
+    std::fs::write(&theirs, "their-id\n").unwrap();
+    let id = instance_id(dir.path()).unwrap();
+    assert_eq!(std::fs::read_to_string(&theirs).unwrap(), "their-id\n", "another process's file was changed");
+    assert_eq!(std::fs::read_to_string(dir.path().join(INSTANCE_FILE)).unwrap(), format!("{id}\n"));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "no temporary file of ours left behind");
+}
+
+/// Only a regular file is read, and only its first bytes: a FIFO named `instance-id` would
+/// otherwise block the gateway's `init` (and marina's start) for good, a huge file fill memory.
+#[test]
+fn an_instance_id_that_is_no_regular_file_or_too_big_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join(INSTANCE_FILE);
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let state = dir.path().to_path_buf();
+    std::thread::spawn(move || tx.send(instance_id(&state).map_err(|e| e.to_string())));
+    let got = rx.recv_timeout(Duration::from_secs(10)).expect("instance_id returned within 10 s");
+    let e = got.unwrap_err();
+    assert!(e.contains(INSTANCE_FILE) && e.contains("a FIFO"), "{e}");
+    std::fs::remove_file(&fifo).unwrap();
+    std::fs::write(&fifo, "x".repeat(1 << 20)).unwrap();
+    let e = instance_id(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("more than"), "{e}");
+}
