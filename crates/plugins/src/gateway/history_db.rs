@@ -187,12 +187,12 @@ impl HistoryDb {
         Ok((out, last))
     }
 
-    /// Store `entries` (oldest first), then delete this instance's rows before `keep_from` (a
-    /// `seq`: what the history no longer reaches) and other instances' rows older than an hour
-    /// at `now_ms`.
+    /// Store `entries` (oldest first) and delete this instance's rows before `keep_from` (a
+    /// `seq`: what the history no longer reaches) in one transaction; then delete other
+    /// instances' rows older than an hour at `now_ms`.
     ///
     /// # Errors
-    /// The database's; nothing is written then (one transaction).
+    /// The database's, from the transaction (nothing is written then).
     pub async fn append(&self, entries: &[Entry], keep_from: u64, now_ms: u64) -> Result<(), Error> {
         let instance = self.instance.as_str();
         self.store
@@ -221,14 +221,24 @@ impl HistoryDb {
                     &[Value::from(instance), int(keep_from)],
                 )
                 .await?;
-                tx.execute(
-                    "DELETE FROM marina_gateway_metrics_history WHERE instance <> $1 AND ts < $2",
-                    &[Value::from(instance), int(now_ms.saturating_sub(RETENTION_MS))],
-                )
-                .await?;
                 Ok(())
             })
+            .await?;
+        // Other instances' rows in a statement of its own, after the commit: inside the
+        // transaction it would wait for another instance's rows while holding this one's, and
+        // that instance's write does the same the other way round (PostgreSQL: deadlock, one
+        // write failed). Best effort: whatever is left goes with the next write.
+        if let Err(e) = self
+            .store
+            .execute(
+                "DELETE FROM marina_gateway_metrics_history WHERE instance <> $1 AND ts < $2",
+                &[Value::from(instance), int(now_ms.saturating_sub(RETENTION_MS))],
+            )
             .await
+        {
+            tracing::warn!(error = %e, "the gateway's metrics history: other instances' old rows were not deleted");
+        }
+        Ok(())
     }
 
     /// Forget this instance's history.

@@ -101,12 +101,17 @@ async fn rows(store: &marina_store::Store, instance: &str) -> i64 {
     row.get::<i64>("n").unwrap()
 }
 
+/// Held by the tests that write the table: a write deletes every instance's rows older than an
+/// hour, so one test's write could take (and lock) another's rows mid-test.
+static TABLE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn unique(what: &str) -> String {
     format!("{what}-{}", uuid::Uuid::new_v4())
 }
 
 #[tokio::test]
 async fn an_idle_quarter_hour_stores_two_rows_and_reads_back_filled() {
+    let _table = TABLE.lock().await;
     for (_dir, store) in stores().await {
         let id = unique("idle");
         let h = attached(&store, &id).await;
@@ -124,6 +129,7 @@ async fn an_idle_quarter_hour_stores_two_rows_and_reads_back_filled() {
 
 #[tokio::test]
 async fn a_clock_stepped_back_does_not_stall_the_writes() {
+    let _table = TABLE.lock().await;
     for (_dir, store) in stores().await {
         let id = unique("clock");
         let h = attached(&store, &id).await;
@@ -146,6 +152,7 @@ async fn a_clock_stepped_back_does_not_stall_the_writes() {
 
 #[tokio::test]
 async fn rows_out_of_reach_or_older_than_an_hour_are_deleted() {
+    let _table = TABLE.lock().await;
     for (_dir, store) in stores().await {
         let (me, gone, live) = (unique("me"), unique("gone"), unique("live"));
         let now = epoch_ms();
@@ -224,4 +231,70 @@ fn an_instance_id_that_is_no_regular_file_or_too_big_is_refused_at_once() {
     std::fs::write(&fifo, "x".repeat(1 << 20)).unwrap();
     let e = instance_id(dir.path()).unwrap_err().to_string();
     assert!(e.contains("more than"), "{e}");
+}
+
+/// Two instances on one PostgreSQL write at the same moment, each deleting its own rows out of
+/// reach and the other's older than an hour. B's write here is held open after deleting its own
+/// old row until A's write waits for that row; then B deletes A's old rows. Had A's write kept
+/// its own old row locked while it waited (the other instances' rows deleted in the same
+/// transaction), B would now wait for A and A for B: PostgreSQL's deadlock, one write failed.
+#[tokio::test]
+async fn two_instances_trimming_each_other_at_once_do_not_deadlock() {
+    let _table = TABLE.lock().await;
+    for (_dir, store) in stores().await {
+        if store.kind() != marina_store::BackendKind::Postgres {
+            continue; // SQLite runs one write at a time
+        }
+        let (a, b) = (unique("dl-a"), unique("dl-b"));
+        let now = epoch_ms();
+        let old = now - RETENTION_MS - 60_000;
+        for (id, seq, ts) in [(&a, 1, old), (&a, 2, now - 1_000), (&b, 1, old), (&b, 2, now - 1_000)] {
+            store
+                .execute(
+                    "INSERT INTO marina_gateway_metrics_history \
+                     (instance, seq, run, ts, total_requests, blocked_requests, allowed_requests, active_buckets) \
+                     VALUES ($1, $2, 1, $3, 0, 0, 0, 0)",
+                    &[marina_store::Value::from(id.as_str()), (seq as i64).into(), (ts as i64).into()],
+                )
+                .await
+                .unwrap();
+        }
+        let db_a = HistoryDb::new(store.clone(), a.clone());
+        let waiter = store.clone();
+        let b_id = b.clone();
+        let b_write = store.transaction(async |tx| {
+            let own = [marina_store::Value::from(b_id.as_str()), 2i64.into()];
+            let n =
+                tx.execute("DELETE FROM marina_gateway_metrics_history WHERE instance = $1 AND seq < $2", &own).await?;
+            assert_eq!(n, 1, "B's old row is there for B to lock");
+            let a_write =
+                tokio::spawn(async move { db_a.append(&[Entry { seq: 3, run: 1, snap: snap(now, 3) }], 2, now).await });
+            // Until A's write waits for a lock (B's old row).
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let row = waiter
+                    .query_opt(
+                        "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE datname = current_database() \
+                         AND wait_event_type = 'Lock' AND query LIKE '%marina_gateway_metrics_history%'",
+                        &[],
+                    )
+                    .await?
+                    .unwrap();
+                if row.get::<i64>("n")? > 0 {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "A's write never waited for B's");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let others = [marina_store::Value::from(b_id.as_str()), ((now - RETENTION_MS) as i64).into()];
+            tx.execute("DELETE FROM marina_gateway_metrics_history WHERE instance <> $1 AND ts < $2", &others).await?;
+            Ok(a_write)
+        });
+        let a_write = b_write.await.unwrap_or_else(|e| panic!("{}: B's write failed: {e}", store.describe()));
+        let a_done = tokio::time::timeout(Duration::from_secs(10), a_write).await.expect("A's write ends").unwrap();
+        a_done.unwrap_or_else(|e| panic!("{}: A's write failed: {e}", store.describe()));
+        assert_eq!((rows(&store, &a).await, rows(&store, &b).await), (2, 1), "{}", store.describe());
+        HistoryDb::new(store.clone(), a).clear().await.unwrap();
+        HistoryDb::new(store.clone(), b).clear().await.unwrap();
+    }
 }
