@@ -47,18 +47,22 @@ pub enum Presented<'a> {
 /// text, which `HeaderValue::to_str` refuses, matches no key or token anyway.
 pub fn presented(headers: &HeaderMap) -> Presented<'_> {
     if let Some(k) =
-        headers.get(marina_core::headers::X_API_KEY).and_then(text).map(str::trim).filter(|k| !k.is_empty())
+        headers.get(marina_core::headers::X_API_KEY).and_then(text).map(str::trim_ascii).filter(|k| !k.is_empty())
     {
         return Presented::Key(k, KeySource::XApiKey);
     }
     let Some(auth) = headers.get(header::AUTHORIZATION).and_then(text) else {
         return Presented::Nothing;
     };
-    let Some((scheme, value)) = auth.trim().split_once(' ') else { return Presented::Nothing };
+    // HTTP's whitespace is ASCII (SP, HTAB): `trim_ascii` and a byte search for the space are
+    // what the header can hold, without `str::trim`'s Unicode tables or a pattern searcher.
+    let auth = auth.trim_ascii();
+    let Some(space) = auth.bytes().position(|b| b == b' ') else { return Presented::Nothing };
+    let (scheme, value) = (&auth[..space], &auth[space + 1..]);
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Presented::Nothing;
     }
-    let value = value.trim();
+    let value = value.trim_ascii();
     if value.is_empty() {
         return Presented::Nothing;
     }

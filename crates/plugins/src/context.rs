@@ -1,11 +1,12 @@
 //! The request context: created once when a request is accepted and passed `&mut` to every
 //! phase (Pingora's `CTX`), so phases share state through it instead of through arguments.
 
+use std::any::Any;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{Extensions, Method};
+use http::Method;
 use marina_apps::App;
 
 /// Who made the request, as established by authentication or a forward-auth hook: marina's one
@@ -40,7 +41,7 @@ pub struct RequestContext {
     /// refused requests too: a flood of bad keys is limited like any other flood.
     pub refusal: Option<marina_core::Error>,
     /// Typed state that plugins share with later phases (a matched rule, a rate-limit verdict).
-    pub extensions: Extensions,
+    pub extensions: Slots,
     /// When the answer is due, if anything set a bound.
     pub deadline: Option<Instant>,
 }
@@ -59,7 +60,7 @@ impl RequestContext {
             plugin: None,
             identity: None,
             refusal: None,
-            extensions: Extensions::new(),
+            extensions: Slots::default(),
             deadline: None,
         }
     }
@@ -88,5 +89,83 @@ mod tests {
         ctx.bound(Duration::from_secs(3600));
         assert!(ctx.remaining().unwrap() <= Duration::from_secs(60));
         assert_eq!(ctx.client_ip, "127.0.0.1".parse::<IpAddr>().unwrap());
+    }
+}
+
+/// Typed state that plugins hand from one phase to a later one (a matched rule, a rate-limit
+/// verdict), one value per type. Not `http::Extensions`: a request carries one or two values,
+/// and its hash map cost three allocations per request where this costs one (the value's box;
+/// the first value needs no list).
+#[derive(Default)]
+pub struct Slots {
+    first: Option<Box<dyn Any + Send + Sync>>,
+    rest: Vec<Box<dyn Any + Send + Sync>>,
+}
+
+impl Slots {
+    /// Stores `value`, returning the value of its type that was there.
+    pub fn insert<T: Any + Send + Sync>(&mut self, value: T) -> Option<T> {
+        if let Some(slot) = self.get_mut::<T>() {
+            return Some(std::mem::replace(slot, value));
+        }
+        match self.first {
+            None => self.first = Some(Box::new(value)),
+            Some(_) => self.rest.push(Box::new(value)),
+        }
+        None
+    }
+
+    /// The value of type `T`, if one was stored.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.first.iter().chain(&self.rest).find_map(|b| b.downcast_ref::<T>())
+    }
+
+    /// The value of type `T`, mutably.
+    pub fn get_mut<T: Any>(&mut self) -> Option<&mut T> {
+        self.first.iter_mut().chain(&mut self.rest).find_map(|b| b.downcast_mut::<T>())
+    }
+
+    /// Takes the value of type `T` out.
+    pub fn remove<T: Any>(&mut self) -> Option<T> {
+        let boxed = if self.first.as_ref().is_some_and(|b| b.is::<T>()) {
+            let taken = self.first.take();
+            if !self.rest.is_empty() {
+                self.first = Some(self.rest.swap_remove(0));
+            }
+            taken?
+        } else {
+            let i = self.rest.iter().position(|b| b.is::<T>())?;
+            self.rest.swap_remove(i)
+        };
+        boxed.downcast::<T>().ok().map(|b| *b)
+    }
+}
+
+impl std::fmt::Debug for Slots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Slots({} values)", usize::from(self.first.is_some()) + self.rest.len())
+    }
+}
+
+#[cfg(test)]
+mod slots_tests {
+    use super::Slots;
+
+    #[test]
+    fn one_value_per_type_in_and_out() {
+        let mut s = Slots::default();
+        assert_eq!(s.insert(1u8), None);
+        assert_eq!(s.insert("a"), None);
+        assert_eq!(s.insert(2u16), None);
+        assert_eq!(s.insert(3u8), Some(1));
+        assert_eq!(s.get::<u8>(), Some(&3));
+        *s.get_mut::<u16>().unwrap() += 1;
+        assert_eq!(s.remove::<u8>(), Some(3));
+        assert_eq!(s.remove::<u8>(), None);
+        assert_eq!(s.get::<&str>(), Some(&"a"));
+        assert_eq!(s.remove::<u16>(), Some(3));
+        assert_eq!(s.remove::<&str>(), Some("a"));
+        assert_eq!(s.get::<u32>(), None);
+        assert_eq!(format!("{s:?}"), "Slots(0 values)");
     }
 }

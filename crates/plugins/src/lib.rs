@@ -36,7 +36,7 @@ pub mod set;
 #[cfg(test)]
 mod test_db;
 
-pub use context::{Identity, RequestContext};
+pub use context::{Identity, RequestContext, Slots};
 pub use loader::{Catalog, canonical};
 pub use plugin::{DEFAULT_HOOK_TIMEOUT, Factory, Outcome, Phases, Plugin, PluginEnv, PluginSpec};
 pub use set::{Loaded, PluginSet};
