@@ -19,7 +19,7 @@
 //! what is sampled or stored (no seconds are filled in across a step back).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -109,8 +109,6 @@ struct Ring {
     entries: VecDeque<Entry>,
     /// This process's run.
     run: u64,
-    /// The next snapshot's `seq`.
-    next_seq: u64,
     /// Entries up to this `seq` are in the database.
     flushed: u64,
     /// Snapshots taken since the last write.
@@ -121,8 +119,20 @@ impl Default for Ring {
     fn default() -> Self {
         // Random, so two runs of one instance never share it (stored as a positive BIGINT).
         let run = uuid::Uuid::new_v4().as_u64_pair().0 >> 1;
-        Self { entries: VecDeque::new(), run, next_seq: 1, flushed: 0, unflushed: 0 }
+        Self { entries: VecDeque::new(), run, flushed: 0, unflushed: 0 }
     }
+}
+
+/// The next snapshot's `seq`, for every history in this process: a plugin reload initialises
+/// the new gateway (which loads the stored history) while the old one still samples and writes
+/// until it is shut down, both as one instance. With a counter each, both numbered from the
+/// same stored `seq` on and the database kept whichever row came first (`ON CONFLICT DO
+/// NOTHING`): the new gateway's first snapshots were lost. Only grows; [`History::attach`]
+/// raises it past what is stored.
+static NEXT_SEQ: AtomicU64 = AtomicU64::new(1);
+
+fn next_seq() -> u64 {
+    NEXT_SEQ.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Ring {
@@ -175,11 +185,9 @@ impl History {
             let own: Vec<Entry> = ring.entries.drain(..).collect();
             ring.entries = stored.into_iter().collect();
             ring.flushed = last;
-            ring.next_seq = last + 1;
+            NEXT_SEQ.fetch_max(last + 1, Ordering::Relaxed);
             for e in own {
-                let seq = ring.next_seq;
-                ring.next_seq += 1;
-                ring.entries.push_back(Entry { seq, ..e });
+                ring.entries.push_back(Entry { seq: next_seq(), ..e });
             }
             ring.trim();
         }
@@ -195,7 +203,7 @@ impl History {
         let (fresh, keep_from) = {
             let ring = self.ring.lock();
             let fresh: Vec<Entry> = ring.entries.iter().filter(|e| e.seq > ring.flushed).copied().collect();
-            (fresh, ring.entries.front().map_or(ring.next_seq, |e| e.seq))
+            (fresh, ring.entries.front().map_or_else(|| NEXT_SEQ.load(Ordering::Relaxed), |e| e.seq))
         };
         let Some(newest) = fresh.last().map(|e| e.seq) else { return };
         match db.append(&fresh, keep_from, epoch_ms()).await {
@@ -232,9 +240,8 @@ impl History {
     /// Keep `s` as this run's newest snapshot. Returns how many snapshots wait to be written.
     fn push(&self, s: Snapshot) -> usize {
         let mut ring = self.ring.lock();
-        let (seq, run) = (ring.next_seq, ring.run);
-        ring.next_seq += 1;
-        ring.entries.push_back(Entry { seq, run, snap: s });
+        let run = ring.run;
+        ring.entries.push_back(Entry { seq: next_seq(), run, snap: s });
         ring.unflushed += 1;
         ring.trim();
         ring.unflushed

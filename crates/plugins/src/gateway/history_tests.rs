@@ -298,3 +298,32 @@ async fn two_instances_trimming_each_other_at_once_do_not_deadlock() {
         HistoryDb::new(store.clone(), b).clear().await.unwrap();
     }
 }
+
+/// A plugin reload: the new gateway loads the stored history while the old one still samples
+/// and writes (it is shut down after). Every snapshot of both is stored, and a later start
+/// reads them all (with one counter per history, both numbered on from the stored `seq` and the
+/// new gateway's first snapshots were dropped as conflicts).
+#[tokio::test]
+async fn a_reloaded_gateway_and_the_one_it_replaces_both_keep_their_snapshots() {
+    let _table = TABLE.lock().await;
+    for (_dir, store) in stores().await {
+        let id = unique("reload");
+        let base = epoch_ms() - 60_000;
+        let old = attached(&store, &id).await;
+        old.push(snap(base, 1));
+        old.flush().await;
+        let new = attached(&store, &id).await;
+        for i in 1..=3 {
+            old.push(snap(base + i * 1_000, 1 + i));
+        }
+        old.flush().await;
+        for i in 1..=3 {
+            new.push(snap(base + i * 1_000 + 500, 100 + i));
+        }
+        new.flush().await;
+        assert_eq!(rows(&store, &id).await, 7, "{}: a snapshot was lost", store.describe());
+        let totals: Vec<u64> = attached(&store, &id).await.newest(10).iter().map(|s| s.total_requests).collect();
+        assert_eq!(totals.iter().filter(|&&t| t > 100).count(), 3, "{}: {totals:?}", store.describe());
+        HistoryDb::new(store.clone(), id).clear().await.unwrap();
+    }
+}
