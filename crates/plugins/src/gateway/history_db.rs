@@ -102,8 +102,8 @@ fn write_synced(path: &Path, id: &str) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// The id in `path`, `None` when there is no such file. Only a regular file is opened (a FIFO
-/// would block the start) and only its first bytes are read.
+/// The id in `path`, `None` when there is no such file. Only a regular file is read (a FIFO
+/// would block the start) and only its first bytes.
 fn read_id(path: &Path) -> Result<Option<String>, Error> {
     use std::io::Read;
     let bad = |found: String| {
@@ -114,20 +114,24 @@ fn read_id(path: &Path) -> Result<Option<String>, Error> {
         ))
     };
     let cannot = |e: std::io::Error| Error::internal(format!("cannot read {}: {e}", path.display()));
-    match std::fs::metadata(path) {
-        Ok(meta) if !meta.is_file() => return Err(bad(kind(meta.file_type()).to_string())),
-        Ok(_) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(cannot(e)),
+    // Opened without blocking and checked on the open file: a check by path before opening
+    // could be raced (the file swapped for a FIFO in between, which would block the start).
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(cannot(e)),
+        }
+    };
+    let meta = file.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(bad(kind(meta.file_type()).to_string()));
     }
     let mut bytes = Vec::new();
     // Room for the longest id, a line end and some blanks; more is refused unread.
     let cap = ID_MAX as u64 + 64;
-    match std::fs::File::open(path).and_then(|f| f.take(cap + 1).read_to_end(&mut bytes)) {
-        Ok(_) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(cannot(e)),
-    }
+    file.take(cap + 1).read_to_end(&mut bytes).map_err(cannot)?;
     if bytes.len() as u64 > cap {
         return Err(bad(format!("more than {cap} bytes")));
     }
