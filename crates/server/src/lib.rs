@@ -482,7 +482,16 @@ fn app_database_path(store: &Store, state_dir: &std::path::Path) -> Option<AppDa
     store.sqlite_path()?;
     let state_dir = state_dir.to_path_buf();
     Some(AppDatabasePath(Arc::new(move |name: &str| {
-        let ident = marina_store::sql::app_ident(name).ok()?;
-        Some(marina_store::app_sqlite_path(&state_dir, &ident))
+        // Only the app that owns the file gets it (and the right to write its dir): another
+        // app whose name maps to the same file is refused ([`marina_store::claim_app_database`]).
+        match marina_store::claim_app_database(&state_dir, name) {
+            Ok(path) => Some(path),
+            Err(e) => {
+                if e.code() == "APP_DATABASE_CONFLICT" {
+                    tracing::warn!(app = %name, "{}", e.message());
+                }
+                None
+            }
+        }
     })))
 }

@@ -94,6 +94,10 @@ async fn apply(app: &App, database_url: Option<&str>, state_dir: &Path) -> Outco
         Ok(set) => set,
         Err(e) => return fail(None, e.message().to_string()),
     };
+    // The database must be this app's own: another app whose name maps to it owns it.
+    if let Err(e) = Store::claim_app(database_url, state_dir, &app.name) {
+        return fail(None, e.message().to_string());
+    }
     let store = match Store::open_app(database_url, state_dir, &app.name).await {
         Ok(s) => s,
         Err(e) => return fail(None, e.message().to_string()),

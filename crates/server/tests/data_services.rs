@@ -622,3 +622,61 @@ async fn postgres_apps_reach_only_their_own_schema() {
     assert!(r["tenants"].as_array().unwrap().contains(&json!(one)), "{r}");
     srv.stop().await;
 }
+
+/// A tiny JS app per name that reports the database it was given, without `@libsql/client`.
+fn env_apps(names: &[&str]) -> tempfile::TempDir {
+    let apps = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(apps.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    for name in names {
+        let dir = apps.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("index.mjs"),
+            "export default { fetch() { return Response.json({ db: process.env.APP_DATABASE_PATH ?? null, \
+             token: process.env.LIBSQL_AUTH_TOKEN }); } };\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("manifest.yaml"), "entrypoint: index.mjs\nttl: 60s\n").unwrap();
+    }
+    apps
+}
+
+/// `Foo-Bar` and `foo_bar` map to one database name (`foo_bar`); the first to use it owns it and
+/// the other is refused, by file path and over the database plugin alike (docs/storage.md: "two
+/// apps can never share a database").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_whose_names_map_to_one_database_never_share_it() {
+    let apps = env_apps(&["Foo-Bar", "foo_bar"]);
+    let run = common::start(apps.path(), |raw| {
+        raw.set("RUNTIME_JS", "node").set("RUNTIME_PLUGIN_DIRS", common::bundled_plugins());
+    })
+    .await;
+    let c = reqwest::Client::new();
+    let b = &run.base;
+    let (status, owner) = send(&c, "GET", &format!("{b}/Foo-Bar/"), None, None).await;
+    assert_eq!(status, 200, "{owner}");
+    let (status, other) = send(&c, "GET", &format!("{b}/foo_bar/"), None, None).await;
+    assert_eq!(status, 200, "{other}");
+    assert!(owner["db"].as_str().is_some_and(|p| p.ends_with("/apps/foo_bar/app.db")), "{owner}");
+    assert_eq!(other["db"], Value::Null, "the second app must not get the owner's file: {other}");
+
+    let write = json!({"requests": [
+        {"type": "execute", "stmt": {"sql": "CREATE TABLE secret (x TEXT)"}},
+        {"type": "execute", "stmt": {"sql": "INSERT INTO secret VALUES ('private')"}},
+        {"type": "close"}]})
+    .to_string();
+    let t_owner = owner["token"].as_str().unwrap();
+    let (status, r) = send(&c, "POST", &format!("{b}/database/api/v2/pipeline"), Some(t_owner), Some(&write)).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["results"][1]["type"], "ok", "{r}");
+    let read = json!({"requests": [{"type": "execute", "stmt": {"sql": "SELECT x FROM secret"}}, {"type": "close"}]})
+        .to_string();
+    let t_other = other["token"].as_str().unwrap();
+    let (status, e) = send(&c, "POST", &format!("{b}/database/api/v2/pipeline"), Some(t_other), Some(&read)).await;
+    assert_eq!((status, e["code"].as_str()), (409, Some("APP_DATABASE_CONFLICT")), "{e}");
+    assert_eq!(e["data"]["owner"], "Foo-Bar", "{e}");
+    let (status, r) = send(&c, "POST", &format!("{b}/database/api/v2/pipeline"), Some(t_owner), Some(&read)).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["results"][0]["response"]["result"]["rows"][0][0]["value"], "private", "{r}");
+    run.stop().await;
+}

@@ -47,6 +47,6 @@ mod url;
 mod value;
 
 pub use migrate::{MigrateOptions, MigrationReport, MigrationSet, Migrator, RollbackTarget, Status};
-pub use store::{BackendKind, SYSTEM_SCHEMA, Store, Tx, app_sqlite_path};
+pub use store::{BackendKind, SYSTEM_SCHEMA, Store, Tx, app_sqlite_path, claim_app_database, release_app_database};
 pub use url::DatabaseUrl;
 pub use value::{ColumnIndex, FromValue, Row, Value};

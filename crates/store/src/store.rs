@@ -81,6 +81,18 @@ impl Store {
         Self::open_url(&url, &format!("app_{ident}"), None, false).await
     }
 
+    /// [`claim_app_database`] when apps' databases are SQLite files (`database_url` as for
+    /// [`Store::open`]); nothing on PostgreSQL or in memory.
+    ///
+    /// # Errors
+    /// As [`claim_app_database`], and `DATABASE_URL_INVALID`.
+    pub fn claim_app(database_url: Option<&str>, state_dir: &Path, name: &str) -> Result<(), Error> {
+        match DatabaseUrl::parse(database_url, state_dir)? {
+            DatabaseUrl::SqliteFile(_) => claim_app_database(state_dir, name).map(drop),
+            _ => Ok(()),
+        }
+    }
+
     /// Open app `name`'s database as the app itself: on PostgreSQL logged in as the app's own
     /// role ([`crate::app_role`], created or updated through marina's `system` store), so SQL
     /// the app sends cannot reach marina's schema or another app's; on SQLite the same as
@@ -277,6 +289,66 @@ impl Store {
 /// worker write only its own app's directory.
 pub fn app_sqlite_path(state_dir: &Path, ident: &str) -> PathBuf {
     state_dir.join("apps").join(ident).join("app.db")
+}
+
+/// Claim app `name`'s SQLite database for that exact name, so that no other app reaches it.
+///
+/// Database names are made from app names by [`sql::app_ident`], which lower-cases and maps `-`
+/// and `.` to `_`: `Foo-Bar`, `foo_bar` and `FOO.BAR` all map to `foo_bar`. The first app to
+/// use a database owns it: its exact name is written to `{state_dir}/apps/{ident}.owner` (beside
+/// the app's dir, where no worker may write), and every other name mapping there is refused.
+/// A database that has no owner file yet (made before claims existed) goes to the first app
+/// that asks.
+///
+/// Callers acting for an app (its workers' `APP_DATABASE_PATH`, its migrations, its worker
+/// token on the database plugin) claim first; admin tools open databases by their identifier.
+///
+/// # Errors
+/// `APP_NAME_INVALID`; 409 `APP_DATABASE_CONFLICT` when another app owns the database; 500
+/// when the owner file cannot be written or read.
+pub fn claim_app_database(state_dir: &Path, name: &str) -> Result<PathBuf, Error> {
+    use std::io::{Read as _, Write as _};
+    let ident = sql::app_ident(name)?;
+    let apps = state_dir.join("apps");
+    let io = |what: &str, e: std::io::Error| Error::internal(format!("app '{name}': {what} failed: {e}"));
+    std::fs::create_dir_all(&apps).map_err(|e| io("creating the apps dir", e))?;
+    let owner_path = apps.join(format!("{ident}.owner"));
+    // Written aside and linked into place: the owner file appears whole or not at all, and of
+    // two apps claiming at once exactly one link succeeds.
+    let tmp = apps.join(format!(".{ident}.owner.{}", uuid::Uuid::new_v4().simple()));
+    let linked = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(name.as_bytes()))
+        .and_then(|()| std::fs::hard_link(&tmp, &owner_path));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => return Ok(app_sqlite_path(state_dir, &ident)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io("claiming the database", e)),
+    }
+    // App names are at most 50 bytes (`app_ident`): read a little more, never a huge file.
+    let mut owner = String::new();
+    std::fs::File::open(&owner_path)
+        .and_then(|f| f.take(256).read_to_string(&mut owner))
+        .map_err(|e| io("reading the database's owner", e))?;
+    if owner == name {
+        return Ok(app_sqlite_path(state_dir, &ident));
+    }
+    Err(Error::new(
+        http::StatusCode::CONFLICT,
+        "APP_DATABASE_CONFLICT",
+        format!(
+            "app '{name}' cannot use the database '{ident}': it belongs to app '{owner}' (both names map to it; rename one)"
+        ),
+    )
+    .with_data(serde_json::json!({ "app": name, "database": ident, "owner": owner })))
+}
+
+/// Give up app `ident`'s claim on its database (the database was deleted).
+pub fn release_app_database(state_dir: &Path, ident: &str) {
+    let _ = std::fs::remove_file(state_dir.join("apps").join(format!("{ident}.owner")));
 }
 
 /// An open transaction. Dropping it without [`Tx::commit`] rolls it back.

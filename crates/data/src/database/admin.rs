@@ -222,6 +222,7 @@ pub(super) async fn delete_tenant(db: &Database, id: &str) -> Result<Response<Bo
             for suffix in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
             }
+            marina_store::release_app_database(&db.inner.state_dir, &ident);
         }
         BackendKind::Postgres => {
             // The app's role stays (its password in marina_app_roles): a tenant created again

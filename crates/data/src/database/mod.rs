@@ -111,6 +111,12 @@ impl Database {
                 .or_else(|| parts.headers.get("x-database-namespace").and_then(|v| v.to_str().ok()).map(str::to_string))
                 .unwrap_or_else(|| "default".into()),
         };
+        if let Caller::App(app) = &caller {
+            // An app reaches only a database it owns: another app whose name maps to the same
+            // database (`Foo-Bar` and `foo_bar`) is refused (marina_store::claim_app_database).
+            let i = &self.inner;
+            Store::claim_app(i.database_url.as_deref(), &i.state_dir, app)?;
+        }
         let admin_only = || -> Result<(), Error> {
             match caller {
                 Caller::Admin => Ok(()),
