@@ -78,6 +78,18 @@ pub(crate) fn query_bool(q: &HashMap<String, String>, name: &str) -> bool {
     q.get(name).is_some_and(|v| v == "true" || v == "1")
 }
 
+/// 405 `METHOD_NOT_ALLOWED` for a route that exists under other methods, with `Allow`.
+pub(crate) fn method_not_allowed(method: &http::Method, path: &str, allow: &[&str]) -> Error {
+    let list = allow.join(", ");
+    Error::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        format!("{method} is not allowed on {path} (allowed: {list})"),
+    )
+    .with_data(serde_json::json!({ "allow": allow }))
+    .with_header(header::ALLOW, HeaderValue::from_str(&list).unwrap_or(HeaderValue::from_static("GET")))
+}
+
 /// A JSON reply with a status.
 pub(crate) fn reply(status: StatusCode, value: &Json) -> Response<Body> {
     let mut resp = Response::new(body::full(serde_json::to_vec(value).unwrap_or_default()));

@@ -680,3 +680,48 @@ async fn apps_whose_names_map_to_one_database_never_share_it() {
     assert_eq!(r["results"][0]["response"]["result"]["rows"][0][0]["value"], "private", "{r}");
     run.stop().await;
 }
+
+/// HEAD on the data plugins' GET routes answers as GET does (without the body), a route asked
+/// with a method it does not take answers 405 with `Allow`, and HEAD never dequeues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_apis_answer_head_and_wrong_methods() {
+    let srv = start_apps(&[], |_| {}).await;
+    let admin = srv.admin_key().await;
+    let c = reqwest::Client::new();
+    let b = &srv.base;
+    assert_eq!(send(&c, "PUT", &format!("{b}/keyval/api/keys/users/1"), Some(&admin), Some("1")).await.0, 200);
+    assert_eq!(
+        send(&c, "POST", &format!("{b}/keyval/api/queue/enqueue"), Some(&admin), Some(r#"{"value": 7}"#)).await.0,
+        200
+    );
+    for (path, status) in [
+        ("/keyval/api/keys/users/1", 200),
+        ("/keyval/api/keys/users/2", 404),
+        ("/keyval/api/keys?prefix=users", 200),
+        ("/keyval/api/metrics", 200),
+        ("/database/api/health", 200),
+        ("/database/api/tables", 200),
+    ] {
+        let resp = c.head(format!("{b}{path}")).bearer_auth(&admin).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "HEAD {path}");
+        assert_eq!(resp.headers()["content-type"], "application/json", "HEAD {path}");
+    }
+    let resp = c.head(format!("{b}/keyval/api/queue/poll")).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!((resp.status().as_u16(), resp.headers()["allow"].to_str().unwrap()), (405, "GET"));
+    let (status, m) = send(&c, "GET", &format!("{b}/keyval/api/queue/poll"), Some(&admin), None).await;
+    assert_eq!((status, m["value"].clone()), (200, json!(7)), "the HEAD took nothing: {m}");
+    for (method, path, allow) in [
+        ("DELETE", "/keyval/api/atomic", "POST"),
+        ("OPTIONS", "/keyval/api/watch", "GET, HEAD"),
+        ("GET", "/database/api/query", "POST"),
+        ("PUT", "/database/api/tables", "GET, HEAD"),
+    ] {
+        let resp = c.request(method.parse().unwrap(), format!("{b}{path}")).bearer_auth(&admin).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 405, "{method} {path}");
+        assert_eq!(resp.headers()["allow"], allow, "{method} {path}");
+        let e: Value = resp.json().await.unwrap();
+        assert_eq!(e["code"], "METHOD_NOT_ALLOWED", "{e}");
+    }
+    assert_eq!(send(&c, "GET", &format!("{b}/keyval/api/nope"), Some(&admin), None).await.0, 404);
+    srv.stop().await;
+}

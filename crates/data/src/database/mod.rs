@@ -85,9 +85,14 @@ impl Database {
     pub async fn handle(&self, req: Request<Body>, rest: &str) -> Result<Response<Body>, Error> {
         // Parts, not the request: the body is not `Sync` (see keyval).
         let (parts, body) = req.into_parts();
-        let method = parts.method.clone();
+        // HEAD is GET without the body (hyper drops it): every GET route here only reads.
+        let method = if parts.method == Method::HEAD { Method::GET } else { parts.method.clone() };
         let segs: Vec<String> = rest.trim_matches('/').split('/').filter(|s| !s.is_empty()).map(web::decode).collect();
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        let allow = allowed(&segs);
+        if !allow.is_empty() && !allow.contains(&method.as_str()) {
+            return Err(web::method_not_allowed(&parts.method, &format!("/database/api/{}", segs.join("/")), allow));
+        }
         match (&method, segs.as_slice()) {
             (&Method::GET, ["health"]) => return self.health().await,
             (&Method::GET, ["v2"] | ["v3"]) => return Ok(web::ok(&json!({}))),
@@ -190,5 +195,17 @@ impl Database {
                 &json!({ "status": "unhealthy", "adapters": { self.kind_name(): "unhealthy" }, "error": e.message() }),
             ),
         })
+    }
+}
+
+/// The methods [`Database::handle`] serves at `segs` (none: no such route), for 405's `Allow`.
+fn allowed(segs: &[&str]) -> &'static [&'static str] {
+    match segs {
+        ["health"] | ["v2" | "v3" | "v3-protobuf"] | ["adapters"] | ["tables"] => &["GET", "HEAD"],
+        ["tables", _, "schema" | "rows"] => &["GET", "HEAD"],
+        ["v2" | "v3", "pipeline"] | ["pipeline"] | ["query"] => &["POST"],
+        ["tenants"] => &["GET", "HEAD", "POST"],
+        ["tenants", _] => &["DELETE"],
+        _ => &[],
     }
 }

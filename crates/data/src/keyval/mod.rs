@@ -73,9 +73,16 @@ impl Keyval {
                 .unwrap_or_else(|| "default".into()),
         };
         let ns = self.kv.ns(&ns_name);
-        let method = parts.method.clone();
         let segs: Vec<String> = rest.trim_matches('/').split('/').filter(|s| !s.is_empty()).map(web::decode).collect();
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        // HEAD is GET without the body (hyper drops it), except where GET changes something.
+        let method = match parts.method {
+            Method::HEAD if matches!(segs.as_slice(), ["queue", "poll" | "listen"]) => {
+                return Err(web::method_not_allowed(&parts.method, parts.uri.path(), &["GET"]));
+            }
+            Method::HEAD => Method::GET,
+            ref m => m.clone(),
+        };
         let op = metrics::op_name(&method, &segs);
         let started = Instant::now();
         let result = self.route(&ns, &method, &segs, &q, body).await;
@@ -126,12 +133,30 @@ impl Keyval {
             (&Method::DELETE, ["indexes"]) => search::remove(&ns, q).await,
             (&Method::GET, ["search"]) => search::search_get(&ns, q).await,
             (&Method::POST, ["search"]) => search::search_post(&ns, body).await,
-            _ => Err(Error::new(
-                StatusCode::NOT_FOUND,
-                "NOT_FOUND",
-                format!("no keyval route {method} /keyval/api/{}", segs.join("/")),
-            )),
+            _ => match allowed(segs) {
+                [] => Err(Error::new(
+                    StatusCode::NOT_FOUND,
+                    "NOT_FOUND",
+                    format!("no keyval route {method} /keyval/api/{}", segs.join("/")),
+                )),
+                allow => Err(web::method_not_allowed(method, &format!("/keyval/api/{}", segs.join("/")), allow)),
+            },
         }
+    }
+}
+
+/// The methods [`Keyval::route`] serves at `segs` (none: no such route), for 405's `Allow`.
+fn allowed(segs: &[&str]) -> &'static [&'static str] {
+    match segs {
+        ["keys", "list" | "batch" | "delete-batch"] => &["GET", "HEAD", "PUT", "POST", "DELETE"],
+        ["keys", ..] => &["GET", "HEAD", "PUT", "DELETE"],
+        ["atomic"] | ["queue", "enqueue" | "ack" | "nack"] => &["POST"],
+        ["watch"] | ["watch", "prefix"] | ["watch", "poll"] | ["watch", "prefix", "poll"] => &["GET", "HEAD"],
+        ["metrics"] | ["metrics", "prometheus"] | ["queue", "stats"] => &["GET", "HEAD"],
+        ["queue", "poll" | "listen"] => &["GET"],
+        ["indexes"] => &["GET", "HEAD", "POST", "DELETE"],
+        ["search"] => &["GET", "HEAD", "POST"],
+        _ => &[],
     }
 }
 
