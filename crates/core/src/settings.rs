@@ -247,7 +247,7 @@ pub static SETTINGS: &[Setting] = &[
         var: "RUNTIME_BODY_TIMEOUT",
         flag: "body-timeout",
         default: "`60s`",
-        help: "how long a worker may wait, all waits together, for pieces of a request body the client has not sent: past it 408 `REQUEST_BODY_TIMEOUT`, and the worker is not blamed (its `timeout` counts its own time, not these waits); `0` turns it off",
+        help: "how long a worker (or marina itself, on the internal API and plugin routes) may wait, all waits together, for pieces of a request body the client has not sent: past it 408 `REQUEST_BODY_TIMEOUT`, and the worker is not blamed (its `timeout` counts its own time, not these waits); `0` turns it off",
         check: Check::Seconds,
     },
     Setting {

@@ -18,6 +18,7 @@
 //!    watched by [`send_timeout`].
 
 pub mod api;
+mod body_timeout;
 pub mod client_ip;
 pub mod completion;
 pub mod config;
@@ -386,6 +387,14 @@ async fn handle(
     Ok(send_timeout::guard(resp, rt.config.send_timeout, version, &conn))
 }
 
+/// `req` with `RUNTIME_BODY_TIMEOUT` on its body, for a handler inside marina (the internal
+/// API, a plugin's routes); a worker's body is timed by the pool instead.
+fn timed_body(rt: &Runtime, req: Request<Body>) -> (Request<Body>, body_timeout::Expired) {
+    let (parts, b) = req.into_parts();
+    let (b, expired) = body_timeout::wrap(b, rt.config.body_timeout);
+    (Request::from_parts(parts, b), expired)
+}
+
 /// The header workers read the caller's identity from.
 pub use marina_plugins::app_request::IDENTITY_HEADER;
 
@@ -404,7 +413,11 @@ async fn pipeline(
     }
     let path = req.uri().path().to_string();
     match route::route(rt, plugins, &path, req.headers()) {
-        Target::InternalApi => marina_plugins::api::call(api_router, req).await,
+        Target::InternalApi => {
+            let (req, expired) = timed_body(rt, req);
+            let result = marina_plugins::api::call(api_router, req).await;
+            expired.error(rt.config.body_timeout).map_or(result, Err)
+        }
         Target::WellKnown => {
             marina_plugins::api::json(&serde_json::json!({ "api": rt.api_base, "version": api::VERSION }))
         }
@@ -419,7 +432,9 @@ async fn pipeline(
                 return dispatch::to_app(rt, app, segment, &rest, req, ctx).await;
             }
             *req.uri_mut() = dispatch::with_path(req.uri(), &rest)?;
-            plugin.plugin.handle(req, ctx).await
+            let (req, expired) = timed_body(rt, req);
+            let result = plugin.plugin.handle(req, ctx).await;
+            expired.error(rt.config.body_timeout).map_or(result, Err)
         }
         Target::App { resolved, segment, rest } => {
             let app = match rt.registry.load(&resolved) {

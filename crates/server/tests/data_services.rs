@@ -725,3 +725,43 @@ async fn data_apis_answer_head_and_wrong_methods() {
     assert_eq!(send(&c, "GET", &format!("{b}/keyval/api/nope"), Some(&admin), None).await.0, 404);
     srv.stop().await;
 }
+
+/// A client that sends part of a body and then nothing gets 408 `REQUEST_BODY_TIMEOUT` from the
+/// internal API and the data plugins after `RUNTIME_BODY_TIMEOUT`, as from a worker: it cannot
+/// hold a connection and a handler forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_bodies_to_marina_s_own_routes_time_out() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let srv = start_apps(&[], |raw| {
+        raw.set("RUNTIME_BODY_TIMEOUT", "1s");
+    })
+    .await;
+    let admin = srv.admin_key().await;
+    for (method, path) in [
+        ("POST", "/api/keys"),
+        ("PUT", "/keyval/api/keys/stalled"),
+        ("POST", "/database/api/v2/pipeline"),
+        ("POST", "/redirects/api/rules"),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(srv.run.addr).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nX-API-Key: {admin}\r\nAuthorization: Bearer {admin}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\""
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        // Well past the 1 s limit, never forever: the server must answer and close.
+        tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("{method} {path}: no answer to a stalled body"))
+            .unwrap();
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 408"), "{method} {path}: {text}");
+        assert!(text.contains("\"code\":\"REQUEST_BODY_TIMEOUT\""), "{method} {path}: {text}");
+    }
+    let (_, v) =
+        send(&reqwest::Client::new(), "GET", &format!("{}/keyval/api/keys/stalled", srv.base), Some(&admin), None)
+            .await;
+    assert_eq!(v["code"], "KEY_NOT_FOUND", "nothing half-written: {v}");
+    srv.stop().await;
+}
