@@ -765,3 +765,44 @@ async fn stalled_bodies_to_marina_s_own_routes_time_out() {
     assert_eq!(v["code"], "KEY_NOT_FOUND", "nothing half-written: {v}");
     srv.stop().await;
 }
+
+/// An `expiresIn` or queue `delay` too large for a 64-bit millisecond clock means "never", not
+/// "already past" (the sum wrapped, so the value vanished at once while the answer said `ok`),
+/// and never panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_expiries_and_delays_mean_never() {
+    let srv = start_apps(&[], |_| {}).await;
+    let admin = srv.admin_key().await;
+    let c = reqwest::Client::new();
+    let b = &srv.base;
+    for (i, ms) in ["18446744073709551615", "9223372036854775807"].into_iter().enumerate() {
+        let (status, r) =
+            send(&c, "PUT", &format!("{b}/keyval/api/keys/long/{i}?expiresIn={ms}"), Some(&admin), Some("1")).await;
+        assert_eq!((status, r["ok"].clone()), (200, json!(true)), "{r}");
+        let (status, r) = send(&c, "GET", &format!("{b}/keyval/api/keys/long/{i}"), Some(&admin), None).await;
+        assert_eq!((status, r["value"].clone()), (200, json!(1)), "expiresIn={ms} lost the value: {r}");
+    }
+    let atomic =
+        r#"{"mutations": [{"type": "set", "key": ["long", "a"], "value": 2, "expiresIn": 18446744073709551615}]}"#;
+    let (status, r) = send(&c, "POST", &format!("{b}/keyval/api/atomic"), Some(&admin), Some(atomic)).await;
+    assert_eq!((status, r["ok"].clone()), (200, json!(true)), "{r}");
+    let (status, r) = send(&c, "GET", &format!("{b}/keyval/api/keys/long/a"), Some(&admin), None).await;
+    assert_eq!((status, r["value"].clone()), (200, json!(2)), "{r}");
+
+    let enqueue = r#"{"value": "later", "options": {"delay": 18446744073709551615}}"#;
+    let (status, r) = send(&c, "POST", &format!("{b}/keyval/api/queue/enqueue"), Some(&admin), Some(enqueue)).await;
+    assert_eq!(status, 200, "{r}");
+    let (status, r) = send(&c, "GET", &format!("{b}/keyval/api/queue/poll"), Some(&admin), None).await;
+    assert_eq!((status, r.clone()), (200, Value::Null), "a message delayed forever was delivered now: {r}");
+    // A retry after a backoff of 2^64 - 1 ms waits, too.
+    let enqueue = r#"{"value": "retry", "options": {"backoffSchedule": [18446744073709551615]}}"#;
+    assert_eq!(send(&c, "POST", &format!("{b}/keyval/api/queue/enqueue"), Some(&admin), Some(enqueue)).await.0, 200);
+    let (status, m) = send(&c, "GET", &format!("{b}/keyval/api/queue/poll"), Some(&admin), None).await;
+    assert_eq!((status, m["value"].clone()), (200, json!("retry")), "{m}");
+    let nack = json!({"id": m["id"]}).to_string();
+    let (status, r) = send(&c, "POST", &format!("{b}/keyval/api/queue/nack"), Some(&admin), Some(&nack)).await;
+    assert_eq!(status, 200, "{r}");
+    let (status, r) = send(&c, "GET", &format!("{b}/keyval/api/queue/poll"), Some(&admin), None).await;
+    assert_eq!((status, r.clone()), (200, Value::Null), "the retry came at once: {r}");
+    srv.stop().await;
+}

@@ -318,7 +318,7 @@ impl Namespace {
                 for (i, m) in mutations.iter().enumerate() {
                     let path = format!("mutations[{i}].value");
                     let enc = key::encode(&m.key);
-                    let expires_at = m.expire_in.map(|d| now + d.as_millis() as i64);
+                    let expires_at = m.expire_in.map(|d| super::after_ms(now, d.as_millis()));
                     let new_value = match &m.kind {
                         MutationKind::Delete => {
                             tx.execute(

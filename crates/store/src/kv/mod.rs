@@ -124,6 +124,13 @@ pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// `ms` milliseconds after `now` (epoch milliseconds), saturating: a client's `expiresIn` or
+/// `delay` of 2^64 - 1 means "never", not a time in the past (a wrapped sum would expire the
+/// value at once, or delay the message not at all).
+pub(crate) fn after_ms(now: i64, ms: u128) -> i64 {
+    now.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
 /// A new versionstamp: a UUIDv7, as in Buntime (time-ordered, and ordered within a process).
 pub(crate) fn new_versionstamp() -> String {
     uuid::Uuid::now_v7().to_string()

@@ -187,7 +187,7 @@ impl Namespace {
                     id.as_str().into(),
                     self.name().into(),
                     Value::Text(text),
-                    Value::Integer(now + opts.delay.as_millis() as i64),
+                    Value::Integer(super::after_ms(now, opts.delay.as_millis())),
                     Value::Text(Json::from(opts.backoff.clone()).to_string()),
                     Value::Text(Json::Array(keys).to_string()),
                     Value::Integer(now),
@@ -284,7 +284,7 @@ impl Namespace {
                     Some(&delay) => {
                         tx.execute("UPDATE kv_queue SET locked_until = NULL, ready_at = $2 WHERE id = $1", &[
                             id.as_str().into(),
-                            Value::Integer(now_ms() + delay as i64),
+                            Value::Integer(super::after_ms(now_ms(), u128::from(delay))),
                         ])
                         .await?;
                         Ok(Nacked::Retry(delay))
