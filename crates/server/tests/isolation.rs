@@ -386,3 +386,39 @@ async fn a_worker_answering_with_a_huge_or_malformed_head_gets_502_and_is_not_bl
     assert_eq!((status, &again), (200, &pid), "the same worker still serves");
     srv.stop().await;
 }
+
+/// Apps whose names differ only in characters a file name cannot hold (`x y` and `x_y`) get
+/// private data and tmp dirs of their own: what one writes there the other cannot read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_with_look_alike_names_do_not_share_their_private_dirs() {
+    let apps = tempfile::tempdir().unwrap();
+    set_mode(apps.path(), 0o755);
+    let src = std::fs::read_to_string(hostile_dir().join("index.js")).unwrap();
+    for name in ["x y", "x_y"] {
+        let dir = apps.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        set_mode(&dir, 0o755);
+        std::fs::write(dir.join("index.js"), &src).unwrap();
+        set_mode(&dir.join("index.js"), 0o644);
+        std::fs::write(dir.join("manifest.yaml"), "entrypoint: index.js\nttl: 60s\n").unwrap();
+        set_mode(&dir.join("manifest.yaml"), 0o644);
+    }
+    let srv = common::start(apps.path(), |raw| {
+        raw.set("RUNTIME_JS", "node");
+    })
+    .await;
+    let (status, a) = get(&srv.base, "/x%20y/whoami").await;
+    assert_eq!(status, 200, "{a}");
+    let (status, b) = get(&srv.base, "/x_y/whoami").await;
+    assert_eq!(status, 200, "{b}");
+    for dir in ["data", "tmpdir"] {
+        assert_ne!(a[dir], b[dir], "{dir} is shared: {a} {b}");
+    }
+    let secret = format!("{}/secret", b["data"].as_str().unwrap());
+    let (_, wrote) = get(&srv.base, &format!("/x_y/write?path={}", q(&secret))).await;
+    assert_eq!(wrote["ok"], true, "{wrote}");
+    let mine = format!("{}/secret", a["data"].as_str().unwrap());
+    let (_, read) = get(&srv.base, &format!("/x%20y/read?path={}", q(&mine))).await;
+    assert_eq!(read["error"], "ENOENT", "x y sees x_y's file in its own data dir: {read}");
+    srv.stop().await;
+}

@@ -121,11 +121,19 @@ fn stable_hash(s: &str) -> u32 {
     s.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193))
 }
 
-/// A file-name-safe form of an app name.
+/// A file-name-safe form of an app name, one to one: `[A-Za-z0-9._-]` stay as they are, every
+/// other byte (and a leading `.`) becomes `%XX`. Distinct apps never share a dir: `x y` and `x_y`
+/// (or `café` and `caf_`) used to map to one, and so shared their private data and tmp dirs.
 fn dir_name(app: &str) -> String {
-    let name: String =
-        app.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
-    if name.starts_with('.') || name.is_empty() { format!("_{name}") } else { name }
+    let mut out = String::with_capacity(app.len());
+    for (i, b) in app.bytes().enumerate() {
+        if b.is_ascii_alphanumeric() || b"_-".contains(&b) || (b == b'.' && i > 0) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.is_empty() { "%".to_string() } else { out }
 }
 
 impl Sandbox {
@@ -534,8 +542,11 @@ mod tests {
     #[test]
     fn app_names_become_safe_dir_names_and_uids_are_stable() {
         assert_eq!(dir_name("my-app.v2"), "my-app.v2");
-        assert_eq!(dir_name("../x y"), "_.._x_y");
-        assert_eq!(dir_name(".."), "_..");
+        assert_eq!(dir_name("../x y"), "%2E.%2Fx%20y");
+        assert_eq!(dir_name(".."), "%2E.");
+        assert_eq!(dir_name("café"), "caf%C3%A9");
+        assert_ne!(dir_name("x y"), dir_name("x_y"));
+        assert_ne!(dir_name("x%20y"), dir_name("x y"));
         assert_eq!(stable_hash("blog"), stable_hash("blog"));
         assert_ne!(stable_hash("blog"), stable_hash("shop"));
     }
