@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The cost of the gateway and authentication: one static app served by two marina instances in
-# the same run — "off" (no plugin dirs, no JWT) and "on" (the gateway with CORS and a rate limit
-# too high to refuse anything, plus JWT verification of every request) — with the same wrk load
-# and the same request headers (Origin + Authorization: Bearer <HS256 JWT>). Runs alternate
-# off/on/off/on and are averaged; the status and body size are checked before the load and wrk
-# must report no non-2xx answer.
+# The cost of the gateway and authentication: one static app served by three marina instances
+# in the same run — "off" (no plugin dirs, no JWT), "on" (the gateway with CORS and a rate limit
+# too high to refuse anything, plus JWT verification of every request; its defaults otherwise)
+# and "on, RateLimit-* always" (the same with GATEWAY_RATE_LIMIT_HEADERS=always: three more
+# headers on every answer) — with the same wrk load and the same request headers (Origin +
+# Authorization: Bearer <HS256 JWT>). Runs alternate off/on/always twice and are averaged; the
+# status and body size are checked before the load and wrk must report no non-2xx answer.
 #
 # Usage: bench/gateway.sh        (DURATION=8s CONNS=32 by default)
-# Needs: wrk (apt-get install wrk), python3, curl, a release build of marina (built here).
+# Needs: wrk (apt-get install wrk), python3, curl, a release build of marina (built here into
+# CARGO_TARGET_DIR, or MARINA_BIN=path: that binary).
 # Loopback only; every load run is bounded by DURATION.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,15 +17,21 @@ DURATION="${DURATION:-8s}"
 CONNS="${CONNS:-32}"
 OFF_PORT="${OFF_PORT:-18090}"
 ON_PORT="${ON_PORT:-18091}"
+ALWAYS_PORT="${ALWAYS_PORT:-18092}"
 SECRET="bench-secret-0123456789abcdef0123456789"
 
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
-cargo build --release -q -p marina
-BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/marina"
+if [ -n "${MARINA_BIN:-}" ]; then
+  BIN="$MARINA_BIN"
+  [ -x "$BIN" ] || { echo "MARINA_BIN=$BIN is not an executable file" >&2; exit 1; }
+else
+  cargo build --release -q -p marina
+  BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/marina"
+fi
 
 WORK="$(mktemp -d)"
 cleanup() {
-  for pid in ${OFF_PID:-} ${ON_PID:-}; do kill "$pid" 2>/dev/null || true; done
+  for pid in ${OFF_PID:-} ${ON_PID:-} ${ALWAYS_PID:-}; do kill "$pid" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -52,24 +60,32 @@ GATEWAY_CORS_ORIGIN="https://app.example" GATEWAY_RATE_LIMIT_REQUESTS=1000000000
   RUNTIME_JWT_SECRET="$SECRET" \
   "$BIN" serve --port "$ON_PORT" --worker-dirs "$WORK/apps" --plugin-dirs "$WORK/plugins" --state-dir "$WORK/state-on" &
 ON_PID=$!
+GATEWAY_CORS_ORIGIN="https://app.example" GATEWAY_RATE_LIMIT_REQUESTS=1000000000 GATEWAY_RATE_LIMIT_WINDOW=60 \
+  GATEWAY_RATE_LIMIT_HEADERS=always RUNTIME_JWT_SECRET="$SECRET" \
+  "$BIN" serve --port "$ALWAYS_PORT" --worker-dirs "$WORK/apps" --plugin-dirs "$WORK/plugins" --state-dir "$WORK/state-always" &
+ALWAYS_PID=$!
 
 H_ORIGIN="Origin: https://app.example"
 H_AUTH="Authorization: Bearer $TOKEN"
-for port in "$OFF_PORT" "$ON_PORT"; do
+for port in "$OFF_PORT" "$ON_PORT" "$ALWAYS_PORT"; do
   for _ in $(seq 200); do curl -fs -H "$H_AUTH" "http://127.0.0.1:$port/site/f1k.txt" >/dev/null && break; sleep 0.05; done
 done
 
-# Both answer 200 with the same 1024 bytes; "on" really runs the gateway and the JWT check.
-for port in "$OFF_PORT" "$ON_PORT"; do
+# All answer 200 with the same 1024 bytes; "on" really runs the gateway and the JWT check.
+for port in "$OFF_PORT" "$ON_PORT" "$ALWAYS_PORT"; do
   out=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' -H "$H_ORIGIN" -H "$H_AUTH" "http://127.0.0.1:$port/site/f1k.txt")
   [ "$out" = "200 1024" ] || { echo "port $port answered '$out', expected '200 1024'" >&2; exit 1; }
 done
 curl -s -D - -o /dev/null -H "$H_ORIGIN" -H "$H_AUTH" "http://127.0.0.1:$ON_PORT/site/f1k.txt" | grep -qi '^access-control-allow-origin: https://app.example' \
   || { echo "the gateway did not add CORS headers" >&2; exit 1; }
-curl -s -D - -o /dev/null -H "$H_AUTH" "http://127.0.0.1:$ON_PORT/site/f1k.txt" | grep -qi '^ratelimit-limit: 1000000000' \
-  || { echo "the gateway did not rate-limit" >&2; exit 1; }
-[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ON_PORT/site/f1k.txt")" = 401 ] \
-  || { echo "the JWT check is not on" >&2; exit 1; }
+curl -s "http://127.0.0.1:$ON_PORT/gateway/api/config" | grep -q '"requests":1000000000' \
+  || { echo "the gateway has no rate limit" >&2; exit 1; }
+curl -s -D - -o /dev/null -H "$H_AUTH" "http://127.0.0.1:$ALWAYS_PORT/site/f1k.txt" | grep -qi '^ratelimit-limit: 1000000000' \
+  || { echo "the gateway did not add RateLimit-* with GATEWAY_RATE_LIMIT_HEADERS=always" >&2; exit 1; }
+for port in "$ON_PORT" "$ALWAYS_PORT"; do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/site/f1k.txt")" = 401 ] \
+    || { echo "the JWT check is not on (port $port)" >&2; exit 1; }
+done
 
 rps() { # port → requests/s (fails on any non-2xx answer)
   local out
@@ -80,14 +96,16 @@ rps() { # port → requests/s (fails on any non-2xx answer)
 
 DURATION=3s rps "$OFF_PORT" >/dev/null  # warm-up, discarded
 DURATION=3s rps "$ON_PORT" >/dev/null
-off1=$(rps "$OFF_PORT"); on1=$(rps "$ON_PORT"); off2=$(rps "$OFF_PORT"); on2=$(rps "$ON_PORT")
-python3 - "$off1" "$off2" "$on1" "$on2" "$(uptime)" <<'PY'
+DURATION=3s rps "$ALWAYS_PORT" >/dev/null
+off1=$(rps "$OFF_PORT"); on1=$(rps "$ON_PORT"); al1=$(rps "$ALWAYS_PORT")
+off2=$(rps "$OFF_PORT"); on2=$(rps "$ON_PORT"); al2=$(rps "$ALWAYS_PORT")
+python3 - "$off1" "$off2" "$on1" "$on2" "$al1" "$al2" "$(uptime)" <<'PY'
 import sys
-off1, off2, on1, on2 = map(float, sys.argv[1:5])
-off, on = (off1 + off2) / 2, (on1 + on2) / 2
-print(f"load: {sys.argv[5].strip()}")
-print("| static 1 KiB | off (req/s) | on: CORS + rate limit + JWT (req/s) | on/off |")
-print("|---|---|---|---|")
-print(f"| runs | {off1:.0f}, {off2:.0f} | {on1:.0f}, {on2:.0f} | |")
-print(f"| mean | {off:.0f} | {on:.0f} | {on / off:.2f} |")
+off1, off2, on1, on2, al1, al2 = map(float, sys.argv[1:7])
+off, on, al = (off1 + off2) / 2, (on1 + on2) / 2, (al1 + al2) / 2
+print(f"load: {sys.argv[7].strip()}")
+print("| static 1 KiB | off (req/s) | on: CORS + rate limit + JWT (req/s) | on/off | on, RateLimit-* always (req/s) | always/off |")
+print("|---|---|---|---|---|---|")
+print(f"| runs | {off1:.0f}, {off2:.0f} | {on1:.0f}, {on2:.0f} | | {al1:.0f}, {al2:.0f} | |")
+print(f"| mean | {off:.0f} | {on:.0f} | {on / off:.2f} | {al:.0f} | {al / off:.2f} |")
 PY

@@ -231,7 +231,9 @@ impl Auth {
         let Some(jwt) = &self.jwt else {
             // Only a marina key can identify anyone then, and only off app routes.
             return Ok(match presented(headers) {
-                Presented::Key(..) if matches!(route()?, AppRoute::NotAnApp) => self.identify_any(headers).await,
+                Presented::Key(..) if matches!(route()?, AppRoute::NotAnApp) => {
+                    Box::pin(self.identify_any(headers)).await
+                }
                 _ => None,
             });
         };
@@ -244,7 +246,7 @@ impl Auth {
                 Err(unauthorized("AUTH_REQUIRED", "this route needs a bearer token: Authorization: Bearer <JWT>")),
                 None,
             ),
-            Presented::Key(k, source) => (self.identify_key(k).await.map(Arc::new), Some(source)),
+            Presented::Key(k, source) => (Box::pin(self.identify_key(k)).await.map(Arc::new), Some(source)),
             Presented::Token(t) => (jwt.identify(t).await, None),
         };
         match result {
@@ -302,9 +304,13 @@ impl Auth {
     ) -> Result<Option<Arc<Identity>>, Error> {
         identity::strip_incoming(headers);
         match destination {
-            Destination::Api { path } => Ok(self.authorize_api(method, path, headers, authority).await?.map(Arc::new)),
+            // The internal API's gate and key look-ups wait on the store: boxed, so the future of
+            // every request (a remembered token's is ready at once) stays small to create.
+            Destination::Api { path } => {
+                Ok(Box::pin(self.authorize_api(method, path, headers, authority)).await?.map(Arc::new))
+            }
             Destination::App { route } => self.authorize_app(route, method, headers).await,
-            Destination::Other => Ok(self.identify_any(headers).await),
+            Destination::Other => Ok(Box::pin(self.identify_any(headers)).await),
         }
     }
 }

@@ -426,6 +426,13 @@ pub static SETTINGS: &[Setting] = &[
         check: Check::Seconds,
     },
     Setting {
+        var: "GATEWAY_RATE_LIMIT_HEADERS",
+        flag: "gateway-rate-limit-headers",
+        default: "`limited`",
+        help: "gateway plugin: which answers carry `RateLimit-Limit`/`-Remaining`/`-Reset`: `limited` (the 429s, as Buntime) or `always` (every answer a rule counted, with the tightest rule's numbers)",
+        check: Check::OneOf(&["limited", "always"]),
+    },
+    Setting {
         var: "GATEWAY_SHELL_DIR",
         flag: "gateway-shell-dir",
         default: "unset: no app shell",

@@ -65,8 +65,10 @@ impl Plugin for AuthPlugin {
             marina_auth::identity::strip_incoming(req.headers_mut());
             return Ok(Outcome::Continue);
         }
-        let path = req.uri().path().to_string();
-        let api = api_rest(&path, &self.api_base).is_some();
+        // The path as received (no copy of it): authentication is the first hook of all, so no
+        // plugin has rewritten the URI yet.
+        let path: &str = &ctx.path;
+        let api = api_rest(path, &self.api_base).is_some();
         // The internal API's Origin (CSRF) check compares with the request's own authority.
         let authority = api
             .then(|| {
@@ -81,14 +83,14 @@ impl Plugin for AuthPlugin {
         // The app is looked up only if authentication asks (see `Auth::authorize_app`).
         let found = std::sync::OnceLock::new();
         let route = || {
-            Ok(match found.get_or_init(|| self.app_of(&path)) {
+            Ok(match found.get_or_init(|| self.app_of(path)) {
                 None => AppRoute::NotAnApp,
                 Some((app, rest)) => {
                     AppRoute::App { key: app.key(), public_routes: &app.config.public_routes.by_method, path: rest }
                 }
             })
         };
-        let destination = match api_rest(&path, &self.api_base) {
+        let destination = match api_rest(path, &self.api_base) {
             Some(rest) => Destination::Api { path: if rest.is_empty() { "/" } else { rest } },
             None => Destination::App { route: &route },
         };

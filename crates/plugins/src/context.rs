@@ -17,8 +17,9 @@ pub use marina_auth::Identity;
 /// Per-request state, from accept to completion.
 #[derive(Debug)]
 pub struct RequestContext {
-    /// `X-Request-Id`: the caller's when sane, else a UUIDv7.
-    pub request_id: String,
+    /// `X-Request-Id`: the caller's when sane, else a UUIDv7. Shared (`Arc`), like `path`: the
+    /// gateway's request log keeps both, at the cost of a reference count instead of a copy.
+    pub request_id: Arc<str>,
     /// When the request was accepted.
     pub started: Instant,
     /// The socket peer.
@@ -29,7 +30,7 @@ pub struct RequestContext {
     /// The method as received.
     pub method: Method,
     /// The path as received (before any plugin rewrote it or a base was stripped).
-    pub path: String,
+    pub path: Arc<str>,
     /// The app the request resolved to, once routing found one.
     pub app: Option<Arc<App>>,
     /// The plugin whose base answered the request, once routing found one.
@@ -48,14 +49,14 @@ pub struct RequestContext {
 
 impl RequestContext {
     /// A context for a request just accepted.
-    pub fn new(request_id: String, peer: SocketAddr, method: Method, path: String) -> Self {
+    pub fn new(request_id: impl Into<Arc<str>>, peer: SocketAddr, method: Method, path: impl Into<Arc<str>>) -> Self {
         Self {
-            request_id,
+            request_id: request_id.into(),
             started: Instant::now(),
             peer,
             client_ip: peer.ip(),
             method,
-            path,
+            path: path.into(),
             app: None,
             plugin: None,
             identity: None,
@@ -83,7 +84,7 @@ mod tests {
 
     #[test]
     fn the_earlier_deadline_wins() {
-        let mut ctx = RequestContext::new("r".into(), "127.0.0.1:1".parse().unwrap(), Method::GET, "/".into());
+        let mut ctx = RequestContext::new("r", "127.0.0.1:1".parse().unwrap(), Method::GET, "/");
         assert_eq!(ctx.remaining(), None);
         ctx.bound(Duration::from_secs(60));
         ctx.bound(Duration::from_secs(3600));

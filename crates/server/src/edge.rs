@@ -69,7 +69,7 @@ mod tests {
     use super::*;
 
     fn ctx() -> RequestContext {
-        RequestContext::new("r1".into(), ([127, 0, 0, 1], 9).into(), Method::GET, "/a/".into())
+        RequestContext::new("r1", ([127, 0, 0, 1], 9).into(), Method::GET, "/a/")
     }
 
     #[test]

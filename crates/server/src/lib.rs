@@ -354,7 +354,7 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     // 1. accept
     let request_id = request_id::for_request(req.headers());
-    let mut ctx = RequestContext::new(request_id, peer, req.method().clone(), req.uri().path().to_string());
+    let mut ctx = RequestContext::new(request_id, peer, req.method().clone(), req.uri().path());
     ctx.client_ip = client_ip::client_ip(peer, req.headers(), &rt.config.trusted_proxies);
     // Records the request even if the client goes away before the answer (499).
     let version = req.version();
@@ -376,7 +376,7 @@ async fn handle(
     };
     // 6. on_response, reverse order
     if plugins.has_response_hooks()
-        && let Err(err) = plugins.on_response(&mut resp, ctx).await
+        && let Err(err) = plugins.on_response(&mut resp, ctx)
     {
         resp = edge::render(&err, ctx, hide);
     }

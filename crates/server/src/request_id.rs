@@ -1,6 +1,8 @@
 //! `X-Request-Id`: echo a sane incoming id so a caller's trace survives, otherwise mint a
 //! UUIDv7 (time-ordered, so ids sort by arrival in logs).
 
+use std::sync::Arc;
+
 use http::HeaderMap;
 
 /// The longest incoming id that is echoed; longer ones are replaced.
@@ -8,15 +10,15 @@ const MAX_LEN: usize = 128;
 
 /// The id for this request: the incoming `x-request-id` when it is 1–128 visible characters from
 /// a conservative set (letters, digits, `-_.:/+=`), else a new UUIDv7.
-pub fn for_request(headers: &HeaderMap) -> String {
+pub fn for_request(headers: &HeaderMap) -> Arc<str> {
     if let Some(id) = headers.get(marina_core::headers::X_REQUEST_ID).and_then(|v| v.to_str().ok())
         && is_sane(id)
     {
-        return id.to_string();
+        return Arc::from(id);
     }
     // Encoded in place: the same text as `to_string`, without the formatting machinery.
     let mut buf = uuid::Uuid::encode_buffer();
-    uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf).to_owned()
+    Arc::from(&*uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf))
 }
 
 fn is_sane(id: &str) -> bool {
@@ -36,7 +38,7 @@ mod tests {
 
     #[test]
     fn sane_ids_are_echoed() {
-        assert_eq!(for_request(&with("abc-123_X.y:z")), "abc-123_X.y:z");
+        assert_eq!(&*for_request(&with("abc-123_X.y:z")), "abc-123_X.y:z");
     }
 
     #[test]

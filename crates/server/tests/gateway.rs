@@ -121,7 +121,8 @@ async fn the_rate_limit_is_exact_under_load_and_ignores_forwarded_headers() {
                 .set("RUNTIME_PLUGIN_DIRS", plugins.display().to_string())
                 .set("GATEWAY_CORS_ORIGIN", "*")
                 .set("GATEWAY_RATE_LIMIT_REQUESTS", "5")
-                .set("GATEWAY_RATE_LIMIT_WINDOW", "1h");
+                .set("GATEWAY_RATE_LIMIT_WINDOW", "1h")
+                .set("GATEWAY_RATE_LIMIT_HEADERS", "always");
         },
         Vec::new(),
     )

@@ -50,7 +50,8 @@ async fn refused_requests_are_counted_and_keys_skip_nothing() {
             .set("RUNTIME_PLUGIN_DIRS", plugins.display().to_string())
             .set("RUNTIME_ROOT_KEY", ROOT)
             .set("GATEWAY_RATE_LIMIT_REQUESTS", "10")
-            .set("GATEWAY_RATE_LIMIT_WINDOW", "1h");
+            .set("GATEWAY_RATE_LIMIT_WINDOW", "1h")
+            .set("GATEWAY_RATE_LIMIT_HEADERS", "always");
     })
     .await;
     let c = Client::new();
@@ -172,8 +173,14 @@ async fn limits_by_identity_and_per_route_glob_with_exact_counts() {
     // Two keys (2 of the root key's 3 requests).
     let a = create_key(&c, &base, "viewer").await;
     let b = create_key(&c, &base, "viewer").await;
-    let config: Value =
-        c.get(format!("{base}/gateway/api/config")).header("x-api-key", &a).send().await.unwrap().json().await.unwrap();
+    let resp = c.get(format!("{base}/gateway/api/config")).header("x-api-key", &a).send().await.unwrap();
+    // Counted, allowed, and (by default, as in Buntime) without the limit's headers.
+    assert_eq!(resp.status(), 200);
+    for name in ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset", "retry-after"] {
+        assert_eq!(common::header(&resp, name), None, "{name} on an allowed answer");
+    }
+    let config: Value = resp.json().await.unwrap();
+    assert_eq!(config["rateLimit"]["headers"], "limited");
     assert_eq!(config["rateLimit"]["keyBy"], "identity");
     assert_eq!(config["rateLimit"]["excludePaths"], json!(["/api/health"]));
     assert_eq!(config["rateLimit"]["routes"][0]["path"], "/echo/login/**");

@@ -22,7 +22,7 @@ struct Stamp {
 
 #[async_trait]
 impl Plugin for Stamp {
-    async fn on_response(&self, resp: &mut Response<Body>, _ctx: &mut RequestContext) -> Result<(), Error> {
+    fn on_response(&self, resp: &mut Response<Body>, _ctx: &mut RequestContext) -> Result<(), Error> {
         resp.headers_mut()
             .append("x-stamp", HeaderValue::from_str(&format!("{}:{}", self.name, self.greeting)).unwrap());
         Ok(())

@@ -28,7 +28,7 @@ impl Plugin for Tagger {
         Ok(Outcome::Continue)
     }
 
-    async fn on_response(&self, resp: &mut Response<Body>, _ctx: &mut RequestContext) -> Result<(), Error> {
+    fn on_response(&self, resp: &mut Response<Body>, _ctx: &mut RequestContext) -> Result<(), Error> {
         resp.headers_mut().append("x-order", HeaderValue::from_static(self.0));
         Ok(())
     }
@@ -79,7 +79,7 @@ impl Plugin for Routes {
         if req.uri().path() != "/hello" {
             return Err(Error::not_found(format!("no thing at {}", req.uri().path())));
         }
-        marina_plugins::api::json(&json!({ "path": req.uri().to_string(), "original": ctx.path }))
+        marina_plugins::api::json(&json!({ "path": req.uri().to_string(), "original": &*ctx.path }))
     }
 }
 

@@ -186,7 +186,8 @@ impl JwtVerifier {
         if let Some(identity) = self.verified.get(token, generation, now_secs(), self.leeway) {
             return Ok(identity);
         }
-        let identity = Arc::new(Identity::from_claims(self.verify_fully(token).await?));
+        // Boxed: the full check may fetch a JWKS; a remembered token's future stays small.
+        let identity = Arc::new(Identity::from_claims(Box::pin(self.verify_fully(token)).await?));
         // Keyed to the key set it was checked against: a JWKS fetch (a rotation) starts afresh.
         let generation = self.jwks.as_ref().map_or(0, Jwks::fetches);
         self.verified.put(token, &identity, generation);

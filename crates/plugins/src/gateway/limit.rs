@@ -10,10 +10,10 @@
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::{Clock, DefaultClock, Reference};
 use governor::middleware::StateInformationMiddleware;
 use governor::{Quota, RateLimiter};
 use serde::Serialize;
@@ -60,6 +60,9 @@ struct Counters {
     remaining: u32,
     requests: u64,
     blocked: u64,
+    /// Milliseconds since the limiter was made (`born`): a monotonic clock read the sweep needs
+    /// anyway, instead of a second, wall-clock read per request; made epoch milliseconds when
+    /// `/buckets` shows it.
     last_seen: u64,
 }
 
@@ -73,7 +76,8 @@ pub struct Limiter {
     limit_header: http::HeaderValue,
     period: Duration,
     window: Duration,
-    born: Instant,
+    /// When it was made, on governor's clock (quanta: cheaper to read than `Instant::now`).
+    born: <DefaultClock as Clock>::Instant,
     last_sweep_ms: AtomicU64,
 }
 
@@ -84,20 +88,19 @@ impl Limiter {
         let period = window.checked_div(requests.get()).filter(|p| !p.is_zero())?;
         let quota = Quota::with_period(period)?.allow_burst(requests);
         let store = SharedKeyedStore::default();
+        let limiter =
+            RateLimiter::<String, SharedKeyedStore, DefaultClock>::new(quota, store.clone(), DefaultClock::default())
+                .with_middleware::<StateInformationMiddleware>();
+        let born = limiter.clock().now();
         Some(Self {
-            limiter: RateLimiter::<String, SharedKeyedStore, DefaultClock>::new(
-                quota,
-                store.clone(),
-                DefaultClock::default(),
-            )
-            .with_middleware::<StateInformationMiddleware>(),
+            limiter,
             store,
             counters: DashMap::default(),
             limit: requests.get(),
             limit_header: http::HeaderValue::from(requests.get()),
             period,
             window,
-            born: Instant::now(),
+            born,
             last_sweep_ms: AtomicU64::new(0),
         })
     }
@@ -124,7 +127,7 @@ impl Limiter {
 
     /// Count one request from `key`.
     pub fn check(&self, key: String) -> Verdict {
-        self.sweep();
+        let now_ms = self.sweep();
         let clock = self.limiter.clock();
         let verdict = match self.limiter.check_key(&key) {
             Ok(snapshot) => {
@@ -142,7 +145,7 @@ impl Limiter {
         c.requests += 1;
         c.blocked += u64::from(!verdict.allowed);
         c.remaining = verdict.remaining;
-        c.last_seen = epoch_ms();
+        c.last_seen = now_ms;
         verdict
     }
 
@@ -163,6 +166,7 @@ impl Limiter {
 
     /// The keys seen, most recent first, at most `limit`.
     pub fn buckets(&self, limit: usize) -> Vec<Bucket> {
+        let (epoch_now, born_now) = (epoch_ms(), self.born_ms());
         let mut all: Vec<Bucket> = self
             .counters
             .iter()
@@ -171,7 +175,7 @@ impl Limiter {
                 remaining: e.remaining,
                 requests: e.requests,
                 blocked: e.blocked,
-                last_seen: e.last_seen,
+                last_seen: epoch_now.saturating_sub(born_now.saturating_sub(e.last_seen)),
             })
             .collect();
         all.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then_with(|| a.key.cmp(&b.key)));
@@ -179,20 +183,27 @@ impl Limiter {
         all
     }
 
-    /// Drop full buckets, at most once per [`SWEEP_EVERY`] (whichever request comes first does it).
-    fn sweep(&self) {
-        let now = self.born.elapsed().as_millis() as u64;
+    /// Milliseconds since the limiter was made.
+    fn born_ms(&self) -> u64 {
+        self.limiter.clock().now().duration_since(self.born).as_u64() / 1_000_000
+    }
+
+    /// Drop full buckets, at most once per [`SWEEP_EVERY`] (whichever request comes first does
+    /// it). Returns [`Self::born_ms`] now.
+    fn sweep(&self) -> u64 {
+        let now = self.born_ms();
         let last = self.last_sweep_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) < SWEEP_EVERY.as_millis() as u64 {
-            return;
+            return now;
         }
         if self.last_sweep_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
             self.limiter.retain_recent();
             self.limiter.shrink_to_fit();
             // A key idle for a whole window has a full bucket again: its counters go too.
-            let cutoff = epoch_ms().saturating_sub(self.window.as_millis() as u64);
+            let cutoff = now.saturating_sub(self.window.as_millis() as u64);
             self.counters.retain(|_, c| c.last_seen >= cutoff);
         }
+        now
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -24,7 +25,8 @@ pub struct Entry {
     #[serde(serialize_with = "method_str")]
     pub method: http::Method,
     /// The path as received.
-    pub path: String,
+    #[serde(serialize_with = "text")]
+    pub path: Arc<str>,
     /// The status answered.
     pub status: u16,
     /// Milliseconds from accept to the answer's head.
@@ -32,7 +34,13 @@ pub struct Entry {
     /// Whether the gateway's rate limit refused it.
     pub rate_limited: bool,
     /// `X-Request-Id`.
-    pub request_id: String,
+    #[serde(serialize_with = "text")]
+    pub request_id: Arc<str>,
+}
+
+/// Shared text (serde serializes `Arc<str>` only with its `rc` feature, for all of marina).
+fn text<S: serde::Serializer>(t: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(t)
 }
 
 fn method_str<S: serde::Serializer>(m: &http::Method, s: S) -> Result<S::Ok, S::Error> {
@@ -113,11 +121,11 @@ mod tests {
             timestamp: u64::from(i),
             ip: if i.is_multiple_of(2) { "10.0.0.2".parse().unwrap() } else { "10.0.0.1".parse().unwrap() },
             method: http::Method::GET,
-            path: format!("/p/{i}"),
+            path: format!("/p/{i}").into(),
             status,
             duration: 1.0,
             rate_limited: limited,
-            request_id: i.to_string(),
+            request_id: i.to_string().into(),
         }
     }
 
@@ -129,9 +137,9 @@ mod tests {
         }
         let all = log.select(&Filter { limit: 1000, ..Filter::default() });
         assert_eq!(all.len(), CAPACITY);
-        assert_eq!(all[0].path, "/p/149");
+        assert_eq!(&*all[0].path, "/p/149");
         let limited = log.select(&Filter { limit: 3, rate_limited: true, ..Filter::default() });
-        assert_eq!(limited.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["/p/140", "/p/130", "/p/120"]);
+        assert_eq!(limited.iter().map(|e| &*e.path).collect::<Vec<_>>(), ["/p/140", "/p/130", "/p/120"]);
         let fours = log.select(&Filter { limit: 100, status_class: Some(4), ..Filter::default() });
         assert_eq!(fours.len(), 10);
         let odd = log.select(&Filter { limit: 100, ip: Some("10.0.0.1".parse().unwrap()), ..Filter::default() });

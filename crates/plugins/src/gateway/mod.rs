@@ -7,8 +7,10 @@
 //! reaching a worker, not counted, as in Buntime; never for the internal API, which approves no
 //! cross-site call), then every rate-limit rule that applies counts the request — requests
 //! authentication refused included, so a flood of bad keys meets 429 like any flood. A valid
-//! API key, root key or token skips nothing. `on_response` adds the CORS and `RateLimit-*`
-//! headers to every answer, errors included (a page can read a 429), and logs the request.
+//! API key, root key or token skips nothing. A 429 carries `Retry-After` and `RateLimit-*`;
+//! `on_response` adds the CORS headers to every answer, errors included (a page can read a
+//! 429), `RateLimit-*` to allowed ones too when configured (`GATEWAY_RATE_LIMIT_HEADERS=always`),
+//! and logs the request.
 //!
 //! Background work: `init` reads the shell excludes and the metrics history stored in marina's
 //! database and starts the history sampler ([`history`]), which `shutdown` (or marina closing
@@ -59,8 +61,11 @@ struct Seen {
     origin: Option<HeaderValue>,
     preflight: bool,
     internal: bool,
-    /// The tightest rule's verdict and its `RateLimit-Limit` value.
-    verdict: Option<(limit::Verdict, HeaderValue)>,
+    /// Whether a rule refused it (the log says so).
+    rate_limited: bool,
+    /// The tightest rule's allowing verdict and its `RateLimit-Limit` value, kept only when
+    /// allowed answers carry `RateLimit-*` ([`rules::HeadersOn::Always`]).
+    headers: Option<(limit::Verdict, HeaderValue)>,
 }
 
 /// What the gateway holds (shared with its API router).
@@ -279,12 +284,16 @@ impl Plugin for Gateway {
             let mut resp = Response::new(body::empty());
             *resp.status_mut() = StatusCode::NO_CONTENT;
             put(resp.headers_mut(), policy.preflight_headers(Some(origin_text), asked));
-            ctx.extensions.insert(Seen { origin, preflight: true, internal, verdict: None });
+            ctx.extensions.insert(Seen { origin, preflight: true, internal, rate_limited: false, headers: None });
             return Ok(Outcome::Respond(resp));
         }
         let checked = st.limits.check(ctx);
-        let verdict = checked.as_ref().map(|(v, rule)| (*v, rule.limiter.limit_header().clone()));
-        ctx.extensions.insert(Seen { origin, preflight: false, internal, verdict });
+        let rate_limited = checked.as_ref().is_some_and(|(v, _)| !v.allowed);
+        let headers = checked
+            .as_ref()
+            .filter(|(v, _)| v.allowed && st.limits.headers == rules::HeadersOn::Always)
+            .map(|(v, rule)| (*v, rule.limiter.limit_header().clone()));
+        ctx.extensions.insert(Seen { origin, preflight: false, internal, rate_limited, headers });
         match checked {
             Some((v, rule)) if !v.allowed => {
                 st.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -323,7 +332,7 @@ impl Plugin for Gateway {
         self.state.shell.as_ref()?.serve(path, headers)
     }
 
-    async fn on_response(&self, resp: &mut Response<Body>, ctx: &mut RequestContext) -> Result<(), Error> {
+    fn on_response(&self, resp: &mut Response<Body>, ctx: &mut RequestContext) -> Result<(), Error> {
         let Some(seen) = ctx.extensions.remove::<Seen>() else { return Ok(()) };
         let st = &self.state;
         st.log.push(log::Entry {
@@ -333,13 +342,13 @@ impl Plugin for Gateway {
             path: ctx.path.clone(),
             status: resp.status().as_u16(),
             duration: ctx.started.elapsed().as_micros() as f64 / 1000.0,
-            rate_limited: seen.verdict.as_ref().is_some_and(|(v, _)| !v.allowed),
+            rate_limited: seen.rate_limited,
             request_id: ctx.request_id.clone(),
         });
         if seen.preflight {
             return Ok(());
         }
-        if let Some((v, limit)) = seen.verdict.as_ref().filter(|(v, _)| v.allowed) {
+        if let Some((v, limit)) = &seen.headers {
             for (name, value) in rate_headers(v, limit) {
                 resp.headers_mut().append(name, value);
             }

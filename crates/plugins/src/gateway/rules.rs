@@ -8,6 +8,7 @@
 //!   requests: 1000        # GATEWAY_RATE_LIMIT_REQUESTS wins; absent everywhere: no default rule
 //!   window: 1m            # GATEWAY_RATE_LIMIT_WINDOW wins; a bare number is seconds
 //!   keyBy: ip             # ip | identity (Buntime's `user` is accepted for identity)
+//!   headers: limited      # GATEWAY_RATE_LIMIT_HEADERS wins: limited (429s only) | always
 //!   excludePaths: ["/health", "/api/health/**"]   # globs, exempt from the default rule only
 //!   routes:               # each matching route rule counts the request as well
 //!     - path: "/shop/login/**"
@@ -100,11 +101,44 @@ impl Rule {
     }
 }
 
+/// Which answers carry the `RateLimit-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeadersOn {
+    /// Only the 429s (Buntime's `X-RateLimit-*` were only there too): an allowed answer goes
+    /// out as the app made it.
+    #[default]
+    Limited,
+    /// Every answer some rule counted, with the tightest rule's numbers (IETF
+    /// draft-ietf-httpapi-ratelimit-headers), so a client can slow down before it is refused.
+    /// Three more headers on every answer (~1.1k instructions to add and encode, of a ~28k
+    /// static request: `bench/gateway.sh` measures both).
+    Always,
+}
+
+impl HeadersOn {
+    fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "limited" => Some(Self::Limited),
+            "always" => Some(Self::Always),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Limited => "limited",
+            Self::Always => "always",
+        }
+    }
+}
+
 /// Every rule of the gateway.
 #[derive(Default)]
 pub struct RateLimits {
     /// The default rule, first, then the route rules in manifest order.
     pub rules: Vec<Rule>,
+    /// Which answers carry `RateLimit-*`.
+    pub headers: HeadersOn,
     excludes: Option<GlobSet>,
     exclude_text: Vec<String>,
 }
@@ -115,6 +149,7 @@ struct Options {
     requests: Option<u32>,
     window: Option<Value>,
     key_by: Option<String>,
+    headers: Option<String>,
     #[serde(default)]
     exclude_paths: Vec<String>,
     #[serde(default)]
@@ -247,7 +282,16 @@ impl RateLimits {
             }
             Some(set.build().map_err(|e| bad(".excludePaths", e))?)
         };
-        Ok(Self { rules, excludes, exclude_text: opts.exclude_paths })
+        // The variable wins; its table row has already refused anything but the two words.
+        let headers = match settings.choice("GATEWAY_RATE_LIMIT_HEADERS").map_err(var)? {
+            Some(v) => HeadersOn::parse(&v).unwrap_or_default(),
+            None => match opts.headers.as_deref() {
+                None => HeadersOn::default(),
+                Some(v) => HeadersOn::parse(v)
+                    .ok_or_else(|| bad(".headers", format!("expected limited or always, found {v:?}")))?,
+            },
+        };
+        Ok(Self { rules, headers, excludes, exclude_text: opts.exclude_paths })
     }
 
     /// True when no rule is configured.
@@ -262,8 +306,8 @@ impl RateLimits {
         let mut tightest: Option<(Verdict, &Rule)> = None;
         for rule in &self.rules {
             let applies = match &rule.matcher {
-                None => !self.excludes.as_ref().is_some_and(|x| x.is_match(&ctx.path)),
-                Some(m) => (rule.methods.is_empty() || rule.methods.contains(&ctx.method)) && m.is_match(&ctx.path),
+                None => !self.excludes.as_ref().is_some_and(|x| x.is_match(&*ctx.path)),
+                Some(m) => (rule.methods.is_empty() || rule.methods.contains(&ctx.method)) && m.is_match(&*ctx.path),
             };
             if !applies {
                 continue;
@@ -291,6 +335,7 @@ impl RateLimits {
             "keyBy": default.map(|r| r.key_by.as_str()),
             "excludePaths": self.exclude_text,
             "algorithm": "gcra",
+            "headers": self.headers.as_str(),
             "routes": self.rules.iter().filter(|r| r.path.is_some()).map(Rule::describe).collect::<Vec<_>>(),
         })
     }
@@ -339,7 +384,7 @@ mod tests {
     use crate::context::Identity;
 
     fn ctx(method: Method, path: &str, ip: &str) -> RequestContext {
-        let mut c = RequestContext::new("r".into(), format!("{ip}:1").parse().unwrap(), method, path.into());
+        let mut c = RequestContext::new("r", format!("{ip}:1").parse().unwrap(), method, path);
         c.client_ip = ip.parse().unwrap();
         c
     }
@@ -402,6 +447,10 @@ mod tests {
         assert!(msg(json!({ "requests": 5, "window": 0 })).starts_with("rateLimit.window: "));
         assert!(msg(json!({ "requests": 0 })).starts_with("rateLimit.requests: "));
         assert!(msg(json!({ "requests": 5, "keyBy": "cookie" })).starts_with("rateLimit.keyBy: "));
+        assert_eq!(
+            msg(json!({ "requests": 5, "headers": "sometimes" })),
+            "rateLimit.headers: expected limited or always, found \"sometimes\""
+        );
         assert!(
             msg(json!({ "routes": [{ "path": "/a", "requests": 1 }, { "path": "nope", "requests": 1 }] }))
                 .starts_with("rateLimit.routes[1].path: ")
@@ -429,6 +478,15 @@ mod tests {
         assert_eq!(l.rules[0].limiter.limit(), 7);
         assert_eq!(l.rules[0].limiter.window(), Duration::from_secs(120));
         assert!(RateLimits::from_options(None, &RawSettings::new()).unwrap().is_empty());
+        // RateLimit-* on allowed answers: off unless asked for; the variable wins.
+        assert_eq!(l.headers, HeadersOn::Limited);
+        let always = json!({ "requests": 1, "headers": "Always" });
+        assert_eq!(RateLimits::from_options(Some(&always), &RawSettings::new()).unwrap().headers, HeadersOn::Always);
+        s.set("GATEWAY_RATE_LIMIT_HEADERS", "limited");
+        assert_eq!(RateLimits::from_options(Some(&always), &s).unwrap().headers, HeadersOn::Limited);
+        s.set("GATEWAY_RATE_LIMIT_HEADERS", "often");
+        let err = RateLimits::from_options(Some(&always), &s).err().unwrap();
+        assert!(err.message().contains("GATEWAY_RATE_LIMIT_HEADERS"), "{}", err.message());
         assert_eq!(RateLimits::from_options(None, &RawSettings::new()).unwrap().describe(), Value::Null);
     }
 }
