@@ -163,6 +163,12 @@ async fn the_rate_limit_is_exact_under_load_and_ignores_forwarded_headers() {
                 let retry: u64 = common::header(&resp, "retry-after").unwrap().parse().unwrap();
                 assert!((1..=720).contains(&retry), "one request every 12 minutes: {retry}");
                 assert_eq!(common::header(&resp, "ratelimit-reset"), Some(retry.to_string().as_str()));
+                // Buntime's names as well, its reset in epoch milliseconds.
+                assert_eq!(common::header(&resp, "x-ratelimit-limit"), Some("5"));
+                assert_eq!(common::header(&resp, "x-ratelimit-remaining"), Some("0"));
+                let reset_at: u128 = common::header(&resp, "x-ratelimit-reset").unwrap().parse().unwrap();
+                let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+                assert!(reset_at > now_ms && reset_at <= now_ms + 721_000, "{reset_at} vs now {now_ms}");
                 assert_eq!(common::header(&resp, "access-control-allow-origin"), Some("*"), "a page can read the 429");
                 let body: Value = resp.json().await.unwrap();
                 assert_eq!(body["success"], false);

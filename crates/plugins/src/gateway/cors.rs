@@ -31,7 +31,7 @@ pub const METHODS: &str = "GET, HEAD, PUT, PATCH, POST, DELETE";
 /// How long a browser may cache a preflight answer, in seconds (Buntime's default).
 pub const MAX_AGE: u64 = 86400;
 /// Response headers a page may read besides the CORS-safelisted ones.
-pub const EXPOSE: &str = "RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, Retry-After, X-Request-Id";
+pub const EXPOSE: &str = "RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, X-Request-Id";
 
 /// Which origins may call.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -200,6 +200,9 @@ fn put(headers: &mut http::HeaderMap, list: Vec<(&'static str, String)>) {
 const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// The `RateLimit-*` headers of a verdict (IETF draft-ietf-httpapi-ratelimit-headers); `limit`
 /// is the rule's `RateLimit-Limit`, made once ([`limit::Limiter::limit_header`]).
@@ -307,6 +310,13 @@ impl Plugin for Gateway {
                 for (name, value) in rate_headers(&v, rule.limiter.limit_header()) {
                     err = err.with_header(name, value);
                 }
+                // Buntime's names too, so its clients keep reading them: the reset there is an
+                // epoch time in milliseconds, not seconds from now.
+                let reset_at = limit::epoch_ms().saturating_add(v.reset_secs.saturating_mul(1000));
+                err = err
+                    .with_header(X_RATELIMIT_LIMIT, rule.limiter.limit_header().clone())
+                    .with_header(X_RATELIMIT_REMAINING, number(0))
+                    .with_header(X_RATELIMIT_RESET, HeaderValue::from(reset_at));
                 Err(err)
             }
             _ => {
