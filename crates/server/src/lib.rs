@@ -382,9 +382,28 @@ async fn handle(
     }
     // 7. completion
     let head = record.ctx.method == http::Method::HEAD;
+    if head {
+        without_body(&mut resp);
+    }
     record.finish(&mut resp);
     zerocopy::use_sendfile(&sink, version, head, &mut resp);
     Ok(send_timeout::guard(resp, rt.config.send_timeout, version, &conn))
+}
+
+/// A HEAD answer: GET's headers, no body. HTTP/1.1 drops a body itself, but on HTTP/2 a HEAD
+/// answered with DATA is a stream error, so handlers that answer HEAD as GET (marina's banner and
+/// discovery document, the data plugins) must not send theirs. The length GET would have is kept.
+fn without_body(resp: &mut Response<Body>) {
+    use http_body::Body as _;
+    if resp.body().is_end_stream() {
+        return;
+    }
+    if !resp.headers().contains_key(header::CONTENT_LENGTH)
+        && let Some(len) = resp.body().size_hint().exact()
+    {
+        resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    *resp.body_mut() = body::empty();
 }
 
 /// `req` with `RUNTIME_BODY_TIMEOUT` on its body, for a handler inside marina (the internal

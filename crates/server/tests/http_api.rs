@@ -191,6 +191,43 @@ async fn http2_cleartext_on_the_same_port() {
     srv.stop().await;
 }
 
+/// HEAD gets GET's status and headers without a body on HTTP/1.1 and HTTP/2 alike, whoever
+/// answers: marina's banner and discovery document, the internal API, a plugin's API, a static
+/// app, an error. (On HTTP/2 a HEAD answered with a body was a stream error: the client got
+/// nothing.)
+#[tokio::test]
+async fn head_answers_without_a_body_on_both_protocols() {
+    let dir = apps();
+    let srv = start(dir.path(), |raw| {
+        raw.set("RUNTIME_PLUGIN_DIRS", common::bundled_plugins());
+    })
+    .await;
+    let h1 = reqwest::Client::new();
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    for (client, version) in [(&h1, reqwest::Version::HTTP_11), (&h2, reqwest::Version::HTTP_2)] {
+        for (path, status) in [
+            ("/", 200),
+            ("/.well-known/buntime", 200),
+            ("/api/health", 200),
+            ("/database/api/health", 200),
+            ("/site/", 200),
+            ("/nothing-here/", 404),
+        ] {
+            let resp = client
+                .head(format!("{}{path}", srv.base))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("HEAD {path} over {version:?}: {e}"));
+            assert_eq!(resp.version(), version);
+            assert_eq!(resp.status().as_u16(), status, "HEAD {path} over {version:?}");
+            let get = client.get(format!("{}{path}", srv.base)).send().await.unwrap();
+            assert_eq!(resp.headers().get("content-type"), get.headers().get("content-type"), "HEAD {path}");
+            assert!(resp.bytes().await.unwrap().is_empty(), "HEAD {path} over {version:?} has a body");
+        }
+    }
+    srv.stop().await;
+}
+
 #[tokio::test]
 async fn apps_added_on_disk_are_served_without_restart() {
     let dir = apps();
