@@ -709,7 +709,7 @@ async fn data_apis_answer_head_and_wrong_methods() {
     let resp = c.head(format!("{b}/keyval/api/queue/poll")).bearer_auth(&admin).send().await.unwrap();
     assert_eq!((resp.status().as_u16(), resp.headers()["allow"].to_str().unwrap()), (405, "GET"));
     let (status, m) = send(&c, "GET", &format!("{b}/keyval/api/queue/poll"), Some(&admin), None).await;
-    assert_eq!((status, m["value"].clone()), (200, json!(7)), "the HEAD took nothing: {m}");
+    assert_eq!((status, m["message"]["value"].clone()), (200, json!(7)), "the HEAD took nothing: {m}");
     for (method, path, allow) in [
         ("DELETE", "/keyval/api/atomic", "POST"),
         ("OPTIONS", "/keyval/api/watch", "GET, HEAD"),
@@ -793,16 +793,67 @@ async fn huge_expiries_and_delays_mean_never() {
     let (status, r) = send(&c, "POST", &format!("{b}/keyval/api/queue/enqueue"), Some(&admin), Some(enqueue)).await;
     assert_eq!(status, 200, "{r}");
     let (status, r) = send(&c, "GET", &format!("{b}/keyval/api/queue/poll"), Some(&admin), None).await;
-    assert_eq!((status, r.clone()), (200, Value::Null), "a message delayed forever was delivered now: {r}");
+    assert_eq!(
+        (status, r.clone()),
+        (200, json!({"message": null})),
+        "a message delayed forever was delivered now: {r}"
+    );
     // A retry after a backoff of 2^64 - 1 ms waits, too.
     let enqueue = r#"{"value": "retry", "options": {"backoffSchedule": [18446744073709551615]}}"#;
     assert_eq!(send(&c, "POST", &format!("{b}/keyval/api/queue/enqueue"), Some(&admin), Some(enqueue)).await.0, 200);
     let (status, m) = send(&c, "GET", &format!("{b}/keyval/api/queue/poll"), Some(&admin), None).await;
-    assert_eq!((status, m["value"].clone()), (200, json!("retry")), "{m}");
-    let nack = json!({"id": m["id"]}).to_string();
+    assert_eq!((status, m["message"]["value"].clone()), (200, json!("retry")), "{m}");
+    let nack = json!({"id": m["message"]["id"]}).to_string();
     let (status, r) = send(&c, "POST", &format!("{b}/keyval/api/queue/nack"), Some(&admin), Some(&nack)).await;
     assert_eq!(status, 200, "{r}");
     let (status, r) = send(&c, "GET", &format!("{b}/keyval/api/queue/poll"), Some(&admin), None).await;
-    assert_eq!((status, r.clone()), (200, Value::Null), "the retry came at once: {r}");
+    assert_eq!((status, r.clone()), (200, json!({"message": null})), "the retry came at once: {r}");
+    srv.stop().await;
+}
+
+/// The keyval queue and watch routes answer with Buntime's shapes and statuses (its own route
+/// tests, `plugins/plugin-keyval/server/index.test.ts`): `/queue/poll` wraps the message in
+/// `{message}`, `/queue/stats` has `total`, deleting an absent dead letter is a no-op, an empty
+/// message id is 400, and a prefix watch without `prefix` is 400 rather than a watch of
+/// everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyval_queue_and_watch_routes_keep_buntime_s_shapes() {
+    let srv = start_apps(&[], |_| {}).await;
+    let admin = srv.admin_key().await;
+    let c = reqwest::Client::new();
+    let b = &format!("{}/keyval/api", srv.base);
+    let (status, r) = send(&c, "GET", &format!("{b}/queue/poll"), Some(&admin), None).await;
+    assert_eq!((status, r), (200, json!({"message": null})));
+    let (_, queued) =
+        send(&c, "POST", &format!("{b}/queue/enqueue"), Some(&admin), Some(r#"{"value": {"v": "poll-test"}}"#)).await;
+    let (status, r) = send(&c, "GET", &format!("{b}/queue/poll"), Some(&admin), None).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        (r["message"]["id"].clone(), r["message"]["value"].clone()),
+        (queued["id"].clone(), json!({"v": "poll-test"}))
+    );
+    let (status, r) = send(&c, "GET", &format!("{b}/queue/stats"), Some(&admin), None).await;
+    assert_eq!((status, r), (200, json!({"pending": 0, "processing": 1, "dlq": 0, "total": 1})));
+    for route in ["ack", "nack"] {
+        for id in [r#"{"id": ""}"#, r#"{"id": 123}"#, r#"{"id": null}"#] {
+            let (status, e) = send(&c, "POST", &format!("{b}/queue/{route}"), Some(&admin), Some(id)).await;
+            assert_eq!((status, e["data"]["path"].as_str()), (400, Some("id")), "{route} {id}: {e}");
+        }
+    }
+    let (status, r) = send(&c, "DELETE", &format!("{b}/queue/dlq/nonexistent-id"), Some(&admin), None).await;
+    assert_eq!((status, r), (200, json!({"ok": true})));
+    assert_eq!(send(&c, "GET", &format!("{b}/queue/dlq/nonexistent-id"), Some(&admin), None).await.0, 404);
+    for path in ["/watch/prefix", "/watch/prefix?prefix=", "/watch/prefix/poll"] {
+        let resp = c
+            .get(format!("{b}{path}"))
+            .bearer_auth(&admin)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(resp.status().as_u16(), 400, "GET {path}");
+        let e: Value = resp.json().await.unwrap();
+        assert_eq!(e["data"]["path"], "prefix", "{path}: {e}");
+    }
     srv.stop().await;
 }

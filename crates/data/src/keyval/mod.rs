@@ -122,7 +122,10 @@ impl Keyval {
                 Ok(web::text("text/plain; version=0.0.4; charset=utf-8", self.metrics.prometheus(&ns).await?))
             }
             (&Method::POST, ["queue", "enqueue"]) => streams::enqueue(&ns, body).await,
-            (&Method::GET, ["queue", "poll"]) => Ok(web::ok(&ns.dequeue().await?.map_or(Json::Null, |m| m.to_json()))),
+            // Buntime's `{message}`: the message, or null when none is ready.
+            (&Method::GET, ["queue", "poll"]) => {
+                Ok(web::ok(&serde_json::json!({ "message": ns.dequeue().await?.map_or(Json::Null, |m| m.to_json()) })))
+            }
             (&Method::GET, ["queue", "listen"]) => Ok(streams::listen(ns)),
             (&Method::POST, ["queue", "ack"]) => streams::ack(&ns, body).await,
             (&Method::POST, ["queue", "nack"]) => streams::nack(&ns, body).await,

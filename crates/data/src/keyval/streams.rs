@@ -63,7 +63,11 @@ pub(super) async fn watch(ns: Namespace, q: &HashMap<String, String>) -> Result<
 }
 
 pub(super) async fn watch_prefix(ns: Namespace, q: &HashMap<String, String>) -> Result<Response<Body>, Error> {
-    let prefix = q.get("prefix").map(|p| path_key(p)).unwrap_or_default();
+    // Required, as in Buntime: a missing prefix is a client's mistake, not a watch of everything.
+    let prefix = q.get("prefix").filter(|p| !p.is_empty()).map(|p| path_key(p)).ok_or_else(|| {
+        Error::bad_request("QUERY_INVALID", "prefix: this query parameter is required")
+            .with_data(json!({ "path": "prefix" }))
+    })?;
     let limit = web::query_num(q, "limit")?;
     Ok(change_stream(ns.watch_prefix(prefix, limit, initial(q)).await?))
 }
@@ -107,8 +111,8 @@ pub(super) async fn enqueue(ns: &Namespace, body: Body) -> Result<Response<Body>
 }
 
 fn id_of(b: &Json) -> Result<String, Error> {
-    b.get("id").and_then(Json::as_str).map(str::to_string).ok_or_else(|| {
-        Error::bad_request("KV_QUEUE_INVALID", "id: expected the message id (a string)")
+    b.get("id").and_then(Json::as_str).filter(|id| !id.is_empty()).map(str::to_string).ok_or_else(|| {
+        Error::bad_request("KV_QUEUE_INVALID", "id: expected the message id (a non-empty string)")
             .with_data(json!({ "path": "id" }))
     })
 }
@@ -129,7 +133,10 @@ pub(super) async fn nack(ns: &Namespace, body: Body) -> Result<Response<Body>, E
 
 pub(super) async fn stats(ns: &Namespace) -> Result<Response<Body>, Error> {
     let s = ns.queue_stats().await?;
-    Ok(web::ok(&json!({ "pending": s.pending, "processing": s.processing, "dlq": s.dlq })))
+    // `total` as Buntime (and `/metrics`' `queue`) counts it: the messages still in the queue.
+    Ok(web::ok(
+        &json!({ "pending": s.pending, "processing": s.processing, "dlq": s.dlq, "total": s.pending + s.processing }),
+    ))
 }
 
 pub(super) async fn dlq(
@@ -147,10 +154,12 @@ pub(super) async fn dlq(
         }
         (&Method::DELETE, []) => Ok(web::ok(&json!({ "ok": true, "deletedCount": ns.dlq_purge().await? }))),
         (&Method::GET, [id]) => Ok(web::ok(&ns.dlq_get(id).await?.to_json())),
-        (&Method::DELETE, [id]) => {
-            ns.dlq_delete(id).await?;
-            Ok(web::ok(&json!({ "ok": true })))
-        }
+        // Deleting a dead letter that is not there is a no-op, as in Buntime.
+        (&Method::DELETE, [id]) => match ns.dlq_delete(id).await {
+            Ok(()) => Ok(web::ok(&json!({ "ok": true }))),
+            Err(e) if e.status() == StatusCode::NOT_FOUND => Ok(web::ok(&json!({ "ok": true }))),
+            Err(e) => Err(e),
+        },
         (&Method::POST, [id, "requeue"]) => Ok(web::ok(&json!({ "ok": true, "id": ns.dlq_requeue(id).await? }))),
         _ => Err(Error::new(
             StatusCode::NOT_FOUND,
