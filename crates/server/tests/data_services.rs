@@ -857,3 +857,32 @@ async fn keyval_queue_and_watch_routes_keep_buntime_s_shapes() {
     }
     srv.stop().await;
 }
+
+/// Buntime's `kv.now()` placeholders: `{"$now": true}` (with `"$offset": ms`) in a value becomes
+/// the server's time in epoch milliseconds when it is written; other objects stay as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn now_placeholders_become_the_server_s_time() {
+    let srv = start_apps(&[], |_| {}).await;
+    let admin = srv.admin_key().await;
+    let c = reqwest::Client::new();
+    let b = &format!("{}/keyval/api", srv.base);
+    let ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let before = ms();
+    let body = r#"{"createdAt": {"$now": true}, "nested": [{"at": {"$now": true, "$offset": -3600000}}],
+                   "kept": {"$now": true, "other": 1}, "name": "test"}"#;
+    assert_eq!(send(&c, "PUT", &format!("{b}/keys/now/1"), Some(&admin), Some(body)).await.0, 200);
+    let atomic = r#"{"mutations": [{"type": "set", "key": ["now", 2], "value": {"$now": true, "$offset": 3600000}}]}"#;
+    assert_eq!(send(&c, "POST", &format!("{b}/atomic"), Some(&admin), Some(atomic)).await.0, 200);
+    let after = ms();
+    let (_, v) = send(&c, "GET", &format!("{b}/keys/now/1"), Some(&admin), None).await;
+    let created = v["value"]["createdAt"].as_i64().unwrap_or_else(|| panic!("createdAt is not a time: {v}"));
+    assert!((before..=after).contains(&created), "{created} not in {before}..={after}");
+    let at = v["value"]["nested"][0]["at"].as_i64().unwrap_or_else(|| panic!("nested.at: {v}"));
+    assert!((before - 3_600_000..=after - 3_600_000).contains(&at), "{v}");
+    assert_eq!(v["value"]["kept"], json!({"$now": true, "other": 1}), "{v}");
+    assert_eq!(v["value"]["name"], "test");
+    let (_, v) = send(&c, "GET", &format!("{b}/keys/now/2"), Some(&admin), None).await;
+    let later = v["value"].as_i64().unwrap_or_else(|| panic!("{v}"));
+    assert!((before + 3_600_000..=after + 3_600_000).contains(&later), "{v}");
+    srv.stop().await;
+}

@@ -131,6 +131,29 @@ pub(crate) fn after_ms(now: i64, ms: u128) -> i64 {
     now.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))
 }
 
+/// `value` with every `kv.now()` placeholder — an object that is exactly `{"$now": true}` or
+/// `{"$now": true, "$offset": <ms>}` — replaced by `now` (+ the offset) in epoch milliseconds,
+/// as Buntime's `serializeValue` does. Anything else is kept as it is.
+pub(crate) fn resolve_now(value: &Json, now: i64) -> Json {
+    match value {
+        Json::Object(m)
+            if m.get("$now") == Some(&Json::Bool(true)) && m.keys().all(|k| k == "$now" || k == "$offset") =>
+        {
+            let offset = match m.get("$offset") {
+                None => Some(0),
+                Some(o) => o.as_i64().or_else(|| o.as_f64().filter(|f| f.is_finite()).map(|f| f as i64)),
+            };
+            match offset {
+                Some(o) => Json::from(now.saturating_add(o)),
+                None => value.clone(),
+            }
+        }
+        Json::Object(m) => Json::Object(m.iter().map(|(k, v)| (k.clone(), resolve_now(v, now))).collect()),
+        Json::Array(a) => Json::Array(a.iter().map(|v| resolve_now(v, now)).collect()),
+        other => other.clone(),
+    }
+}
+
 /// A new versionstamp: a UUIDv7, as in Buntime (time-ordered, and ordered within a process).
 pub(crate) fn new_versionstamp() -> String {
     uuid::Uuid::now_v7().to_string()
@@ -291,7 +314,11 @@ impl Namespace {
     /// # Errors
     /// `KV_VALUE_TOO_LARGE` (413) naming `maxValueSize`.
     pub fn value_text(&self, value: &Json, field: &str) -> Result<String, Error> {
-        let text = value.to_string();
+        let mut text = value.to_string();
+        // Buntime's `kv.now()`: `{"$now": true}` (and `"$offset": ms`) is the server's clock.
+        if text.contains("\"$now\"") {
+            text = resolve_now(value, now_ms()).to_string();
+        }
         let max = self.limits().max_value_bytes;
         if text.len() > max {
             return Err(limit_error(
