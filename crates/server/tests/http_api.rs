@@ -228,6 +228,28 @@ async fn head_answers_without_a_body_on_both_protocols() {
     srv.stop().await;
 }
 
+/// An app that did not load (its entrypoint missing, as `hello-wasm` before `marina wasm build`)
+/// is served by the very next request once the file is there: the cached error is checked
+/// against the disk, not kept until the watcher's event arrives.
+#[tokio::test]
+async fn the_request_right_after_a_missing_entrypoint_appears_is_served() {
+    let dir = apps();
+    write(&dir.path().join("later/manifest.yaml"), "entrypoint: page.html\n");
+    let srv = start(dir.path(), |_| {}).await;
+    let resp = get(&format!("{}/later/", srv.base)).await;
+    assert_eq!(resp.status(), 500);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (e["code"].as_str(), e["data"]["entrypoint"].as_str()),
+        (Some("APP_ENTRYPOINT_NOT_FOUND"), Some("page.html"))
+    );
+    write(&dir.path().join("later/page.html"), "<html><body>built</body></html>");
+    let resp = get(&format!("{}/later/", srv.base)).await;
+    assert_eq!(resp.status(), 200, "the next request still got the cached error");
+    assert!(resp.text().await.unwrap().contains("built"));
+    srv.stop().await;
+}
+
 #[tokio::test]
 async fn apps_added_on_disk_are_served_without_restart() {
     let dir = apps();

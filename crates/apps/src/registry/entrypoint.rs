@@ -97,7 +97,9 @@ pub fn resolve_entrypoint(dir: &Path, config: &AppConfig) -> Result<(PathBuf, Wo
             "APP_ENTRYPOINT_NOT_FOUND",
             format!("app dir {} has no entrypoint: none of {tried} exists{hint}", dir.display()),
         )
-        .with_data(json!({ "dir": dir.display().to_string() })));
+        // `entrypoint` (the manifest's, if any) also tells the registry which file to watch
+        // for the fix.
+        .with_data(json!({ "dir": dir.display().to_string(), "entrypoint": config.entrypoint })));
     };
     let path = dir.join(rel);
     let outside = || {

@@ -82,9 +82,17 @@ impl Registry {
     /// `APP_ENTRYPOINT_UNSUPPORTED`.
     pub fn load(&self, resolved: &Resolved) -> Result<Arc<App>, Error> {
         let generation = self.generation.load(Ordering::Acquire);
+        // In the background mode a loaded app is served without touching the disk; an app that
+        // did not load is checked against its stamp (`stat` calls, no reads) on each request, so
+        // the request right after a fix (`marina wasm build` writing the entrypoint, a corrected
+        // manifest) is served, not the error cached until the watcher's event arrives.
         if let Some(c) = self.apps.lock().get(&resolved.dir)
             && same_version(&c.cached.value, resolved)
-            && (self.background.load(Ordering::Relaxed) || self.fresh(&c.cached, generation))
+            && if self.background.load(Ordering::Relaxed) {
+                c.cached.value.is_ok()
+            } else {
+                self.fresh(&c.cached, generation)
+            }
         {
             return c.cached.value.clone().map_err(|e| e.to_error());
         }
@@ -106,6 +114,10 @@ impl Registry {
     fn stamp(&self, resolved: &Resolved) -> Stamp {
         let entrypoint = match self.apps.lock().get(&resolved.dir) {
             Some(LoadedVersion { cached: Cached { value: Ok(app), .. }, .. }) => app.config.entrypoint.clone(),
+            // The manifest's entrypoint that was not found: its appearance is the fix to notice.
+            Some(LoadedVersion { cached: Cached { value: Err(e), .. }, .. }) => {
+                e.data.as_ref().and_then(|d| d.get("entrypoint")).and_then(Value::as_str).map(str::to_string)
+            }
             _ => None,
         };
         stamp::of(&resolved.dir, entrypoint.as_deref())
