@@ -18,7 +18,7 @@ mod spec;
 use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue};
-use http::uri::{Authority, Scheme, Uri};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use marina_core::Error;
 use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use serde_json::json;
@@ -249,13 +249,20 @@ impl Rule {
     /// The path to request upstream, without the target's path: the rewrite expanded, or the
     /// request path as it came.
     pub fn rewritten_path(&self, path: &str) -> String {
+        let mut out = String::new();
+        self.push_rewritten_path(path, &mut out);
+        out
+    }
+
+    /// [`Rule::rewritten_path`], appended to `out`.
+    fn push_rewritten_path(&self, path: &str, out: &mut String) {
         match &self.rewrite {
-            None => path.to_string(),
-            Some(t) if !t.uses_groups() => t.constant(),
+            None => out.push_str(path),
+            Some(t) if !t.uses_groups() => t.constant_into(out),
             Some(t) => match self.regex.captures(path) {
-                Some(caps) => t.expand(&caps),
+                Some(caps) => t.expand_into(&caps, out),
                 // The set said it matched; the same automaton cannot disagree.
-                None => t.constant(),
+                None => t.constant_into(out),
             },
         }
     }
@@ -264,8 +271,31 @@ impl Rule {
     ///
     /// The path part always starts with `/`: a rewrite such as `$1` fills it from the request,
     /// and `http://backend` followed by `@evil.example/x` would otherwise parse as userinfo
-    /// and another host, sending the request wherever the client chose.
+    /// and another host, sending the request wherever the client chose. (The URI is put
+    /// together from the target's parsed scheme and authority and one path-and-query string,
+    /// so the request cannot move the host in any case; formatting the whole URI and parsing
+    /// it back cost ~3,900 instructions a request, callgrind on `bench/proxy.sh`.)
     pub fn upstream_uri(&self, path: &str, query: Option<&str>) -> Result<Uri, Error> {
+        let mut pq = String::with_capacity(self.target.path.len() + path.len() + query.map_or(0, str::len) + 16);
+        pq.push_str(&self.target.path);
+        let at = pq.len();
+        self.push_rewritten_path(path, &mut pq);
+        if !(self.target.path.starts_with('/') || pq[at..].starts_with('/')) {
+            pq.insert(0, '/');
+        }
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.target.scheme.clone());
+        parts.authority = Some(self.target.authority.clone());
+        parts.path_and_query = Some(PathAndQuery::try_from(pq).map_err(|e| self.bad_rewrite(path, query, &e))?);
+        Uri::from_parts(parts).map_err(|e| self.bad_rewrite(path, query, &e))
+    }
+
+    #[cold]
+    fn bad_rewrite(&self, path: &str, query: Option<&str>, e: &dyn std::fmt::Display) -> Error {
         let rewritten = self.rewritten_path(path);
         let slash = if self.target.path.starts_with('/') || rewritten.starts_with('/') { "" } else { "/" };
         let mut s =
@@ -274,12 +304,10 @@ impl Rule {
             s.push('?');
             s.push_str(q);
         }
-        Uri::try_from(s.as_str()).map_err(|e| {
-            Error::bad_gateway(
-                "PROXY_BAD_REWRITE",
-                format!("rule '{}' rewrote the path into '{s}', which is not a URI: {e}", self.id),
-            )
-        })
+        Error::bad_gateway(
+            "PROXY_BAD_REWRITE",
+            format!("rule '{}' rewrote the path into '{s}', which is not a URI: {e}", self.id),
+        )
     }
 }
 

@@ -96,16 +96,22 @@ impl Template {
     /// Buntime), and a leading `/` is forced.
     pub fn expand(&self, caps: &Captures<'_>) -> String {
         let mut out = String::with_capacity(64);
+        self.expand_into(caps, &mut out);
+        out
+    }
+
+    /// [`Template::expand`], appended to `out` (the upstream URI is built in one buffer).
+    pub fn expand_into(&self, caps: &Captures<'_>, out: &mut String) {
+        let start = out.len();
         for piece in &self.pieces {
             match piece {
                 Piece::Literal(s) => out.push_str(s),
                 Piece::Group(g) => out.push_str(caps.get(*g).map_or("", |m| m.as_str())),
             }
         }
-        if !out.starts_with('/') {
-            out.insert(0, '/');
+        if !out[start..].starts_with('/') {
+            out.insert(start, '/');
         }
-        out
     }
 
     /// Whether the template refers to any group (if not, no captures are needed per request).
@@ -115,12 +121,22 @@ impl Template {
 
     /// The template's text when it has no group (the rewritten path is constant).
     pub fn constant(&self) -> String {
-        let mut out: String =
-            self.pieces.iter().map(|p| if let Piece::Literal(s) = p { s.as_str() } else { "" }).collect();
-        if !out.starts_with('/') {
-            out.insert(0, '/');
-        }
+        let mut out = String::new();
+        self.constant_into(&mut out);
         out
+    }
+
+    /// [`Template::constant`], appended to `out`.
+    pub fn constant_into(&self, out: &mut String) {
+        let start = out.len();
+        for piece in &self.pieces {
+            if let Piece::Literal(s) = piece {
+                out.push_str(s);
+            }
+        }
+        if !out[start..].starts_with('/') {
+            out.insert(start, '/');
+        }
     }
 }
 
