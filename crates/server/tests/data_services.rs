@@ -886,3 +886,32 @@ async fn now_placeholders_become_the_server_s_time() {
     assert!((before + 3_600_000..=after + 3_600_000).contains(&later), "{v}");
     srv.stop().await;
 }
+
+/// An app's SQL that never ends is stopped after 30 s (SQLITE_INTERRUPT) and one whose result
+/// would fill marina's memory is refused (SQLITE_TOOBIG); the database answers the next
+/// statement at once. (A runaway `WITH RECURSIVE` used to pin a CPU for ever and hang every later
+/// call to that database.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runaway_sql_is_stopped_and_the_database_keeps_answering() {
+    let srv = start_apps(&[], |_| {}).await;
+    let admin = srv.admin_key().await;
+    let c = reqwest::Client::builder().timeout(Duration::from_secs(90)).build().unwrap();
+    let url = format!("{}/database/api/v2/pipeline?tenant=runaway", srv.base);
+    let run = |sql: &str| json!({"requests": [{"type": "execute", "stmt": {"sql": sql}}]}).to_string();
+    let endless = run("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c");
+    let started = Instant::now();
+    let (status, r) = send(&c, "POST", &url, Some(&admin), Some(&endless)).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["results"][0]["error"]["code"], "SQLITE_INTERRUPT", "{r}");
+    assert!(r["results"][0]["error"]["message"].as_str().unwrap().contains("longer than 30 s"), "{r}");
+    assert!(started.elapsed() >= Duration::from_secs(29), "stopped too early: {:?}", started.elapsed());
+    let huge = run("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x, zeroblob(10000) FROM c");
+    let (status, r) = send(&c, "POST", &url, Some(&admin), Some(&huge)).await;
+    assert_eq!((status, r["results"][0]["error"]["code"].as_str()), (200, Some("SQLITE_TOOBIG")), "{r}");
+    let started = Instant::now();
+    let (status, r) = send(&c, "POST", &url, Some(&admin), Some(&run("SELECT 40 + 2 AS answer"))).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["results"][0]["response"]["result"]["rows"][0][0]["value"], "42", "{r}");
+    assert!(started.elapsed() < Duration::from_secs(10), "the database was still busy");
+    srv.stop().await;
+}

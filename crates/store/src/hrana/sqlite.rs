@@ -3,6 +3,15 @@
 //! Every call first confines the connection: `ATTACH` is disabled (the attached-database
 //! limit is 0), so SQL sent by an app cannot open another file — marina's database or another
 //! app's. Extensions cannot be loaded (rusqlite is built without `load_extension`).
+//!
+//! A statement (or script) runs at most [`STATEMENT_TIMEOUT`], then SQLite is interrupted
+//! (`SQLITE_INTERRUPT`), and a result holds at most [`MAX_RESULT_BYTES`]: an app's runaway
+//! query (`WITH RECURSIVE` without an end) otherwise pinned a CPU of marina's for ever, held
+//! the app's connection so that every later call hung, and could pile up rows until marina ran
+//! out of memory.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use rusqlite::limits::Limit;
 use rusqlite::types::{Value as SqlValue, ValueRef};
@@ -10,8 +19,62 @@ use rusqlite::types::{Value as SqlValue, ValueRef};
 use super::proto::{DescribeResult, StmtResult, StreamError};
 use crate::value::Value;
 
+/// The longest one statement, batch step or script of an app may run.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most bytes of row values one statement's result may hold.
+pub const MAX_RESULT_BYTES: usize = 16 * 1024 * 1024;
+
 fn confine(c: &rusqlite::Connection) -> Result<(), StreamError> {
     c.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0).map(|_| ()).map_err(error_of)
+}
+
+/// Interrupts the connection's running statement once [`STATEMENT_TIMEOUT`] has passed, until
+/// dropped. (Outside a tokio runtime it does nothing.)
+struct Watchdog {
+    /// `(finished, fired)`: the timer interrupts only while `finished` is false, under the lock,
+    /// so once `drop` has taken it no later statement on the connection can be interrupted.
+    state: Arc<Mutex<(bool, bool)>>,
+    timer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn arm(c: &rusqlite::Connection) -> Self {
+        let state = Arc::new(Mutex::new((false, false)));
+        let interrupt = c.get_interrupt_handle();
+        let shared = state.clone();
+        let timer = tokio::runtime::Handle::try_current().ok().map(|rt| {
+            rt.spawn(async move {
+                tokio::time::sleep(STATEMENT_TIMEOUT).await;
+                let mut st = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                if !st.0 {
+                    st.1 = true;
+                    interrupt.interrupt();
+                }
+            })
+        });
+        Self { state, timer }
+    }
+
+    /// `e`, said plainly when it is this watchdog's interruption.
+    fn explain(&self, e: StreamError) -> StreamError {
+        if self.state.lock().unwrap_or_else(PoisonError::into_inner).1 && e.code == "SQLITE_INTERRUPT" {
+            return StreamError::new(
+                "SQLITE_INTERRUPT",
+                format!("the statement ran longer than {} s and was stopped", STATEMENT_TIMEOUT.as_secs()),
+            );
+        }
+        e
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).0 = true;
+        if let Some(t) = self.timer.take() {
+            t.abort();
+        }
+    }
 }
 
 /// SQLite's result code names, as sqld reports them (extended codes where they say more).
@@ -84,6 +147,7 @@ pub(super) fn execute(
     want_rows: bool,
 ) -> Result<StmtResult, StreamError> {
     confine(c)?;
+    let watchdog = Watchdog::arm(c);
     let mut stmt = c.prepare(sql).map_err(error_of)?;
     let count = stmt.parameter_count();
     if args.len() > count {
@@ -117,21 +181,36 @@ pub(super) fn execute(
         stmt.columns().map(|c| (c.name().to_string(), c.decl_type().map(str::to_string))).collect();
     let readonly = stmt.readonly();
     let mut out = Vec::new();
+    let mut bytes = 0usize;
     {
         let mut rows = stmt.raw_query();
-        while let Some(row) = rows.next().map_err(error_of)? {
+        while let Some(row) = rows.next().map_err(|e| watchdog.explain(error_of(e)))? {
             if !want_rows {
                 continue;
             }
             let mut values = Vec::with_capacity(cols.len());
             for i in 0..cols.len() {
-                values.push(match row.get_ref(i).map_err(error_of)? {
+                let v = row.get_ref(i).map_err(error_of)?;
+                bytes += match v {
+                    ValueRef::Text(t) | ValueRef::Blob(t) => t.len() + 8,
+                    _ => 8,
+                };
+                values.push(match v {
                     ValueRef::Null => Value::Null,
                     ValueRef::Integer(i) => Value::Integer(i),
                     ValueRef::Real(f) => Value::Real(f),
                     ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
                     ValueRef::Blob(b) => Value::Blob(b.to_vec()),
                 });
+            }
+            if bytes > MAX_RESULT_BYTES {
+                return Err(StreamError::new(
+                    "SQLITE_TOOBIG",
+                    format!(
+                        "the result is larger than {} MiB; select fewer rows (LIMIT) or columns",
+                        MAX_RESULT_BYTES / (1024 * 1024)
+                    ),
+                ));
             }
             out.push(values);
         }
@@ -148,7 +227,8 @@ pub(super) fn execute(
 /// Run a script of statements without arguments.
 pub(super) fn sequence(c: &mut rusqlite::Connection, sql: &str) -> Result<(), StreamError> {
     confine(c)?;
-    c.execute_batch(sql).map_err(error_of)
+    let watchdog = Watchdog::arm(c);
+    c.execute_batch(sql).map_err(|e| watchdog.explain(error_of(e)))
 }
 
 /// Describe one statement without running it.
