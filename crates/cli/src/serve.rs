@@ -69,7 +69,11 @@ pub fn run(args: ServeArgs) -> ExitCode {
         }
     };
     let outcome = runtime.block_on(async move { Server::bind(config).await?.run(shutdown_signal()).await });
-    drop(runtime);
+    // The shutdown has run its course (within RUNTIME_SHUTDOWN_TIMEOUT). A blocking call still
+    // going (an app's runaway SQL, a stuck file system) must not hold the exit: dropping the
+    // runtime would wait for it without end. Its work is abandoned as a crash would (SQLite's
+    // journal keeps the database whole).
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     // The buffered log lines first, then the reason for a failure, if any.
     crate::logwriter::flush();
     match outcome {

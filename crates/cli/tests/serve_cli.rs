@@ -481,3 +481,48 @@ fn wasm_build_makes_the_example_component_and_serve_runs_it() {
     assert!(err.contains("does not parse") && err.contains("bad.wat"), "{err}");
     assert!(!app.join("bad.wasm").exists());
 }
+
+/// A blocking call still running when the shutdown ends (here an app's runaway SQL, stopped only
+/// by its own 30 s limit) does not hold marina's exit: the exit stays within
+/// `RUNTIME_SHUTDOWN_TIMEOUT` (+ 1 s), as Kubernetes expects.
+#[test]
+fn a_runaway_query_does_not_hold_the_exit() {
+    let apps = tempfile::tempdir().unwrap();
+    open_to_workers(apps.path());
+    let state = tempfile::tempdir().unwrap();
+    let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plugins");
+    let root = "root-key-for-the-runaway-query-test-0123456789";
+    let port = free_port();
+    let plugins = plugins.display().to_string();
+    let env =
+        [("RUNTIME_SHUTDOWN_TIMEOUT", "2s"), ("RUNTIME_PLUGIN_DIRS", plugins.as_str()), ("RUNTIME_ROOT_KEY", root)];
+    let mut child = serve(apps.path(), state.path(), port, &env);
+    wait_ready(port);
+    let post = move |sql: &str, timeout: Duration| -> std::io::Result<String> {
+        let body = serde_json::json!({"requests": [{"type": "execute", "stmt": {"sql": sql}}]}).to_string();
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(timeout))?;
+        write!(
+            s,
+            "POST /database/api/v2/pipeline?tenant=runaway HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {root}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).map(|_| text)
+    };
+    assert!(post("SELECT 1", Duration::from_secs(10)).unwrap().starts_with("HTTP/1.1 200"));
+    let endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+    let _runaway = std::thread::spawn(move || post(endless, Duration::from_secs(60)));
+    // It runs once the database stops answering (the runaway holds its connection).
+    assert!(
+        eventually(Duration::from_secs(15), || post("SELECT 1", Duration::from_secs(1)).is_err()),
+        "the runaway query never started"
+    );
+    let t0 = Instant::now();
+    sigterm(&child);
+    let exit = wait_exit(&mut child, Duration::from_secs(40));
+    let took = t0.elapsed();
+    assert_eq!(exit.code(), Some(0));
+    assert!(took < Duration::from_secs(2 + 3), "the exit waited for the runaway query: {took:?}");
+}
