@@ -915,3 +915,26 @@ async fn runaway_sql_is_stopped_and_the_database_keeps_answering() {
     assert!(started.elapsed() < Duration::from_secs(10), "the database was still busy");
     srv.stop().await;
 }
+
+/// SQL an app sends cannot set SQLite's process-wide directories (`temp_store_directory`,
+/// `data_store_directory`): SQLite documents changing them with other connections open as
+/// unsafe, and they would move marina's own temp files. Other pragmas on its own file still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_sql_cannot_set_process_wide_sqlite_directories() {
+    let srv = start_apps(&[], |_| {}).await;
+    let admin = srv.admin_key().await;
+    let c = reqwest::Client::new();
+    let url = format!("{}/database/api/v2/pipeline?tenant=pragmas", srv.base);
+    let run = |sql: &str| json!({"requests": [{"type": "execute", "stmt": {"sql": sql}}]}).to_string();
+    for sql in
+        ["PRAGMA temp_store_directory = '/tmp'", "pragma DATA_STORE_DIRECTORY='/tmp'", "PRAGMA temp_store_directory"]
+    {
+        let (status, r) = send(&c, "POST", &url, Some(&admin), Some(&run(sql))).await;
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(r["results"][0]["type"], "error", "{sql} was allowed: {r}");
+        assert_eq!(r["results"][0]["error"]["code"], "SQLITE_AUTH", "{sql}: {r}");
+    }
+    let (_, r) = send(&c, "POST", &url, Some(&admin), Some(&run("PRAGMA user_version"))).await;
+    assert_eq!(r["results"][0]["type"], "ok", "{r}");
+    srv.stop().await;
+}

@@ -101,6 +101,20 @@ pub(crate) fn open_sqlite(path: Option<&Path>, unsealed: bool) -> Result<rusqlit
         })
         .and_then(|_| if path.is_some() { conn.pragma_update(None, "journal_mode", "WAL") } else { Ok(()) })
         .map_err(|e| unavailable(format!("cannot configure the SQLite database '{shown}': {e}")))?;
+    let mut conn = conn;
+    // `temp_store_directory` and `data_store_directory` set process-wide globals that SQLite
+    // documents as unsafe to change while other connections are open: SQL an app sends through
+    // the database plugin could race every connection in marina (a freed directory string in
+    // use) or send marina's own temp files somewhere it can read. Nothing in marina sets them.
+    conn.authorizer(Some(|ctx: rusqlite::hooks::AuthContext<'_>| match ctx.action {
+        rusqlite::hooks::AuthAction::Pragma { pragma_name, .. }
+            if ["temp_store_directory", "data_store_directory"].iter().any(|p| pragma_name.eq_ignore_ascii_case(p)) =>
+        {
+            rusqlite::hooks::Authorization::Deny
+        }
+        _ => rusqlite::hooks::Authorization::Allow,
+    }))
+    .map_err(|e| unavailable(format!("cannot configure the SQLite database '{shown}': {e}")))?;
     Ok(conn)
 }
 
