@@ -89,6 +89,45 @@ impl fmt::Display for ProxyError {
 
 impl std::error::Error for ProxyError {}
 
+/// Whether `req` may be sent again after a kept-alive connection closed under it: an
+/// idempotent method (RFC 9110 §9.2.2) and no body, so nothing was consumed that cannot be
+/// rebuilt.
+fn replayable(req: &Request<Body>) -> bool {
+    use http::Method;
+    matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::TRACE)
+        && hyper::body::Body::size_hint(req.body()).exact() == Some(0)
+}
+
+/// A copy of a bodiless request's head (extensions are not carried: a forwarded request has
+/// none the upstream exchange reads).
+fn head_of(req: &Request<Body>) -> Request<Body> {
+    let mut copy = Request::new(body::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// The connection ended before any answer came: what a kept-alive connection the upstream
+/// closed meanwhile looks like (never a malformed or oversized answer).
+fn closed_unanswered(err: &hyper::Error) -> bool {
+    if err.is_parse() || err.is_parse_too_large() || err.is_timeout() {
+        return false;
+    }
+    if err.is_incomplete_message() {
+        return true;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return matches!(io.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe);
+        }
+        cur = e.source();
+    }
+    false
+}
+
 /// A value the caller wants kept alive for as long as an upgraded connection (a WebSocket)
 /// lasts: put it in the request's extensions and the splice task holds it until either side
 /// closes. The worker pool uses it to count a WebSocket session as a request in flight, so a
@@ -153,13 +192,24 @@ impl Upstream {
 
     async fn send_pooled(&self, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
         while let Some(conn) = self.pool.take() {
+            // A kept-alive connection the upstream closed just as it was taken (its FIN not seen
+            // yet) takes the request and ends without an answer. RFC 9112 §9.3.1 lets a client
+            // retry an idempotent request then; one without a body can be sent again as it was,
+            // so its head is kept until the answer starts.
+            let again = replayable(&req).then(|| head_of(&req));
             match conn.send(req).await {
                 (Ok(resp), Some(conn), _) => return Ok(self.pooled(resp, conn)),
                 (Ok(resp), None, _) => return Ok(resp.map(body::boxed)),
                 (Err(mut e), _, ended) => match e.take_message() {
                     // Never written: the connection had closed meanwhile; try the next one.
                     Some(back) => req = back,
-                    None => return Err(ProxyError::Upstream(crate::pooled::cause(ended, e.into_error()))),
+                    None => {
+                        let err = crate::pooled::cause(ended, e.into_error());
+                        match again {
+                            Some(head) if closed_unanswered(&err) => req = head,
+                            _ => return Err(ProxyError::Upstream(err)),
+                        }
+                    }
                 },
             }
         }

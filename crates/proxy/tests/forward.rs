@@ -317,3 +317,75 @@ async fn upgrades_are_spliced_over_a_dedicated_connection() {
     tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut echoed)).await.unwrap().unwrap();
     assert_eq!(&echoed, b"HELLO");
 }
+
+/// An upstream that answers the first request on each connection and, on its second, reads the
+/// request and closes without a word: what a kept-alive connection the upstream closed just as
+/// marina reused it looks like (the FIN crossing the request), made deterministic.
+async fn closes_on_second_request() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut id = 0;
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            id += 1;
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for n in 0..2 {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0u8; 1024];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    buf.clear();
+                    if n == 1 {
+                        return; // the second request: closed unanswered
+                    }
+                    let head = format!("HTTP/1.1 200 OK\r\nx-conn: {id}\r\ncontent-length: 2\r\n\r\nok");
+                    s.write_all(head.as_bytes()).await.unwrap();
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_bodiless_idempotent_request_is_sent_again_when_a_reused_connection_closes_unanswered() {
+    let up = Upstream::new(Target::Tcp(closes_on_second_request().await));
+    let resp = get(&up, "/").await;
+    assert_eq!(resp.headers()["x-conn"], "1");
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+    // Connection 1 is pooled; it takes the next GET and closes: the GET goes again over a new one.
+    let resp = get(&up, "/again").await;
+    assert_eq!(resp.headers()["x-conn"], "2", "answered over a new connection");
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+    // A request with a body is not sent twice (it may have been consumed): the error is the answer.
+    let post = Request::post("/write").body(body::full("data")).unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), up.forward(post)).await.unwrap().unwrap_err();
+    assert!(!err.is_bad_response(), "a closed connection, not a bad answer: {err}");
+}
+
+#[tokio::test]
+async fn a_fresh_connection_that_closes_unanswered_is_an_error_not_a_retry_loop() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut chunk = [0u8; 1024];
+            let _ = s.read(&mut chunk).await; // the request, then closed unanswered
+        }
+    });
+    let up = Upstream::new(Target::Tcp(addr));
+    let req = Request::get("/").body(body::empty()).unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), up.forward(req)).await.unwrap();
+    assert!(got.is_err(), "an upstream that never answers is an error");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "sent once");
+}
