@@ -311,28 +311,37 @@ pub fn claim_app_database(state_dir: &Path, name: &str) -> Result<PathBuf, Error
     let ident = sql::app_ident(name)?;
     let apps = state_dir.join("apps");
     let io = |what: &str, e: std::io::Error| Error::internal(format!("app '{name}': {what} failed: {e}"));
-    std::fs::create_dir_all(&apps).map_err(|e| io("creating the apps dir", e))?;
     let owner_path = apps.join(format!("{ident}.owner"));
-    // Written aside and linked into place: the owner file appears whole or not at all, and of
-    // two apps claiming at once exactly one link succeeds.
-    let tmp = apps.join(format!(".{ident}.owner.{}", uuid::Uuid::new_v4().simple()));
-    let linked = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(name.as_bytes()))
-        .and_then(|()| std::fs::hard_link(&tmp, &owner_path));
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => return Ok(app_sqlite_path(state_dir, &ident)),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io("claiming the database", e)),
-    }
     // App names are at most 50 bytes (`app_ident`): read a little more, never a huge file.
-    let mut owner = String::new();
-    std::fs::File::open(&owner_path)
-        .and_then(|f| f.take(256).read_to_string(&mut owner))
-        .map_err(|e| io("reading the database's owner", e))?;
+    let read_owner = || {
+        let mut owner = String::new();
+        std::fs::File::open(&owner_path).and_then(|f| f.take(256).read_to_string(&mut owner)).map(|_| owner)
+    };
+    // Claimed already (every call after the first, e.g. each request of the app's worker token
+    // on the database plugin): one read, no writes.
+    let owner = match read_owner() {
+        Ok(owner) => owner,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(&apps).map_err(|e| io("creating the apps dir", e))?;
+            // Written aside and linked into place: the owner file appears whole or not at all,
+            // and of two apps claiming at once exactly one link succeeds.
+            let tmp = apps.join(format!(".{ident}.owner.{}", uuid::Uuid::new_v4().simple()));
+            let linked = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .and_then(|mut f| f.write_all(name.as_bytes()))
+                .and_then(|()| std::fs::hard_link(&tmp, &owner_path));
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => return Ok(app_sqlite_path(state_dir, &ident)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io("claiming the database", e)),
+            }
+            read_owner().map_err(|e| io("reading the database's owner", e))?
+        }
+        Err(e) => return Err(io("reading the database's owner", e)),
+    };
     if owner == name {
         return Ok(app_sqlite_path(state_dir, &ident));
     }
