@@ -84,9 +84,23 @@ fn unauthorized(code: &'static str, message: impl Into<String>) -> Error {
     Error::new(StatusCode::UNAUTHORIZED, code, message)
 }
 
+/// The two ends of the TCP connection a request came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connection {
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
+    /// marina's side.
+    pub local: std::net::SocketAddr,
+}
+
+/// Says whether a connection's client is, or may be, one of marina's workers: `Some(why)`
+/// when it is. Blocking (it reads `/proc`); asked only while the internal API is open.
+pub type AppCallerCheck = Arc<dyn Fn(Connection) -> Option<String> + Send + Sync>;
+
 /// Authentication state shared by every request.
 pub struct Auth {
     keys: KeyStore,
+    app_callers: Option<AppCallerCheck>,
     root_key: Option<String>,
     jwt: Option<JwtVerifier>,
     public_routes: PublicRoutesCache,
@@ -111,10 +125,19 @@ impl Auth {
         }
         Ok(Self {
             keys: KeyStore::new(store),
+            app_callers: None,
             root_key: config.root_key.clone(),
             jwt: config.jwt.as_ref().map(JwtVerifier::new).transpose()?,
             public_routes: PublicRoutesCache::default(),
         })
+    }
+
+    /// Refuse the keyless internal API to the connections `check` says are apps' (while no
+    /// key exists the API is open, and workers can reach it).
+    #[must_use]
+    pub fn with_app_caller_check(mut self, check: AppCallerCheck) -> Self {
+        self.app_callers = Some(check);
+        self
     }
 
     /// The generated keys.
@@ -154,17 +177,20 @@ impl Auth {
 
     /// The internal API's gate (buntime.md §4.1): `path` is relative to the API base. A key is
     /// required once the root key is set or any key was ever created; a generated key needs the
-    /// route's permission; without a key, state-changing calls need a same-host `Origin`.
+    /// route's permission; without a key, state-changing calls need a same-host `Origin`, and
+    /// no call is answered for a worker (`conn` is the request's connection; see
+    /// [`Auth::with_app_caller_check`]).
     ///
     /// # Errors
     /// 401 `AUTH_REQUIRED` and the key errors of [`Auth::identify_key`]; 403
-    /// `PERMISSION_DENIED`, `ORIGIN_REQUIRED`, `ORIGIN_MISMATCH`.
+    /// `PERMISSION_DENIED`, `ORIGIN_REQUIRED`, `ORIGIN_MISMATCH`, `API_NOT_OPEN_TO_APPS`.
     pub async fn authorize_api(
         &self,
         method: &Method,
         path: &str,
         headers: &HeaderMap,
         authority: Option<&str>,
+        conn: Option<Connection>,
     ) -> Result<Option<Identity>, Error> {
         let requirement = api_rules::requirement(method, path);
         if requirement == Requirement::Public {
@@ -182,6 +208,7 @@ impl Auth {
                     "this API needs a key: send X-API-Key or Authorization: Bearer <key>",
                 ));
             }
+            self.refuse_apps(conn, headers).await?;
             if api_rules::is_state_changing(method) {
                 api_rules::check_origin(headers, authority)?;
             }
@@ -205,6 +232,35 @@ impl Auth {
             .with_data(json!({ "permission": needed, "role": identity.roles.first() })));
         }
         Ok(Some(identity))
+    }
+
+    /// While the API is open (no key exists), a worker's call is refused, reads included: an
+    /// app could otherwise create the first admin key, or read what other apps run and what
+    /// their clients ask (`/api/workers`, `/gateway/api` logs). The operator opens the API to an
+    /// app by giving it a key.
+    async fn refuse_apps(&self, conn: Option<Connection>, headers: &HeaderMap) -> Result<(), Error> {
+        let verdict = if headers.contains_key(marina_core::headers::FROM_APP) {
+            Some("a wasm app's outgoing request".to_string())
+        } else if let (Some(check), Some(conn)) = (&self.app_callers, conn) {
+            let check = Arc::clone(check);
+            tokio::task::spawn_blocking(move || check(conn))
+                .await
+                .unwrap_or_else(|_| Some("the check of the caller failed".into()))
+        } else {
+            None
+        };
+        let peer = conn.map(|c| c.peer.to_string());
+        match verdict {
+            None => Ok(()),
+            Some(why) => Err(Error::new(
+                StatusCode::FORBIDDEN,
+                "API_NOT_OPEN_TO_APPS",
+                format!(
+                    "the internal API is not open to apps: this request comes from a worker ({why}). It is open without a key only until a key exists; to let an app use it, set RUNTIME_ROOT_KEY or create a key (marina keys create) and give the app that key"
+                ),
+            )
+            .with_data(json!({ "peer": peer }))),
+        }
     }
 
     /// The gate of a path that may be an app route ([`Auth::check_request`] has removed
@@ -301,13 +357,14 @@ impl Auth {
         method: &Method,
         headers: &mut HeaderMap,
         authority: Option<&str>,
+        conn: Option<Connection>,
     ) -> Result<Option<Arc<Identity>>, Error> {
         identity::strip_incoming(headers);
         match destination {
             // The internal API's gate and key look-ups wait on the store: boxed, so the future of
             // every request (a remembered token's is ready at once) stays small to create.
             Destination::Api { path } => {
-                Ok(Box::pin(self.authorize_api(method, path, headers, authority)).await?.map(Arc::new))
+                Ok(Box::pin(self.authorize_api(method, path, headers, authority, conn)).await?.map(Arc::new))
             }
             Destination::App { route } => self.authorize_app(route, method, headers).await,
             Destination::Other => Ok(Box::pin(self.identify_any(headers)).await),

@@ -33,5 +33,5 @@ pub mod keys_api;
 pub mod public_routes;
 
 pub use config::{AuthConfig, JwtConfig};
-pub use guard::{AppRoute, AppRouteFn, Auth, Destination, KeySource, Presented, presented};
+pub use guard::{AppCallerCheck, AppRoute, AppRouteFn, Auth, Connection, Destination, KeySource, Presented, presented};
 pub use identity::{IDENTITY_HEADER, Identity, IdentityKind};

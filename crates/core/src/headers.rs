@@ -13,3 +13,6 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_BASE: HeaderName = HeaderName::from_static("x-base");
 /// `X-API-Key`: an API key, as Buntime's clients send it.
 pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+/// Set by marina on a wasm app's outgoing requests to marina's own port (which come from
+/// marina's process, so the connection cannot tell): the internal API, while open, refuses them.
+pub const FROM_APP: HeaderName = HeaderName::from_static("x-marina-from-app");

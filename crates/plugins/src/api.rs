@@ -136,9 +136,10 @@ pub async fn guard(
     method: &http::Method,
     headers: &http::HeaderMap,
     full_path: &str,
+    conn: Option<marina_auth::Connection>,
 ) -> Result<Option<marina_auth::Identity>, Error> {
     let authority = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    auth.authorize_api(method, full_path, headers, authority).await
+    auth.authorize_api(method, full_path, headers, authority, conn).await
 }
 
 #[cfg(test)]

@@ -80,6 +80,7 @@ impl Plugin for AuthPlugin {
             })
             .flatten();
         let method = req.method().clone();
+        let conn = ctx.connection();
         // The app is looked up only if authentication asks (see `Auth::authorize_app`).
         let found = std::sync::OnceLock::new();
         let route = || {
@@ -95,7 +96,7 @@ impl Plugin for AuthPlugin {
             None => Destination::App { route: &route },
         };
         let identity =
-            match self.auth.check_request(destination, &method, req.headers_mut(), authority.as_deref()).await {
+            match self.auth.check_request(destination, &method, req.headers_mut(), authority.as_deref(), conn).await {
                 Ok(identity) => identity,
                 Err(refusal) if refusal.kind() == marina_core::Source::Client => {
                     ctx.refusal = Some(refusal);

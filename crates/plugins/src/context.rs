@@ -24,6 +24,9 @@ pub struct RequestContext {
     pub started: Instant,
     /// The socket peer.
     pub peer: SocketAddr,
+    /// marina's side of the connection, when known (the internal API asks who the peer is
+    /// while it is open without a key).
+    pub local: Option<SocketAddr>,
     /// The real client address: the peer, unless a trusted proxy in front of marina says
     /// otherwise (the gateway decides that; nothing else may).
     pub client_ip: IpAddr,
@@ -48,12 +51,18 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
+    /// The request's connection, when marina's side of it is known.
+    pub fn connection(&self) -> Option<marina_auth::Connection> {
+        self.local.map(|local| marina_auth::Connection { peer: self.peer, local })
+    }
+
     /// A context for a request just accepted.
     pub fn new(request_id: impl Into<Arc<str>>, peer: SocketAddr, method: Method, path: impl Into<Arc<str>>) -> Self {
         Self {
             request_id: request_id.into(),
             started: Instant::now(),
             peer,
+            local: None,
             client_ip: peer.ip(),
             method,
             path: path.into(),

@@ -48,6 +48,7 @@ use marina_core::{Body, Error, body};
 use marina_plugins::{Catalog, Loaded, PluginEnv, PluginSet, RequestContext};
 use marina_store::Store;
 use marina_workers::backend::Backend;
+use marina_workers::process::sandbox::callers::Caller;
 use marina_workers::{AppDatabasePath, PoolOptions, WorkerPool};
 use parking_lot::RwLock;
 use route::Target;
@@ -200,7 +201,15 @@ impl Server {
         )?;
         // One authentication state for everything: the pipeline's first phase, `/api/keys` and
         // the data plugins' admin keys.
-        let auth = Arc::new(marina_auth::Auth::new(&config.auth, store.clone())?);
+        // While no key exists the internal API is open, but never to a worker (docs/security.md).
+        let callers = pool.callers();
+        let app_callers: marina_auth::AppCallerCheck =
+            Arc::new(move |c: marina_auth::Connection| match callers.classify(c.peer, c.local) {
+                Caller::Elsewhere | Caller::NotWorker => None,
+                Caller::Worker(why) => Some(why),
+                Caller::Unknown(why) => Some(format!("it may be: {why}")),
+            });
+        let auth = Arc::new(marina_auth::Auth::new(&config.auth, store.clone())?.with_app_caller_check(app_callers));
         // marina's own listener is a proxy target no rule may have (it would loop).
         // The operator's ranges (`RUNTIME_PROXY_ALLOW`/`_DENY`) hold for app and plugin rules alike.
         // Both were validated with the rest of the configuration.
@@ -349,12 +358,14 @@ async fn handle(
     api_router: axum::Router,
     req: Request<Incoming>,
     peer: SocketAddr,
+    local: Option<SocketAddr>,
     conn: send_timeout::Conn,
     sink: marina_core::zerocopy::Sink,
 ) -> Result<Response<Body>, Infallible> {
     // 1. accept
     let request_id = request_id::for_request(req.headers());
     let mut ctx = RequestContext::new(request_id, peer, req.method().clone(), req.uri().path());
+    ctx.local = local;
     ctx.client_ip = client_ip::client_ip(peer, req.headers(), &rt.config.trusted_proxies);
     // Records the request even if the client goes away before the answer (499).
     let version = req.version();

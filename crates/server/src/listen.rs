@@ -130,6 +130,7 @@ impl Listener {
 
     fn serve(&self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
         let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().ok();
         let stream = crate::zerocopy::Stream::new(stream);
         let sink = stream.sink();
         let clock = stream.clock();
@@ -146,7 +147,7 @@ impl Listener {
         let close = watch.close.clone();
         let service = service_fn(move |req| {
             heard.store(true, Ordering::Relaxed);
-            crate::handle(rt.clone(), api_router.clone(), req, peer, watch.clone(), sink.clone())
+            crate::handle(rt.clone(), api_router.clone(), req, peer, local, watch.clone(), sink.clone())
         });
         let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let conn = self.graceful.watch(conn.into_owned());

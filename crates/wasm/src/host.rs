@@ -104,6 +104,10 @@ impl WasiHttpView for Host {
 pub(crate) struct Outbound {
     pub allowed: Arc<Vec<HostPattern>>,
     pub app: Arc<str>,
+    /// marina's own port: a request to it carries [`marina_core::headers::FROM_APP`], which the
+    /// guest cannot remove, so the internal API knows it is an app's even though it comes from
+    /// marina's own process (docs/security.md).
+    pub api_port: Option<u16>,
 }
 
 impl WasiHttpHooks for Outbound {
@@ -121,6 +125,7 @@ impl WasiHttpHooks for Outbound {
             > + Send,
     > {
         drop(fut);
+        let mut request = request;
         let uri = request.uri();
         let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
         let host = uri.host().unwrap_or("").to_string();
@@ -128,6 +133,9 @@ impl WasiHttpHooks for Outbound {
         if !self.allowed.iter().any(|p| p.allows(&scheme, &host, port)) {
             tracing::warn!(app = %self.app, "outgoing HTTP to {scheme}://{host}:{port} denied: not in allowedOutboundHosts");
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        if Some(port) == self.api_port {
+            request.headers_mut().insert(marina_core::headers::FROM_APP, http::HeaderValue::from_static("1"));
         }
         Box::new(async move {
             use http_body_util::BodyExt;

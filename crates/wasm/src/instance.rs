@@ -39,6 +39,8 @@ pub(crate) struct WasmInstance {
     key: Arc<str>,
     env: Arc<Vec<(String, String)>>,
     allowed: Arc<Vec<HostPattern>>,
+    /// marina's own port (from `RUNTIME_API_URL`): requests to it are marked as an app's.
+    api_port: Option<u16>,
     max_memory: Option<usize>,
     timeout: Duration,
     reuse: bool,
@@ -76,6 +78,7 @@ impl WasmInstance {
             key: app.key().into(),
             env: Arc::new(env),
             allowed: Arc::new(allowed),
+            api_port: opts.runtime_api_url.parse::<http::Uri>().ok().and_then(|u| u.port_u16()),
             max_memory: app.config.max_memory.map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
             timeout: app.config.timeout,
             reuse: app.config.reuse_instances,
@@ -100,7 +103,7 @@ impl WasmInstance {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: Outbound { allowed: self.allowed.clone(), app: self.key.clone() },
+            hooks: Outbound { allowed: self.allowed.clone(), app: self.key.clone(), api_port: self.api_port },
             limits: Limits { max: self.max_memory, mine: 0, used: self.used.clone(), exceeded },
             deadline,
         };

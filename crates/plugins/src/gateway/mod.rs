@@ -334,7 +334,7 @@ impl Plugin for Gateway {
         if !req.uri().path().starts_with("/api/") {
             return Err(Error::not_found(format!("nothing is served at '{}'", ctx.path)));
         }
-        crate::api::guard(&self.state.auth, req.method(), req.headers(), &ctx.path).await?;
+        crate::api::guard(&self.state.auth, req.method(), req.headers(), &ctx.path, ctx.connection()).await?;
         crate::api::call(&self.router, req).await
     }
 

@@ -209,7 +209,7 @@ impl Plugin for ProxyPlugin {
             return Err(Error::not_found(format!("nothing is served at '{}'", ctx.path)));
         }
         if let Some(auth) = self.auth.get() {
-            crate::api::guard(auth, req.method(), req.headers(), &ctx.path).await?;
+            crate::api::guard(auth, req.method(), req.headers(), &ctx.path, ctx.connection()).await?;
         }
         crate::api::call(router, req).await
     }

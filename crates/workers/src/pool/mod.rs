@@ -144,6 +144,8 @@ pub(crate) struct Inner {
     opts: PoolOptions,
     /// How process workers are isolated on this machine (decided at start).
     sandbox: SandboxStatus,
+    /// Tells a worker's connection to marina from anyone else's.
+    callers: crate::process::sandbox::callers::CallerProbe,
     /// One backend per kind; the only place a kind is looked at.
     backends: HashMap<WorkerKind, Arc<dyn Backend>>,
     /// Instances of [`Policy::Shared`] kinds.
@@ -196,6 +198,7 @@ impl WorkerPool {
             sandbox: opts.sandbox.clone(),
         })?);
         let sandbox = process.sandbox_status();
+        let callers = process.callers();
         let process: Arc<dyn Backend> = process;
         let mut backends: HashMap<WorkerKind, Arc<dyn Backend>> = HashMap::from([
             (WorkerKind::Static, Arc::new(StaticBackend) as Arc<dyn Backend>),
@@ -206,6 +209,7 @@ impl WorkerPool {
         let concurrency = opts.ephemeral_concurrency.clamp(1, opts.pool_size);
         let inner = Arc::new_cyclic(|me| Inner {
             sandbox,
+            callers,
             backends,
             shared: Shared::default(),
             gate: Gate::new(concurrency, opts.ephemeral_queue_limit),
@@ -360,6 +364,12 @@ impl WorkerPool {
     /// How process workers are isolated on this machine, and what is not isolated.
     pub fn sandbox(&self) -> SandboxStatus {
         self.inner.sandbox.clone()
+    }
+
+    /// Tells a worker's connection to marina from anyone else's (the internal API asks while
+    /// it is open without a key).
+    pub fn callers(&self) -> crate::process::sandbox::callers::CallerProbe {
+        self.inner.callers.clone()
     }
 
     /// Stops every worker within `budget`: in-flight requests may finish (up to half of it),

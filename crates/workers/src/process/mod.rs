@@ -104,6 +104,11 @@ impl ProcessBackend {
         self.sandbox.status()
     }
 
+    /// Tells a worker's connection to marina from anyone else's.
+    pub fn callers(&self) -> sandbox::callers::CallerProbe {
+        self.sandbox.callers()
+    }
+
     fn runtime(&self) -> Result<js::JsRuntime, Error> {
         match &self.js_runtime {
             Ok(r) => Ok(r.clone()),

@@ -42,6 +42,20 @@ export default {
           tmpdir: process.env.TMPDIR,
           data: process.env.APP_DATA_DIR,
         });
+      case "/api": {
+        // Calls marina's internal API as an operator's browser would (the CSRF header set).
+        const init = { method: q.get("method") || "GET", headers: { "x-buntime-internal": "true" } };
+        if (q.has("body")) {
+          init.body = q.get("body");
+          init.headers["content-type"] = "application/json";
+        }
+        try {
+          const r = await fetch(process.env.RUNTIME_API_URL + q.get("path"), init);
+          return Response.json({ ok: true, status: r.status, body: await r.text() });
+        } catch (e) {
+          return Response.json({ ok: false, error: String(e) });
+        }
+      }
       case "/read":
         return Response.json(attempt(() => readFileSync(q.get("path"), "utf8").length));
       case "/list":

@@ -17,6 +17,7 @@
 //!   writable dirs (`APP_DATA_DIR`, `TMPDIR`; `HOME` is the data dir when the uid is dropped);
 //! - `S/sock/{worker}/w.sock`, in a 0700 dir owned by `U`: a JS worker's socket.
 
+pub mod callers;
 mod cgroup;
 mod child;
 mod fs_rules;
@@ -96,6 +97,7 @@ pub(crate) struct Sandbox {
     max_procs: u32,
     state_dir: PathBuf,
     gaps: Vec<String>,
+    callers: callers::CallerProbe,
 }
 
 fn internal(msg: String) -> Error {
@@ -214,7 +216,14 @@ impl Sandbox {
             Some(c) if !c.limits_pids() => gaps.push("no pids cgroup: there is no per-worker process limit".into()),
             Some(_) => {}
         }
+        let worker_uids = match &ids {
+            Ids::Inherit => callers::WorkerUids::Own,
+            Ids::Shared { uid, .. } => callers::WorkerUids::One(*uid),
+            Ids::PerApp { first, count } => callers::WorkerUids::Range { first: *first, count: *count },
+        };
+        let callers = callers::CallerProbe::new(worker_uids, cgroups.as_ref().map(|_| parent));
         let sandbox = Sandbox {
+            callers,
             ids,
             landlock,
             cgroups,
@@ -224,6 +233,11 @@ impl Sandbox {
         };
         sandbox.prepare_state_dir()?;
         Ok(sandbox)
+    }
+
+    /// Tells a worker's connection to marina from anyone else's ([`callers`]).
+    pub fn callers(&self) -> callers::CallerProbe {
+        self.callers.clone()
     }
 
     fn drops_uid(&self) -> bool {
