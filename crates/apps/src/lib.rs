@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod outbound;
 pub mod proxy_rules;
 pub mod registry;
+pub mod removal;
 pub mod sandbox_key;
 mod stamp;
 

@@ -8,14 +8,14 @@ use axum::Extension;
 use axum::Router;
 use axum::extract::{OriginalUri, State};
 use axum::response::Response as AxumResponse;
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post};
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use marina_core::Error;
 use marina_plugins::api::{ApiError, reply};
 use serde_json::{Value, json};
 
-use crate::Runtime;
+use crate::{Runtime, api_remove};
 
 /// The marina version reported by health and discovery endpoints.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -29,8 +29,11 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/apps", get(apps))
+        .route("/apps/{scope}/{name}", delete(api_remove::delete_app))
+        .route("/apps/{scope}/{name}/{version}", delete(api_remove::delete_app_version))
         .route("/workers", get(workers))
         .route("/plugins", get(plugins))
+        .route("/plugins/{name}", delete(api_remove::delete_plugin))
         .route("/plugins/reload", post(plugins_reload))
         .route("/plugins/loaded", get(plugins_loaded))
         .route("/keys", any(keys))
@@ -87,7 +90,8 @@ async fn apps(State(rt): State<Arc<Runtime>>) -> ApiResult {
         .into_iter()
         .map(|a| {
             let states = by_name.remove(&a.name).unwrap_or_default();
-            let mut v = serde_json::to_value(&a).unwrap_or(Value::Null);
+            let mut v =
+                api_remove::with_source(serde_json::to_value(&a).unwrap_or(Value::Null), &a.path, rt.registry.dirs());
             v["states"] = Value::Array(states);
             v
         })
@@ -104,9 +108,14 @@ async fn workers(State(rt): State<Arc<Runtime>>) -> ApiResult {
     }))
 }
 
-/// Every plugin directory on disk, loaded or not (Buntime's `[{name, path}]`).
+/// Every plugin directory on disk, loaded or not (Buntime's `[{name, path, source, removable}]`).
 async fn plugins(State(rt): State<Arc<Runtime>>) -> ApiResult {
-    reply(&marina_plugins::manifest::scan(&rt.config.plugin_dirs))
+    let dirs = &rt.config.plugin_dirs;
+    let found: Vec<Value> = marina_plugins::manifest::scan(dirs)
+        .into_iter()
+        .map(|f| api_remove::with_source(serde_json::to_value(&f).unwrap_or(Value::Null), &f.path, dirs))
+        .collect();
+    reply(&found)
 }
 
 /// Rescan and reload; the old instances are shut down.

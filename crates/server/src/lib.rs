@@ -18,6 +18,7 @@
 //!    watched by [`send_timeout`].
 
 pub mod api;
+mod api_remove;
 mod body_timeout;
 pub mod client_ip;
 pub mod completion;

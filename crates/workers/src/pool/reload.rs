@@ -20,7 +20,7 @@ use marina_core::Error;
 use parking_lot::Mutex;
 
 use super::worker::Worker;
-use super::{Inner, Slot, SlotState};
+use super::{Inner, Slot, SlotState, WorkerPool};
 
 /// A reload in progress: the app it switches to and the workers started for it.
 pub(super) struct Reload {
@@ -158,5 +158,29 @@ impl Inner {
     /// the reload's failure, not a crash of the app's running version.
     pub(super) fn is_reload_candidate(&self, st: &SlotState, worker: &Arc<Worker>) -> bool {
         st.reload.as_ref().is_some_and(|r| r.workers.iter().any(|w| Arc::ptr_eq(w, worker)))
+    }
+}
+
+impl WorkerPool {
+    /// `key` (`name@version`) was removed from disk: its workers take no new requests, finish
+    /// the ones they have (up to the app's `timeout`), then stop; a reload under way is
+    /// abandoned, spares are stopped and a shared (static, wasm) instance is dropped.
+    pub fn retire_app(&self, key: &str, why: &str) {
+        let inner = &self.inner;
+        inner.shared.forget(key);
+        inner.drop_spares(key);
+        let Some(slot) = inner.slots.lock().peek(key).cloned() else { return };
+        let (workers, successor) = {
+            let mut st = slot.st.lock();
+            if let Some(reload) = st.reload.take() {
+                for w in reload.workers {
+                    w.kill();
+                }
+            }
+            (st.workers.clone(), st.successor.take())
+        };
+        for w in successor.iter().chain(workers.iter()) {
+            inner.retire(w, None, why);
+        }
     }
 }
