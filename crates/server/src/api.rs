@@ -8,7 +8,7 @@ use axum::Extension;
 use axum::Router;
 use axum::extract::{OriginalUri, State};
 use axum::response::Response as AxumResponse;
-use axum::routing::{any, delete, get, post};
+use axum::routing::{MethodRouter, any, delete, get, post};
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use marina_core::Error;
@@ -22,28 +22,55 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 type ApiResult = Result<AxumResponse, ApiError>;
 
+/// The routes below the API base, and their paths: the OpenAPI document ([`crate::openapi`]) is
+/// tested against these.
+fn table() -> (Router<Arc<Runtime>>, Vec<&'static str>) {
+    let routes: Vec<(&'static str, MethodRouter<Arc<Runtime>>)> = vec![
+        ("/health", get(health)),
+        ("/health/live", get(live)),
+        ("/health/ready", get(ready)),
+        ("/apps", get(apps)),
+        ("/apps/{scope}/{name}", delete(api_remove::delete_app)),
+        ("/apps/{scope}/{name}/{version}", delete(api_remove::delete_app_version)),
+        ("/workers", get(workers)),
+        ("/plugins", get(plugins)),
+        ("/plugins/{name}", delete(api_remove::delete_plugin)),
+        ("/plugins/reload", post(plugins_reload)),
+        ("/plugins/loaded", get(plugins_loaded)),
+        ("/keys", any(keys)),
+        ("/keys/{*rest}", any(keys)),
+        ("/openapi.json", get(openapi_json)),
+        ("/docs", get(docs)),
+    ];
+    let paths = routes.iter().map(|(p, _)| *p).collect();
+    (routes.into_iter().fold(Router::new(), |r, (p, m)| r.route(p, m)), paths)
+}
+
+/// The paths the API routes, below its base.
+pub fn paths() -> Vec<&'static str> {
+    table().1
+}
+
 /// Build the API router, nested under the API base.
 pub fn router(rt: Arc<Runtime>) -> Router {
-    let api = Router::new()
-        .route("/health", get(health))
-        .route("/health/live", get(live))
-        .route("/health/ready", get(ready))
-        .route("/apps", get(apps))
-        .route("/apps/{scope}/{name}", delete(api_remove::delete_app))
-        .route("/apps/{scope}/{name}/{version}", delete(api_remove::delete_app_version))
-        .route("/workers", get(workers))
-        .route("/plugins", get(plugins))
-        .route("/plugins/{name}", delete(api_remove::delete_plugin))
-        .route("/plugins/reload", post(plugins_reload))
-        .route("/plugins/loaded", get(plugins_loaded))
-        .route("/keys", any(keys))
-        .route("/keys/{*rest}", any(keys))
+    let api = table()
+        .0
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // No internal API route takes more than a key's JSON: reading stops there with 413.
         .layer(axum::extract::DefaultBodyLimit::max(marina_auth::keys_api::MAX_BODY))
         .with_state(rt.clone());
     Router::new().nest(&rt.config.api_base(), api).fallback(not_found)
+}
+
+async fn openapi_json(State(rt): State<Arc<Runtime>>) -> ApiResult {
+    reply(&crate::openapi::document(&rt.api_base, VERSION))
+}
+
+async fn docs(State(rt): State<Arc<Runtime>>) -> ApiResult {
+    let mut resp = axum::response::IntoResponse::into_response(crate::openapi::page(&rt.api_base, VERSION));
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/html; charset=utf-8"));
+    Ok(resp)
 }
 
 async fn health() -> ApiResult {

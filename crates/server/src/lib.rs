@@ -28,6 +28,7 @@ pub mod edge;
 mod host;
 mod listen;
 pub mod migrations;
+pub mod openapi;
 pub mod reload;
 pub mod request_id;
 pub mod route;
