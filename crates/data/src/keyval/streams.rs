@@ -161,10 +161,17 @@ pub(super) async fn dlq(
             Err(e) => Err(e),
         },
         (&Method::POST, [id, "requeue"]) => Ok(web::ok(&json!({ "ok": true, "id": ns.dlq_requeue(id).await? }))),
+        // The routes exist under other methods: 405 with `Allow`, as for every other keyval route.
+        (_, [] | [_]) => Err(web::method_not_allowed(method, &dlq_path(rest), &["GET", "DELETE"])),
+        (_, [_, "requeue"]) => Err(web::method_not_allowed(method, &dlq_path(rest), &["POST"])),
         _ => Err(Error::new(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
             format!("no keyval route {method} /keyval/api/queue/dlq/{}", rest.join("/")),
         )),
     }
+}
+
+fn dlq_path(rest: &[&str]) -> String {
+    if rest.is_empty() { "/keyval/api/queue/dlq".into() } else { format!("/keyval/api/queue/dlq/{}", rest.join("/")) }
 }

@@ -167,42 +167,6 @@ fn key_lock(ns: &str, enc: &[u8]) -> i64 {
     i64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
 }
 
-fn number_op(path: &str, kind: &str, current: Option<&Json>, operand: &Json) -> Result<Json, Error> {
-    let Json::Number(b) = operand else {
-        return Err(bad("KV_ATOMIC_INVALID", path, format!("{kind} needs a number, found {operand}")));
-    };
-    let a = match current {
-        None => return Ok(operand.clone()),
-        Some(Json::Number(a)) => a,
-        Some(other) => {
-            return Err(Error::new(
-                StatusCode::CONFLICT,
-                "KV_TYPE_MISMATCH",
-                format!("{path}: {kind} needs the stored value to be a number, found {other}"),
-            )
-            .with_data(serde_json::json!({ "path": path })));
-        }
-    };
-    if let (Some(x), Some(y)) = (a.as_i64(), b.as_i64()) {
-        return match kind {
-            "sum" => x.checked_add(y).map(Json::from).ok_or_else(|| {
-                Error::new(StatusCode::CONFLICT, "KV_OVERFLOW", format!("{path}: {x} + {y} overflows a 64-bit integer"))
-            }),
-            "min" => Ok(Json::from(x.min(y))),
-            _ => Ok(Json::from(x.max(y))),
-        };
-    }
-    let (x, y) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
-    let r = match kind {
-        "sum" => x + y,
-        "min" => x.min(y),
-        _ => x.max(y),
-    };
-    serde_json::Number::from_f64(r).map(Json::Number).ok_or_else(|| {
-        Error::new(StatusCode::CONFLICT, "KV_OVERFLOW", format!("{path}: the result is not a finite number"))
-    })
-}
-
 fn array_op(path: &str, append: bool, current: Option<&Json>, operand: &Json) -> Result<Json, Error> {
     let Json::Array(items) = operand else {
         return Err(bad(
@@ -334,9 +298,9 @@ impl Namespace {
                             let current: Option<Json> =
                                 current.map(|(t, _)| serde_json::from_str(&t).unwrap_or(Json::Null));
                             Some(match kind {
-                                MutationKind::Sum(o) => number_op(&path, "sum", current.as_ref(), o)?,
-                                MutationKind::Min(o) => number_op(&path, "min", current.as_ref(), o)?,
-                                MutationKind::Max(o) => number_op(&path, "max", current.as_ref(), o)?,
+                                MutationKind::Sum(o) => super::numeric::apply(&path, "sum", current.as_ref(), o)?,
+                                MutationKind::Min(o) => super::numeric::apply(&path, "min", current.as_ref(), o)?,
+                                MutationKind::Max(o) => super::numeric::apply(&path, "max", current.as_ref(), o)?,
                                 MutationKind::Append(o) => array_op(&path, true, current.as_ref(), o)?,
                                 MutationKind::Prepend(o) => array_op(&path, false, current.as_ref(), o)?,
                                 MutationKind::Set(_) | MutationKind::Delete => unreachable!("handled above"),

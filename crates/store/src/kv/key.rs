@@ -223,8 +223,9 @@ pub fn key_from_json(v: &Json, field: &str) -> Result<Key, Error> {
 }
 
 /// A key from URL path segments (`users/1` → `["users", 1]`): a segment that is a decimal
-/// integer becomes a number, `true`/`false` booleans, anything else a string (percent-decoded
-/// by the caller).
+/// integer becomes a number, anything else a string (percent-decoded by the caller) —
+/// `true`/`false` included, as in Buntime (`validateKeyPart`), so a URL cannot name a boolean
+/// part; JSON bodies can.
 pub fn key_from_path(segments: &[&str]) -> Key {
     segments
         .iter()
@@ -237,10 +238,6 @@ pub fn key_from_path(segments: &[&str]) -> Key {
                 && n.unsigned_abs() < (1 << 53)
             {
                 KeyPart::Number(n as f64)
-            } else if *s == "true" {
-                KeyPart::Bool(true)
-            } else if *s == "false" {
-                KeyPart::Bool(false)
             } else {
                 KeyPart::String((*s).to_string())
             }
@@ -353,7 +350,7 @@ mod tests {
                 KeyPart::String("users".into()),
                 KeyPart::Number(1.0),
                 KeyPart::Number(-2.0),
-                KeyPart::Bool(true),
+                KeyPart::String("true".into()),
                 KeyPart::String("1.5".into()),
                 KeyPart::String("x".into())
             ]

@@ -19,6 +19,7 @@ mod entries;
 pub mod filter;
 pub mod key;
 mod list;
+mod numeric;
 pub mod queue;
 pub mod search;
 pub mod watch;
