@@ -66,7 +66,7 @@ async fn keys(base: &str) -> Vec<Value> {
 async fn attack(tweak: impl FnOnce(&mut marina_server::RawConfig)) {
     let apps = apps();
     let srv = common::start(apps.path(), |r| {
-        r.set("RUNTIME_JS", "node");
+        r.set("RUNTIME_JS", "node").set("RUNTIME_PLUGIN_DIRS", common::bundled_plugins());
         tweak(r);
     })
     .await;
@@ -82,6 +82,16 @@ async fn attack(tweak: impl FnOnce(&mut marina_server::RawConfig)) {
     for (method, path) in [("GET", "/api/keys"), ("GET", "/api/workers"), ("DELETE", "/api/keys/1")] {
         let (status, body) = from_app(&base, method, path, None).await;
         assert_eq!((status, body["code"].as_str()), (403, Some("API_NOT_OPEN_TO_APPS")), "{method} {path}: {body}");
+    }
+    // The plugin APIs that follow the internal API's key rules too.
+    let rule = json!({"name": "steal", "pattern": "^/victim/(.*)$", "target": "http://127.0.0.1:9"});
+    for (method, path, body) in [
+        ("POST", "/redirects/api/rules", Some(&rule)),
+        ("GET", "/redirects/api/rules", None),
+        ("GET", "/gateway/api/logs", None),
+    ] {
+        let (status, answer) = from_app(&base, method, path, body).await;
+        assert_eq!((status, answer["code"].as_str()), (403, Some("API_NOT_OPEN_TO_APPS")), "{method} {path}: {answer}");
     }
     let (status, body) = from_app(&base, "GET", "/api/health", None).await;
     assert_eq!(status, 200, "{body}");

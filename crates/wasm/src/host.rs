@@ -178,3 +178,51 @@ impl Drop for Limits {
         self.used.fetch_sub(self.mine, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    /// One request's head as a plain TCP server saw it.
+    fn one_request_head(listener: std::net::TcpListener) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.ends_with(b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "the connection closed before the head ended");
+                head.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").unwrap();
+            String::from_utf8_lossy(&head).to_ascii_lowercase()
+        })
+    }
+
+    async fn send(api_port: Option<u16>, to: u16) -> String {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", to)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = one_request_head(listener);
+        let allowed = vec![HostPattern::parse(&format!("http://127.0.0.1:{port}")).unwrap()];
+        let mut hooks = Outbound { allowed: Arc::new(allowed), app: "guest".into(), api_port: api_port.or(Some(port)) };
+        let body = http_body_util::Empty::<bytes::Bytes>::new().map_err(|never| match never {}).boxed_unsync();
+        let req = http::Request::get(format!("http://127.0.0.1:{port}/api/keys")).body(body).unwrap();
+        let fut = hooks.send_request(req, None, Box::new(async { Ok(()) }));
+        let (resp, _io) = Box::into_pin(fut).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        server.join().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_guest_s_request_to_marina_s_port_is_marked_as_an_app_s() {
+        let head = send(None, 0).await;
+        assert!(head.contains("x-marina-from-app: 1"), "{head}");
+        // To any other port: no mark.
+        let head = send(Some(1), 0).await;
+        assert!(!head.contains("x-marina-from-app"), "{head}");
+    }
+}
