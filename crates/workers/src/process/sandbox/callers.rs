@@ -19,7 +19,7 @@
 //!   (inode 0), cannot be cleared: the answer is then [`Caller::Unknown`], which the API refuses.
 //!
 //! No entry means the peer is not on this machine (or in another network namespace): not a
-//! worker.
+//! worker. Tables that cannot be read at all clear nobody ([`Caller::Unknown`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -69,7 +69,13 @@ impl CallerProbe {
     /// Who holds the other end of the connection marina accepted from `peer` on `local`.
     /// Blocking (reads `/proc`); only worth calling while the internal API is open.
     pub fn classify(&self, peer: SocketAddr, local: SocketAddr) -> Caller {
-        let Some((uid, inode)) = find_socket(peer, local) else { return Caller::Elsewhere };
+        let (uid, inode) = match find_socket(peer, local) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Caller::Elsewhere,
+            // Without the tables nobody can be cleared: the API stays closed to keyless callers
+            // rather than open to workers.
+            Err(why) => return Caller::Unknown(why),
+        };
         match self.uids {
             WorkerUids::One(w) if uid == w => {
                 Caller::Worker(format!("its socket belongs to the worker user (uid {uid})"))
@@ -149,16 +155,23 @@ fn parent_of(pid: i32) -> Option<i32> {
 }
 
 /// The `(uid, inode)` of the socket of this machine whose local address is `peer` and remote
-/// address `local`: the connecting side of a connection marina accepted.
-fn find_socket(peer: SocketAddr, local: SocketAddr) -> Option<(u32, u64)> {
+/// address `local`: the connecting side of a connection marina accepted. An error when neither
+/// table can be read.
+fn find_socket(peer: SocketAddr, local: SocketAddr) -> Result<Option<(u32, u64)>, String> {
     let (peer, local) = (unmapped(peer), unmapped(local));
-    ["/proc/net/tcp", "/proc/net/tcp6"].into_iter().find_map(|file| {
-        let table = std::fs::read_to_string(file).ok()?;
-        table.lines().skip(1).find_map(|line| {
+    let mut read_any = false;
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(table) = std::fs::read_to_string(file) else { continue };
+        read_any = true;
+        let found = table.lines().skip(1).find_map(|line| {
             let entry = parse_entry(line)?;
             (entry.local == peer && entry.remote == local).then_some((entry.uid, entry.inode))
-        })
-    })
+        });
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    if read_any { Ok(None) } else { Err("/proc/net/tcp cannot be read, so no caller can be told apart".into()) }
 }
 
 fn unmapped(addr: SocketAddr) -> SocketAddr {
@@ -233,7 +246,7 @@ mod tests {
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (_server, peer) = listener.accept().unwrap();
         let local = listener.local_addr().unwrap();
-        let (uid, inode) = find_socket(peer, local).expect("the client's socket is listed");
+        let (uid, inode) = find_socket(peer, local).unwrap().expect("the client's socket is listed");
         assert_eq!(uid, nix::unistd::geteuid().as_raw());
         assert_ne!(inode, 0);
         let own = CallerProbe::new(WorkerUids::Own, None);
