@@ -97,15 +97,15 @@ impl CallerProbe {
         let Ok(entries) = std::fs::read_dir("/proc") else {
             return Caller::Unknown("/proc cannot be read".into());
         };
-        let mut parents = Vec::new();
+        let mut parents = std::collections::HashMap::new();
         for e in entries.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
             if let Some(ppid) = parent_of(pid) {
-                parents.push((pid, ppid));
+                parents.insert(pid, ppid);
             }
         }
         let target = format!("socket:[{inode}]");
-        for &(pid, _) in &parents {
+        for &pid in parents.keys() {
             if pid == self.own_pid || !self.is_worker_process(pid, &parents) {
                 continue;
             }
@@ -126,10 +126,10 @@ impl CallerProbe {
     }
 
     /// A descendant of marina, or a process in one of marina's worker cgroups.
-    fn is_worker_process(&self, pid: i32, parents: &[(i32, i32)]) -> bool {
+    fn is_worker_process(&self, pid: i32, parents: &std::collections::HashMap<i32, i32>) -> bool {
         let mut at = pid;
         for _ in 0..64 {
-            let Some(&(_, ppid)) = parents.iter().find(|(p, _)| *p == at) else { break };
+            let Some(&ppid) = parents.get(&at) else { break };
             if ppid == self.own_pid {
                 return true;
             }
