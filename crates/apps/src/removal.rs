@@ -250,11 +250,19 @@ fn has_version_folders(dir: &Path) -> bool {
 
 /// Removes a dir tree, or only the link when `path` is a symlink (std's `remove_dir_all` never
 /// follows symlinks, at the top or below).
+/// Gone already (a concurrent removal) counts as removed.
 fn remove_entry(path: &Path) -> Result<(), Error> {
-    let meta = std::fs::symlink_metadata(path)
-        .map_err(|e| Error::internal(format!("cannot remove {}: {e}", path.display())))?;
-    let result = if meta.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
-    result.map_err(|e| Error::internal(format!("cannot remove {}: {e}", path.display())))
+    let result = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match result {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::internal(format!("cannot remove {}: {e}", path.display())))
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -330,6 +338,30 @@ mod tests {
         remove_app(std::slice::from_ref(&apps), "linked", None).unwrap();
         assert!(!apps.join("linked").exists());
         assert!(outside.join("1.0.0/index.ts").exists(), "the link's target was removed");
+    }
+
+    #[test]
+    fn concurrent_removals_never_fail_halfway() {
+        let root = tempfile::tempdir().unwrap();
+        let apps = root.path().join("apps");
+        for i in 0..40 {
+            app(&apps, &format!("big/1.0.0/d{i}/e"));
+        }
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> =
+                (0..4).map(|_| s.spawn(|| remove_app(std::slice::from_ref(&apps), "big", None))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in &results {
+            assert!(r.as_ref().map_or_else(|e| e.code() == "APP_NOT_FOUND", |_| true), "{r:?}");
+        }
+        assert!(results.iter().any(Result::is_ok) && !apps.join("big").exists());
+    }
+
+    #[test]
+    fn an_entry_removed_meanwhile_counts_as_removed() {
+        let root = tempfile::tempdir().unwrap();
+        remove_entry(&root.path().join("gone")).unwrap();
     }
 
     #[test]
