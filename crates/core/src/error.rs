@@ -1,7 +1,7 @@
 //! The one error type of marina and the one JSON body it becomes.
 //!
 //! Every layer returns [`Error`]; only the server's edge turns it into a response, so the body
-//! shape (`{"success": false, "code": "UPPER_SNAKE", "message": "...", "data": {...}}`) and the
+//! shape (`{"success": false, "code": "UPPER_SNAKE", "message": "...", "error": "...", "data": {...}}`) and the
 //! status are decided in one place. The code is a stable machine-readable name; the message is
 //! for people and quotes what was received and what was expected.
 //!
@@ -182,8 +182,10 @@ impl Error {
     }
 
     /// The full JSON body, message and data included (what development clients see).
+    /// `error` repeats the message: Buntime's plugins answer `{error}` and its key checks
+    /// `{code, error}`, so clients written for Buntime read `error`; marina's own read `message`.
     pub fn to_json(&self) -> Value {
-        let mut body = json!({ "success": false, "code": self.code, "message": self.message });
+        let mut body = json!({ "success": false, "code": self.code, "message": self.message, "error": self.message });
         if let Some(data) = &self.data {
             body["data"] = data.clone();
         }
@@ -201,10 +203,12 @@ impl Error {
             Source::Upstream => "the app failed to answer",
             _ => "marina failed to answer",
         };
+        let message = format!("{what} ({}); the server log has the detail under request id {request_id}", self.code);
         json!({
             "success": false,
             "code": self.code,
-            "message": format!("{what} ({}); the server log has the detail under request id {request_id}", self.code),
+            "message": message,
+            "error": message,
             "data": { "requestId": request_id },
         })
     }
@@ -248,7 +252,8 @@ mod tests {
         let err = Error::not_found("no app named 'todo'").with_data(json!({"app": "todo"}));
         assert_eq!(
             err.to_json(),
-            json!({"success": false, "code": "NOT_FOUND", "message": "no app named 'todo'", "data": {"app": "todo"}})
+            json!({"success": false, "code": "NOT_FOUND", "message": "no app named 'todo'",
+                "error": "no app named 'todo'", "data": {"app": "todo"}})
         );
     }
 

@@ -1,7 +1,7 @@
 //! The bottom layer of marina: the pieces every other crate shares.
 //!
 //! - [`Error`]: the one error type. Every layer returns it; the server turns it into the one
-//!   JSON error body (`{"success": false, "code", "message", "data"}`) at a single edge.
+//!   JSON error body (`{"success": false, "code", "message", "error", "data"}`) at a single edge.
 //! - [`app_file`]: reading an app's manifest or `.env` without following it out of the app
 //!   dir, blocking on a FIFO or reading a huge file.
 //! - [`body`]: the boxed HTTP body type that flows between layers, so that a static file, a

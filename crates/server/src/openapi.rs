@@ -194,6 +194,7 @@ pub fn document(api_base: &str, version: &str) -> Value {
                             "success": { "const": false },
                             "code": { "type": "string" },
                             "message": { "type": "string" },
+                            "error": { "type": "string", "description": "the message again, for Buntime clients" },
                             "data": {},
                         },
                     } } },

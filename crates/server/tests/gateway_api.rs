@@ -124,10 +124,21 @@ async fn buckets_history_sse_and_cache() {
 
     // No cache: 400 as Buntime's "Cache not enabled".
     let (s, v) = call(&c, &srv, Method::POST, "/gateway/api/cache/invalidate", Some(json!({ "key": "x" }))).await;
-    assert_eq!((s, v["code"].as_str()), (400, Some("CACHE_DISABLED")));
+    assert_eq!(
+        (s, v["code"].as_str(), v["error"].as_str().map(|e| e.contains("Cache not enabled"))),
+        (400, Some("CACHE_DISABLED"), Some(true))
+    );
     // No shell here.
     let (s, v) = call(&c, &srv, Method::GET, "/gateway/api/shell/excludes", None).await;
     assert_eq!((s, v["code"].as_str()), (400, Some("SHELL_DISABLED")));
+    assert!(v["error"].as_str().unwrap().contains("Shell not configured"), "{v}");
+    for (method, path) in
+        [(Method::POST, "/gateway/api/shell/excludes"), (Method::DELETE, "/gateway/api/shell/excludes/x")]
+    {
+        let body = (method == Method::POST).then(|| json!({ "basename": "new-app" }));
+        let (s, v) = call(&c, &srv, method, path, body).await;
+        assert_eq!((s, v["code"].as_str()), (400, Some("SHELL_DISABLED")), "{path}: {v}");
+    }
 
     // SSE: an event a second in Buntime's shape.
     let mut sse = c.get(format!("{}/gateway/api/sse", srv.base)).send().await.unwrap();
@@ -187,6 +198,7 @@ async fn without_a_rate_limit_the_bucket_routes_say_so() {
     ] {
         let (s, v) = call(&c, &srv, method, path, None).await;
         assert_eq!((s, v["code"].as_str()), (400, Some("RATE_LIMIT_DISABLED")), "{path}: {v}");
+        assert!(v["error"].as_str().unwrap().contains("Rate limiting not enabled"), "{v}");
     }
     srv.stop().await;
 }
@@ -252,14 +264,17 @@ async fn excludes_lifecycle(database_url: Option<&str>) {
     assert_eq!(v["added"], false, "already there");
 
     // Bad inputs: status, code, field, and what was sent.
-    for (body, code, quoted) in [
-        (json!({ "basename": "a/b" }), "INVALID_BASENAME", "\"a/b\""),
-        (json!({ "basename": "  " }), "INVALID_BASENAME", "found nothing"),
-        (json!({ "basename": "x.y" }), "INVALID_BASENAME", "\"x.y\""),
+    for (body, code, quoted, buntime_word) in [
+        (json!({ "basename": "a/b" }), "INVALID_BASENAME", "\"a/b\"", "Invalid"),
+        (json!({ "basename": "  " }), "INVALID_BASENAME", "found nothing", "required"),
+        (json!({ "basename": "" }), "INVALID_BASENAME", "found nothing", "required"),
+        (json!({ "basename": "x.y" }), "INVALID_BASENAME", "\"x.y\"", "Invalid"),
     ] {
         let (s, v) = api(Method::POST, "/shell/excludes".into(), Some(body.clone())).await;
         assert_eq!((s, v["code"].as_str(), v["data"]["field"].as_str()), (400, Some(code), Some("basename")), "{body}");
         assert!(v["message"].as_str().unwrap().contains(quoted), "{v}");
+        // Buntime's clients read `error`, and its tests look for these words in it.
+        assert!(v["error"].as_str().unwrap().contains(buntime_word), "{v}");
     }
     // A basename is at most 255 bytes (a file name's limit): longer is refused by its length.
     for (method, path, body) in [
@@ -290,6 +305,7 @@ async fn excludes_lifecycle(database_url: Option<&str>) {
     let (s, v) = api(Method::DELETE, "/shell/excludes/cpanel".into(), None).await;
     assert_eq!((s, v["code"].as_str()), (409, Some("EXCLUDE_CONFIGURED")), "{v}");
     assert!(v["message"].as_str().unwrap().contains("GATEWAY_SHELL_EXCLUDES"), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("environment"), "{v}");
     let (s, v) = api(Method::DELETE, "/shell/excludes/bad.name".into(), None).await;
     assert_eq!((s, v["code"].as_str()), (400, Some("INVALID_BASENAME")), "{v}");
     // Without a key: 401 to read, and changing takes an admin key.

@@ -23,7 +23,7 @@ pub(super) fn limits_enabled(s: &State) -> Result<(), ApiError> {
     if s.limits.is_empty() {
         return Err(Error::bad_request(
             "RATE_LIMIT_DISABLED",
-            "no rate limit is configured (GATEWAY_RATE_LIMIT_REQUESTS or the manifest's rateLimit)",
+            "Rate limiting not enabled: set GATEWAY_RATE_LIMIT_REQUESTS or the manifest's rateLimit",
         )
         .into());
     }
@@ -71,11 +71,8 @@ pub(super) async fn clear_history(Extract(s): S) -> Result<Response, ApiError> {
 /// The shell, or 400 `SHELL_DISABLED` (Buntime: 400 "Shell not configured").
 fn shell(s: &State) -> Result<&Shell, ApiError> {
     s.shell.as_ref().ok_or_else(|| {
-        Error::bad_request(
-            "SHELL_DISABLED",
-            "no app shell is configured (GATEWAY_SHELL_DIR or the manifest's shellDir)",
-        )
-        .into()
+        Error::bad_request("SHELL_DISABLED", "Shell not configured: set GATEWAY_SHELL_DIR or the manifest's shellDir")
+            .into()
     })
 }
 
@@ -109,15 +106,15 @@ fn basename(field: &str, got: &str) -> Result<String, ApiError> {
     if is_basename(name) {
         return Ok(name.to_string());
     }
-    let found = if name.is_empty() { "nothing".to_string() } else { format!("{got:?}") };
-    Err(Error::bad_request(
-        "INVALID_BASENAME",
+    // The words Buntime's messages carry ("required", "Invalid") are kept for its clients.
+    let message = if name.is_empty() {
+        format!("{field} is required: expected a first path segment of letters, digits, '-' and '_', found nothing")
+    } else {
         format!(
-            "{field}: expected a first path segment of letters, digits, '-' and '_' (^[a-zA-Z0-9_-]+$), found {found}"
-        ),
-    )
-    .with_data(json!({ "field": field }))
-    .into())
+            "Invalid {field}: expected a first path segment of letters, digits, '-' and '_' (^[a-zA-Z0-9_-]+$), found {got:?}"
+        )
+    };
+    Err(Error::bad_request("INVALID_BASENAME", message).with_data(json!({ "field": field })).into())
 }
 
 /// 409 `EXCLUDE_CONFIGURED`: the configuration owns that exclude.
@@ -126,7 +123,7 @@ fn configured(name: &str, action: &str) -> ApiError {
         StatusCode::CONFLICT,
         "EXCLUDE_CONFIGURED",
         format!(
-            "{name:?} is excluded by GATEWAY_SHELL_EXCLUDES or the manifest's shellExcludes; {action} it there, not through the API"
+            "{name:?} is excluded by the environment (GATEWAY_SHELL_EXCLUDES) or the manifest's shellExcludes; {action} it there, not through the API"
         ),
     )
     .with_data(json!({ "basename": name, "source": "env" }))
@@ -173,7 +170,7 @@ pub(super) async fn remove_exclude(Extract(s): S, Path(name): Path<String>) -> R
 pub(super) async fn invalidate_cache() -> Result<Response, ApiError> {
     Err(Error::bad_request(
         "CACHE_DISABLED",
-        "the gateway has no response cache: nothing to invalidate (Buntime's was never enabled either)",
+        "Cache not enabled: the gateway has no response cache, nothing to invalidate (Buntime's was never enabled either)",
     )
     .into())
 }
