@@ -15,7 +15,7 @@ use marina_core::Error;
 use marina_plugins::api::{ApiError, reply};
 use serde_json::{Value, json};
 
-use crate::{Runtime, api_remove};
+use crate::{Runtime, api_remove, api_session};
 
 /// The marina version reported by health and discovery endpoints.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -38,6 +38,7 @@ fn table() -> (Router<Arc<Runtime>>, Vec<&'static str>) {
         ("/plugins/reload", post(plugins_reload)),
         ("/plugins/loaded", get(plugins_loaded)),
         ("/keys", any(keys)),
+        ("/admin/session", get(api_session::session)),
         ("/keys/{*rest}", any(keys)),
         ("/openapi.json", get(openapi_json)),
         ("/docs", get(docs)),

@@ -19,6 +19,7 @@
 
 pub mod api;
 mod api_remove;
+mod api_session;
 mod body_timeout;
 pub mod client_ip;
 pub mod completion;

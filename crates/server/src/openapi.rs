@@ -113,6 +113,13 @@ pub const OPERATIONS: &[Operation] = &[
     },
     op("GET", "/keys/meta", "Keys", "Roles and permissions: {roles, permissions}", Some("keys:read")),
     op("DELETE", "/keys/{id}", "Keys", "Revoke a key: {success: true}; 404 API_KEY_NOT_FOUND", Some("keys:revoke")),
+    op(
+        "GET",
+        "/admin/session",
+        "Keys",
+        "Whose X-API-Key this is (the route checks it itself; Bearer is not read): {authenticated, principal: {id, keyPrefix, name, role, permissions, isMaster?}}; 401 without a valid X-API-Key",
+        None,
+    ),
     op("GET", "/openapi.json", "Docs", "This document", None),
     op("GET", "/docs", "Docs", "A page listing this document", None),
 ];
@@ -135,6 +142,9 @@ pub fn document(api_base: &str, version: &str) -> Value {
             ok.into(),
             json!({ "description": o.summary, "content": { "application/json": { "schema": {} } } }),
         );
+        if o.path == "/admin/session" {
+            responses.insert("401".into(), error.clone());
+        }
         if o.permission.is_some() {
             for code in ["401", "403"] {
                 responses.insert(code.into(), error.clone());

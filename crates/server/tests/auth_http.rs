@@ -400,3 +400,60 @@ async fn a_valid_key_skips_no_other_plugin() {
     assert_eq!(limiter.seen.load(Ordering::SeqCst), 3);
     srv.stop().await;
 }
+
+/// Buntime's `GET /api/admin/session` (routes/admin.test.ts): 401 `AUTH_REQUIRED` without
+/// `X-API-Key` (a bearer key is not read there), the root key as Buntime's master principal
+/// with every permission, a generated key with its own prefix, name, role and permissions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_session_says_whose_key_it_is() {
+    let apps = apps();
+    let srv = common::start(apps.path(), |r| {
+        r.set("RUNTIME_ROOT_KEY", ROOT);
+    })
+    .await;
+    let c = Client::new();
+    let session = format!("{}/api/admin/session", srv.base);
+    let (s, v) = body(c.get(&session).send().await.unwrap()).await;
+    assert_eq!((s, v["code"].as_str(), v["success"].as_bool()), (401, Some("AUTH_REQUIRED"), Some(false)), "{v}");
+    assert!(v["error"].as_str().is_some(), "{v}");
+    assert_eq!(err(c.get(&session).bearer_auth(ROOT).send().await.unwrap()).await, (401, "AUTH_REQUIRED".into()));
+    assert_eq!(
+        err(c.get(&session).header("x-api-key", "btk_wrong").send().await.unwrap()).await,
+        (401, "API_KEY_INVALID".into())
+    );
+
+    let (s, v) = body(c.get(&session).header("x-api-key", ROOT).send().await.unwrap()).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["authenticated"], true);
+    let p = &v["principal"];
+    assert_eq!(
+        (&p["isMaster"], &p["keyPrefix"], &p["name"], &p["role"], &p["id"]),
+        (&json!(true), &json!("master"), &json!("master"), &json!("admin"), &json!(0)),
+        "{v}"
+    );
+    let perms: Vec<&str> = p["permissions"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+    assert!(perms.contains(&"keys:create") && perms.contains(&"plugins:install") && perms.len() == 12, "{v}");
+
+    let (s, created) = body(
+        c.post(format!("{}/api/keys", srv.base))
+            .header("x-api-key", ROOT)
+            .json(&json!({"name": "Viewer", "role": "viewer"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 201, "{created}");
+    let key = created["data"]["key"].as_str().unwrap();
+    let (s, v) = body(c.get(&session).header("x-api-key", key).send().await.unwrap()).await;
+    assert_eq!(s, 200, "{v}");
+    let p = &v["principal"];
+    assert_eq!(
+        (&p["keyPrefix"], &p["name"], &p["role"]),
+        (&created["data"]["keyPrefix"], &json!("Viewer"), &json!("viewer"))
+    );
+    assert!(p.get("isMaster").is_none(), "{v}");
+    let perms: Vec<&str> = p["permissions"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+    assert!(perms.contains(&"apps:read") && !perms.contains(&"keys:create"), "{v}");
+    srv.stop().await;
+}
