@@ -63,9 +63,9 @@ fn create_list_revoke() {
 fn bad_input_exits_2_with_the_reason() {
     let state = tempfile::tempdir().unwrap();
     for (args, needle) in [
-        (&["create", "--name", "x", "--role", "god"][..], "invalid role"),
+        (&["create", "--name", "x", "--role", "god"][..], "Invalid role"),
         (&["create", "--name", "x", "--role", "custom"][..], "at least one permission"),
-        (&["create", "--name", "x", "--expires-in", "tomorrow"][..], "invalid expiresIn"),
+        (&["create", "--name", "x", "--expires-in", "tomorrow"][..], "Invalid expiration"),
         (&["create", "--name", " "][..], "non-empty"),
         (&["revoke", "42"][..], "no active API key with id 42"),
     ] {

@@ -457,3 +457,42 @@ async fn admin_session_says_whose_key_it_is() {
     assert!(perms.contains(&"apps:read") && !perms.contains(&"keys:create"), "{v}");
     srv.stop().await;
 }
+
+/// Bad `POST /api/keys` bodies: Buntime's codes, and its words in `message` and `error`
+/// (libs/api-keys.test.ts looks for /Invalid permission/), with the field in `data.path`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_key_bodies_keep_buntimes_words() {
+    let apps = apps();
+    let srv = common::start(apps.path(), |r| {
+        r.set("RUNTIME_ROOT_KEY", ROOT);
+    })
+    .await;
+    let c = Client::new();
+    let keys = format!("{}/api/keys", srv.base);
+    for (input, code, words, path) in [
+        (
+            json!({"name": "Bad", "role": "custom", "permissions": ["bad:permission"]}),
+            "INVALID_PERMISSION",
+            "Invalid permission",
+            "permissions[0]",
+        ),
+        (
+            json!({"name": "Bad", "role": "custom"}),
+            "MISSING_PERMISSIONS",
+            "require at least one permission",
+            "permissions",
+        ),
+        (json!({"name": "Bad", "role": "god"}), "INVALID_KEY_ROLE", "Invalid role", "role"),
+        (json!({"name": "Bad", "expiresIn": "tomorrow"}), "INVALID_EXPIRATION", "Invalid expiration", "expiresIn"),
+        (json!({"name": "  "}), "MISSING_KEY_NAME", "Key name is required", "name"),
+    ] {
+        let (s, v) = body(c.post(&keys).header("x-api-key", ROOT).json(&input).send().await.unwrap()).await;
+        assert_eq!((s, v["code"].as_str(), v["data"]["path"].as_str()), (400, Some(code), Some(path)), "{input}: {v}");
+        assert!(v["message"].as_str().unwrap().contains(words), "{v}");
+        assert_eq!(v["error"], v["message"], "{v}");
+    }
+    let (s, v) = body(c.delete(format!("{keys}/42")).header("x-api-key", ROOT).send().await.unwrap()).await;
+    assert_eq!((s, v["code"].as_str()), (404, Some("API_KEY_NOT_FOUND")), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("API key not found"), "{v}");
+    srv.stop().await;
+}

@@ -1,5 +1,6 @@
 //! Roles, permissions and expiries of API keys, with Buntime's names (buntime.md §4.1, §4.2), so
-//! Buntime's CLI and cpanel keep working against marina.
+//! Buntime's CLI and cpanel keep working against marina. Error messages start with Buntime's
+//! words ("Invalid permission", "Invalid role", "Invalid expiration") and then say more.
 
 use http::StatusCode;
 use marina_core::Error;
@@ -52,7 +53,7 @@ impl Role {
             Some("custom") => Ok(Role::Custom),
             Some(other) => Err(Error::bad_request(
                 "INVALID_KEY_ROLE",
-                format!("invalid role {other:?}: expected one of {}", ALL_ROLES.join(", ")),
+                format!("Invalid role: {other:?} (expected one of {})", ALL_ROLES.join(", ")),
             )
             .with_data(serde_json::json!({ "path": "role", "expected": ALL_ROLES }))),
         }
@@ -93,7 +94,7 @@ impl Role {
                 if list.is_empty() {
                     return Err(Error::bad_request(
                         "MISSING_PERMISSIONS",
-                        "a custom key needs at least one permission in \"permissions\"",
+                        "Custom keys require at least one permission in \"permissions\"",
                     )
                     .with_data(serde_json::json!({ "path": "permissions" })));
                 }
@@ -102,7 +103,7 @@ impl Role {
                     if !ALL_PERMISSIONS.contains(&p.as_str()) {
                         return Err(Error::bad_request(
                             "INVALID_PERMISSION",
-                            format!("invalid permission {p:?}: expected one of {}", ALL_PERMISSIONS.join(", ")),
+                            format!("Invalid permission: {p:?} (expected one of {})", ALL_PERMISSIONS.join(", ")),
                         )
                         .with_data(serde_json::json!({ "path": format!("permissions[{i}]") })));
                     }
@@ -127,7 +128,7 @@ pub fn parse_expires_in(value: Option<&str>) -> Result<Option<i64>, Error> {
         Error::new(
             StatusCode::BAD_REQUEST,
             "INVALID_EXPIRATION",
-            format!("invalid expiresIn {v:?}: expected \"never\" or a positive number of days, weeks, months or years such as \"30d\", \"2w\", \"6m\", \"1y\""),
+            format!("Invalid expiration {v:?} in expiresIn: expected \"never\" or a positive number of days, weeks, months or years such as \"30d\", \"2w\", \"6m\", \"1y\""),
         )
         .with_data(serde_json::json!({ "path": "expiresIn" }))
     };

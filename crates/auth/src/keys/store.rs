@@ -136,8 +136,11 @@ impl KeyStore {
     pub async fn create(&self, input: NewKey, created_by: Option<i64>) -> Result<CreatedKey, Error> {
         let name = input.name.as_deref().map(str::trim).unwrap_or_default();
         if name.is_empty() {
-            return Err(Error::bad_request("MISSING_KEY_NAME", "a key needs a non-empty \"name\"")
-                .with_data(serde_json::json!({ "path": "name" })));
+            return Err(Error::bad_request(
+                "MISSING_KEY_NAME",
+                "Key name is required: a key needs a non-empty \"name\"",
+            )
+            .with_data(serde_json::json!({ "path": "name" })));
         }
         if name.chars().count() > 200 {
             return Err(Error::bad_request("INVALID_KEY_NAME", "a key name is at most 200 characters")
@@ -240,7 +243,7 @@ impl KeyStore {
             return Err(Error::new(
                 StatusCode::NOT_FOUND,
                 "API_KEY_NOT_FOUND",
-                format!("no active API key with id {id}"),
+                format!("API key not found: no active API key with id {id}"),
             )
             .with_data(serde_json::json!({ "id": id })));
         }
