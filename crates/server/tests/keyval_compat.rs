@@ -112,3 +112,37 @@ async fn sum_min_max_on_a_buntime_bigint_are_exact() {
     assert_eq!(body["data"]["path"], "mutations[0].value", "{body}");
     srv.stop().await;
 }
+
+/// Buntime's server/index.test.ts reads `error` and looks for these words in it; marina's codes
+/// and `data.path` stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_bodies_carry_buntimes_words() {
+    let (srv, _apps) = server().await;
+    let api = format!("{}/keyval/api", srv.base);
+    let (status, body, _) = send("GET", format!("{api}/keys/nonexistent/key"), None).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("Key not found")), "{body}");
+    let atomic = |kind: &str| json!({"mutations": [{"type": kind, "key": ["arr"], "value": "not-array"}]});
+    for (method, path, body, words) in [
+        ("POST", "/atomic", Some(atomic("append")), "append value must be an array"),
+        ("POST", "/atomic", Some(atomic("prepend")), "prepend value must be an array"),
+        ("POST", "/queue/ack", Some(json!({"id": 123})), "id must be a non-empty string"),
+        ("POST", "/queue/ack", Some(json!({"id": ""})), "id must be a non-empty string"),
+        ("POST", "/queue/nack", Some(json!({"id": null})), "id must be a non-empty string"),
+        ("POST", "/indexes", Some(json!({"prefix": ["posts"], "options": {}})), "fields must be a non-empty array"),
+        ("POST", "/indexes", Some(json!({"prefix": ["posts"], "options": {"fields": []}})), "At least one field"),
+        ("DELETE", "/indexes", None, "prefix"),
+        ("GET", "/search?query=test", None, "prefix"),
+        ("GET", "/search?prefix=posts", None, "query"),
+        ("GET", "/watch", None, "keys"),
+        ("GET", "/watch/poll", None, "keys"),
+        ("GET", "/watch/prefix", None, "prefix"),
+        ("GET", "/watch/prefix/poll", None, "prefix"),
+    ] {
+        let (status, answer, _) = send(method, format!("{api}{path}"), body.clone()).await;
+        assert_eq!(status, 400, "{method} {path} {body:?}: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(error.contains(words), "{method} {path} {body:?}: {answer}");
+        assert!(answer["code"].as_str().is_some_and(|c| !c.is_empty()), "{answer}");
+    }
+    srv.stop().await;
+}

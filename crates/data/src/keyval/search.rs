@@ -36,8 +36,11 @@ pub(super) async fn create(ns: &Namespace, body: Body) -> Result<Response<Body>,
             })
             .collect::<Result<Vec<_>, _>>()?,
         _ => {
-            return Err(Error::bad_request("KV_INDEX_INVALID", "options.fields: expected a list of field paths")
-                .with_data(json!({ "path": "options.fields" })));
+            return Err(Error::bad_request(
+                "KV_INDEX_INVALID",
+                "options.fields: fields must be a non-empty array of field paths",
+            )
+            .with_data(json!({ "path": "options.fields" })));
         }
     };
     let tokenize = opts.get("tokenize").and_then(Json::as_str).map(str::to_string);

@@ -112,7 +112,7 @@ pub(super) async fn enqueue(ns: &Namespace, body: Body) -> Result<Response<Body>
 
 fn id_of(b: &Json) -> Result<String, Error> {
     b.get("id").and_then(Json::as_str).filter(|id| !id.is_empty()).map(str::to_string).ok_or_else(|| {
-        Error::bad_request("KV_QUEUE_INVALID", "id: expected the message id (a non-empty string)")
+        Error::bad_request("KV_QUEUE_INVALID", "id must be a non-empty string (the message id)")
             .with_data(json!({ "path": "id" }))
     })
 }

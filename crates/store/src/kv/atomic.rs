@@ -172,7 +172,7 @@ fn array_op(path: &str, append: bool, current: Option<&Json>, operand: &Json) ->
         return Err(bad(
             "KV_ATOMIC_INVALID",
             path,
-            format!("{} needs an array, found {operand}", if append { "append" } else { "prepend" }),
+            format!("{} value must be an array, found {operand}", if append { "append" } else { "prepend" }),
         ));
     };
     let mut cur = match current {

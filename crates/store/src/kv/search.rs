@@ -122,7 +122,7 @@ impl Namespace {
         if fields.is_empty() || fields.iter().any(|f| f.trim().is_empty()) {
             return Err(Error::bad_request(
                 "KV_INDEX_INVALID",
-                "options.fields: expected a non-empty list of field paths such as \"title\" or \"author.name\"",
+                "options.fields: At least one field is required (a non-empty list of field paths such as \"title\" or \"author.name\")",
             )
             .with_data(json!({ "path": "options.fields" })));
         }
