@@ -938,3 +938,55 @@ async fn app_sql_cannot_set_process_wide_sqlite_directories() {
     assert_eq!(r["results"][0]["type"], "ok", "{r}");
     srv.stop().await;
 }
+
+/// Buntime's plugin-database server/api.test.ts over HTTP: the exact `error` texts of a bad
+/// `POST /query` and `POST /tenants` body, and `?type=`: Buntime's default name `libsql` and
+/// marina's own name are this SQLite backend (echoed by `/health`); any other is 400
+/// `ADAPTER_NOT_CONFIGURED` (Buntime: 500 "... not configured"), never an answer from another
+/// backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_api_keeps_buntime_s_texts_and_adapter_names() {
+    let srv = start_apps(&[], |_| {}).await;
+    let admin = srv.admin_key().await;
+    let c = reqwest::Client::new();
+    let api = |p: &str| format!("{}/database/api{p}", srv.base);
+    for body in [r#"{}"#, r#"{"sql": 123}"#] {
+        let (status, r) = send(&c, "POST", &api("/query"), Some(&admin), Some(body)).await;
+        assert_eq!(
+            (status, r["error"].as_str(), r["data"]["path"].as_str()),
+            (400, Some("Missing or invalid SQL query"), Some("sql")),
+            "{r}"
+        );
+    }
+    for body in [r#"{}"#, r#"{"id": 123}"#] {
+        let (status, r) = send(&c, "POST", &api("/tenants"), Some(&admin), Some(body)).await;
+        assert_eq!(
+            (status, r["error"].as_str(), r["data"]["path"].as_str()),
+            (400, Some("Missing or invalid tenant id"), Some("id")),
+            "{r}"
+        );
+    }
+    for t in ["libsql", "sqlite"] {
+        let (status, r) = send(&c, "GET", &api(&format!("/tables?type={t}")), Some(&admin), None).await;
+        assert_eq!(status, 200, "{t}: {r}");
+        assert!(r["tables"].is_array(), "{r}");
+        let (status, r) = send(&c, "GET", &api(&format!("/health?type={t}")), None, None).await;
+        assert_eq!((status, r["status"].as_str(), r["type"].as_str()), (200, Some("healthy"), Some(t)), "{r}");
+        let (status, r) =
+            send(&c, "POST", &api(&format!("/query?type={t}")), Some(&admin), Some(r#"{"sql": "SELECT 1 AS x"}"#))
+                .await;
+        assert_eq!((status, &r["rows"][0]["x"]), (200, &json!(1)), "{r}");
+    }
+    let (status, r) = send(&c, "GET", &api("/health"), None, None).await;
+    assert_eq!((status, r["status"].as_str(), r.get("type")), (200, Some("healthy"), None), "{r}");
+    for path in ["/tables?type=invalid", "/health?type=invalid", "/tables/x/rows?type=mysql"] {
+        let (status, r) = send(&c, "GET", &api(path), Some(&admin), None).await;
+        assert_eq!(
+            (status, r["code"].as_str(), r["data"]["path"].as_str()),
+            (400, Some("ADAPTER_NOT_CONFIGURED"), Some("type")),
+            "{path}: {r}"
+        );
+        assert!(r["error"].as_str().unwrap().contains("not configured"), "{r}");
+    }
+    srv.stop().await;
+}

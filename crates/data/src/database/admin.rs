@@ -120,8 +120,10 @@ pub(super) async fn rows(
 pub(super) async fn query(db: &Database, tenant: &str, body: Body) -> Result<Response<Body>, Error> {
     let b = web::json_required(body).await?;
     let Some(sql_text) = b.get("sql").and_then(Json::as_str) else {
-        return Err(Error::bad_request("SQL_INVALID", "sql: expected the SQL text (a string)")
-            .with_data(json!({ "path": "sql" })));
+        // Buntime's exact text (its clients compare it); `data.path` names the field.
+        return Err(
+            Error::bad_request("SQL_INVALID", "Missing or invalid SQL query").with_data(json!({ "path": "sql" }))
+        );
     };
     let tenant = b.get("tenant").and_then(Json::as_str).unwrap_or(tenant);
     let h = db.hrana(tenant).await?;
@@ -202,8 +204,10 @@ pub(super) async fn tenants(db: &Database) -> Result<Response<Body>, Error> {
 pub(super) async fn create_tenant(db: &Database, body: Body) -> Result<Response<Body>, Error> {
     let b = web::json_required(body).await?;
     let Some(id) = b.get("id").and_then(Json::as_str) else {
-        return Err(Error::bad_request("TENANT_INVALID", "id: expected the tenant (app) name")
-            .with_data(json!({ "path": "id" })));
+        // Buntime's exact text (its clients compare it); `data.path` names the field.
+        return Err(
+            Error::bad_request("TENANT_INVALID", "Missing or invalid tenant id").with_data(json!({ "path": "id" }))
+        );
     };
     let ident = sql::app_ident(id)?;
     db.hrana(id).await?.store().query("SELECT 1 AS ok", &[]).await?;

@@ -93,8 +93,10 @@ impl Database {
         if !allow.is_empty() && !allow.contains(&method.as_str()) {
             return Err(web::method_not_allowed(&parts.method, &format!("/database/api/{}", segs.join("/")), allow));
         }
+        let q = web::query(parts.uri.query());
+        let adapter = self.adapter_type(&q)?;
         match (&method, segs.as_slice()) {
-            (&Method::GET, ["health"]) => return self.health().await,
+            (&Method::GET, ["health"]) => return self.health(adapter).await,
             (&Method::GET, ["v2"] | ["v3"]) => return Ok(web::ok(&json!({}))),
             (&Method::GET, ["v3-protobuf"]) => {
                 return Err(Error::new(
@@ -106,7 +108,6 @@ impl Database {
             _ => {}
         }
         let caller = self.inner.access.caller(&parts.headers).await?;
-        let q = web::query(parts.uri.query());
         let tenant = match &caller {
             Caller::App(app) => app.clone(),
             Caller::Admin => q
@@ -183,18 +184,48 @@ impl Database {
         }
     }
 
-    async fn health(&self) -> Result<Response<Body>, Error> {
+    /// The names `?type=` may give this marina's one backend: its own, and `libsql` for SQLite
+    /// (Buntime's default adapter, which its clients send).
+    fn accepts(&self, name: &str) -> bool {
+        name == self.kind_name() || (self.inner.kind == BackendKind::Sqlite && name == "libsql")
+    }
+
+    /// Buntime's `?type=` adapter choice: absent or a name of this backend is fine (and echoed by
+    /// `health`); another is 400 `ADAPTER_NOT_CONFIGURED` (Buntime: 500 "... not configured")
+    /// rather than an answer from a backend the caller did not ask for.
+    fn adapter_type<'q>(&self, q: &'q HashMap<String, String>) -> Result<Option<&'q str>, Error> {
+        match q.get("type").map(String::as_str).filter(|t| !t.is_empty()) {
+            None => Ok(None),
+            Some(t) if self.accepts(t) => Ok(Some(t)),
+            Some(t) => Err(Error::bad_request(
+                "ADAPTER_NOT_CONFIGURED",
+                format!(
+                    "type: adapter {t:?} is not configured; this marina has {}{}",
+                    self.kind_name(),
+                    if self.inner.kind == BackendKind::Sqlite { " (also accepted as libsql)" } else { "" }
+                ),
+            )
+            .with_data(json!({ "path": "type", "adapters": [self.kind_name()] }))),
+        }
+    }
+
+    async fn health(&self, adapter: Option<&str>) -> Result<Response<Body>, Error> {
         let probe = async {
             let h = self.hrana("default").await?;
             h.store().query("SELECT 1 AS ok", &[]).await
         };
-        Ok(match probe.await {
-            Ok(_) => web::ok(&json!({ "status": "healthy", "adapters": { self.kind_name(): "healthy" } })),
-            Err(e) => web::reply(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &json!({ "status": "unhealthy", "adapters": { self.kind_name(): "unhealthy" }, "error": e.message() }),
-            ),
-        })
+        let (status, state, error) = match probe.await {
+            Ok(_) => (StatusCode::OK, "healthy", None),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, "unhealthy", Some(e.message().to_string())),
+        };
+        let mut body = json!({ "status": state, "adapters": { self.kind_name(): state } });
+        if let Some(t) = adapter {
+            body["type"] = json!(t);
+        }
+        if let Some(e) = error {
+            body["error"] = json!(e);
+        }
+        Ok(web::reply(status, &body))
     }
 }
 
