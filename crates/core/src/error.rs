@@ -63,6 +63,10 @@ pub struct Error {
     kind: Source,
     headers: Option<Box<HeaderMap>>,
     cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    /// The body's `error` when it is not the message: Buntime's exact text, which its clients
+    /// compare (`"Rule not found"`), while `message` keeps marina's detail. Boxed: a thin
+    /// pointer keeps `Error` under clippy's large-`Err` bound (128 bytes).
+    error_text: Option<Box<Cow<'static, str>>>,
 }
 
 impl Error {
@@ -76,6 +80,7 @@ impl Error {
             kind: Source::for_status(status),
             headers: None,
             cause: None,
+            error_text: None,
         }
     }
 
@@ -145,6 +150,13 @@ impl Error {
         self
     }
 
+    /// Answer `error: text` instead of repeating the message: for routes whose Buntime
+    /// counterpart answered a fixed text its clients compare exactly.
+    pub fn with_error_text(mut self, text: impl Into<Cow<'static, str>>) -> Self {
+        self.error_text = Some(Box::new(text.into()));
+        self
+    }
+
     /// A header the error response carries (`Retry-After`, `Allow`, `WWW-Authenticate`, ...).
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         self.headers.get_or_insert_with(Default::default).insert(name, value);
@@ -185,7 +197,8 @@ impl Error {
     /// `error` repeats the message: Buntime's plugins answer `{error}` and its key checks
     /// `{code, error}`, so clients written for Buntime read `error`; marina's own read `message`.
     pub fn to_json(&self) -> Value {
-        let mut body = json!({ "success": false, "code": self.code, "message": self.message, "error": self.message });
+        let error = self.error_text.as_deref().map_or(self.message.as_str(), |t| t.as_ref());
+        let mut body = json!({ "success": false, "code": self.code, "message": self.message, "error": error });
         if let Some(data) = &self.data {
             body["data"] = data.clone();
         }
@@ -255,6 +268,15 @@ mod tests {
             json!({"success": false, "code": "NOT_FOUND", "message": "no app named 'todo'",
                 "error": "no app named 'todo'", "data": {"app": "todo"}})
         );
+    }
+
+    #[test]
+    fn error_repeats_the_message_unless_a_fixed_text_is_given() {
+        let err = Error::not_found("no proxy rule has the id 'x'");
+        assert_eq!(err.to_json()["error"], "no proxy rule has the id 'x'");
+        let err = err.with_error_text("Rule not found");
+        assert_eq!(err.to_json()["error"], "Rule not found");
+        assert_eq!(err.to_json()["message"], "no proxy rule has the id 'x'");
     }
 
     #[test]

@@ -526,3 +526,59 @@ async fn rules_changed_on_one_instance_reach_another_on_postgres() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Buntime's plugin-proxy server/api.test.ts compares these `error` texts exactly; marina's
+/// `message` keeps its detail and `data` the field or id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_carry_buntime_s_fixed_texts() {
+    let state = tempfile::tempdir().unwrap();
+    let srv = start(state.path(), None, json!([{"pattern": "^/api/(.*)$", "target": "http://127.0.0.1:9"}])).await;
+    let (status, list) = send("GET", &srv.api("/rules"), None).await;
+    assert_eq!(status, 200, "{list}");
+    let fixed = list[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(list[0]["readonly"], true);
+    for (method, path, body, want_status, text) in [
+        ("GET", "/rules/nonexistent".to_string(), None, 404, "Rule not found"),
+        ("PUT", "/rules/nonexistent".to_string(), Some(r#"{"target":"http://127.0.0.1:9"}"#), 404, "Rule not found"),
+        ("DELETE", "/rules/nonexistent".to_string(), None, 404, "Rule not found"),
+        (
+            "PUT",
+            format!("/rules/{fixed}"),
+            Some(r#"{"target":"http://127.0.0.1:9"}"#),
+            403,
+            "Cannot modify static rules",
+        ),
+        ("DELETE", format!("/rules/{fixed}"), None, 403, "Cannot delete static rules"),
+        (
+            "POST",
+            "/rules".to_string(),
+            Some(r#"{"target":"http://127.0.0.1:9"}"#),
+            400,
+            "pattern and target are required",
+        ),
+        ("POST", "/rules".to_string(), Some(r#"{"pattern":"^/test$"}"#), 400, "pattern and target are required"),
+        (
+            "POST",
+            "/rules".to_string(),
+            Some(r#"{"pattern":"[invalid","target":"http://127.0.0.1:9"}"#),
+            400,
+            "Invalid regex pattern",
+        ),
+    ] {
+        let (status, v) = send(method, &srv.api(&path), body).await;
+        assert_eq!((status.as_u16(), v["error"].as_str()), (want_status, Some(text)), "{method} {path}: {v}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()) && v["code"].is_string(), "{v}");
+    }
+    // A PUT that makes a rule's pattern invalid says so in the same words.
+    let (status, rule) =
+        send("POST", &srv.api("/rules"), Some(r#"{"pattern":"^/test/(.*)$","target":"http://127.0.0.1:9"}"#)).await;
+    assert_eq!(status, 201, "{rule}");
+    let id = rule["id"].as_str().unwrap();
+    let (status, v) = send("PUT", &srv.api(&format!("/rules/{id}")), Some(r#"{"pattern":"[invalid"}"#)).await;
+    assert_eq!(
+        (status.as_u16(), v["error"].as_str(), v["data"]["field"].as_str()),
+        (400, Some("Invalid regex pattern"), Some("pattern")),
+        "{v}"
+    );
+    srv.stop().await;
+}

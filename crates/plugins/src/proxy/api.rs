@@ -55,18 +55,37 @@ fn view(rule: &Rule) -> Value {
     v
 }
 
+// The body's `error` keeps Buntime's fixed texts (its clients compare them exactly); `message`
+// says more.
+
 fn not_found(id: &str) -> Error {
     Error::new(StatusCode::NOT_FOUND, "RULE_NOT_FOUND", format!("no proxy rule has the id '{id}'"))
         .with_data(json!({ "id": id }))
+        .with_error_text("Rule not found")
 }
 
-fn readonly(id: &str) -> Error {
+fn readonly(id: &str, deleting: bool) -> Error {
     Error::new(
         StatusCode::FORBIDDEN,
         "RULE_READONLY",
         format!("proxy rule '{id}' comes from configuration and cannot be changed through the API"),
     )
     .with_data(json!({ "id": id }))
+    .with_error_text(if deleting { "Cannot delete static rules" } else { "Cannot modify static rules" })
+}
+
+/// A rule refused for its `pattern` or `target`, with Buntime's text as `error`.
+fn in_buntime_words(e: Error) -> Error {
+    if e.code() != "INVALID_PROXY_RULE" {
+        return e;
+    }
+    let field = e.data().and_then(|d| d["field"].as_str()).unwrap_or_default().to_string();
+    let missing = e.message().contains("missing field") || e.message().contains("is required");
+    match field.as_str() {
+        "pattern" | "target" if missing => e.with_error_text("pattern and target are required"),
+        "pattern" => e.with_error_text("Invalid regex pattern"),
+        _ => e,
+    }
 }
 
 /// A JSON object body, or 400.
@@ -124,12 +143,12 @@ async fn one(State(rules): State<Arc<Rules>>, Path(id): Path<String>) -> Handler
 }
 
 async fn create(State(rules): State<Arc<Rules>>, body: Bytes) -> Handler {
-    let mut spec = spec_from(object(&body)?)?;
+    let mut spec = spec_from(object(&body)?).map_err(in_buntime_words)?;
     // Buntime's answers spell these defaults out.
     spec.enabled.get_or_insert(true);
     spec.order.get_or_insert(0);
     spec.ws.get_or_insert(true);
-    let rule = Arc::new(rules.compile(uuid::Uuid::new_v4().to_string(), spec)?);
+    let rule = Arc::new(rules.compile(uuid::Uuid::new_v4().to_string(), spec).map_err(in_buntime_words)?);
     let _guard = rules.writes.lock().await;
     let mut dynamic = rules.dynamic.lock().clone();
     if dynamic.len() >= MAX_RULES {
@@ -154,9 +173,10 @@ async fn replace(rules: &Rules, id: &str, change: impl FnOnce(&RuleSpec) -> Resu
     let _guard = rules.writes.lock().await;
     let current = find(rules, id)?;
     if current.readonly {
-        return Err(readonly(id).into());
+        return Err(readonly(id, false).into());
     }
-    let rule = Arc::new(rules.compile(id.to_string(), change(&current.spec)?)?);
+    let spec = change(&current.spec).map_err(in_buntime_words)?;
+    let rule = Arc::new(rules.compile(id.to_string(), spec).map_err(in_buntime_words)?);
     let mut dynamic = rules.dynamic.lock().clone();
     let Some(slot) = dynamic.iter_mut().find(|r| r.id == id) else { return Err(not_found(id).into()) };
     *slot = rule.clone();
@@ -197,7 +217,7 @@ async fn remove(State(rules): State<Arc<Rules>>, Path(id): Path<String>) -> Hand
     let _guard = rules.writes.lock().await;
     let current = find(&rules, &id)?;
     if current.readonly {
-        return Err(readonly(&id).into());
+        return Err(readonly(&id, true).into());
     }
     let dynamic: Vec<_> = rules.dynamic.lock().iter().filter(|r| r.id != id).cloned().collect();
     let set = rules.build(&dynamic)?;
