@@ -7,7 +7,9 @@
 #    bare `bun -e 0` start. Then `wrk -c1`: the latency of one ttl: 0 request at a time.
 # 2. Cold start: spawning `marina serve` with a fresh, empty state dir (a new SQLite database
 #    created and migrated) until the first 200 on a static file; 20 runs, median.
-# 3. marina's RSS idle after start, and again after the ttl: 0 churn once the workers are gone.
+# 3. marina's RSS idle after start, after the ttl: 0 churn once the workers are gone, and after
+#    a second churn as long (flat means the first one's growth was one-time warm-up), each in
+#    MiB and MB with its anonymous and file-backed parts (/proc/<pid>/status).
 #
 # Usage: bench/ttl0.sh   (DURATION=10s; EPH_CONCURRENCY=2)
 # Needs: wrk, bun, python3, curl.
@@ -54,7 +56,16 @@ while stack:
         stack.extend(kids.get(p, []))
 print(total / tck, procs[root][2] / tck)   # marina and workers, marina alone
 PY
-rss() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+# "23.9 MiB = 25.1 MB (anon 3.4, file 20.5 MiB)" from /proc/<pid>/status (kB there is KiB).
+rss() {
+  awk '/^VmRSS:/ {t = $2} /^RssAnon:/ {a = $2} /^RssFile:/ {f = $2}
+       END {printf "%.1f MiB = %.1f MB (anon %.1f, file %.1f MiB)", t / 1024, t * 1.024 / 1000, a / 1024, f / 1024}' "/proc/$1/status"
+}
+# Wait until marina has no worker process left (the churn is over), then a second for clean-up.
+workers_gone() {
+  for _ in $(seq 200); do [ -z "$(cat /proc/$MPID/task/*/children 2>/dev/null | tr -d ' \n')" ] && break; sleep 0.05; done
+  sleep 1
+}
 
 RUNTIME_LOG_LEVEL=error "$BIN" serve --port 18195 --worker-dirs "$WORK/apps" --state-dir "$WORK/state" \
   --ephemeral-concurrency "$EPH_CONCURRENCY" 2>"$WORK/marina.log" & MPID=$!; PIDS+=($MPID)
@@ -70,10 +81,11 @@ read -r rps1 p50_1 p99_1 _ errors1 <<<"$(wrk_run 1 "http://127.0.0.1:18195/eph/"
 secs=${DURATION%s}
 cpu_per_req=$(python3 -c "print(f'{($cpu1 - $cpu0) * 1000 / ($rps * $secs):.1f}')")
 own_per_req=$(python3 -c "print(f'{($own1 - $own0) * 1000 / ($rps * $secs):.1f}')")
-# Churn over: wait until no worker process is left, then marina's own RSS again.
-for _ in $(seq 200); do [ -z "$(cat /proc/$MPID/task/*/children 2>/dev/null | tr -d ' \n')" ] && break; sleep 0.05; done
-sleep 1
+workers_gone
 churn_rss=$(rss "$MPID")
+wrk_run 10 "http://127.0.0.1:18195/eph/" >/dev/null   # the second churn
+workers_gone
+churn2_rss=$(rss "$MPID")
 kill "$MPID"; wait "$MPID" 2>/dev/null || true
 
 bun_cpu=$(python3 - <<'PY'
@@ -126,6 +138,7 @@ PY
   echo "| CPU per ephemeral request (marina + workers, /proc) | $cpu_per_req ms (marina itself: $own_per_req ms) |"
   echo "| CPU of a bare \`bun -e 0\` | $bun_cpu ms |"
   echo "| cold start, fresh SQLite (spawn → first 200, 20 runs) | $cold |"
-  echo "| marina RSS idle after start | $idle_rss MiB |"
-  echo "| marina RSS after the ttl: 0 churn, workers gone | $churn_rss MiB |"
+  echo "| marina RSS idle after start | $idle_rss |"
+  echo "| marina RSS after the ttl: 0 churn, workers gone | $churn_rss |"
+  echo "| marina RSS after a second churn ($DURATION of \`wrk -c10\`), workers gone | $churn2_rss |"
 } | tee /dev/stderr > "${OUT:-/dev/null}"
