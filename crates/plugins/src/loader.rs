@@ -114,7 +114,9 @@ pub async fn load(
         .collect();
     let nodes: Vec<Node> = canon.iter().map(|(n, r, o)| Node { name: n, requires: r, optional: o }).collect();
     let (order, skipped) = load_order(&nodes).map_err(|cycle| {
-        Error::internal(format!("plugin dependency cycle: {}", cycle.join(" → "))).with_data(json!({ "cycle": cycle }))
+        // "Circular dependency" is Buntime's wording, which its tooling looks for.
+        Error::internal(format!("Circular dependency between plugins (plugin dependency cycle: {})", cycle.join(" → ")))
+            .with_data(json!({ "cycle": cycle }))
     })?;
     for s in skipped {
         tracing::warn!(plugin = %s.name, missing = %s.missing, "plugin skipped: a required dependency is missing or was skipped");

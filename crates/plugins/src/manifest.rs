@@ -141,10 +141,18 @@ pub fn spec_from_value(value: &Value, file: &Path, reserved: &[String]) -> Resul
         }
     };
     if !base.is_empty() && !valid_base(&base) {
-        return Err(invalid(file, "base", format!("{base:?} must be \"/\" or match ^/[a-zA-Z0-9_-]+$")));
+        return Err(invalid(
+            file,
+            "base",
+            format!("{base:?} must be \"/\" or match ^/[a-zA-Z0-9_-]+$ (an invalid base path)"),
+        ));
     }
     if reserved.iter().any(|r| r == &base) {
-        return Err(invalid(file, "base", format!("{base:?} is reserved for marina itself")));
+        return Err(invalid(
+            file,
+            "base",
+            format!("{base:?} is reserved for marina itself (a plugin cannot use reserved path {base:?})"),
+        ));
     }
     let strings = |key: &str| -> Result<Vec<String>, Error> {
         match map.get(key) {

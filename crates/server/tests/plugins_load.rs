@@ -141,11 +141,18 @@ async fn cycles_and_reserved_bases_stop_start_up() {
     write(&dir.join("b/manifest.yaml"), "name: beta\noptionalDependencies: [alpha]\n");
     let err = bind(&dir, &apps, &tmp.path().join("s1"), catalog(Default::default())).await.err().unwrap();
     assert!(err.message().contains("plugin dependency cycle: alpha → beta → alpha"), "{}", err.message());
+    assert!(err.message().contains("Circular dependency"), "Buntime's words: {}", err.message());
 
     let dir = tmp.path().join("reserved");
     write(&dir.join("a/manifest.yaml"), "name: alpha\nbase: /api\n");
     let err = bind(&dir, &apps, &tmp.path().join("s2"), catalog(Default::default())).await.err().unwrap();
     assert!(err.message().contains("\"/api\" is reserved"), "{}", err.message());
+    assert!(err.message().contains("cannot use reserved path"), "Buntime's words: {}", err.message());
+
+    let dir = tmp.path().join("bad-base");
+    write(&dir.join("a/manifest.yaml"), "name: alpha\nbase: /invalid base path\n");
+    let err = bind(&dir, &apps, &tmp.path().join("s3"), catalog(Default::default())).await.err().unwrap();
+    assert!(err.message().contains("invalid base path"), "Buntime's words: {}", err.message());
 }
 
 /// Fails its `init`; `hooks` says whether it checks requests.
