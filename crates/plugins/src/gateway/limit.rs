@@ -9,18 +9,20 @@
 //! `/gateway/api/rate-limit/buckets` (governor cannot be read without spending a request).
 
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock, Reference};
 use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use serde::Serialize;
 
-use super::keyed::{KeyHasher, SharedKeyedStore};
+use super::keyed::{BucketKey, KeyHasher};
 
-type Keyed = RateLimiter<String, SharedKeyedStore, DefaultClock, StateInformationMiddleware>;
+/// One key's GCRA state: governor's direct (unkeyed) limiter, unchanged.
+type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
 /// How often keyed state is swept of buckets that are full again.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -55,22 +57,27 @@ pub struct Bucket {
     pub last_seen: u64,
 }
 
-#[derive(Debug, Default)]
-struct Counters {
-    remaining: u32,
-    requests: u64,
-    blocked: u64,
+/// A key's state: its GCRA limiter and the counters `/buckets` shows, in one map entry, so a
+/// request costs one look-up (hashing the key once). governor's keyed limiter keeps its state in
+/// a map of its own, which meant a second map and a second hash per request for the counters
+/// (and a `StateStore` adapter to forget a key); per-key direct limiters are governor's public
+/// way to the same GCRA decision.
+struct Entry {
+    gcra: Gcra,
+    remaining: AtomicU32,
+    requests: AtomicU64,
+    blocked: AtomicU64,
     /// Milliseconds since the limiter was made (`born`): a monotonic clock read the sweep needs
     /// anyway, instead of a second, wall-clock read per request; made epoch milliseconds when
     /// `/buckets` shows it.
-    last_seen: u64,
+    last_seen: AtomicU64,
 }
 
 /// The keyed limiter of one rule.
 pub struct Limiter {
-    limiter: Keyed,
-    store: SharedKeyedStore,
-    counters: DashMap<String, Counters, KeyHasher>,
+    quota: Quota,
+    clock: DefaultClock,
+    keys: DashMap<BucketKey, Entry, KeyHasher>,
     limit: u32,
     /// `RateLimit-Limit`, made once.
     limit_header: http::HeaderValue,
@@ -87,15 +94,12 @@ impl Limiter {
     pub fn new(requests: NonZeroU32, window: Duration) -> Option<Self> {
         let period = window.checked_div(requests.get()).filter(|p| !p.is_zero())?;
         let quota = Quota::with_period(period)?.allow_burst(requests);
-        let store = SharedKeyedStore::default();
-        let limiter =
-            RateLimiter::<String, SharedKeyedStore, DefaultClock>::new(quota, store.clone(), DefaultClock::default())
-                .with_middleware::<StateInformationMiddleware>();
-        let born = limiter.clock().now();
+        let clock = DefaultClock::default();
+        let born = clock.now();
         Some(Self {
-            limiter,
-            store,
-            counters: DashMap::default(),
+            quota,
+            clock,
+            keys: DashMap::default(),
             limit: requests.get(),
             limit_header: http::HeaderValue::from(requests.get()),
             period,
@@ -122,14 +126,17 @@ impl Limiter {
 
     /// Keys with state (for stats).
     pub fn tracked(&self) -> usize {
-        self.limiter.len()
+        self.keys.len()
     }
 
     /// Count one request from `key`.
-    pub fn check(&self, key: String) -> Verdict {
+    pub fn check(&self, key: BucketKey) -> Verdict {
         let now_ms = self.sweep();
-        let clock = self.limiter.clock();
-        let verdict = match self.limiter.check_key(&key) {
+        let entry = match self.keys.get(&key) {
+            Some(entry) => entry,
+            None => self.keys.entry(key).or_insert_with(|| self.entry()).downgrade(),
+        };
+        let verdict = match entry.gcra.check() {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
                 let used = self.limit.saturating_sub(remaining);
@@ -137,45 +144,56 @@ impl Limiter {
                 Verdict { allowed: true, limit: self.limit, remaining, reset_secs: ceil_secs(reset) }
             }
             Err(not_until) => {
-                let wait = not_until.wait_time_from(clock.now());
+                let wait = not_until.wait_time_from(self.clock.now());
                 Verdict { allowed: false, limit: self.limit, remaining: 0, reset_secs: ceil_secs(wait).max(1) }
             }
         };
-        let mut c = self.counters.entry(key).or_default();
-        c.requests += 1;
-        c.blocked += u64::from(!verdict.allowed);
-        c.remaining = verdict.remaining;
-        c.last_seen = now_ms;
+        entry.requests.fetch_add(1, Ordering::Relaxed);
+        if !verdict.allowed {
+            entry.blocked.fetch_add(1, Ordering::Relaxed);
+        }
+        entry.remaining.store(verdict.remaining, Ordering::Relaxed);
+        entry.last_seen.store(now_ms, Ordering::Relaxed);
         verdict
     }
 
-    /// Forget `key` (its GCRA state and counters): its next request meets a full allowance.
+    /// A new key's state: a full allowance.
+    fn entry(&self) -> Entry {
+        Entry {
+            gcra: RateLimiter::direct_with_clock(self.quota, self.clock.clone())
+                .with_middleware::<StateInformationMiddleware>(),
+            remaining: AtomicU32::new(self.limit),
+            requests: AtomicU64::new(0),
+            blocked: AtomicU64::new(0),
+            last_seen: AtomicU64::new(0),
+        }
+    }
+
+    /// Forget `key` (written as `/buckets` shows it): its next request meets a full allowance.
     /// True when the key was known.
     pub fn remove(&self, key: &str) -> bool {
-        let state = self.store.remove(key);
-        self.counters.remove(key).is_some() || state
+        self.keys.remove(&BucketKey::parse(key)).is_some()
     }
 
     /// Forget every key; how many were known.
     pub fn clear(&self) -> usize {
-        let state = self.store.clear();
-        let known = self.counters.len();
-        self.counters.clear();
-        known.max(state)
+        let known = self.keys.len();
+        self.keys.clear();
+        known
     }
 
     /// The keys seen, most recent first, at most `limit`.
     pub fn buckets(&self, limit: usize) -> Vec<Bucket> {
         let (epoch_now, born_now) = (epoch_ms(), self.born_ms());
         let mut all: Vec<Bucket> = self
-            .counters
+            .keys
             .iter()
             .map(|e| Bucket {
-                key: e.key().clone(),
-                remaining: e.remaining,
-                requests: e.requests,
-                blocked: e.blocked,
-                last_seen: epoch_now.saturating_sub(born_now.saturating_sub(e.last_seen)),
+                key: e.key().to_string(),
+                remaining: e.remaining.load(Ordering::Relaxed),
+                requests: e.requests.load(Ordering::Relaxed),
+                blocked: e.blocked.load(Ordering::Relaxed),
+                last_seen: epoch_now.saturating_sub(born_now.saturating_sub(e.last_seen.load(Ordering::Relaxed))),
             })
             .collect();
         all.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then_with(|| a.key.cmp(&b.key)));
@@ -185,11 +203,12 @@ impl Limiter {
 
     /// Milliseconds since the limiter was made.
     fn born_ms(&self) -> u64 {
-        self.limiter.clock().now().duration_since(self.born).as_u64() / 1_000_000
+        self.clock.now().duration_since(self.born).as_u64() / 1_000_000
     }
 
-    /// Drop full buckets, at most once per [`SWEEP_EVERY`] (whichever request comes first does
-    /// it). Returns [`Self::born_ms`] now.
+    /// Drop the keys idle for a whole window (their allowance is full again, so forgetting them
+    /// changes no decision), at most once per [`SWEEP_EVERY`] (whichever request comes first
+    /// does it). Returns [`Self::born_ms`] now.
     fn sweep(&self) -> u64 {
         let now = self.born_ms();
         let last = self.last_sweep_ms.load(Ordering::Relaxed);
@@ -197,11 +216,9 @@ impl Limiter {
             return now;
         }
         if self.last_sweep_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-            self.limiter.retain_recent();
-            self.limiter.shrink_to_fit();
-            // A key idle for a whole window has a full bucket again: its counters go too.
             let cutoff = now.saturating_sub(self.window.as_millis() as u64);
-            self.counters.retain(|_, c| c.last_seen >= cutoff);
+            self.keys.retain(|_, e| e.last_seen.load(Ordering::Relaxed) >= cutoff);
+            self.keys.shrink_to_fit();
         }
         now
     }
@@ -220,17 +237,21 @@ pub fn epoch_ms() -> u64 {
 mod tests {
     use super::*;
 
+    fn ip(a: &str) -> BucketKey {
+        BucketKey::Ip(a.parse().unwrap())
+    }
+
     #[test]
     fn a_burst_of_the_limit_then_refusals_with_a_retry_time() {
         let l = Limiter::new(NonZeroU32::new(3).unwrap(), Duration::from_secs(3600)).unwrap();
-        let got: Vec<_> = (0..5).map(|_| l.check("ip:10.0.0.1".into())).collect();
+        let got: Vec<_> = (0..5).map(|_| l.check(ip("10.0.0.1"))).collect();
         assert_eq!(got.iter().filter(|v| v.allowed).count(), 3);
         assert_eq!(got.iter().map(|v| v.remaining).collect::<Vec<_>>(), [2, 1, 0, 0, 0]);
         assert!(!got[3].allowed);
         // One request comes back every 20 minutes.
         assert!((1190..=1200).contains(&got[3].reset_secs), "{:?}", got[3]);
         // Another key has its own allowance.
-        assert!(l.check("ip:10.0.0.2".into()).allowed);
+        assert!(l.check(ip("10.0.0.2")).allowed);
         assert_eq!(l.tracked(), 2);
         let buckets = l.buckets(10);
         assert_eq!(buckets.len(), 2);
@@ -238,7 +259,7 @@ mod tests {
         assert_eq!((first.requests, first.blocked, first.remaining), (5, 2, 0));
         assert_eq!(l.buckets(1).len(), 1);
         assert!(l.remove("ip:10.0.0.1") && !l.remove("ip:10.0.0.1"));
-        assert!(l.check("ip:10.0.0.1".into()).allowed, "a removed key starts over");
+        assert!(l.check(ip("10.0.0.1")).allowed, "a removed key starts over");
         assert_eq!(l.clear(), 2);
         assert_eq!((l.tracked(), l.buckets(10).len()), (0, 0));
     }
