@@ -346,12 +346,12 @@ impl Plugin for Gateway {
         let Some(seen) = ctx.extensions.remove::<Seen>() else { return Ok(()) };
         let st = &self.state;
         st.log.push(log::Entry {
-            timestamp: limit::epoch_ms(),
+            started: ctx.started,
+            finished: std::time::Instant::now(),
             ip: ctx.client_ip,
             method: ctx.method.clone(),
             path: ctx.path.clone(),
             status: resp.status().as_u16(),
-            duration: ctx.started.elapsed().as_micros() as f64 / 1000.0,
             rate_limited: seen.rate_limited,
             request_id: ctx.request_id.clone(),
         });
