@@ -69,6 +69,12 @@ impl Plugin for AuthPlugin {
         // plugin has rewritten the URI yet.
         let path: &str = &ctx.path;
         let api = api_rest(path, &self.api_base).is_some();
+        // A signed-in client's usual request: a token verified a moment ago, off the internal API.
+        if !api && let Some(identity) = self.auth.remembered_token(req.method(), req.headers()) {
+            marina_auth::identity::strip_incoming(req.headers_mut());
+            ctx.identity = Some(identity);
+            return Ok(Outcome::Continue);
+        }
         // The internal API's Origin (CSRF) check compares with the request's own authority.
         let authority = api
             .then(|| {

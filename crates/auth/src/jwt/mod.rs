@@ -182,16 +182,22 @@ impl JwtVerifier {
     /// # Errors
     /// As [`JwtVerifier::verify`].
     pub async fn identify(&self, token: &str) -> Result<Arc<Identity>, Error> {
-        let generation = self.jwks.as_ref().map_or(0, Jwks::fetches);
-        if let Some(identity) = self.verified.get(token, generation, now_secs(), self.leeway) {
+        if let Some(identity) = self.remembered(token) {
             return Ok(identity);
         }
         // Boxed: the full check may fetch a JWKS; a remembered token's future stays small.
         let identity = Arc::new(Identity::from_claims(Box::pin(self.verify_fully(token)).await?));
         // Keyed to the key set it was checked against: a JWKS fetch (a rotation) starts afresh.
         let generation = self.jwks.as_ref().map_or(0, Jwks::fetches);
-        self.verified.put(token, &identity, generation);
+        self.verified.put(token, &identity, generation, since_epoch());
         Ok(identity)
+    }
+
+    /// The identity of a token that verified recently and may still be trusted (see `cache`),
+    /// without waiting: what [`JwtVerifier::identify`] answers first.
+    pub fn remembered(&self, token: &str) -> Option<Arc<Identity>> {
+        let generation = self.jwks.as_ref().map_or(0, Jwks::fetches);
+        self.verified.get(token, generation, since_epoch(), self.leeway)
     }
 
     async fn verify_fully(&self, token: &str) -> Result<Value, Error> {
@@ -325,8 +331,9 @@ fn map_error(e: &jsonwebtoken::errors::Error) -> Error {
     }
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+/// Now, since the epoch (the clock `exp` and `nbf` are read against).
+fn since_epoch() -> std::time::Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
 }
 
 #[cfg(test)]
