@@ -4,10 +4,13 @@
 # too high to refuse anything, plus JWT verification of every request; its defaults otherwise)
 # and "on, RateLimit-* always" (the same with GATEWAY_RATE_LIMIT_HEADERS=always: three more
 # headers on every answer) — with the same wrk load and the same request headers (Origin +
-# Authorization: Bearer <HS256 JWT>). Runs alternate off/on/always twice and are averaged; the
-# status and body size are checked before the load and wrk must report no non-2xx answer.
+# Authorization: Bearer <HS256 JWT>). ROUNDS rounds (4 by default) each run off, on and always
+# once, in an order that rotates from round to round (so no side always follows the same one);
+# each round gives its own on/off and always/off ratio, and the report's ratio is the median of
+# the rounds' (one noisy run moves a median less than a mean of two). The status and body size
+# are checked before the load and wrk must report no non-2xx answer.
 #
-# Usage: bench/gateway.sh        (DURATION=8s CONNS=32 by default)
+# Usage: bench/gateway.sh        (DURATION=8s CONNS=32 ROUNDS=4 by default)
 # Needs: wrk (apt-get install wrk), python3, curl, a release build of marina (built here into
 # CARGO_TARGET_DIR, or MARINA_BIN=path: that binary).
 # Loopback only; every load run is bounded by DURATION.
@@ -15,6 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-8s}"
 CONNS="${CONNS:-32}"
+ROUNDS="${ROUNDS:-4}"
 OFF_PORT="${OFF_PORT:-18090}"
 ON_PORT="${ON_PORT:-18091}"
 ALWAYS_PORT="${ALWAYS_PORT:-18092}"
@@ -97,15 +101,29 @@ rps() { # port → requests/s (fails on any non-2xx answer)
 DURATION=3s rps "$OFF_PORT" >/dev/null  # warm-up, discarded
 DURATION=3s rps "$ON_PORT" >/dev/null
 DURATION=3s rps "$ALWAYS_PORT" >/dev/null
-off1=$(rps "$OFF_PORT"); on1=$(rps "$ON_PORT"); al1=$(rps "$ALWAYS_PORT")
-off2=$(rps "$OFF_PORT"); on2=$(rps "$ON_PORT"); al2=$(rps "$ALWAYS_PORT")
-python3 - "$off1" "$off2" "$on1" "$on2" "$al1" "$al2" "$(uptime)" <<'PY'
-import sys
-off1, off2, on1, on2, al1, al2 = map(float, sys.argv[1:7])
-off, on, al = (off1 + off2) / 2, (on1 + on2) / 2, (al1 + al2) / 2
-print(f"load: {sys.argv[7].strip()}")
+results=()
+for round in $(seq 0 $((ROUNDS - 1))); do
+  off="" on="" al=""
+  for k in 0 1 2; do
+    case $(( (round + k) % 3 )) in
+      0) off=$(rps "$OFF_PORT") ;;
+      1) on=$(rps "$ON_PORT") ;;
+      2) al=$(rps "$ALWAYS_PORT") ;;
+    esac
+  done
+  results+=("$off,$on,$al")
+done
+python3 - "$(uptime)" "${results[@]}" <<'PY'
+import statistics, sys
+rounds = [tuple(map(float, r.split(","))) for r in sys.argv[2:]]
+fmt = lambda xs: ", ".join(f"{x:.0f}" for x in xs)
+offs, ons, als = zip(*rounds)
+print(f"load: {sys.argv[1].strip()}")
 print("| static 1 KiB | off (req/s) | on: CORS + rate limit + JWT (req/s) | on/off | on, RateLimit-* always (req/s) | always/off |")
 print("|---|---|---|---|---|---|")
-print(f"| runs | {off1:.0f}, {off2:.0f} | {on1:.0f}, {on2:.0f} | | {al1:.0f}, {al2:.0f} | |")
-print(f"| mean | {off:.0f} | {on:.0f} | {on / off:.2f} | {al:.0f} | {al / off:.2f} |")
+for i, (off, on, al) in enumerate(rounds, 1):
+    print(f"| round {i} | {off:.0f} | {on:.0f} | {on / off:.2f} | {al:.0f} | {al / off:.2f} |")
+print(f"| median | {statistics.median(offs):.0f} | {statistics.median(ons):.0f} | "
+      f"**{statistics.median(on / off for off, on, _ in rounds):.2f}** | {statistics.median(als):.0f} | "
+      f"**{statistics.median(al / off for off, _, al in rounds):.2f}** |")
 PY
