@@ -87,6 +87,7 @@ async fn cors_echoes_allowed_origins_and_answers_preflights_itself() {
         client.get(format!("{}/gateway/api/stats", srv.base)).send().await.unwrap().json().await.unwrap();
     assert_eq!(stats["preflights"], 2);
     assert_eq!(stats["blockedRequests"], 0);
+    assert_eq!(stats["shell"], serde_json::json!({"enabled": false}), "Buntime's shell summary without a shell");
     let config: Value =
         client.get(format!("{}/gateway/api/config", srv.base)).send().await.unwrap().json().await.unwrap();
     assert_eq!(config["cors"]["origin"], serde_json::json!(["https://a.example", "http://localhost:3000"]));

@@ -258,6 +258,17 @@ async fn excludes_lifecycle(database_url: Option<&str>) {
     // Added: the very next request bypasses the shell.
     let (s, v) = api(Method::POST, "/shell/excludes".into(), Some(json!({ "basename": name }))).await;
     assert_eq!((s, v), (200, json!({ "added": true, "basename": name, "source": "keyval" })));
+    // Buntime's `/stats` summary: enabled, the dir, and every exclude counted (configured + stored).
+    let (s, stats) = api(Method::GET, "/stats".into(), None).await;
+    let (_, listed) = api(Method::GET, "/shell/excludes".into(), None).await;
+    let count = listed.as_array().unwrap().len();
+    assert!(count >= 2, "cpanel and {name}: {listed}");
+    assert_eq!(
+        (s, &stats["shell"]["enabled"], &stats["shell"]["excludesCount"]),
+        (200, &json!(true), &json!(count)),
+        "{stats}"
+    );
+    assert!(stats["shell"]["dir"].as_str().is_some_and(|d| !d.is_empty()), "{stats}");
     assert!(!is_shell(&c, &srv, &page).await);
     assert!(!is_shell(&c, &srv, &format!("{page}/deep")).await);
     let (_, v) = api(Method::POST, "/shell/excludes".into(), Some(json!({ "basename": format!(" {name} ") }))).await;

@@ -4,7 +4,7 @@
 //!
 //! | Method & path | Answer |
 //! |---|---|
-//! | GET `/stats` | `{totalRequests, allowedRequests, blockedRequests, preflights, activeBuckets}` |
+//! | GET `/stats` | `{totalRequests, allowedRequests, blockedRequests, preflights, activeBuckets, shell: {enabled, dir?, excludesCount?}}` |
 //! | GET `/config` | `{rateLimit, cors, cache: null, shell, trustedProxies}` |
 //! | GET `/sse` | an event each second: `{timestamp, rateLimit: {metrics, config}, cors, shell, recentLogs}` ([`super::sse`]) |
 //! | GET `/rate-limit/metrics` | `{totalRequests, allowedRequests, blockedRequests, activeBuckets}` |
@@ -47,7 +47,7 @@ type S = Extract<Arc<State>>;
 /// The router, with paths below the plugin's base.
 pub fn router(state: Arc<State>) -> Router {
     Router::new()
-        .route("/api/stats", get(|Extract(s): S| async move { reply(&s.stats_json()) }))
+        .route("/api/stats", get(stats))
         .route("/api/config", get(|Extract(s): S| async move { reply(&s.config_json()) }))
         .route("/api/sse", get(|Extract(s): S| async move { sse::stream(s) }))
         .route("/api/rate-limit/metrics", get(metrics))
@@ -67,6 +67,18 @@ pub fn router(state: Arc<State>) -> Router {
         )
         .route("/api/logs/stats", get(|Extract(s): S| async move { reply(&s.log.stats()) }))
         .with_state(state)
+}
+
+/// The counters, and Buntime's `shell` summary (`{enabled: false}` without a shell).
+async fn stats(Extract(s): S) -> Result<Response, ApiError> {
+    let mut v = s.stats_json();
+    v["shell"] = match &s.shell {
+        Some(shell) => {
+            json!({ "enabled": true, "dir": shell.describe()["dir"], "excludesCount": shell.entries().len() })
+        }
+        None => json!({ "enabled": false }),
+    };
+    reply(&v)
 }
 
 async fn metrics(Extract(s): S) -> Result<Response, ApiError> {
