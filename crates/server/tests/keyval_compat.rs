@@ -122,22 +122,36 @@ async fn error_bodies_carry_buntimes_words() {
     let (status, body, _) = send("GET", format!("{api}/keys/nonexistent/key"), None).await;
     assert_eq!((status, body["error"].as_str()), (404, Some("Key not found")), "{body}");
     let atomic = |kind: &str| json!({"mutations": [{"type": kind, "key": ["arr"], "value": "not-array"}]});
+    let deep = vec!["part"; 21].join("/");
+    let long = "a".repeat(1025);
+    let many: Vec<Value> = (0..1001).map(|i| json!(["k", i])).collect();
     for (method, path, body, words) in [
-        ("POST", "/atomic", Some(atomic("append")), "append value must be an array"),
-        ("POST", "/atomic", Some(atomic("prepend")), "prepend value must be an array"),
-        ("POST", "/queue/ack", Some(json!({"id": 123})), "id must be a non-empty string"),
-        ("POST", "/queue/ack", Some(json!({"id": ""})), "id must be a non-empty string"),
-        ("POST", "/queue/nack", Some(json!({"id": null})), "id must be a non-empty string"),
-        ("POST", "/indexes", Some(json!({"prefix": ["posts"], "options": {}})), "fields must be a non-empty array"),
-        ("POST", "/indexes", Some(json!({"prefix": ["posts"], "options": {"fields": []}})), "At least one field"),
-        ("DELETE", "/indexes", None, "prefix"),
-        ("GET", "/search?query=test", None, "prefix"),
-        ("GET", "/search?prefix=posts", None, "query"),
-        ("GET", "/watch", None, "keys"),
-        ("GET", "/watch/poll", None, "keys"),
-        ("GET", "/watch/prefix", None, "prefix"),
-        ("GET", "/watch/prefix/poll", None, "prefix"),
-    ] {
+        ("GET", format!("/keys/{deep}"), None, "Key too deep"),
+        ("GET", format!("/keys/{long}"), None, "Key part too long"),
+        ("GET", "/keys?limit=0".to_string(), None, "limit must be a positive number"),
+        ("PUT", "/keys/x?expiresIn=0".to_string(), Some(json!(1)), "expiresIn must be a positive number"),
+        ("POST", "/keys/batch".to_string(), Some(json!({"keys": many})), "Too many keys: 1001"),
+    ]
+    .into_iter()
+    .chain(
+        [
+            ("POST", "/atomic", Some(atomic("append")), "append value must be an array"),
+            ("POST", "/atomic", Some(atomic("prepend")), "prepend value must be an array"),
+            ("POST", "/queue/ack", Some(json!({"id": 123})), "id must be a non-empty string"),
+            ("POST", "/queue/ack", Some(json!({"id": ""})), "id must be a non-empty string"),
+            ("POST", "/queue/nack", Some(json!({"id": null})), "id must be a non-empty string"),
+            ("POST", "/indexes", Some(json!({"prefix": ["posts"], "options": {}})), "fields must be a non-empty array"),
+            ("POST", "/indexes", Some(json!({"prefix": ["posts"], "options": {"fields": []}})), "At least one field"),
+            ("DELETE", "/indexes", None, "prefix"),
+            ("GET", "/search?query=test", None, "prefix"),
+            ("GET", "/search?prefix=posts", None, "query"),
+            ("GET", "/watch", None, "keys"),
+            ("GET", "/watch/poll", None, "keys"),
+            ("GET", "/watch/prefix", None, "prefix"),
+            ("GET", "/watch/prefix/poll", None, "prefix"),
+        ]
+        .map(|(m, p, b, w)| (m, p.to_string(), b, w)),
+    ) {
         let (status, answer, _) = send(method, format!("{api}{path}"), body.clone()).await;
         assert_eq!(status, 400, "{method} {path} {body:?}: {answer}");
         let error = answer["error"].as_str().unwrap_or_default();

@@ -59,7 +59,7 @@ pub(super) async fn set(
         Some(v) => Some(Duration::from_millis(v.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
             Error::bad_request(
                 "KV_EXPIRES_INVALID",
-                format!("expiresIn: expected a positive number of milliseconds, found '{v}'"),
+                format!("expiresIn must be a positive number (milliseconds), found '{v}'"),
             )
             .with_data(json!({ "path": "expiresIn" }))
         })?)),

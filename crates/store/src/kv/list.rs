@@ -68,7 +68,7 @@ impl Namespace {
         let max = self.limits().max_list_limit;
         match limit {
             None => Ok(DEFAULT_LIST_LIMIT.min(max)),
-            Some(0) => Err(Error::bad_request("KV_LIMIT_INVALID", "limit: must be at least 1")
+            Some(0) => Err(Error::bad_request("KV_LIMIT_INVALID", "limit must be a positive number (at least 1)")
                 .with_data(serde_json::json!({ "path": "limit" }))),
             Some(n) if n > max => Err(limit_error(
                 StatusCode::BAD_REQUEST,

@@ -286,7 +286,7 @@ impl Namespace {
                 StatusCode::BAD_REQUEST,
                 "KV_KEY_TOO_LARGE",
                 "maxKeyDepth",
-                format!("{field}: the key has {} parts; the limit (maxKeyDepth) is {}", key.len(), l.max_key_depth),
+                format!("{field}: Key too deep: {} parts; the limit (maxKeyDepth) is {}", key.len(), l.max_key_depth),
             ));
         }
         for (i, p) in key.iter().enumerate() {
@@ -301,7 +301,7 @@ impl Namespace {
                     "KV_KEY_TOO_LARGE",
                     "maxKeyPartSize",
                     format!(
-                        "{field}[{i}]: the part is {len} bytes; the limit (maxKeyPartSize) is {}",
+                        "{field}[{i}]: Key part too long: {len} bytes; the limit (maxKeyPartSize) is {}",
                         l.max_key_part_bytes
                     ),
                 ));
@@ -361,7 +361,7 @@ impl Namespace {
                 StatusCode::BAD_REQUEST,
                 "KV_BATCH_TOO_LARGE",
                 "maxBatchSize",
-                format!("{field}: {n} items; the limit (maxBatchSize) is {max}"),
+                format!("{field}: Too many keys: {n} (max {max}, the maxBatchSize limit)"),
             ));
         }
         Ok(())
