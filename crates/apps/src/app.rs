@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::manifest::AppConfig;
 
@@ -52,6 +53,36 @@ pub struct App {
     /// formatting it each time was a measurable share of a small request's cost. Whoever
     /// changes `name` or `version` of a copy sets it again.
     pub key: String,
+    /// Whether this app version's migrations are known to be applied: the server's migration
+    /// bookkeeping marks it, so that a request to an app whose migrations ran needs no lookup
+    /// (that lookup hashed the app's dir on every request). `Default::default()` when building
+    /// an `App`; a copy starts unmarked.
+    pub migrated: MigratedMark,
+}
+
+/// A mark the server's migration bookkeeping sets on an [`App`] once its migrations are applied:
+/// the bookkeeping's generation at that time (it moves on whenever an app's files change, which
+/// voids every mark), plus one; 0 is unmarked. Cloning gives an unmarked copy: a copy may be
+/// edited into another app version.
+#[derive(Debug, Default)]
+pub struct MigratedMark(AtomicU64);
+
+impl MigratedMark {
+    /// The mark: 0 when unmarked.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Set the mark.
+    pub fn set(&self, mark: u64) {
+        self.0.store(mark, Ordering::Release);
+    }
+}
+
+impl Clone for MigratedMark {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
 }
 
 impl App {

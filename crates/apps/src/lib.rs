@@ -21,4 +21,4 @@ pub mod removal;
 pub mod sandbox_key;
 mod stamp;
 
-pub use app::{App, WorkerKind};
+pub use app::{App, MigratedMark, WorkerKind};

@@ -1,7 +1,8 @@
 //! App migrations applied before an app's first worker starts (issue 8, item 5), with real
 //! Python workers reading their SQLite database through `APP_DATABASE_PATH`: the bundled `todo`
 //! example works on its first request; a failing migration answers 503 for its app only;
-//! `autoMigrate: false` opts out; a fixed migration is retried after the change.
+//! `autoMigrate: false` opts out; a fixed migration is retried after the change, and one added
+//! to an app whose migrations ran is applied.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -99,6 +100,23 @@ async fn migrations_run_before_the_first_worker_and_a_failure_stays_with_its_app
             break;
         }
         assert!(Instant::now() < deadline, "still {status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A migration added to an app whose migrations already ran (its requests since skip the
+    // bookkeeping: the app is marked) is applied once the change is seen.
+    std::fs::write(
+        apps.path().join("todo/migrations/0002_more.up.sql"),
+        "INSERT INTO todos (title) VALUES ('added later');\n",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = get(&format!("{}/todo/", srv.base)).await;
+        if status == 200 && body.as_array().map(Vec::len) == Some(2) {
+            assert_eq!(body[1]["title"], "added later");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new migration was not applied: {status} {body}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     srv.stop().await;

@@ -58,6 +58,7 @@ fn app(kind: Kind, state: &Path, name: &str, tweak: impl FnOnce(&mut AppConfig))
         config: Arc::new(config),
         proxy: Default::default(),
         key: App::key_of(name, "1.0.0"),
+        migrated: Default::default(),
     })
 }
 

@@ -100,6 +100,7 @@ async fn throughput_through_marina_vs_direct() {
         config: Arc::new(config),
         proxy: Default::default(),
         key: App::key_of("bench", "1.0.0"),
+        migrated: Default::default(),
     });
     let via = front(pool.clone(), app.clone()).await;
     load(via, 8, 1).await; // warm up

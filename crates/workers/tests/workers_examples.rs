@@ -25,6 +25,7 @@ fn example(name: &str) -> Arc<App> {
         config: Arc::new(config),
         proxy: Default::default(),
         key: App::key_of(name, "latest"),
+        migrated: Default::default(),
     })
 }
 

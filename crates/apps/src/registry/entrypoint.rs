@@ -54,6 +54,7 @@ fn build_from(resolved: &Resolved, loaded: manifest::LoadedManifest) -> Result<A
         config: Arc::new(config),
         proxy,
         key: App::key_of(&resolved.name, &resolved.version),
+        migrated: Default::default(),
     })
 }
 

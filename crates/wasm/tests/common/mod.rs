@@ -39,6 +39,7 @@ pub fn wasm_app(dir: &Path, name: &str, bytes: &[u8], tweak: impl FnOnce(&mut Ap
         config: Arc::new(config),
         proxy: Default::default(),
         key: App::key_of(name, "1.0.0"),
+        migrated: Default::default(),
     })
 }
 

@@ -161,6 +161,7 @@ mod tests {
                 config: Default::default(),
                 proxy: Default::default(),
                 key: App::key_of("a", version),
+                migrated: Default::default(),
             })
         };
         let start = |app: &Arc<App>| {

@@ -30,6 +30,7 @@ pub fn js_app(name: &str, fixture_dir: &str, entry: &str, tweak: impl FnOnce(&mu
         config: Arc::new(config),
         proxy: Default::default(),
         key: App::key_of(name, "1.0.0"),
+        migrated: Default::default(),
     })
 }
 
@@ -51,6 +52,7 @@ pub fn py_app(name: &str, tweak: impl FnOnce(&mut AppConfig)) -> Arc<App> {
         config: Arc::new(config),
         proxy: Default::default(),
         key: App::key_of(name, "1.0.0"),
+        migrated: Default::default(),
     })
 }
 
