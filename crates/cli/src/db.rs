@@ -103,10 +103,11 @@ pub enum DbCommand {
 /// Exit code for bad usage (unknown app, bad name, missing `--yes`).
 const USAGE: u8 = 2;
 
-/// A failure with the exit code it ends with.
+/// A failure with the exit code it ends with. The error is boxed: `core::Error` is near
+/// clippy's large-`Err` bound by itself, and a command's failure path is not hot.
 struct Failure {
     code: u8,
-    error: Error,
+    error: Box<Error>,
 }
 
 impl From<Error> for Failure {
@@ -123,7 +124,7 @@ impl From<Error> for Failure {
                 | "MIGRATION_INVALID"
                 | "MIGRATION_TARGET_UNKNOWN"
         );
-        Failure { code: if usage { USAGE } else { 1 }, error }
+        Failure { code: if usage { USAGE } else { 1 }, error: Box::new(error) }
     }
 }
 
@@ -162,10 +163,10 @@ async fn run_inner(args: DbArgs) -> Result<ExitCode, Failure> {
         let Some(dir) = &target.dir else {
             return Err(Failure {
                 code: USAGE,
-                error: Error::bad_request(
+                error: Box::new(Error::bad_request(
                     "APP_REQUIRED",
                     "marina's own migrations are embedded in the binary; `db new` needs --app NAME or --app-dir DIR",
-                ),
+                )),
             });
         };
         let (up, down) = migrate::new_migration(&dir.join("migrations"), name)?;
