@@ -37,8 +37,8 @@ impl BucketKey {
 }
 
 /// One write per address into the hasher: the derived `Hash` fed SipHash the enum's tag, the
-/// address kind's tag and the octets with their length as separate writes (~150 instructions
-/// per request under callgrind, for a key made on every limited request).
+/// address kind's tag and the octets with their length as separate writes (~100 instructions
+/// per request more under callgrind, for a key made on every limited request).
 impl Hash for BucketKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
         match self {
