@@ -58,19 +58,7 @@ async fn get(base: &str, path: &str) -> (u16, Value) {
 }
 
 fn q(s: &str) -> String {
-    percent_encode(s)
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"/._-".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    common::query_value(s)
 }
 
 async fn sandbox_status(base: &str) -> Value {

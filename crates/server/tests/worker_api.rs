@@ -33,23 +33,11 @@ fn apps() -> tempfile::TempDir {
     apps
 }
 
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"/._-".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 /// The hostile app calls `method path` on `RUNTIME_API_URL`: (status, JSON body).
 async fn from_app(base: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-    let mut url = format!("{base}/hostile/api?method={method}&path={}", enc(path));
+    let mut url = format!("{base}/hostile/api?method={method}&path={}", common::query_value(path));
     if let Some(b) = body {
-        url.push_str(&format!("&body={}", enc(&b.to_string())));
+        url.push_str(&format!("&body={}", common::query_value(&b.to_string())));
     }
     let r: Value =
         reqwest::Client::new().get(url).timeout(Duration::from_secs(60)).send().await.unwrap().json().await.unwrap();

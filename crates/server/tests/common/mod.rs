@@ -101,3 +101,12 @@ pub fn gateway_fixture(extra: &str) -> tempfile::TempDir {
 pub fn header<'a>(resp: &'a reqwest::Response, name: &str) -> Option<&'a str> {
     resp.headers().get(name).map(|v| v.to_str().unwrap())
 }
+
+/// `s` percent-encoded for a query value (letters, digits and `/._-` kept), the way the hostile
+/// test apps read their `?path=` and `?body=`.
+#[allow(dead_code)]
+pub fn query_value(s: &str) -> String {
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    const KEEP: &percent_encoding::AsciiSet = &NON_ALPHANUMERIC.remove(b'/').remove(b'.').remove(b'_').remove(b'-');
+    utf8_percent_encode(s, KEEP).to_string()
+}
