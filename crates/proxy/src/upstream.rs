@@ -191,7 +191,10 @@ impl Upstream {
     }
 
     async fn send_pooled(&self, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
-        while let Some(conn) = self.pool.take() {
+        // Sent again at most once, and then over a new connection: an upstream that drops the
+        // connection on this request (rather than one that had closed it meanwhile) would
+        // otherwise get it once per pooled connection, and every pooled one may be as stale.
+        'pooled: while let Some(conn) = self.pool.take() {
             // A kept-alive connection the upstream closed just as it was taken (its FIN not seen
             // yet) takes the request and ends without an answer. RFC 9112 §9.3.1 lets a client
             // retry an idempotent request then; one without a body can be sent again as it was,
@@ -208,7 +211,10 @@ impl Upstream {
                     None => {
                         let err = crate::pooled::cause(ended, e.into_error());
                         match again {
-                            Some(head) if closed_unanswered(&err) => req = head,
+                            Some(head) if closed_unanswered(&err) => {
+                                req = head;
+                                break 'pooled;
+                            }
                             _ => return Err(ProxyError::Upstream(err)),
                         }
                     }

@@ -321,15 +321,19 @@ async fn upgrades_are_spliced_over_a_dedicated_connection() {
 /// An upstream that answers the first request on each connection and, on its second, reads the
 /// request and closes without a word: what a kept-alive connection the upstream closed just as
 /// marina reused it looks like (the FIN crossing the request), made deterministic.
-async fn closes_on_second_request() -> std::net::SocketAddr {
+/// Also counts the requests it read.
+async fn closes_on_second_request() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = requests.clone();
     tokio::spawn(async move {
         let mut id = 0;
         loop {
             let Ok((mut s, _)) = listener.accept().await else { return };
             id += 1;
+            let seen = seen.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 for n in 0..2 {
@@ -341,6 +345,7 @@ async fn closes_on_second_request() -> std::net::SocketAddr {
                         }
                     }
                     buf.clear();
+                    seen.fetch_add(1, Ordering::SeqCst);
                     if n == 1 {
                         return; // the second request: closed unanswered
                     }
@@ -350,12 +355,12 @@ async fn closes_on_second_request() -> std::net::SocketAddr {
             });
         }
     });
-    addr
+    (addr, requests)
 }
 
 #[tokio::test]
 async fn a_bodiless_idempotent_request_is_sent_again_when_a_reused_connection_closes_unanswered() {
-    let up = Upstream::new(Target::Tcp(closes_on_second_request().await));
+    let up = Upstream::new(Target::Tcp(closes_on_second_request().await.0));
     let resp = get(&up, "/").await;
     assert_eq!(resp.headers()["x-conn"], "1");
     assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
@@ -388,4 +393,21 @@ async fn a_fresh_connection_that_closes_unanswered_is_an_error_not_a_retry_loop(
     let got = tokio::time::timeout(Duration::from_secs(10), up.forward(req)).await.unwrap();
     assert!(got.is_err(), "an upstream that never answers is an error");
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "sent once");
+}
+
+#[tokio::test]
+async fn a_request_is_sent_again_once_and_over_a_new_connection_whatever_the_pool_holds() {
+    let (addr, requests) = closes_on_second_request().await;
+    let up = Upstream::new(Target::Tcp(addr));
+    // Three connections at once, all pooled once their answers are read.
+    let (a, b, c) = tokio::join!(get(&up, "/a"), get(&up, "/b"), get(&up, "/c"));
+    for resp in [a, b, c] {
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 3);
+    // Each pooled connection would drop the next request: it is sent twice, not once per
+    // pooled connection — the second time over a new connection, which answers.
+    let resp = get(&up, "/again").await;
+    assert_eq!(resp.headers()["x-conn"], "4", "answered over a new connection");
+    assert_eq!(requests.load(Ordering::SeqCst), 5, "sent twice in all");
 }
