@@ -19,7 +19,7 @@ use http::StatusCode;
 use marina_core::Error;
 use serde_json::json;
 
-use crate::registry::{folder_version, is_app_name};
+use crate::registry::{folder_version, has_version_folders, is_app_dir, is_app_name, is_simple_app_dir};
 
 /// The longest app or plugin name (or version) accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
@@ -165,7 +165,8 @@ pub fn remove_plugin(dirs: &[PathBuf], name: &str) -> Result<Vec<PathBuf>, Error
             continue;
         }
         let path = parts.iter().fold(dir.clone(), |p, part| p.join(part));
-        if std::fs::symlink_metadata(&path).is_err() {
+        // A plugin is a folder (or a link to one); a file of that name is not one.
+        if !path.is_dir() {
             continue;
         }
         if !Source::of_dir(dir).removable() {
@@ -194,15 +195,13 @@ fn is_real_dir(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
 }
 
-fn exists(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok()
-}
-
-/// Every folder of app `name` in `dir`: `name/` (nested or simple) and each `name@version/`.
+/// Every folder of app `name` in `dir`: `name/` (nested or simple) and each `name@version/`,
+/// each only when discovery would serve it as one (a plain file, or a folder with no app in it,
+/// is not an app and is left alone).
 fn app_entries(dir: &Path, name: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let plain = dir.join(name);
-    if exists(&plain) {
+    if is_app_dir(&plain) {
         out.push(plain);
     }
     let prefix = format!("{name}@");
@@ -210,7 +209,7 @@ fn app_entries(dir: &Path, name: &str) -> Vec<PathBuf> {
         for e in entries.flatten() {
             let file_name = e.file_name();
             let Some(v) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else { continue };
-            if v == "latest" || folder_version(v).is_some() {
+            if (v == "latest" || folder_version(v).is_some()) && e.path().is_dir() {
                 out.push(e.path());
             }
         }
@@ -224,28 +223,19 @@ fn app_entries(dir: &Path, name: &str) -> Vec<PathBuf> {
 fn version_entries(dir: &Path, name: &str, v: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let flat = dir.join(format!("{name}@{v}"));
-    if exists(&flat) {
+    if flat.is_dir() {
         out.push(flat);
     }
     let plain = dir.join(name);
     if is_real_dir(&plain) {
         let nested = plain.join(v);
-        if exists(&nested) {
+        if nested.is_dir() {
             out.push(nested);
-        } else if v == "latest" && !has_version_folders(&plain) {
+        } else if v == "latest" && !has_version_folders(&plain) && is_simple_app_dir(&plain) {
             out.push(plain);
         }
     }
     out
-}
-
-fn has_version_folders(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|entries| {
-        entries.flatten().any(|e| {
-            e.file_type().is_ok_and(|t| t.is_dir())
-                && e.file_name().to_str().is_some_and(|n| n == "latest" || folder_version(n).is_some())
-        })
-    })
 }
 
 /// Removes a dir tree, or only the link when `path` is a symlink (std's `remove_dir_all` never
@@ -272,6 +262,50 @@ mod tests {
     fn app(dir: &Path, rel: &str) {
         std::fs::create_dir_all(dir.join(rel)).unwrap();
         std::fs::write(dir.join(rel).join("index.ts"), "export default {}").unwrap();
+    }
+
+    #[test]
+    fn what_no_listing_shows_is_not_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let apps = root.path().join("apps");
+        app(&apps, "real");
+        std::fs::write(apps.join("README.md"), "notes").unwrap();
+        std::fs::create_dir_all(apps.join("node_modules/left-pad")).unwrap();
+        std::fs::write(apps.join("notes@1.0.0"), "a file, not a version folder").unwrap();
+        let dirs = std::slice::from_ref(&apps);
+        for (name, version) in [
+            ("README.md", None),
+            ("node_modules", None),
+            ("node_modules", Some("latest")),
+            ("notes", None),
+            ("notes", Some("1.0.0")),
+        ] {
+            let e = remove_app(dirs, name, version).unwrap_err();
+            assert_eq!(e.status().as_u16(), 404, "{name} {version:?}: {e}");
+        }
+        assert!(apps.join("README.md").is_file() && apps.join("node_modules/left-pad").is_dir());
+        assert!(apps.join("notes@1.0.0").is_file());
+        std::fs::write(root.path().join("plugin-file"), "x").unwrap();
+        let e = remove_plugin(&[root.path().to_path_buf()], "plugin-file").unwrap_err();
+        assert_eq!(e.status().as_u16(), 404);
+        assert!(root.path().join("plugin-file").is_file());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn latest_of_an_app_whose_versions_are_links_is_not_the_whole_app() {
+        let root = tempfile::tempdir().unwrap();
+        let (apps, outside) = (root.path().join("apps"), root.path().join("elsewhere"));
+        app(&outside, "1.0.0");
+        std::fs::create_dir_all(apps.join("foo")).unwrap();
+        std::os::unix::fs::symlink(outside.join("1.0.0"), apps.join("foo/1.0.0")).unwrap();
+        // Discovery sees foo@1.0.0 (links followed) and no `latest`.
+        let e = remove_app(std::slice::from_ref(&apps), "foo", Some("latest")).unwrap_err();
+        assert_eq!(e.code(), "VERSION_NOT_FOUND");
+        assert!(apps.join("foo/1.0.0").exists(), "the app is still there");
+        // Its version is removed as a link; the target stays.
+        assert_eq!(remove_app(std::slice::from_ref(&apps), "foo", Some("1.0.0")).unwrap(), [apps.join("foo/1.0.0")]);
+        assert!(outside.join("1.0.0/index.ts").exists());
     }
 
     #[test]

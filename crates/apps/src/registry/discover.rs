@@ -41,7 +41,21 @@ pub fn folder_version(s: &str) -> Option<Version> {
     (v.to_string() == s).then_some(v)
 }
 
-fn is_simple_app_dir(dir: &Path) -> bool {
+/// Whether discovery serves the folder `dir` (a `name/`) as an app: it holds version folders
+/// (`latest/`, `1.2.3/`), or it is a simple app (a manifest, `package.json` or a default
+/// entrypoint). Links are followed, as [`Index::scan`] follows them. What removal may delete
+/// (`crate::removal`) is what this says is an app, so that `DELETE /api/apps/...` never takes a
+/// file or a folder no listing shows.
+pub(crate) fn is_app_dir(dir: &Path) -> bool {
+    dir.is_dir() && (has_version_folders(dir) || is_simple_app_dir(dir))
+}
+
+/// Whether `dir` holds a version folder (links followed, as [`Index::scan`] does).
+pub(crate) fn has_version_folders(dir: &Path) -> bool {
+    sorted_dir_names(dir).iter().any(|sub| (sub == "latest" || folder_version(sub).is_some()) && dir.join(sub).is_dir())
+}
+
+pub(crate) fn is_simple_app_dir(dir: &Path) -> bool {
     // A manifest of any file type makes an app (a FIFO manifest is then refused, not ignored).
     MANIFEST_FILES.iter().any(|f| marina_core::app_file::has_entry(dir, f))
         || ["package.json"].iter().chain(DEFAULT_ENTRYPOINTS.iter()).any(|f| dir.join(f).is_file())

@@ -68,6 +68,7 @@ use discover::{Index, is_name};
 use loaded::LoadedVersion;
 
 pub use discover::{folder_version, is_app_name};
+pub(crate) use discover::{has_version_folders, is_app_dir, is_simple_app_dir};
 pub use entrypoint::{DEFAULT_ENTRYPOINTS, resolve_entrypoint};
 pub use loaded::VersionState;
 pub use watch::{ChangeHook, WatchHandle};
