@@ -908,6 +908,9 @@ async fn runaway_sql_is_stopped_and_the_database_keeps_answering() {
     let huge = run("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x, zeroblob(10000) FROM c");
     let (status, r) = send(&c, "POST", &url, Some(&admin), Some(&huge)).await;
     assert_eq!((status, r["results"][0]["error"]["code"].as_str()), (200, Some("SQLITE_TOOBIG")), "{r}");
+    // One value over the bound is refused by SQLite before it is built (not a 1 GB blob).
+    let (status, r) = send(&c, "POST", &url, Some(&admin), Some(&run("SELECT length(randomblob(999999999))"))).await;
+    assert_eq!((status, r["results"][0]["error"]["code"].as_str()), (200, Some("SQLITE_TOOBIG")), "{r}");
     let started = Instant::now();
     let (status, r) = send(&c, "POST", &url, Some(&admin), Some(&run("SELECT 40 + 2 AS answer"))).await;
     assert_eq!(status, 200, "{r}");

@@ -5,7 +5,8 @@
 //! app's. Extensions cannot be loaded (rusqlite is built without `load_extension`).
 //!
 //! A statement (or script) runs at most [`STATEMENT_TIMEOUT`], then SQLite is interrupted
-//! (`SQLITE_INTERRUPT`), and a result holds at most [`MAX_RESULT_BYTES`]: an app's runaway
+//! (`SQLITE_INTERRUPT`), and a result — and any one string or blob a statement makes — holds at
+//! most [`MAX_RESULT_BYTES`]: an app's runaway
 //! query (`WITH RECURSIVE` without an end) otherwise pinned a CPU of marina's for ever, held
 //! the app's connection so that every later call hung, and could pile up rows until marina ran
 //! out of memory.
@@ -26,7 +27,21 @@ pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_RESULT_BYTES: usize = 16 * 1024 * 1024;
 
 fn confine(c: &rusqlite::Connection) -> Result<(), StreamError> {
-    c.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0).map(|_| ()).map_err(error_of)
+    c.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0).map_err(error_of)?;
+    // No single string or blob larger than a whole result may be: SQLite's own bound is ~1 GB,
+    // so `SELECT randomblob(999999999)` made SQLite build a 1 GB value (and marina copy it)
+    // before the result's bound refused it. Over the bound SQLite answers SQLITE_TOOBIG itself.
+    c.set_limit(Limit::SQLITE_LIMIT_LENGTH, MAX_RESULT_BYTES as i32).map(|_| ()).map_err(error_of)
+}
+
+fn too_big() -> StreamError {
+    StreamError::new(
+        "SQLITE_TOOBIG",
+        format!(
+            "the result is larger than {} MiB; select fewer rows (LIMIT) or columns",
+            MAX_RESULT_BYTES / (1024 * 1024)
+        ),
+    )
 }
 
 /// Interrupts the connection's running statement once [`STATEMENT_TIMEOUT`] has passed, until
@@ -195,6 +210,10 @@ pub(super) fn execute(
                     ValueRef::Text(t) | ValueRef::Blob(t) => t.len() + 8,
                     _ => 8,
                 };
+                // Counted before the value is copied, so a result over the bound is never held.
+                if bytes > MAX_RESULT_BYTES {
+                    return Err(too_big());
+                }
                 values.push(match v {
                     ValueRef::Null => Value::Null,
                     ValueRef::Integer(i) => Value::Integer(i),
@@ -202,15 +221,6 @@ pub(super) fn execute(
                     ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
                     ValueRef::Blob(b) => Value::Blob(b.to_vec()),
                 });
-            }
-            if bytes > MAX_RESULT_BYTES {
-                return Err(StreamError::new(
-                    "SQLITE_TOOBIG",
-                    format!(
-                        "the result is larger than {} MiB; select fewer rows (LIMIT) or columns",
-                        MAX_RESULT_BYTES / (1024 * 1024)
-                    ),
-                ));
             }
             out.push(values);
         }
