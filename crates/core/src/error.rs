@@ -256,9 +256,26 @@ impl std::error::Error for Error {
     }
 }
 
+/// `text` as an error message may quote it: at most `max_chars` characters, then `…`. Input a
+/// client sent can be megabytes long, and an error quotes what it got without echoing it all back.
+pub fn clipped(text: &str, max_chars: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max_chars) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((end, _)) => std::borrow::Cow::Owned(format!("{}…", &text[..end])),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clipped_quotes_at_most_the_characters_asked() {
+        assert_eq!(clipped("short", 8), "short");
+        assert_eq!(clipped("exactly8", 8), "exactly8");
+        assert_eq!(clipped("ninechars", 8), "ninechar…");
+        assert_eq!(clipped("ééééé", 2), "éé…", "cut at a character, never inside one");
+    }
 
     #[test]
     fn body_has_the_documented_shape() {

@@ -11,6 +11,7 @@
 
 use http::StatusCode;
 use marina_core::Error;
+use marina_core::error::clipped;
 use serde_json::{Value as Json, json};
 
 /// A number a mutation works with.
@@ -20,6 +21,9 @@ enum Num {
     Float(f64),
     Big(i128),
 }
+
+/// How much of a bad operand or stored value an error quotes (an operand may be megabytes).
+const SHOWN: usize = 64;
 
 fn bad(path: &str, message: String) -> Error {
     Error::bad_request("KV_ATOMIC_INVALID", format!("{path}: {message}")).with_data(json!({ "path": path }))
@@ -55,7 +59,7 @@ fn from_json(v: &Json) -> Option<Result<Num, String>> {
         text.trim()
             .parse::<i128>()
             .map(Num::Big)
-            .map_err(|_| format!("'{text}' is not an integer (a bigint's digits)")),
+            .map_err(|_| format!("'{}' is not an integer (a bigint's digits)", clipped(&text, SHOWN))),
     )
 }
 
@@ -77,7 +81,8 @@ fn operand(path: &str, kind: &str, v: &Json) -> Result<Num, Error> {
             _ => Err(bad(
                 path,
                 format!(
-                    "{kind} needs a number, a bigint ({{\"__type\":\"bigint\",\"value\":\"10\"}}) or an integer string, found {v}"
+                    "{kind} needs a number, a bigint ({{\"__type\":\"bigint\",\"value\":\"10\"}}) or an integer string, found {}",
+                    clipped(&v.to_string(), SHOWN)
                 ),
             )),
         },
@@ -110,7 +115,10 @@ pub(super) fn apply(path: &str, kind: &str, current: Option<&Json>, operand_json
             return Err(conflict(
                 "KV_TYPE_MISMATCH",
                 path,
-                format!("{kind} needs the stored value to be a number or a bigint, found {current}"),
+                format!(
+                    "{kind} needs the stored value to be a number or a bigint, found {}",
+                    clipped(&current.to_string(), SHOWN)
+                ),
             ));
         }
     };
@@ -172,6 +180,18 @@ mod tests {
         // Plain numbers keep their rules.
         assert_eq!(apply("m", "sum", Some(&json!(1)), &json!(2)).unwrap(), json!(3));
         assert_eq!(apply("m", "sum", Some(&json!(1.5)), &json!(2)).unwrap(), json!(3.5));
+    }
+
+    #[test]
+    fn a_huge_bad_operand_is_quoted_in_part() {
+        let digits = "9".repeat(1_000_000) + "x";
+        let e = apply("m", "sum", None, &big(&digits)).unwrap_err();
+        assert_eq!(e.code(), "KV_ATOMIC_INVALID");
+        assert!(e.message().len() < 300 && e.message().contains("…"), "{}", e.message());
+        let e = apply("m", "sum", Some(&json!("y".repeat(100_000))), &json!(1)).unwrap_err();
+        assert!(e.message().len() < 300, "{}", e.message());
+        let e = apply("m", "sum", None, &json!(["z".repeat(100_000)])).unwrap_err();
+        assert!(e.message().len() < 400, "{}", e.message());
     }
 
     #[test]
