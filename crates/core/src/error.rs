@@ -194,7 +194,8 @@ impl Error {
     }
 
     /// The full JSON body, message and data included (what development clients see).
-    /// `error` repeats the message: Buntime's plugins answer `{error}` and its key checks
+    /// `error` is the message again, or Buntime's fixed text where one was set
+    /// ([`Error::with_error_text`]): Buntime's plugins answer `{error}` and its key checks
     /// `{code, error}`, so clients written for Buntime read `error`; marina's own read `message`.
     pub fn to_json(&self) -> Value {
         let error = self.error_text.as_deref().map_or(self.message.as_str(), |t| t.as_ref());

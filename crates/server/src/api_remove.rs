@@ -74,7 +74,8 @@ fn after_removal(rt: &Runtime, before: &[marina_apps::registry::Resolved], remov
 }
 
 /// A plugin's directory. Loaded plugins keep running until `POST /api/plugins/reload` or a
-/// restart, as in Buntime.
+/// restart, as in Buntime — an external plugin's worker only until it is recycled (its files are
+/// gone, so its next start fails).
 pub(crate) async fn delete_plugin(
     State(rt): State<Arc<Runtime>>,
     path: Result<Path<String>, PathRejection>,

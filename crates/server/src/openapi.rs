@@ -199,12 +199,12 @@ pub fn document(api_base: &str, version: &str) -> Value {
                     "description": "marina's error body",
                     "content": { "application/json": { "schema": {
                         "type": "object",
-                        "required": ["success", "code", "message"],
+                        "required": ["success", "code", "message", "error"],
                         "properties": {
                             "success": { "const": false },
                             "code": { "type": "string" },
                             "message": { "type": "string" },
-                            "error": { "type": "string", "description": "the message again, for Buntime clients" },
+                            "error": { "type": "string", "description": "the message again, or Buntime's fixed text where its clients compare one" },
                             "data": {},
                         },
                     } } },
