@@ -56,17 +56,22 @@ async fn remove_app(rt: &Arc<Runtime>, scope: &str, name: String, version: Optio
     }
     let before = rt.registry.all_versions();
     let dirs = rt.registry.dirs().to_vec();
-    let removed = tokio::task::spawn_blocking(move || removal::remove_app(&dirs, &name, version.as_deref()))
+    let app = name.clone();
+    let result = tokio::task::spawn_blocking(move || removal::remove_app(&dirs, &name, version.as_deref()))
         .await
-        .map_err(|e| Error::internal(format!("the removal did not finish: {e}")))??;
-    after_removal(rt, &before, &removed);
+        .map_err(|e| Error::internal(format!("the removal did not finish: {e}")))?;
+    // Also when it failed part-way (a 500 after some folders went): what is gone is gone.
+    after_removal(rt, &before, &app);
+    result?;
     reply(&json!({ "success": true }))
 }
 
-/// Drop the caches and drain the workers of every app version that lived under a removed path.
-fn after_removal(rt: &Runtime, before: &[marina_apps::registry::Resolved], removed: &[PathBuf]) {
+/// Drop the caches and drain the workers of every version of `app` whose folder is gone now —
+/// read from the disk rather than from the removal's list, so a removal that failed part-way
+/// still retires what it took.
+fn after_removal(rt: &Runtime, before: &[marina_apps::registry::Resolved], app: &str) {
     rt.registry.invalidate();
-    for r in before.iter().filter(|r| removed.iter().any(|p| r.dir.starts_with(p))) {
+    for r in before.iter().filter(|r| r.name == app && std::fs::symlink_metadata(&r.dir).is_err()) {
         tracing::info!(app = %r.name, version = %r.version, dir = %r.dir.display(), "app version removed through the API");
         rt.migrations.forget(&r.dir);
         rt.pool.retire_app(&format!("{}@{}", r.name, r.version), "its app version was removed");
