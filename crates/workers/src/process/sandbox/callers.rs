@@ -8,18 +8,22 @@
 //! Workers share marina's network namespace, so a worker's end of the connection is a socket in
 //! this machine's `/proc/net/tcp` (or `tcp6`): the entry whose local address is the peer marina
 //! accepted and whose remote address is marina's side. Its `uid` column is the uid that created
-//! the socket (the kernel keeps it even after the worker closes it):
+//! the socket while the socket is open; once its owner closed it the kernel lists it with uid 0
+//! and inode 0 (an orphan), which says nothing of who it was — a worker can send a request and
+//! close at once, and hyper still answers what it read — so an orphaned socket is never cleared
+//! ([`Caller::Unknown`]):
 //! - workers run as `RUNTIME_WORKER_USER` or a uid from `RUNTIME_WORKER_UIDS` (marina is root):
 //!   a socket of such a uid is a worker's, any other is not (they cannot change uid:
 //!   `no_new_privs`, no supplementary groups);
 //! - workers run as marina's own uid (marina is not root): the uid says nothing, so the socket's
 //!   inode is looked for among the descriptors of marina's descendants and of the processes in
 //!   marina's worker cgroups (which hold what left the process group). A worker process whose
-//!   descriptors cannot be read (it made itself non-dumpable), or a socket already orphaned
-//!   (inode 0), cannot be cleared: the answer is then [`Caller::Unknown`], which the API refuses.
+//!   descriptors cannot be read (it made itself non-dumpable) cannot be cleared: the answer is
+//!   then [`Caller::Unknown`], which the API refuses.
 //!
 //! No entry means the peer is not on this machine (or in another network namespace): not a
-//! worker. Tables that cannot be read at all clear nobody ([`Caller::Unknown`]).
+//! worker. A table that exists but cannot be read clears nobody ([`Caller::Unknown`]); a missing
+//! `tcp6` (IPv6 off) is an empty table.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -76,6 +80,14 @@ impl CallerProbe {
             // rather than open to workers.
             Err(why) => return Caller::Unknown(why),
         };
+        self.decide(uid, inode)
+    }
+
+    /// [`CallerProbe::classify`]'s answer for a socket found with `uid` and `inode`.
+    fn decide(&self, uid: u32, inode: u64) -> Caller {
+        if inode == 0 {
+            return Caller::Unknown("its socket is already closed, so its owner cannot be found".into());
+        }
         match self.uids {
             WorkerUids::One(w) if uid == w => {
                 Caller::Worker(format!("its socket belongs to the worker user (uid {uid})"))
@@ -91,9 +103,6 @@ impl CallerProbe {
 
     /// Workers share marina's uid: is the socket `inode` held by one of their processes?
     fn holder(&self, inode: u64) -> Caller {
-        if inode == 0 {
-            return Caller::Unknown("its socket is already closed, so its owner cannot be found".into());
-        }
         let Ok(entries) = std::fs::read_dir("/proc") else {
             return Caller::Unknown("/proc cannot be read".into());
         };
@@ -156,29 +165,38 @@ fn parent_of(pid: i32) -> Option<i32> {
 
 /// The `(uid, inode)` of the socket of this machine whose local address is `peer` and remote
 /// address `local`: the connecting side of a connection marina accepted. An error when neither
-/// table can be read.
+/// table exists but cannot be read (a missing `tcp6`, IPv6 off, is an empty table). Read line by
+/// line up to the match, so a machine with many sockets costs no table-sized buffer.
 fn find_socket(peer: SocketAddr, local: SocketAddr) -> Result<Option<(u32, u64)>, String> {
+    use std::io::BufRead;
     let (peer, local) = (unmapped(peer), unmapped(local));
-    let mut read_any = false;
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(table) = std::fs::read_to_string(file) else { continue };
-        read_any = true;
-        let found = table.lines().skip(1).find_map(|line| {
-            let entry = parse_entry(line)?;
-            (entry.local == peer && entry.remote == local).then_some((entry.uid, entry.inode))
-        });
-        if found.is_some() {
-            return Ok(found);
+        let table = match std::fs::File::open(file) {
+            Ok(f) => std::io::BufReader::new(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && file.ends_with('6') => continue,
+            Err(e) => return Err(format!("{file} cannot be read ({e}), so no caller can be told apart")),
+        };
+        for line in table.lines().skip(1) {
+            let line = line.map_err(|e| format!("{file} cannot be read ({e}), so no caller can be told apart"))?;
+            if let Some(entry) = parse_entry(&line)
+                && entry.local == peer
+                && entry.remote == local
+            {
+                return Ok(Some((entry.uid, entry.inode)));
+            }
         }
     }
-    if read_any { Ok(None) } else { Err("/proc/net/tcp cannot be read, so no caller can be told apart".into()) }
+    Ok(None)
 }
 
+/// The address as `/proc/net/tcp{,6}` lists it: an IPv4-mapped IPv6 address as IPv4, and no
+/// IPv6 scope or flow label (the tables have neither, and `SocketAddrV6` equality compares
+/// them: a link-local peer with a scope id would never match its line).
 fn unmapped(addr: SocketAddr) -> SocketAddr {
     match addr {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => addr,
+            None => SocketAddr::new(IpAddr::V6(*v6.ip()), v6.port()),
         },
         SocketAddr::V4(_) => addr,
     }
@@ -223,6 +241,18 @@ fn parse_addr(s: &str) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_orphaned_socket_is_never_cleared_and_a_scope_never_hides_a_line() {
+        let probe = CallerProbe::new(WorkerUids::One(65534), None);
+        // A worker that sent its request and closed: listed with uid 0 and inode 0.
+        assert!(matches!(probe.decide(0, 0), Caller::Unknown(_)));
+        assert!(matches!(probe.decide(65534, 0), Caller::Unknown(_)));
+        assert!(matches!(probe.decide(65534, 7), Caller::Worker(_)));
+        assert_eq!(probe.decide(0, 7), Caller::NotWorker);
+        let scoped = SocketAddr::V6(std::net::SocketAddrV6::new("fe80::1".parse().unwrap(), 8000, 3, 4));
+        assert_eq!(unmapped(scoped), "[fe80::1]:8000".parse::<SocketAddr>().unwrap());
+    }
 
     #[test]
     fn proc_net_tcp_lines_parse() {
