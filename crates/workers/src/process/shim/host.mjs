@@ -2,34 +2,44 @@
 // Usage: bun|node host.mjs <socket-path> [<ready-fd>], with the control token as the first line
 // of stdin (never in argv or the environment, where other processes could read it). Once it
 // listens it writes `ready` and the lifecycle hooks the app has (`ready idle terminate`) as one
-// line to <ready-fd>, a pipe marina waits on, and closes it.
+// line to <ready-fd>, a pipe marina waits on.
 // Imports $ENTRYPOINT, whose default export is { fetch } or { routes, fetch? } with optional
 // onIdle / onTerminate (Buntime's contract), and serves it over HTTP/1.1 on a Unix socket.
 // marina sends lifecycle events as POST /__marina/lifecycle with the control token, which only
 // marina knows (it is not in the app's environment).
-import { pathToFileURL } from "node:url";
-import { closeSync, readFileSync, writeSync } from "node:fs";
-
+const isBun = typeof globalThis.Bun !== "undefined";
+// Under Bun the shim uses Bun's own APIs, never node:fs or node:url: a fresh Bun spends ~3 ms
+// of CPU loading those two modules, a third of a `ttl: 0` worker's whole life (BENCHMARKS.md,
+// "ttl: 0 CPU per request"). Node has them loaded already, so it keeps them.
+const fs = isBun ? null : await import("node:fs");
 const [, , socketPath, readyArg] = process.argv;
 const readyFd = readyArg === undefined ? -1 : Number(readyArg);
 let token = "";
 try {
-  token = readFileSync(0, "utf8").split("\n")[0].trim();
+  token = (isBun ? await Bun.stdin.text() : fs.readFileSync(0, "utf8")).split("\n")[0].trim();
 } catch {
   /* no stdin: no lifecycle call can be authenticated */
 }
 const entrypoint = process.env.ENTRYPOINT;
-const isBun = typeof globalThis.Bun !== "undefined";
 
-// Tells marina the worker listens (and which hooks it has), once.
+// Tells marina the worker listens (and which hooks it has), once. Node closes the pipe after
+// the line; Bun cannot close an fd without node:fs, so its write end stays open, unread:
+// marina stops reading at the newline and drops its end.
 function signalReady() {
   if (!(readyFd >= 0)) return;
   let line = "ready";
   if (typeof app.onIdle === "function") line += " idle";
   if (typeof app.onTerminate === "function") line += " terminate";
+  line += "\n";
   try {
-    writeSync(readyFd, `${line}\n`);
-    closeSync(readyFd);
+    if (isBun) {
+      const sink = Bun.file(readyFd).writer();
+      sink.write(line);
+      sink.end();
+    } else {
+      fs.writeSync(readyFd, line);
+      fs.closeSync(readyFd);
+    }
   } catch (e) {
     console.error(`marina shim: could not signal readiness on fd ${readyFd}: ${e}`);
   }
@@ -44,7 +54,8 @@ if (!socketPath || !token || !entrypoint) fail("usage: host.mjs <socket> with th
 
 let mod;
 try {
-  mod = await import(pathToFileURL(entrypoint).href);
+  const url = isBun ? Bun.pathToFileURL(entrypoint) : (await import("node:url")).pathToFileURL(entrypoint);
+  mod = await import(url.href);
 } catch (e) {
   fail(`importing ${entrypoint} failed: ${e && e.stack ? e.stack : e}`);
 }
