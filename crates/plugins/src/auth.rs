@@ -20,7 +20,7 @@ use marina_auth::{AppRoute, Auth, Destination};
 use marina_core::{Body, Error};
 use percent_encoding::percent_decode_str;
 
-use crate::{Outcome, Phases, Plugin, PluginSpec, RequestContext};
+use crate::{Admission, Outcome, Phases, Plugin, PluginSpec, RequestContext};
 
 /// The name the plugin is listed under.
 pub const NAME: &str = "@marina/auth";
@@ -54,7 +54,7 @@ impl Plugin for AuthPlugin {
         Phases { early_request: true, ..Phases::NONE }
     }
 
-    async fn early_request(&self, req: &mut Request<Body>, ctx: &mut RequestContext) -> Result<Outcome, Error> {
+    fn early_request<'a>(&'a self, req: &'a mut Request<Body>, ctx: &'a mut RequestContext) -> Admission<'a> {
         // Without JWT verification an app route ignores credentials, and outside the internal
         // API only a marina key identifies anyone (a bearer token cannot be checked): a request
         // without a key has no identity and nothing needs looking up.
@@ -63,18 +63,27 @@ impl Plugin for AuthPlugin {
             && api_rest(req.uri().path(), &self.api_base).is_none()
         {
             marina_auth::identity::strip_incoming(req.headers_mut());
-            return Ok(Outcome::Continue);
+            return Admission::Decided(Ok(Outcome::Continue));
         }
-        // The path as received (no copy of it): authentication is the first hook of all, so no
-        // plugin has rewritten the URI yet.
-        let path: &str = &ctx.path;
-        let api = api_rest(path, &self.api_base).is_some();
-        // A signed-in client's usual request: a token verified a moment ago, off the internal API.
-        if !api && let Some(identity) = self.auth.remembered_token(req.method(), req.headers()) {
+        // A signed-in client's usual request: a token verified a moment ago, off the internal API
+        // (the path as received: authentication is the first hook of all, so no plugin has
+        // rewritten the URI yet).
+        if api_rest(&ctx.path, &self.api_base).is_none()
+            && let Some(identity) = self.auth.remembered_token(req.method(), req.headers())
+        {
             marina_auth::identity::strip_incoming(req.headers_mut());
             ctx.identity = Some(identity);
-            return Ok(Outcome::Continue);
+            return Admission::Decided(Ok(Outcome::Continue));
         }
+        Admission::Wait(Box::pin(self.check(req, ctx)))
+    }
+}
+
+impl AuthPlugin {
+    /// The full check: a key or a token not seen lately (a JWKS may have to be fetched).
+    async fn check(&self, req: &mut Request<Body>, ctx: &mut RequestContext) -> Result<Outcome, Error> {
+        let path: &str = &ctx.path;
+        let api = api_rest(path, &self.api_base).is_some();
         // The internal API's Origin (CSRF) check compares with the request's own authority.
         let authority = api
             .then(|| {

@@ -38,7 +38,7 @@ mod test_db;
 
 pub use context::{Identity, RequestContext, Slots};
 pub use loader::{Catalog, canonical};
-pub use plugin::{DEFAULT_HOOK_TIMEOUT, Factory, Outcome, Phases, Plugin, PluginEnv, PluginSpec};
+pub use plugin::{Admission, DEFAULT_HOOK_TIMEOUT, Factory, Outcome, Phases, Plugin, PluginEnv, PluginSpec};
 pub use set::{Loaded, PluginSet};
 
 /// Re-exported so plugins implement [`Plugin`] with the same macro version.

@@ -40,6 +40,23 @@ pub enum Outcome {
     Respond(Response<Body>),
 }
 
+/// What an admission hook ([`Plugin::early_request`]) decided, or the wait before it can.
+pub enum Admission<'a> {
+    /// Decided without waiting (most hooks, most requests).
+    Decided(Result<Outcome, Error>),
+    /// Has to wait first (a key fetched over the network); bounded by the hook timeout.
+    Wait(futures_util::future::BoxFuture<'a, Result<Outcome, Error>>),
+}
+
+impl std::fmt::Debug for Admission<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Admission::Decided(r) => f.debug_tuple("Decided").field(r).finish(),
+            Admission::Wait(_) => f.write_str("Wait(..)"),
+        }
+    }
+}
+
 /// A plugin. Every method is a phase; see the module docs for the order.
 #[async_trait]
 pub trait Plugin: Send + Sync + 'static {
@@ -63,8 +80,13 @@ pub trait Plugin: Send + Sync + 'static {
     /// it). It sees requests that authentication refused as well (then
     /// [`RequestContext::refusal`] holds the 401/403 that will be answered once the phase ends):
     /// rate limits and address filters belong here; work on the caller's behalf does not.
-    async fn early_request(&self, _req: &mut Request<Body>, _ctx: &mut RequestContext) -> Result<Outcome, Error> {
-        Ok(Outcome::Continue)
+    ///
+    /// Synchronous first: a hook decides at once ([`Admission::Decided`]) or hands back the
+    /// wait it needs ([`Admission::Wait`]: a JWKS fetch), which the pipeline bounds by the hook
+    /// timeout. Admission runs on every request and almost never waits; a boxed future per
+    /// call and plugin cost ~0.3k instructions of a ~30k-instruction request (callgrind).
+    fn early_request<'a>(&'a self, _req: &'a mut Request<Body>, _ctx: &'a mut RequestContext) -> Admission<'a> {
+        Admission::Decided(Ok(Outcome::Continue))
     }
 
     /// Every request, in load order, before routing. May inspect or rewrite the request, set

@@ -17,7 +17,7 @@ use marina_core::{Body, Error, Source};
 use serde_json::json;
 
 use crate::context::RequestContext;
-use crate::plugin::{Outcome, Plugin, PluginSpec};
+use crate::plugin::{Admission, Outcome, Plugin, PluginSpec};
 
 /// One loaded plugin.
 #[derive(Clone)]
@@ -121,8 +121,22 @@ impl PluginSet {
         for early in [true, false] {
             let phase = if early { &self.early } else { &self.request };
             for p in phase.iter().map(|&i| &self.plugins[i]) {
-                let hook = if early { p.plugin.early_request(req, ctx) } else { p.plugin.on_request(req, ctx) };
-                let failure = match bounded(p.spec.hook_timeout, hook).await {
+                let ran = if early {
+                    let (r, c) = (&mut *req, &mut *ctx);
+                    // Moved into the call (an `FnOnce`): the admission borrows them until it ends.
+                    let admit = move || {
+                        let (r, c) = (r, c);
+                        p.plugin.early_request(r, c)
+                    };
+                    match std::panic::catch_unwind(AssertUnwindSafe(admit)) {
+                        Ok(Admission::Decided(result)) => Some(Ok(result)),
+                        Ok(Admission::Wait(wait)) => bounded(p.spec.hook_timeout, wait).await,
+                        Err(panic) => Some(Err(panic)),
+                    }
+                } else {
+                    bounded(p.spec.hook_timeout, p.plugin.on_request(req, ctx)).await
+                };
+                let failure = match ran {
                     Some(Ok(Ok(Outcome::Continue))) => continue,
                     Some(Ok(Ok(Outcome::Respond(resp)))) => return Ok(Some(resp)),
                     // A client error is a deliberate answer; so is an upstream's failure that a
@@ -255,7 +269,7 @@ mod tests {
         fn phases(&self) -> Phases {
             Phases { on_request: true, ..Phases::NONE }
         }
-        async fn early_request(&self, _: &mut Request<Body>, _: &mut RequestContext) -> Result<Outcome, Error> {
+        fn early_request<'a>(&'a self, _: &'a mut Request<Body>, _: &'a mut RequestContext) -> Admission<'a> {
             panic!("early_request is not listed")
         }
         async fn on_request(&self, _: &mut Request<Body>, _: &mut RequestContext) -> Result<Outcome, Error> {
@@ -300,6 +314,46 @@ mod tests {
         assert_eq!(unlisted.0.load(Ordering::Relaxed), 1);
         let only_listed = PluginSet::new(vec![Loaded::new(PluginSpec::new("listed", ""), listed)]);
         assert!(!only_listed.has_response_hooks());
+    }
+
+    /// An admission hook that panics while deciding, or waits past its timeout.
+    struct Admits(&'static str);
+
+    #[crate::async_trait]
+    impl Plugin for Admits {
+        fn phases(&self) -> Phases {
+            Phases { early_request: true, ..Phases::NONE }
+        }
+        fn early_request<'a>(&'a self, _: &'a mut Request<Body>, _: &'a mut RequestContext) -> Admission<'a> {
+            match self.0 {
+                "panics" => panic!("deciding failed"),
+                "waits" => Admission::Wait(Box::pin(std::future::pending())),
+                _ => {
+                    Admission::Wait(Box::pin(async { Ok(Outcome::Respond(Response::new(marina_core::body::empty()))) }))
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn admission_fails_closed_when_deciding_panics_or_waiting_times_out() {
+        for (how, reason) in [("panics", "panic"), ("waits", "timeout")] {
+            let mut spec = PluginSpec::new(how, "");
+            spec.hook_timeout = Duration::from_millis(20);
+            let set = PluginSet::new(vec![Loaded::new(spec, Arc::new(Admits(how)))]);
+            let mut req = Request::new(marina_core::body::empty());
+            let err = set.on_request(&mut req, &mut ctx()).await.unwrap_err();
+            assert_eq!(
+                (err.status(), err.code()),
+                (StatusCode::SERVICE_UNAVAILABLE, "PLUGIN_ONREQUEST_FAILED"),
+                "{how}"
+            );
+            assert_eq!(err.data().unwrap()["reason"], reason, "{how}");
+        }
+        // A wait that ends in time answers.
+        let set = PluginSet::new(vec![Loaded::new(PluginSpec::new("answers", ""), Arc::new(Admits("answers")))]);
+        let mut req = Request::new(marina_core::body::empty());
+        assert!(set.on_request(&mut req, &mut ctx()).await.unwrap().is_some());
     }
 
     #[tokio::test]

@@ -240,3 +240,59 @@ async fn cors_from_the_manifest_shapes_preflights() {
         srv.stop().await;
     }
 }
+
+/// An app that sets CORS headers of its own does not widen the gateway's policy: its
+/// `Access-Control-Allow-Origin: *` and its exposed headers are replaced by the policy's for an
+/// allowed origin and dropped for any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apps_own_cors_headers_give_way_to_the_policy() {
+    let tmp = common::gateway_fixture("");
+    let own = tmp.path().join("apps/own");
+    std::fs::create_dir_all(&own).unwrap();
+    std::fs::write(own.join("manifest.yaml"), "entrypoint: index.js\nttl: 60s\n").unwrap();
+    std::fs::write(
+        own.join("index.js"),
+        r#"export default { fetch() { return new Response("own", { headers: {
+  "access-control-allow-origin": "*",
+  "access-control-allow-credentials": "true",
+  "access-control-expose-headers": "x-secret",
+  "x-secret": "s" } }); } };"#,
+    )
+    .unwrap();
+    let plugins = tmp.path().join("plugins");
+    let srv = common::start_with(
+        &tmp.path().join("apps"),
+        |r| {
+            r.set("RUNTIME_JS", "node")
+                .set("RUNTIME_PLUGIN_DIRS", plugins.display().to_string())
+                .set("GATEWAY_CORS_ORIGIN", "https://a.example");
+        },
+        Vec::new(),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/own/", srv.base);
+
+    let resp = client.get(&url).header("origin", "https://a.example").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let allow: Vec<_> = resp.headers().get_all("access-control-allow-origin").iter().collect();
+    assert_eq!(allow, ["https://a.example"], "the policy's echo alone, not the app's *");
+    assert_eq!(common::header(&resp, "access-control-allow-credentials"), None, "credentials are not configured");
+    let exposed = common::header(&resp, "access-control-expose-headers").unwrap();
+    assert!(exposed.contains("X-Request-Id") && !exposed.contains("x-secret"), "{exposed}");
+    assert_eq!(resp.text().await.unwrap(), "own", "the app answered");
+
+    for origin in [Some("https://evil.example"), None] {
+        let mut req = client.get(&url);
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{origin:?}");
+        for name in ["access-control-allow-origin", "access-control-allow-credentials", "access-control-expose-headers"]
+        {
+            assert_eq!(common::header(&resp, name), None, "{origin:?}: {name} {:?}", resp.headers());
+        }
+    }
+    srv.stop().await;
+}

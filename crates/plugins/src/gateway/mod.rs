@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::async_trait;
 use crate::context::RequestContext;
-use crate::plugin::{Outcome, Phases, Plugin, PluginEnv, PluginSpec};
+use crate::plugin::{Admission, Outcome, Phases, Plugin, PluginEnv, PluginSpec};
 
 /// The manifest name marina's gateway answers to (also `plugin-gateway` and `gateway`).
 pub const NAME: &str = "@buntime/plugin-gateway";
@@ -229,46 +229,9 @@ fn number(n: u64) -> HeaderValue {
     }
 }
 
-#[async_trait]
-impl Plugin for Gateway {
-    fn phases(&self) -> Phases {
-        Phases { early_request: true, on_request: false, on_response: true }
-    }
-
-    async fn init(&self, _env: &PluginEnv) -> Result<(), Error> {
-        let st = &self.state;
-        // Neither failure fails `init`: the loader would skip the whole gateway (its CORS and
-        // rate limits) over what is bookkeeping. Both are logged; the API says what is missing.
-        if let Some(shell) = &st.shell {
-            match excludes::Stored::load(st.store.clone()).await {
-                Ok(stored) => shell.set_stored(stored),
-                Err(e) => {
-                    tracing::error!(error = %e, "the gateway's stored shell excludes could not be read; only the configured ones apply")
-                }
-            }
-        }
-        match history_db::instance_id(&st.state_dir) {
-            Ok(id) => {
-                if let Err(e) = st.history.attach(history_db::HistoryDb::new(st.store.clone(), id)).await {
-                    tracing::error!(error = %e, "the gateway's stored metrics history could not be read; it is kept in memory only");
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "the gateway's metrics history has no instance id; it is kept in memory only")
-            }
-        }
-        let sampler =
-            history::History::run(Arc::downgrade(st), |s: &State| &s.history, State::snapshot, st.closing.clone());
-        tokio::spawn(sampler);
-        Ok(())
-    }
-
-    async fn shutdown(&self) {
-        self.state.closing.cancel();
-        self.state.history.flush().await;
-    }
-
-    async fn early_request(&self, req: &mut Request<Body>, ctx: &mut RequestContext) -> Result<Outcome, Error> {
+impl Gateway {
+    /// Admission: a CORS preflight answered, then every rate-limit rule that applies counted.
+    fn admit(&self, req: &Request<Body>, ctx: &mut RequestContext) -> Result<Outcome, Error> {
         let st = &self.state;
         // SeqCst: pairs with the history sampler's check before it parks (see `History::touch`).
         st.stats.requests.fetch_add(1, Ordering::SeqCst);
@@ -325,6 +288,50 @@ impl Plugin for Gateway {
             }
         }
     }
+}
+
+#[async_trait]
+impl Plugin for Gateway {
+    fn phases(&self) -> Phases {
+        Phases { early_request: true, on_request: false, on_response: true }
+    }
+
+    async fn init(&self, _env: &PluginEnv) -> Result<(), Error> {
+        let st = &self.state;
+        // Neither failure fails `init`: the loader would skip the whole gateway (its CORS and
+        // rate limits) over what is bookkeeping. Both are logged; the API says what is missing.
+        if let Some(shell) = &st.shell {
+            match excludes::Stored::load(st.store.clone()).await {
+                Ok(stored) => shell.set_stored(stored),
+                Err(e) => {
+                    tracing::error!(error = %e, "the gateway's stored shell excludes could not be read; only the configured ones apply")
+                }
+            }
+        }
+        match history_db::instance_id(&st.state_dir) {
+            Ok(id) => {
+                if let Err(e) = st.history.attach(history_db::HistoryDb::new(st.store.clone(), id)).await {
+                    tracing::error!(error = %e, "the gateway's stored metrics history could not be read; it is kept in memory only");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the gateway's metrics history has no instance id; it is kept in memory only")
+            }
+        }
+        let sampler =
+            history::History::run(Arc::downgrade(st), |s: &State| &s.history, State::snapshot, st.closing.clone());
+        tokio::spawn(sampler);
+        Ok(())
+    }
+
+    async fn shutdown(&self) {
+        self.state.closing.cancel();
+        self.state.history.flush().await;
+    }
+
+    fn early_request<'a>(&'a self, req: &'a mut Request<Body>, ctx: &'a mut RequestContext) -> Admission<'a> {
+        Admission::Decided(self.admit(req, ctx))
+    }
 
     fn has_routes(&self) -> bool {
         true
@@ -367,13 +374,15 @@ impl Plugin for Gateway {
             && !seen.internal
         {
             // The app's own CORS headers are replaced, so the answer follows one policy. One
-            // pass over the names first: most answers have none, and each `remove` hashes.
-            if resp.headers().keys().any(|k| k.as_str().starts_with("access-control-")) {
-                for name in [
-                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                    header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                ] {
+            // pass over the names first (standard names compare as numbers): most answers have
+            // none, and each `remove` hashes.
+            const OWN: [HeaderName; 3] = [
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            ];
+            if resp.headers().keys().any(|k| OWN.contains(k)) {
+                for name in OWN {
                     resp.headers_mut().remove(name);
                 }
             }
