@@ -44,6 +44,10 @@ pub struct RequestContext {
     /// `early_request` phase ends so that admission hooks (the gateway's rate limit) count
     /// refused requests too: a flood of bad keys is limited like any other flood.
     pub refusal: Option<marina_core::Error>,
+    /// The request's `Origin` as received, when an admission hook kept it for the response
+    /// phases (the gateway does, for CORS). A field rather than a slot in `extensions`: it is
+    /// kept for every request a CORS policy sees, and a slot costs a box per request.
+    pub origin: Option<http::HeaderValue>,
     /// Typed state that plugins share with later phases (a matched rule, a rate-limit verdict).
     pub extensions: Slots,
     /// When the answer is due, if anything set a bound.
@@ -70,6 +74,7 @@ impl RequestContext {
             plugin: None,
             identity: None,
             refusal: None,
+            origin: None,
             extensions: Slots::default(),
             deadline: None,
         }

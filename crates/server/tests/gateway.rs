@@ -87,6 +87,14 @@ async fn cors_echoes_allowed_origins_and_answers_preflights_itself() {
         client.get(format!("{}/gateway/api/stats", srv.base)).send().await.unwrap().json().await.unwrap();
     assert_eq!(stats["preflights"], 2);
     assert_eq!(stats["blockedRequests"], 0);
+    // Allowed are counted exactly: three more requests and the next stats call itself.
+    for _ in 0..3 {
+        assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    }
+    let again: Value =
+        client.get(format!("{}/gateway/api/stats", srv.base)).send().await.unwrap().json().await.unwrap();
+    let moved = |k: &str| again[k].as_u64().unwrap() - stats[k].as_u64().unwrap();
+    assert_eq!((moved("totalRequests"), moved("allowedRequests"), moved("preflights")), (4, 4, 0), "{again}");
     assert_eq!(stats["shell"], serde_json::json!({"enabled": false}), "Buntime's shell summary without a shell");
     let config: Value =
         client.get(format!("{}/gateway/api/config", srv.base)).send().await.unwrap().json().await.unwrap();
