@@ -32,6 +32,9 @@ struct Site {
     mid: Vec<u8>,
     /// A large precompressed sibling (its bytes need not be real gzip for marina).
     gz: Vec<u8>,
+    /// 64 KiB, the smallest size sent zero-copy, and one byte less (copied from memory).
+    edge: Vec<u8>,
+    below: Vec<u8>,
 }
 
 fn site() -> Site {
@@ -44,11 +47,15 @@ fn site() -> Site {
     let big = pattern(3 * 1024 * 1024 + 123, 1);
     let mid = pattern(300 * 1024, 2);
     let gz = pattern(700 * 1024, 3);
+    let edge = pattern(64 * 1024, 5);
+    let below = pattern(64 * 1024 - 1, 6);
     std::fs::write(root.join("big.bin"), &big).unwrap();
     std::fs::write(root.join("mid.bin"), &mid).unwrap();
     std::fs::write(root.join("app.js"), pattern(900 * 1024, 4)).unwrap();
     std::fs::write(root.join("app.js.gz"), &gz).unwrap();
-    Site { dir, big, mid, gz }
+    std::fs::write(root.join("edge.bin"), &edge).unwrap();
+    std::fs::write(root.join("below.bin"), &below).unwrap();
+    Site { dir, big, mid, gz, edge, below }
 }
 
 fn h1() -> reqwest::Client {
@@ -81,7 +88,9 @@ async fn whole_files_and_ranges_are_exact_on_http1_and_http2() {
     for (client, version) in [(h1(), reqwest::Version::HTTP_11), (h2(), reqwest::Version::HTTP_2)] {
         // Several times on one client: keep-alive reuse of the connection between responses.
         for _ in 0..3 {
-            for (name, want) in [("big.bin", &s.big), ("mid.bin", &s.mid)] {
+            for (name, want) in
+                [("big.bin", &s.big), ("mid.bin", &s.mid), ("edge.bin", &s.edge), ("below.bin", &s.below)]
+            {
                 let resp = client.get(format!("{}/files/{name}", srv.base)).send().await.unwrap();
                 assert_eq!(resp.version(), version);
                 assert_eq!(resp.status(), 200);
@@ -156,13 +165,14 @@ async fn pipelined_requests_on_one_connection_get_their_own_bytes_in_order() {
     let addr = srv.base.trim_start_matches("http://").to_string();
     let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let mut requests = String::new();
-    for path in ["big.bin", "mid.bin", "index.html", "big.bin"] {
+    for path in ["big.bin", "mid.bin", "index.html", "edge.bin", "below.bin", "big.bin"] {
         requests.push_str(&format!("GET /files/{path} HTTP/1.1\r\nHost: x\r\n\r\n"));
     }
     requests.push_str("GET /files/big.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=5-9\r\n\r\n");
     stream.write_all(requests.as_bytes()).await.unwrap();
     let mut pending = Vec::new();
-    let expect: [&[u8]; 5] = [&s.big, &s.mid, b"<html><body>files</body></html>", &s.big, &s.big[5..10]];
+    let expect: [&[u8]; 7] =
+        [&s.big, &s.mid, b"<html><body>files</body></html>", &s.edge, &s.below, &s.big, &s.big[5..10]];
     for (i, want) in expect.iter().enumerate() {
         let (head, body) =
             tokio::time::timeout(Duration::from_secs(30), read_response(&mut stream, &mut pending)).await.unwrap();

@@ -105,7 +105,10 @@ pub struct CacheLimits {
     /// How stale a cached entry may get before one request re-checks the disk.
     pub revalidate_after: Duration,
     /// Responses of at least this many bytes may be sent with `sendfile(2)` (their file is
-    /// kept open). Below it, copying from memory costs less than the extra system call.
+    /// kept open). Below it, copying from memory costs less than the extra system call and the
+    /// ~1.9k instructions of the placeholder body: at 16 KiB sendfile lost, at 64 KiB it won
+    /// (server and client CPU per response 10–11 and 9 µs instead of 12–14 and 11; 256 KiB
+    /// before; BENCHMARKS.md, "Static files: where the time goes"). nginx sends every size so.
     pub zero_copy_min_bytes: u64,
 }
 
@@ -116,7 +119,7 @@ impl Default for CacheLimits {
             max_bytes: 64 * 1024 * 1024,
             max_file_bytes: 512 * 1024,
             revalidate_after: Duration::from_secs(1),
-            zero_copy_min_bytes: 256 * 1024,
+            zero_copy_min_bytes: 64 * 1024,
         }
     }
 }
