@@ -131,6 +131,7 @@ async fn error_bodies_carry_buntimes_words() {
         ("GET", "/keys?limit=0".to_string(), None, "limit must be a positive number"),
         ("PUT", "/keys/x?expiresIn=0".to_string(), Some(json!(1)), "expiresIn must be a positive number"),
         ("POST", "/keys/batch".to_string(), Some(json!({"keys": many})), "Too many keys: 1001"),
+        ("POST", "/keys/batch".to_string(), Some(json!({"keys": []})), "keys must be a non-empty array"),
     ]
     .into_iter()
     .chain(

@@ -132,6 +132,12 @@ fn keys_of(b: &Json) -> Result<Vec<Key>, Error> {
 pub(super) async fn batch(ns: &Namespace, body: Body) -> Result<Response<Body>, Error> {
     let b = web::json_required(body).await?;
     let keys = keys_of(&b)?;
+    // Buntime answers an empty batch 400: asking for nothing is a client's mistake.
+    if keys.is_empty() {
+        return Err(
+            Error::bad_request("KV_KEY_INVALID", "keys must be a non-empty array").with_data(json!({ "path": "keys" }))
+        );
+    }
     let got = ns.get_many(&keys).await?;
     let out: Vec<Json> = keys
         .iter()
