@@ -58,9 +58,9 @@ verify_text() { # url text
 }
 
 # One wrk run: prints "rps p50_ms p99_ms bytes_per_response errors" (errors = non-2xx/3xx +
-# socket errors; a bench with errors is not a result).
+# socket errors; a bench with errors is not a result). WRK_SCRIPT=file: wrk's Lua script.
 wrk_run() { # conns url
-  wrk -t1 -c"$1" -d"$DURATION" --latency "$2" | python3 -c '
+  wrk -t1 -c"$1" -d"$DURATION" ${WRK_SCRIPT:+-s "$WRK_SCRIPT"} --latency "$2" | python3 -c '
 import re, sys
 t = sys.stdin.read()
 def ms(v):

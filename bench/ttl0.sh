@@ -13,9 +13,9 @@
 #
 # Usage: bench/ttl0.sh   (DURATION=10s; EPH_CONCURRENCY=2)
 # Needs: wrk, bun, python3, curl.
+DURATION="${DURATION:-10s}"   # before lib.sh, whose default is 5s
 source "$(dirname "$0")/lib.sh"
 need bun "npm i -g bun"
-DURATION="${DURATION:-10s}"
 EPH_CONCURRENCY="${EPH_CONCURRENCY:-2}"
 build_marina
 load_line
