@@ -11,8 +11,9 @@
 //! the app's connection so that every later call hung, and could pile up rows until marina ran
 //! out of memory.
 
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use rusqlite::limits::Limit;
 use rusqlite::types::{Value as SqlValue, ValueRef};
@@ -44,52 +45,53 @@ fn too_big() -> StreamError {
     )
 }
 
-/// Interrupts the connection's running statement once [`STATEMENT_TIMEOUT`] has passed, until
-/// dropped. (Outside a tokio runtime it does nothing.)
-struct Watchdog {
-    /// `(finished, fired)`: the timer interrupts only while `finished` is false, under the lock,
-    /// so once `drop` has taken it no later statement on the connection can be interrupted.
-    state: Arc<Mutex<(bool, bool)>>,
-    timer: Option<tokio::task::JoinHandle<()>>,
+/// How many SQLite virtual-machine steps run between two looks at the clock: a few
+/// microseconds of work, so the look costs nothing measurable and a statement is stopped within
+/// moments of its time.
+const STEPS_PER_LOOK: i32 = 10_000;
+
+/// Bounds what runs next on the connection to `limit` ([`STATEMENT_TIMEOUT`]): SQLite's progress handler
+/// looks at the clock every [`STEPS_PER_LOOK`] steps and interrupts once the time is up. Inside
+/// SQLite, so nothing is spawned per statement (a timer task armed and aborted per statement
+/// was most of a small query's overhead) and it works outside a tokio runtime too. The flag says
+/// whether it fired; [`unbound`] must follow.
+fn bound(c: &mut rusqlite::Connection, limit: Duration) -> Result<Arc<AtomicBool>, StreamError> {
+    let fired = Arc::new(AtomicBool::new(false));
+    let flag = fired.clone();
+    let start = Instant::now();
+    c.progress_handler(
+        STEPS_PER_LOOK,
+        Some(move || {
+            let over = start.elapsed() > limit;
+            if over {
+                flag.store(true, Ordering::Relaxed);
+            }
+            over
+        }),
+    )
+    .map_err(error_of)?;
+    Ok(fired)
 }
 
-impl Watchdog {
-    fn arm(c: &rusqlite::Connection) -> Self {
-        let state = Arc::new(Mutex::new((false, false)));
-        let interrupt = c.get_interrupt_handle();
-        let shared = state.clone();
-        let timer = tokio::runtime::Handle::try_current().ok().map(|rt| {
-            rt.spawn(async move {
-                tokio::time::sleep(STATEMENT_TIMEOUT).await;
-                let mut st = shared.lock().unwrap_or_else(PoisonError::into_inner);
-                if !st.0 {
-                    st.1 = true;
-                    interrupt.interrupt();
-                }
-            })
-        });
-        Self { state, timer }
-    }
-
-    /// `e`, said plainly when it is this watchdog's interruption.
-    fn explain(&self, e: StreamError) -> StreamError {
-        if self.state.lock().unwrap_or_else(PoisonError::into_inner).1 && e.code == "SQLITE_INTERRUPT" {
-            return StreamError::new(
+/// Removes [`bound`]'s handler, and says a statement it stopped plainly.
+fn unbound<T>(
+    c: &mut rusqlite::Connection,
+    fired: &AtomicBool,
+    limit: Duration,
+    result: Result<T, StreamError>,
+) -> Result<T, StreamError> {
+    // Clearing cannot fail in a way that matters: the next `bound` replaces the handler.
+    let _ = c.progress_handler(0, None::<fn() -> bool>);
+    result.map_err(|e| {
+        if fired.load(Ordering::Relaxed) && e.code == "SQLITE_INTERRUPT" {
+            StreamError::new(
                 "SQLITE_INTERRUPT",
-                format!("the statement ran longer than {} s and was stopped", STATEMENT_TIMEOUT.as_secs()),
-            );
+                format!("the statement ran longer than {} s and was stopped", limit.as_secs()),
+            )
+        } else {
+            e
         }
-        e
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner).0 = true;
-        if let Some(t) = self.timer.take() {
-            t.abort();
-        }
-    }
+    })
 }
 
 /// SQLite's result code names, as sqld reports them (extended codes where they say more).
@@ -162,7 +164,18 @@ pub(super) fn execute(
     want_rows: bool,
 ) -> Result<StmtResult, StreamError> {
     confine(c)?;
-    let watchdog = Watchdog::arm(c);
+    let fired = bound(c, STATEMENT_TIMEOUT)?;
+    let result = run(c, sql, args, named, want_rows);
+    unbound(c, &fired, STATEMENT_TIMEOUT, result)
+}
+
+fn run(
+    c: &mut rusqlite::Connection,
+    sql: &str,
+    args: &[Value],
+    named: &[(String, Value)],
+    want_rows: bool,
+) -> Result<StmtResult, StreamError> {
     let mut stmt = c.prepare(sql).map_err(error_of)?;
     let count = stmt.parameter_count();
     if args.len() > count {
@@ -199,7 +212,7 @@ pub(super) fn execute(
     let mut bytes = 0usize;
     {
         let mut rows = stmt.raw_query();
-        while let Some(row) = rows.next().map_err(|e| watchdog.explain(error_of(e)))? {
+        while let Some(row) = rows.next().map_err(error_of)? {
             if !want_rows {
                 continue;
             }
@@ -237,8 +250,9 @@ pub(super) fn execute(
 /// Run a script of statements without arguments.
 pub(super) fn sequence(c: &mut rusqlite::Connection, sql: &str) -> Result<(), StreamError> {
     confine(c)?;
-    let watchdog = Watchdog::arm(c);
-    c.execute_batch(sql).map_err(|e| watchdog.explain(error_of(e)))
+    let fired = bound(c, STATEMENT_TIMEOUT)?;
+    let result = c.execute_batch(sql).map_err(error_of);
+    unbound(c, &fired, STATEMENT_TIMEOUT, result)
 }
 
 /// Describe one statement without running it.
@@ -251,4 +265,37 @@ pub(super) fn describe(c: &mut rusqlite::Connection, sql: &str) -> Result<Descri
         is_explain: stmt.is_explain() != 0,
         is_readonly: stmt.readonly(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bound_stops_endless_sql_and_is_gone_afterwards() {
+        let mut c = rusqlite::Connection::open_in_memory().unwrap();
+        let limit = Duration::from_millis(50);
+        let endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+        let started = Instant::now();
+        let fired = bound(&mut c, limit).unwrap();
+        let result = c.execute_batch(endless).map_err(error_of);
+        let err = unbound(&mut c, &fired, limit, result).unwrap_err();
+        assert_eq!(err.code, "SQLITE_INTERRUPT");
+        assert!(err.message.contains("ran longer than"), "{}", err.message);
+        assert!(started.elapsed() >= limit, "stopped before its time");
+        // The handler is gone: a statement run later, however long after, is not interrupted.
+        std::thread::sleep(limit);
+        let n: i64 = c
+            .query_row(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 200000) SELECT count(*) FROM c",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 200_000);
+        // Another statement's error is passed on unchanged.
+        let fired = bound(&mut c, limit).unwrap();
+        let result = c.execute_batch("SELECT * FROM missing").map_err(error_of);
+        assert_ne!(unbound(&mut c, &fired, limit, result).unwrap_err().code, "SQLITE_INTERRUPT");
+    }
 }
