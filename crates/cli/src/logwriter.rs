@@ -95,13 +95,22 @@ impl<'a> MakeWriter<'a> for BufferedStderr {
 /// Appends what tracing formatted (a whole line per `write_all`) to the shared buffer.
 pub struct LineWriter(&'static Shared);
 
+/// Appends whole lines to the shared buffer (the access log's own writer, [`crate::accesslog`]).
+pub fn append(lines: &[u8]) {
+    append_to(shared(), lines);
+}
+
+fn append_to(s: &Shared, data: &[u8]) {
+    let mut buf = lock(s);
+    buf.extend_from_slice(data);
+    if buf.len() >= FLUSH_AT {
+        write_out(&mut buf);
+    }
+}
+
 impl Write for LineWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let mut buf = lock(self.0);
-        buf.extend_from_slice(data);
-        if buf.len() >= FLUSH_AT {
-            write_out(&mut buf);
-        }
+        append_to(self.0, data);
         Ok(data.len())
     }
 

@@ -4,6 +4,7 @@
 //! Exit codes: 0 success, 1 a failure while running, 2 bad configuration or usage (the message
 //! names the variable or flag, quotes the value and says what was expected).
 
+mod accesslog;
 mod db;
 mod keys;
 mod logfmt;

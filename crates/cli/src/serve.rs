@@ -96,6 +96,13 @@ fn init_logging(config: &RuntimeConfig) {
         LogFormat::Json => builder.event_format(crate::logfmt::JsonLines).init(),
         LogFormat::Text => builder.compact().init(),
     }
+    // Access lines are written directly, in the same bytes; the text layout on a terminal keeps
+    // tracing's coloured line.
+    match config.log_format {
+        LogFormat::Json => marina_server::completion::set_access_sink(crate::accesslog::write_json),
+        LogFormat::Text if !ansi => marina_server::completion::set_access_sink(crate::accesslog::write_text),
+        LogFormat::Text => {}
+    }
 }
 
 async fn shutdown_signal() {

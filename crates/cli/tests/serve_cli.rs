@@ -436,6 +436,34 @@ fn access_lines_show_while_serving_and_none_is_lost_at_exit() {
 }
 
 #[test]
+fn rust_log_still_decides_whether_access_lines_are_written() {
+    // marina writes access lines itself, not as tracing events, but tracing's filter decides.
+    let apps = tempfile::tempdir().unwrap();
+    open_to_workers(apps.path());
+    let state = tempfile::tempdir().unwrap();
+    write(&apps.path().join("site/index.html"), "<html><body>hi</body></html>");
+    for (filter, logged) in [("info,marina::access=off", false), ("warn,marina::access=info", true)] {
+        let port = free_port();
+        let mut child = serve(apps.path(), state.path(), port, &[("RUST_LOG", filter), ("NODE_ENV", "production")]);
+        wait_ready(port);
+        let (status, _) = http_get(port, "/site/", Duration::from_secs(5)).unwrap();
+        assert!(status.contains("200"), "{status}");
+        sigterm(&child);
+        assert_eq!(wait_exit(&mut child, Duration::from_secs(10)).code(), Some(0));
+        let mut stderr = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        let access = stderr.lines().filter(|l| l.contains("\"target\":\"marina::access\"")).count();
+        assert_eq!(access > 0, logged, "RUST_LOG={filter}: {stderr}");
+        assert_eq!(stderr.contains("\"path\":\"/site/\""), logged, "RUST_LOG={filter}: {stderr}");
+        assert_eq!(
+            stderr.contains("marina is serving"),
+            !logged,
+            "RUST_LOG={filter}: the runtime lines follow the filter too"
+        );
+    }
+}
+
+#[test]
 fn wasm_build_makes_the_example_component_and_serve_runs_it() {
     let apps = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();

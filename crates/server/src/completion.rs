@@ -5,6 +5,7 @@
 //! writes the access log line, stamps `X-Request-Id` and counts the request; per-worker counters
 //! are kept by the worker pool, which answers for every app kind.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{HeaderValue, Response};
@@ -106,29 +107,80 @@ impl Drop for Record<'_> {
     }
 }
 
+/// One access line's fields, as the completion phase hands them to the access log.
+#[derive(Debug, Clone, Copy)]
+pub struct AccessLine<'a> {
+    /// The method as received.
+    pub method: &'a str,
+    /// The path as received.
+    pub path: &'a str,
+    /// The status answered, or 499.
+    pub status: u16,
+    /// From acceptance to now.
+    pub micros: u64,
+    /// `X-Request-Id`.
+    pub request_id: &'a str,
+    /// The app's name and version, when routing found one.
+    pub app: Option<(&'a str, &'a str)>,
+    /// The plugin that answered, or `-`.
+    pub plugin: &'a str,
+}
+
+/// Where access lines go instead of a `tracing` event, when `marina serve` set a writer.
+static ACCESS_SINK: OnceLock<fn(&AccessLine<'_>)> = OnceLock::new();
+
+/// Send access lines to `sink` rather than through `tracing` (once per process; later calls are
+/// ignored). `marina serve` writes them itself, without `tracing`'s per-event machinery, in the
+/// same bytes; whether a line is logged is still `tracing`'s filter's decision
+/// (`RUNTIME_LOG_LEVEL`, `RUST_LOG=marina::access=off`).
+pub fn set_access_sink(sink: fn(&AccessLine<'_>)) {
+    let _ = ACCESS_SINK.set(sink);
+}
+
 fn log(ctx: &RequestContext, status: u16) {
-    // The app key is formatted in place: nothing is allocated for the line itself. The fields
-    // (the clock read included) are only evaluated when the line is logged.
+    if !tracing::enabled!(target: "marina::access", tracing::Level::INFO) {
+        return;
+    }
+    // The clock is read only when the line is logged.
+    let line = AccessLine {
+        method: ctx.method.as_str(),
+        path: &ctx.path,
+        status,
+        micros: u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        request_id: &ctx.request_id,
+        app: ctx.app.as_deref().map(|app| (app.name.as_str(), app.version.as_str())),
+        plugin: ctx.plugin.as_deref().unwrap_or("-"),
+    };
+    match ACCESS_SINK.get() {
+        Some(sink) => sink(&line),
+        None => log_via_tracing(&line),
+    }
+}
+
+/// The access line as a `tracing` event (target `marina::access`, message `request`): what
+/// library users and a terminal see; `marina serve` writes the same bytes by its own sink.
+pub fn log_via_tracing(line: &AccessLine<'_>) {
+    // The app key is formatted in place: nothing is allocated for the line itself.
     tracing::info!(
         target: "marina::access",
-        method = %ctx.method,
-        path = %ctx.path,
-        status,
-        duration_ms = ctx.started.elapsed().as_micros() as f64 / 1000.0,
-        request_id = %ctx.request_id,
-        app = %AppKey(ctx.app.as_deref()),
-        plugin = ctx.plugin.as_deref().unwrap_or("-"),
+        method = %line.method,
+        path = %line.path,
+        status = line.status,
+        duration_ms = line.micros as f64 / 1000.0,
+        request_id = %line.request_id,
+        app = %AppKey(line.app),
+        plugin = line.plugin,
         "request"
     );
 }
 
 /// `name@version`, or `-`.
-struct AppKey<'a>(Option<&'a marina_apps::App>);
+struct AppKey<'a>(Option<(&'a str, &'a str)>);
 
 impl std::fmt::Display for AppKey<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
-            Some(app) => write!(f, "{}@{}", app.name, app.version),
+            Some((name, version)) => write!(f, "{name}@{version}"),
             None => f.write_str("-"),
         }
     }

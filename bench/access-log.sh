@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The access log's cost (#13: at `info` it may cost at most 3% of static throughput): the same
+# 1 KiB static file from marina at `info` (one access line per request, stderr to a file) and
+# from marina at `error` (no access line), as bench/static.sh serves it.
+#
+#   bench/access-log.sh               wrk: the two run alternately ROUNDS times, the same
+#                                     settings, median of each and "info ÷ error"; text and JSON.
+#   MODE=callgrind bench/access-log.sh
+#                                     instructions per request under callgrind (a release
+#                                     binary; they do not depend on the machine's load): warm-up,
+#                                     `callgrind_control -z`, `wrk -t1 -c8 -d$CG_DURATION`,
+#                                     `callgrind_control -d`, total ÷ the requests wrk counted.
+#                                     Leaves the profiles in $CG_OUT (default /tmp/access-cg).
+#
+# Usage: bench/access-log.sh   (DURATION=5s ROUNDS=5 CONNS=32 FORMATS="text json" BASE_PORT=18390)
+# Needs: wrk, python3, curl (MODE=callgrind: valgrind).
+ROUNDS="${ROUNDS:-5}"
+source "$(dirname "$0")/lib.sh"
+MODE="${MODE:-wrk}"
+FORMATS="${FORMATS:-text json}"
+build_marina
+
+APP="$WORK/apps/site"
+mkdir -p "$APP"
+printf 'entrypoint: index.html\n' > "$APP/manifest.yaml"
+printf '<!doctype html><title>bench</title>\n' > "$APP/index.html"
+python3 -c 'import os,sys; sys.stdout.buffer.write(os.urandom(1024))' > "$APP/f1k.bin"
+
+# start LEVEL FORMAT PORT [wrapper...]: marina serving $WORK/apps, stderr to $WORK/LEVEL-FORMAT.log.
+start() {
+  local level=$1 format=$2 port=$3; shift 3
+  if curl -s -o /dev/null "http://127.0.0.1:$port/"; then echo "port $port is taken (BASE_PORT=...)" >&2; exit 1; fi
+  RUNTIME_LOG_LEVEL=$level RUNTIME_LOG_FORMAT=$format "$@" "$BIN" serve --port "$port" \
+    --worker-dirs "$WORK/apps" --state-dir "$WORK/state-$level-$format" 2>"$WORK/$level-$format.log" &
+  PIDS+=($!)
+  wait_ok "http://127.0.0.1:$port/site/f1k.bin"
+  verify_file "http://127.0.0.1:$port/site/f1k.bin" "$APP/f1k.bin"
+}
+
+access_lines() { grep -c 'marina::access' "$1" || true; }
+
+if [ "$MODE" = callgrind ]; then
+  need valgrind "apt-get install valgrind"
+  CG_OUT="${CG_OUT:-/tmp/access-cg}"
+  CG_DURATION="${CG_DURATION:-8s}"
+  mkdir -p "$CG_OUT"
+  echo "| format | level | requests | instructions per request |"
+  echo "|---|---|---|---|"
+  port=${BASE_PORT:-18390}
+  for format in $FORMATS; do
+    for level in error info; do
+      port=$((port + 1))
+      out="$CG_OUT/cg.$format-$level"
+      rm -f "$out"*
+      start "$level" "$format" "$port" valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$out.%p"
+      vpid=${PIDS[-1]}
+      DURATION=3s wrk_run 8 "http://127.0.0.1:$port/site/f1k.bin" >/dev/null   # warm-up
+      callgrind_control -z "$vpid" >/dev/null 2>&1
+      n=$(wrk -t1 -c8 -d"$CG_DURATION" "http://127.0.0.1:$port/site/f1k.bin" | awk '/requests in/ {print $1}')
+      callgrind_control -d "$vpid" >/dev/null 2>&1
+      kill "$vpid"; wait "$vpid" 2>/dev/null || true
+      # The dump taken by -d is the one numbered .1 (the exit writes another).
+      ir=$(grep -h '^summary:' "$out".*.1 | awk '{print $2}')
+      echo "| $format | $level | $n | $(python3 -c "print(f'{$ir / $n:,.0f}')") |"
+    done
+  done
+  exit 0
+fi
+
+rows=()
+port=${BASE_PORT:-18390}
+for format in $FORMATS; do
+  start error "$format" $((port + 1))
+  start info "$format" $((port + 2))
+  compare "$CONNS" "error-$format" "http://127.0.0.1:$((port + 1))/site/f1k.bin" \
+    "info-$format" "http://127.0.0.1:$((port + 2))/site/f1k.bin"
+  rows+=("| $format | $(rps_of "error-$format") | $(rps_of "info-$format") | **$(ratio "$(rps_of "info-$format")" "$(rps_of "error-$format")")** | $(p99_of "error-$format") / $(p99_of "info-$format") | $(access_lines "$WORK/info-$format.log") |")
+  port=$((port + 2))
+done
+{
+  echo "Static 1 KiB, keep-alive, \`wrk -t1 -c$CONNS -d$DURATION\`, $ROUNDS alternating rounds (median), $(date -u '+%Y-%m-%d %H:%M UTC'); $(load_line)."
+  echo "Command: \`bench/access-log.sh\`."
+  echo
+  echo "| log format | error (req/s) | info (req/s) | info ÷ error | p99 ms error / info | access lines written |"
+  echo "|---|---|---|---|---|---|"
+  printf '%s\n' "${rows[@]}"
+} | tee /dev/stderr > "${OUT:-/dev/null}"
