@@ -115,11 +115,25 @@ pub fn format(buf: &mut Vec<u8>, clock: &mut Clock, now: SystemTime, line: &Acce
     }
 }
 
+/// The bytes serde_json escapes in a string: a table, one load per byte (three comparisons per
+/// byte were ~900 instructions per line).
+const JSON_ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 /// `text` as a JSON string, as [`crate::logfmt::JsonLines`] writes it (serde_json, which escapes
 /// only `"`, `\` and control characters below U+0020): copied as is when it has none of these,
 /// as paths, ids and names nearly always do.
 fn json_str(buf: &mut Vec<u8>, text: &str) {
-    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if !text.bytes().any(|b| JSON_ESCAPED[usize::from(b)]) {
         buf.push(b'"');
         buf.extend_from_slice(text.as_bytes());
         buf.push(b'"');

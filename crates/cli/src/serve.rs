@@ -97,12 +97,14 @@ fn init_logging(config: &RuntimeConfig) {
         LogFormat::Text => builder.compact().init(),
     }
     // Access lines are written directly, in the same bytes; the text layout on a terminal keeps
-    // tracing's coloured line.
-    match config.log_format {
-        LogFormat::Json => marina_server::completion::set_access_sink(crate::accesslog::write_json),
-        LogFormat::Text if !ansi => marina_server::completion::set_access_sink(crate::accesslog::write_text),
-        LogFormat::Text => {}
-    }
+    // tracing's coloured line. Whether they are logged at all is the filter's answer, once.
+    let sink: fn(&marina_server::completion::AccessLine<'_>) = match config.log_format {
+        LogFormat::Json => crate::accesslog::write_json,
+        LogFormat::Text if !ansi => crate::accesslog::write_text,
+        LogFormat::Text => return,
+    };
+    let on = tracing::enabled!(target: "marina::access", tracing::Level::INFO);
+    marina_server::completion::set_access_sink(on.then_some(sink));
 }
 
 async fn shutdown_signal() {

@@ -126,23 +126,34 @@ pub struct AccessLine<'a> {
     pub plugin: &'a str,
 }
 
-/// Where access lines go instead of a `tracing` event, when `marina serve` set a writer.
-static ACCESS_SINK: OnceLock<fn(&AccessLine<'_>)> = OnceLock::new();
+/// Where access lines go instead of a `tracing` event, once `marina serve` said (`None` inside:
+/// the log filter leaves the access log off).
+static ACCESS_SINK: OnceLock<Option<fn(&AccessLine<'_>)>> = OnceLock::new();
 
-/// Send access lines to `sink` rather than through `tracing` (once per process; later calls are
-/// ignored). `marina serve` writes them itself, without `tracing`'s per-event machinery, in the
-/// same bytes; whether a line is logged is still `tracing`'s filter's decision
-/// (`RUNTIME_LOG_LEVEL`, `RUST_LOG=marina::access=off`).
-pub fn set_access_sink(sink: fn(&AccessLine<'_>)) {
+/// Send access lines to `sink` rather than through `tracing`, or with `None` write none (once per
+/// process; later calls are ignored). `marina serve` writes them itself, without `tracing`'s
+/// per-event machinery, in the same bytes, and asks `tracing`'s filter once at start whether
+/// `marina::access` is logged at all (`RUNTIME_LOG_LEVEL`, `RUST_LOG=marina::access=off`): its
+/// filter is fixed for the process and marina opens no spans, so the answer cannot change.
+pub fn set_access_sink(sink: Option<fn(&AccessLine<'_>)>) {
     let _ = ACCESS_SINK.set(sink);
 }
 
 fn log(ctx: &RequestContext, status: u16) {
-    if !tracing::enabled!(target: "marina::access", tracing::Level::INFO) {
-        return;
+    match ACCESS_SINK.get() {
+        Some(Some(sink)) => sink(&line(ctx, status)),
+        Some(None) => {}
+        None => {
+            if tracing::enabled!(target: "marina::access", tracing::Level::INFO) {
+                log_via_tracing(&line(ctx, status));
+            }
+        }
     }
-    // The clock is read only when the line is logged.
-    let line = AccessLine {
+}
+
+/// The line's fields; the clock is read here, only for a line that is logged.
+fn line(ctx: &RequestContext, status: u16) -> AccessLine<'_> {
+    AccessLine {
         method: ctx.method.as_str(),
         path: &ctx.path,
         status,
@@ -150,10 +161,6 @@ fn log(ctx: &RequestContext, status: u16) {
         request_id: &ctx.request_id,
         app: ctx.app.as_deref().map(|app| (app.name.as_str(), app.version.as_str())),
         plugin: ctx.plugin.as_deref().unwrap_or("-"),
-    };
-    match ACCESS_SINK.get() {
-        Some(sink) => sink(&line),
-        None => log_via_tracing(&line),
     }
 }
 
