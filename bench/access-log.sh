@@ -19,6 +19,7 @@ source "$(dirname "$0")/lib.sh"
 MODE="${MODE:-wrk}"
 FORMATS="${FORMATS:-text json}"
 build_marina
+LOAD=$(load_line)
 
 APP="$WORK/apps/site"
 mkdir -p "$APP"
@@ -78,7 +79,7 @@ for format in $FORMATS; do
   port=$((port + 2))
 done
 {
-  echo "Static 1 KiB, keep-alive, \`wrk -t1 -c$CONNS -d$DURATION\`, $ROUNDS alternating rounds (median), $(date -u '+%Y-%m-%d %H:%M UTC'); $(load_line)."
+  echo "Static 1 KiB, keep-alive, \`wrk -t1 -c$CONNS -d$DURATION\`, $ROUNDS alternating rounds (median), $(date -u '+%Y-%m-%d %H:%M UTC'); $LOAD; after: $(cut -d' ' -f1-3 /proc/loadavg)."
   echo "Command: \`bench/access-log.sh\`."
   echo
   echo "| log format | error (req/s) | info (req/s) | info ÷ error | p99 ms error / info | access lines written |"
