@@ -348,6 +348,14 @@ async fn jwt_on_app_routes() {
     assert!(v["headers"].get("x-api-key").is_none(), "{v}");
     let identity: Value = serde_json::from_str(v["headers"]["x-identity"].as_str().unwrap()).unwrap();
     assert_eq!((identity["id"].as_str(), identity["via"].as_str()), (Some("root"), Some("root-key")));
+    // A key header comes before a bearer token, also one verified a moment ago: a wrong key
+    // beside the remembered token is refused, the root key beside it identifies as root.
+    assert_eq!(c.get(app("/x")).bearer_auth(&rotated).send().await.unwrap().status(), 200);
+    let resp = c.get(app("/x")).bearer_auth(&rotated).header("x-api-key", "btk_wrong").send().await.unwrap();
+    assert_eq!(err(resp).await.0, 401, "the wrong key was not passed over for the token");
+    let (s, v) = body(c.get(app("/x")).bearer_auth(&rotated).header("x-api-key", ROOT).send().await.unwrap()).await;
+    assert_eq!(s, 200);
+    assert!(v["headers"]["x-identity"].as_str().unwrap().contains("root-key"), "{v}");
     // Tokens are for apps: the internal API takes keys only.
     let resp = c.get(format!("{}/api/apps", srv.base)).bearer_auth(&rotated).send().await.unwrap();
     assert_eq!(err(resp).await, (401, "API_KEY_INVALID".into()));

@@ -94,12 +94,15 @@ impl Verified {
     /// The identity of `token` if it verified within the max age at this key `generation` and
     /// its `exp` (with `leeway`, in seconds) has not passed at `now` (since the epoch). A clock
     /// that went back since the check (`now` before it) trusts nothing: the token is checked again.
-    pub fn get(&self, token: &str, generation: u64, now: Duration, leeway: u64) -> Option<Arc<Identity>> {
+    ///
+    /// The token as bytes (the `Authorization` header's): a thread's last hit is compared
+    /// without first checking the bytes are text, which only the shared map needs.
+    pub fn get(&self, token: &[u8], generation: u64, now: Duration, leeway: u64) -> Option<Arc<Identity>> {
         if token.len() > MAX_TOKEN {
             return None;
         }
         let recent = RECENT.with_borrow(|recent| match recent {
-            Some(r) if r.owner == self.id && r.token == token => {
+            Some(r) if r.owner == self.id && r.token.as_bytes() == token => {
                 Some(r.entry.fresh(generation, now, leeway, self.max_age).then(|| Arc::clone(&r.entry.identity)))
             }
             _ => None,
@@ -110,6 +113,7 @@ impl Verified {
             Some(None) => RECENT.with_borrow_mut(|recent| *recent = None),
             None => {}
         }
+        let token = std::str::from_utf8(token).ok()?;
         let mut map = self.map.lock();
         let entry = map.get(token)?;
         if entry.fresh(generation, now, leeway, self.max_age) {
@@ -162,19 +166,19 @@ mod tests {
     fn a_remembered_token_is_used_until_exp_or_new_keys() {
         let v = Verified::new(MAX_AGE);
         let claims = id(json!({ "sub": "a", "exp": 1_000 }));
-        assert_eq!(v.get("t", 0, secs(900), 0), None);
+        assert_eq!(v.get(b"t", 0, secs(900), 0), None);
         v.put("t", &claims, 0, secs(900));
-        assert_eq!(v.get("t", 0, secs(901), 0), Some(claims.clone()));
-        assert!(Arc::ptr_eq(&v.get("t", 0, secs(901), 0).unwrap(), &claims), "a hit shares the identity");
+        assert_eq!(v.get(b"t", 0, secs(901), 0), Some(claims.clone()));
+        assert!(Arc::ptr_eq(&v.get(b"t", 0, secs(901), 0).unwrap(), &claims), "a hit shares the identity");
         // past exp (no leeway), or within the leeway
-        assert_eq!(v.get("t", 0, secs(1_000), 0), None);
+        assert_eq!(v.get(b"t", 0, secs(1_000), 0), None);
         v.put("t", &claims, 0, secs(1_000));
-        assert_eq!(v.get("t", 0, secs(1_005), 10), Some(claims.clone()));
-        assert_eq!(v.get("t", 0, secs(1_010), 10), None);
+        assert_eq!(v.get(b"t", 0, secs(1_005), 10), Some(claims.clone()));
+        assert_eq!(v.get(b"t", 0, secs(1_010), 10), None);
         // other keys since
         v.put("k", &claims, 3, secs(900));
-        assert_eq!(v.get("k", 4, secs(901), 0), None);
-        assert_eq!(v.get("k", 3, secs(901), 0), None, "a miss forgets the entry");
+        assert_eq!(v.get(b"k", 4, secs(901), 0), None);
+        assert_eq!(v.get(b"k", 3, secs(901), 0), None, "a miss forgets the entry");
     }
 
     #[test]
@@ -182,21 +186,21 @@ mod tests {
         let claims = id(json!({ "sub": "a", "exp": 1_000 }));
         let (v, other) = (Verified::new(MAX_AGE), Verified::new(MAX_AGE));
         v.put("t", &claims, 0, secs(900));
-        assert_eq!(v.get("t", 0, secs(901), 0), Some(claims.clone()), "from the map, now this thread's last hit");
-        assert_eq!(other.get("t", 0, secs(901), 0), None, "another verifier never sees it");
-        assert_eq!(v.get("t", 0, secs(902), 0), Some(claims.clone()));
-        assert_eq!(v.get("t", 1, secs(902), 0), None, "new keys: checked again");
-        assert_eq!(v.get("t", 0, secs(902), 0), None, "and forgotten");
+        assert_eq!(v.get(b"t", 0, secs(901), 0), Some(claims.clone()), "from the map, now this thread's last hit");
+        assert_eq!(other.get(b"t", 0, secs(901), 0), None, "another verifier never sees it");
+        assert_eq!(v.get(b"t", 0, secs(902), 0), Some(claims.clone()));
+        assert_eq!(v.get(b"t", 1, secs(902), 0), None, "new keys: checked again");
+        assert_eq!(v.get(b"t", 0, secs(902), 0), None, "and forgotten");
         v.put("t", &claims, 0, secs(900));
-        assert!(v.get("t", 0, secs(901), 0).is_some());
-        assert_eq!(v.get("t", 0, secs(961), 0), None, "past the max age");
+        assert!(v.get(b"t", 0, secs(901), 0).is_some());
+        assert_eq!(v.get(b"t", 0, secs(961), 0), None, "past the max age");
         v.put("t", &claims, 0, secs(990));
-        assert!(v.get("t", 0, secs(991), 0).is_some());
-        assert_eq!(v.get("t", 0, secs(1_000), 0), None, "past exp");
+        assert!(v.get(b"t", 0, secs(991), 0).is_some());
+        assert_eq!(v.get(b"t", 0, secs(1_000), 0), None, "past exp");
         // On another thread the map answers.
         v.put("u", &claims, 0, secs(900));
         std::thread::scope(|s| {
-            s.spawn(|| assert_eq!(v.get("u", 0, secs(901), 0), Some(claims.clone())));
+            s.spawn(|| assert_eq!(v.get(b"u", 0, secs(901), 0), Some(claims.clone())));
         });
     }
 
@@ -205,14 +209,14 @@ mod tests {
         let claims = id(json!({ "exp": 100_000 }));
         let never = Verified::new(Duration::ZERO);
         never.put("t", &claims, 0, secs(0));
-        assert_eq!(never.get("t", 0, secs(1), 0), None);
+        assert_eq!(never.get(b"t", 0, secs(1), 0), None);
         let short = Verified::new(Duration::from_millis(30));
         let at = |ms: u64| Duration::from_millis(1_000 + ms);
         short.put("t", &claims, 0, at(0));
-        assert_eq!(short.get("t", 0, at(29), 0), Some(claims.clone()));
-        assert_eq!(short.get("t", 0, at(30), 0), None, "30 ms after the check");
+        assert_eq!(short.get(b"t", 0, at(29), 0), Some(claims.clone()));
+        assert_eq!(short.get(b"t", 0, at(30), 0), None, "30 ms after the check");
         short.put("t", &claims, 0, at(0));
-        assert_eq!(short.get("t", 0, Duration::from_millis(999), 0), None, "the clock went back: check again");
+        assert_eq!(short.get(b"t", 0, Duration::from_millis(999), 0), None, "the clock went back: check again");
         assert_eq!(Verified::new(Duration::from_secs(3600)).max_age, MAX_AGE);
     }
 
@@ -220,15 +224,15 @@ mod tests {
     fn tokens_without_exp_or_too_long_are_not_remembered_and_the_map_is_bounded() {
         let v = Verified::new(MAX_AGE);
         v.put("n", &id(json!({ "sub": "a" })), 0, secs(0));
-        assert_eq!(v.get("n", 0, secs(2), 0), None);
+        assert_eq!(v.get(b"n", 0, secs(2), 0), None);
         let long = "x".repeat(MAX_TOKEN + 1);
         v.put(&long, &id(json!({ "exp": 10 })), 0, secs(0));
-        assert_eq!(v.get(&long, 0, secs(2), 0), None);
+        assert_eq!(v.get(long.as_bytes(), 0, secs(2), 0), None);
         for i in 0..CAPACITY + 10 {
             v.put(&format!("t{i}"), &id(json!({ "exp": 10 })), 0, secs(0));
         }
         assert_eq!(v.map.lock().len(), CAPACITY);
-        assert_eq!(v.get("t0", 0, secs(2), 0), None, "the least recently used went first");
-        assert!(v.get(&format!("t{}", CAPACITY + 9), 0, secs(2), 0).is_some());
+        assert_eq!(v.get(b"t0", 0, secs(2), 0), None, "the least recently used went first");
+        assert!(v.get(format!("t{}", CAPACITY + 9).as_bytes(), 0, secs(2), 0).is_some());
     }
 }

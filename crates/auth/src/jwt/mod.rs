@@ -182,7 +182,7 @@ impl JwtVerifier {
     /// # Errors
     /// As [`JwtVerifier::verify`].
     pub async fn identify(&self, token: &str) -> Result<Arc<Identity>, Error> {
-        if let Some(identity) = self.remembered(token) {
+        if let Some(identity) = self.remembered(token.as_bytes()) {
             return Ok(identity);
         }
         // Boxed: the full check may fetch a JWKS; a remembered token's future stays small.
@@ -195,7 +195,7 @@ impl JwtVerifier {
 
     /// The identity of a token that verified recently and may still be trusted (see `cache`),
     /// without waiting: what [`JwtVerifier::identify`] answers first.
-    pub fn remembered(&self, token: &str) -> Option<Arc<Identity>> {
+    pub fn remembered(&self, token: &[u8]) -> Option<Arc<Identity>> {
         let generation = self.jwks.as_ref().map_or(0, Jwks::fetches);
         self.verified.get(token, generation, since_epoch(), self.leeway)
     }
