@@ -471,43 +471,6 @@ fn an_unchanged_app_keeps_its_arc_across_refreshes_and_a_changed_one_does_not() 
     assert_eq!(changed.config.ttl, std::time::Duration::from_secs(90));
 }
 
-/// A manifest's warnings and errors are logged once per change of the manifest, not on every
-/// refresh of the registry's cache.
-#[test]
-fn manifest_problems_are_logged_once_per_change() {
-    use std::io::Write;
-    #[derive(Clone, Default)]
-    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
-    impl Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let root = tempfile::tempdir().unwrap();
-    let dir = app(root.path(), "noisy", &[("manifest.yaml", "tll: 5s\n"), HTML]);
-    // A zero cache TTL: every load re-reads the manifest, as a busy server does every second.
-    let reg = Registry::new(vec![root.path().to_path_buf()]).with_cache_ttl(Duration::ZERO);
-    let buf = Buf::default();
-    let out = buf.clone();
-    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || out.clone()).finish();
-    tracing::subscriber::with_default(subscriber, || {
-        for _ in 0..5 {
-            reg.load(&reg.resolve("noisy").unwrap()).unwrap();
-        }
-        fs::write(dir.join("manifest.yaml"), "ttl: nope\n").unwrap();
-        for _ in 0..5 {
-            assert!(reg.load(&reg.resolve("noisy").unwrap()).is_err());
-        }
-    });
-    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-    assert_eq!(text.matches("unknown key `tll`").count(), 1, "{text}");
-    assert_eq!(text.matches("APP_MANIFEST_INVALID").count(), 1, "{text}");
-}
-
 /// A manifest is read once per change on disk: not per load, not per cache TTL.
 #[test]
 fn manifests_are_read_once_per_change_not_per_load() {
