@@ -4,13 +4,18 @@
 # from marina at `error` (no access line), as bench/static.sh serves it.
 #
 #   bench/access-log.sh               wrk: the two run alternately ROUNDS times, the same
-#                                     settings, median of each and "info ÷ error"; text and JSON.
+#                                     settings, median of each and "info ÷ error"; text and JSON;
+#                                     also marina's CPU time per request at each level (from
+#                                     /proc/PID/stat), the steadier measure on a noisy VM.
 #   MODE=callgrind bench/access-log.sh
 #                                     instructions per request under callgrind (a release
 #                                     binary; they do not depend on the machine's load): warm-up,
 #                                     `callgrind_control -z`, `wrk -t1 -c8 -d$CG_DURATION`,
 #                                     `callgrind_control -d`, total ÷ the requests wrk counted.
 #                                     Leaves the profiles in $CG_OUT (default /tmp/access-cg).
+#                                     With nginx installed, the same for nginx as a yardstick:
+#                                     its access log off, at its default (a write(2) per line)
+#                                     and with `buffer=64k`.
 #
 # Usage: bench/access-log.sh   (DURATION=5s ROUNDS=5 CONNS=32 FORMATS="text json" BASE_PORT=18390)
 # Needs: wrk, python3, curl (MODE=callgrind: valgrind).
@@ -34,6 +39,7 @@ start() {
   RUNTIME_LOG_LEVEL=$level RUNTIME_LOG_FORMAT=$format "$@" "$BIN" serve --port "$port" \
     --worker-dirs "$WORK/apps" --state-dir "$WORK/state-$level-$format" 2>"$WORK/$level-$format.log" &
   PIDS+=($!)
+  PID_OF[$level-$format]=$!
   wait_ok "http://127.0.0.1:$port/site/f1k.bin"
   verify_file "http://127.0.0.1:$port/site/f1k.bin" "$APP/f1k.bin"
 }
@@ -65,6 +71,43 @@ if [ "$MODE" = callgrind ]; then
       echo "| $format | $level | $n | $(python3 -c "print(f'{$ir / $n:,.0f}')") |"
     done
   done
+  # The yardstick: nginx serving the same file, one process under callgrind, its access log off,
+  # at its default (`access_log FILE;`: one write(2) per line) and buffered (`buffer=64k`).
+  if command -v nginx >/dev/null; then
+    chmod -R a+rX "$WORK"
+    for log in off default buffered; do
+      port=$((port + 1))
+      case $log in
+        off) directive="access_log off;" ;;
+        default) directive="access_log $WORK/nginx-$log.access;" ;;
+        buffered) directive="access_log $WORK/nginx-$log.access combined buffer=64k;" ;;
+      esac
+      cat > "$WORK/nginx-$log.conf" <<CONF
+daemon off; master_process off; worker_processes 1;
+pid $WORK/nginx-cg-$log.pid; error_log $WORK/nginx-$log.error;
+events { worker_connections 1024; }
+http {
+  sendfile on; tcp_nopush on; open_file_cache max=1000; $directive
+  client_body_temp_path $WORK; proxy_temp_path $WORK; fastcgi_temp_path $WORK; uwsgi_temp_path $WORK; scgi_temp_path $WORK;
+  server { listen 127.0.0.1:$port; root $WORK/apps; }
+}
+CONF
+      out="$CG_OUT/cg.nginx-$log"
+      rm -f "$out"*
+      valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$out.%p" nginx -c "$WORK/nginx-$log.conf" -e "$WORK/nginx-$log.error" 2>/dev/null &
+      PIDS+=($!)
+      vpid=${PIDS[-1]}
+      wait_ok "http://127.0.0.1:$port/site/f1k.bin"
+      verify_file "http://127.0.0.1:$port/site/f1k.bin" "$APP/f1k.bin"
+      DURATION=3s wrk_run 8 "http://127.0.0.1:$port/site/f1k.bin" >/dev/null   # warm-up
+      callgrind_control -z "$vpid" >/dev/null 2>&1
+      n=$(wrk -t1 -c8 -d"$CG_DURATION" "http://127.0.0.1:$port/site/f1k.bin" | awk '/requests in/ {print $1}')
+      callgrind_control -d "$vpid" >/dev/null 2>&1
+      kill "$vpid"; wait "$vpid" 2>/dev/null || true
+      ir=$(grep -h '^summary:' "$out".*.1 | awk '{print $2}')
+      echo "| nginx (yardstick) | access log $log | $n | $(python3 -c "print(f'{$ir / $n:,.0f}')") |"
+    done
+  fi
   exit 0
 fi
 
@@ -75,14 +118,14 @@ for format in $FORMATS; do
   start info "$format" $((port + 2))
   compare "$CONNS" "error-$format" "http://127.0.0.1:$((port + 1))/site/f1k.bin" \
     "info-$format" "http://127.0.0.1:$((port + 2))/site/f1k.bin"
-  rows+=("| $format | $(rps_of "error-$format") | $(rps_of "info-$format") | **$(ratio "$(rps_of "info-$format")" "$(rps_of "error-$format")")** | $(p99_of "error-$format") / $(p99_of "info-$format") | $(access_lines "$WORK/info-$format.log") |")
+  rows+=("| $format | $(rps_of "error-$format") | $(rps_of "info-$format") | **$(ratio "$(rps_of "info-$format")" "$(rps_of "error-$format")")** | $(cpu_of "error-$format") / $(cpu_of "info-$format") | **$(ratio "$(cpu_of "error-$format")" "$(cpu_of "info-$format")")** | $(p99_of "error-$format") / $(p99_of "info-$format") | $(access_lines "$WORK/info-$format.log") |")
   port=$((port + 2))
 done
 {
   echo "Static 1 KiB, keep-alive, \`wrk -t1 -c$CONNS -d$DURATION\`, $ROUNDS alternating rounds (median), $(date -u '+%Y-%m-%d %H:%M UTC'); $LOAD; after: $(cut -d' ' -f1-3 /proc/loadavg)."
   echo "Command: \`bench/access-log.sh\`."
   echo
-  echo "| log format | error (req/s) | info (req/s) | info ÷ error | p99 ms error / info | access lines written |"
-  echo "|---|---|---|---|---|---|"
+  echo "| log format | error (req/s) | info (req/s) | info ÷ error | marina's CPU µs per request, error / info | error ÷ info | p99 ms error / info | access lines written |"
+  echo "|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
 } | tee /dev/stderr > "${OUT:-/dev/null}"

@@ -8,7 +8,9 @@
 # once, in an order that rotates from round to round (so no side always follows the same one);
 # each round gives its own on/off and always/off ratio, and the report's ratio is the median of
 # the rounds' (one noisy run moves a median less than a mean of two). The status and body size
-# are checked before the load and wrk must report no non-2xx answer.
+# are checked before the load and wrk must report no non-2xx answer. Besides requests/s it reports
+# marina's CPU time per request (user + system from /proc/PID/stat over each wrk run): on a VM
+# whose throughput swings with steal and wrk's share of the cores, the steadier measure of cost.
 #
 # Usage: bench/gateway.sh        (DURATION=8s CONNS=32 ROUNDS=4 by default)
 # Needs: wrk (apt-get install wrk), python3, curl, a release build of marina (built here into
@@ -91,11 +93,21 @@ for port in "$ON_PORT" "$ALWAYS_PORT"; do
     || { echo "the JWT check is not on (port $port)" >&2; exit 1; }
 done
 
-rps() { # port → requests/s (fails on any non-2xx answer)
-  local out
+cpu_ticks() { # pid → user + system clock ticks the process has used
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
+pid_of() {
+  case $1 in "$OFF_PORT") echo "$OFF_PID" ;; "$ON_PORT") echo "$ON_PID" ;; *) echo "$ALWAYS_PID" ;; esac
+}
+rps() { # port → "requests/s cpu-µs-per-request" (fails on any non-2xx answer)
+  local out pid t0 t1 n
+  pid=$(pid_of "$1")
+  t0=$(cpu_ticks "$pid")
   out=$(wrk -t1 -c"$CONNS" -d"$DURATION" -H "$H_ORIGIN" -H "$H_AUTH" "http://127.0.0.1:$1/site/f1k.txt")
+  t1=$(cpu_ticks "$pid")
   if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx answers on port $1:" >&2; echo "$out" >&2; exit 1; fi
-  awk '/Requests\/sec/ {print $2}' <<<"$out"
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
+  awk -v n="$n" -v t="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" '/Requests\/sec/ {printf "%s %.3f\n", $2, t * 1e6 / hz / n}' <<<"$out"
 }
 
 DURATION=3s rps "$OFF_PORT" >/dev/null  # warm-up, discarded
@@ -106,24 +118,34 @@ for round in $(seq 0 $((ROUNDS - 1))); do
   off="" on="" al=""
   for k in 0 1 2; do
     case $(( (round + k) % 3 )) in
-      0) off=$(rps "$OFF_PORT") ;;
-      1) on=$(rps "$ON_PORT") ;;
-      2) al=$(rps "$ALWAYS_PORT") ;;
+      0) off=$(rps "$OFF_PORT" | tr ' ' ':') ;;
+      1) on=$(rps "$ON_PORT" | tr ' ' ':') ;;
+      2) al=$(rps "$ALWAYS_PORT" | tr ' ' ':') ;;
     esac
   done
   results+=("$off,$on,$al")
 done
 python3 - "$(uptime)" "${results[@]}" <<'PY'
 import statistics, sys
-rounds = [tuple(map(float, r.split(","))) for r in sys.argv[2:]]
-fmt = lambda xs: ", ".join(f"{x:.0f}" for x in xs)
-offs, ons, als = zip(*rounds)
+# each round: off, on, always as "req/s:cpu-µs-per-request"
+rounds = [[tuple(map(float, side.split(":"))) for side in r.split(",")] for r in sys.argv[2:]]
+med = statistics.median
 print(f"load: {sys.argv[1].strip()}")
 print("| static 1 KiB | off (req/s) | on: CORS + rate limit + JWT (req/s) | on/off | on, RateLimit-* always (req/s) | always/off |")
 print("|---|---|---|---|---|---|")
-for i, (off, on, al) in enumerate(rounds, 1):
+for i, ((off, _), (on, _), (al, _)) in enumerate(rounds, 1):
     print(f"| round {i} | {off:.0f} | {on:.0f} | {on / off:.2f} | {al:.0f} | {al / off:.2f} |")
-print(f"| median | {statistics.median(offs):.0f} | {statistics.median(ons):.0f} | "
-      f"**{statistics.median(on / off for off, on, _ in rounds):.2f}** | {statistics.median(als):.0f} | "
-      f"**{statistics.median(al / off for off, _, al in rounds):.2f}** |")
+print(f"| median | {med(r[0][0] for r in rounds):.0f} | {med(r[1][0] for r in rounds):.0f} | "
+      f"**{med(r[1][0] / r[0][0] for r in rounds):.2f}** | {med(r[2][0] for r in rounds):.0f} | "
+      f"**{med(r[2][0] / r[0][0] for r in rounds):.2f}** |")
+print()
+# marina's CPU (user + system, from /proc/PID/stat) per request: what throughput is made of when
+# the server is CPU-bound, and much less moved by wrk's share of the two cores or by steal.
+print("| marina's CPU per request | off (µs) | on (µs) | off/on | always (µs) | off/always |")
+print("|---|---|---|---|---|---|")
+for i, ((_, off), (_, on), (_, al)) in enumerate(rounds, 1):
+    print(f"| round {i} | {off:.2f} | {on:.2f} | {off / on:.2f} | {al:.2f} | {off / al:.2f} |")
+print(f"| median | {med(r[0][1] for r in rounds):.2f} | {med(r[1][1] for r in rounds):.2f} | "
+      f"**{med(r[0][1] / r[1][1] for r in rounds):.2f}** | {med(r[2][1] for r in rounds):.2f} | "
+      f"**{med(r[0][1] / r[2][1] for r in rounds):.2f}** |")
 PY

@@ -57,8 +57,8 @@ verify_text() { # url text
   [ "$code" = 200 ] && [ "$body" = "$2" ] || { echo "FAIL $1: status $code body '${body:0:80}'" >&2; exit 1; }
 }
 
-# One wrk run: prints "rps p50_ms p99_ms bytes_per_response errors" (errors = non-2xx/3xx +
-# socket errors; a bench with errors is not a result). WRK_SCRIPT=file: wrk's Lua script.
+# One wrk run: prints "rps p50_ms p99_ms bytes_per_response errors requests" (errors = non-2xx/3xx
+# + socket errors; a bench with errors is not a result). WRK_SCRIPT=file: wrk's Lua script.
 wrk_run() { # conns url
   wrk -t1 -c"$1" -d"$DURATION" ${WRK_SCRIPT:+-s "$WRK_SCRIPT"} --latency "$2" | python3 -c '
 import re, sys
@@ -73,12 +73,18 @@ m = re.search(r"(\d+) requests in [\d.]+\w+, ([\d.]+)(B|KB|MB|GB) read", t)
 n, size = int(m.group(1)), float(m.group(2)) * {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[m.group(3)]
 err = sum(int(x) for x in re.findall(r"Non-2xx or 3xx responses: (\d+)", t))
 err += sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", t))
-print(f"{rps:.0f} {p50:.3f} {p99:.3f} {size / max(n, 1):.0f} {err}")'
+print(f"{rps:.0f} {p50:.3f} {p99:.3f} {size / max(n, 1):.0f} {err} {n}")'
 }
 
-# Run the sides alternately; sets RES[name]="rps p50 p99 bytes errors" (medians of the rounds).
+# User + system clock ticks a process has used so far (/proc/PID/stat).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# Run the sides alternately; sets RES[name]="rps p50 p99 bytes errors cpu" (medians of the
+# rounds). cpu: the server's CPU time (user + system) per request in µs, for a side whose server
+# process is PID_OF[name] (else "-"): when the server is CPU-bound it is what throughput is made
+# of, and steal or wrk's share of the cores move it much less than they move requests/s.
 # Usage: compare CONNS name1 url1 name2 url2 [name3 url3 ...]
-declare -A RES
+declare -A RES PID_OF
 compare() {
   local conns="$1"; shift
   local -a names=() urls=()
@@ -89,16 +95,25 @@ compare() {
   for i in "${!names[@]}"; do DURATION=1s wrk_run "$conns" "${urls[$i]}" >/dev/null; done
   for r in $(seq "$ROUNDS"); do
     for i in "${!names[@]}"; do
-      wrk_run "$conns" "${urls[$i]}" >> "$WORK/res.${names[$i]}"
+      local pid="${PID_OF[${names[$i]}]:-}" t0=0 out
+      [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
+      out=$(wrk_run "$conns" "${urls[$i]}")
+      if [ -n "$pid" ]; then
+        out="$out $(awk -v t="$(( $(cpu_ticks "$pid") - t0 ))" -v hz="$(getconf CLK_TCK)" '{printf "%.3f", t * 1e6 / hz / $6}' <<<"$out")"
+      else
+        out="$out -"
+      fi
+      echo "$out" >> "$WORK/res.${names[$i]}"
     done
   done
   for i in "${!names[@]}"; do
     RES[${names[$i]}]=$(python3 -c '
 import statistics, sys
-rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 cols = list(zip(*rows))
-m = [statistics.median(c) for c in cols[:4]]
-print(f"{m[0]:.0f} {m[1]:.3f} {m[2]:.3f} {m[3]:.0f} {int(sum(cols[4]))}")' "$WORK/res.${names[$i]}")
+m = [statistics.median(map(float, c)) for c in cols[:4]]
+cpu = f"{statistics.median(map(float, cols[6])):.3f}" if cols[6][0] != "-" else "-"
+print(f"{m[0]:.0f} {m[1]:.3f} {m[2]:.3f} {m[3]:.0f} {sum(map(int, cols[4]))} {cpu}")' "$WORK/res.${names[$i]}")
     local errors; errors=$(echo "${RES[${names[$i]}]}" | awk '{print $5}')
     [ "$errors" = 0 ] || echo "WARNING: ${names[$i]} had $errors errors under load" >&2
   done
@@ -108,6 +123,7 @@ field() { echo "${RES[$1]}" | awk -v f="$2" '{print $f}'; }
 rps_of() { field "$1" 1; }
 p50_of() { field "$1" 2; }
 p99_of() { field "$1" 3; }
+cpu_of() { field "$1" 6; }
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 
 load_line() { echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"; }

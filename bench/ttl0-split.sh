@@ -142,7 +142,7 @@ run_marina() { # label, extra env → a table row
   verify_text "http://127.0.0.1:18198/eph/" $'hello world\n'
   DURATION=2s wrk_run 10 "http://127.0.0.1:18198/eph/" >/dev/null
   read -r u0 s0 w0 <<<"$(python3 "$WORK/cpu.py" "$pid")"
-  read -r rps p50 p99 _ errors <<<"$(wrk_run 10 "http://127.0.0.1:18198/eph/")"
+  read -r rps p50 p99 _ errors _ <<<"$(wrk_run 10 "http://127.0.0.1:18198/eph/")"
   read -r u1 s1 w1 <<<"$(python3 "$WORK/cpu.py" "$pid")"
   [ "$errors" = 0 ] || echo "WARNING: $errors errors in the $1 run" >&2
   kill "$pid"; wait "$pid" 2>/dev/null || true

@@ -75,9 +75,9 @@ idle_rss=$(rss "$MPID")
 verify_text "http://127.0.0.1:18195/eph/" $'hello world\n'
 DURATION=2s wrk_run 10 "http://127.0.0.1:18195/eph/" >/dev/null   # warm-up (page cache, Bun's cache)
 read -r cpu0 own0 <<<"$(python3 "$WORK/treecpu.py" "$MPID")"
-read -r rps p50 p99 _ errors <<<"$(wrk_run 10 "http://127.0.0.1:18195/eph/")"
+read -r rps p50 p99 _ errors _ <<<"$(wrk_run 10 "http://127.0.0.1:18195/eph/")"
 read -r cpu1 own1 <<<"$(python3 "$WORK/treecpu.py" "$MPID")"
-read -r rps1 p50_1 p99_1 _ errors1 <<<"$(wrk_run 1 "http://127.0.0.1:18195/eph/")"
+read -r rps1 p50_1 p99_1 _ errors1 _ <<<"$(wrk_run 1 "http://127.0.0.1:18195/eph/")"
 secs=${DURATION%s}
 cpu_per_req=$(python3 -c "print(f'{($cpu1 - $cpu0) * 1000 / ($rps * $secs):.1f}')")
 own_per_req=$(python3 -c "print(f'{($own1 - $own0) * 1000 / ($rps * $secs):.1f}')")
