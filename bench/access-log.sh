@@ -51,6 +51,19 @@ if [ "$MODE" = callgrind ]; then
   CG_OUT="${CG_OUT:-/tmp/access-cg}"
   CG_DURATION="${CG_DURATION:-8s}"
   mkdir -p "$CG_OUT"
+  # measure VALGRIND_PID PORT OUT: warm-up, zero the counts, CG_DURATION of load, dump, stop;
+  # prints "requests | instructions per request".
+  measure() {
+    local vpid=$1 url="http://127.0.0.1:$2/site/f1k.bin" n ir
+    DURATION=3s wrk_run 8 "$url" >/dev/null   # warm-up
+    callgrind_control -z "$vpid" >/dev/null 2>&1
+    n=$(wrk -t1 -c8 -d"$CG_DURATION" "$url" | awk '/requests in/ {print $1}')
+    callgrind_control -d "$vpid" >/dev/null 2>&1
+    kill "$vpid"; wait "$vpid" 2>/dev/null || true
+    # The dump taken by -d is the one numbered .1 (the exit writes another).
+    ir=$(grep -h '^summary:' "$3".*.1 | awk '{print $2}')
+    echo "$n | $(python3 -c "print(f'{$ir / $n:,.0f}')")"
+  }
   echo "| format | level | requests | instructions per request |"
   echo "|---|---|---|---|"
   port=${BASE_PORT:-18390}
@@ -60,15 +73,7 @@ if [ "$MODE" = callgrind ]; then
       out="$CG_OUT/cg.$format-$level"
       rm -f "$out"*
       start "$level" "$format" "$port" valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$out.%p"
-      vpid=${PIDS[-1]}
-      DURATION=3s wrk_run 8 "http://127.0.0.1:$port/site/f1k.bin" >/dev/null   # warm-up
-      callgrind_control -z "$vpid" >/dev/null 2>&1
-      n=$(wrk -t1 -c8 -d"$CG_DURATION" "http://127.0.0.1:$port/site/f1k.bin" | awk '/requests in/ {print $1}')
-      callgrind_control -d "$vpid" >/dev/null 2>&1
-      kill "$vpid"; wait "$vpid" 2>/dev/null || true
-      # The dump taken by -d is the one numbered .1 (the exit writes another).
-      ir=$(grep -h '^summary:' "$out".*.1 | awk '{print $2}')
-      echo "| $format | $level | $n | $(python3 -c "print(f'{$ir / $n:,.0f}')") |"
+      echo "| $format | $level | $(measure "${PIDS[-1]}" "$port" "$out") |"
     done
   done
   # The yardstick: nginx serving the same file, one process under callgrind, its access log off,
@@ -96,16 +101,9 @@ CONF
       rm -f "$out"*
       valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$out.%p" nginx -c "$WORK/nginx-$log.conf" -e "$WORK/nginx-$log.error" 2>/dev/null &
       PIDS+=($!)
-      vpid=${PIDS[-1]}
       wait_ok "http://127.0.0.1:$port/site/f1k.bin"
       verify_file "http://127.0.0.1:$port/site/f1k.bin" "$APP/f1k.bin"
-      DURATION=3s wrk_run 8 "http://127.0.0.1:$port/site/f1k.bin" >/dev/null   # warm-up
-      callgrind_control -z "$vpid" >/dev/null 2>&1
-      n=$(wrk -t1 -c8 -d"$CG_DURATION" "http://127.0.0.1:$port/site/f1k.bin" | awk '/requests in/ {print $1}')
-      callgrind_control -d "$vpid" >/dev/null 2>&1
-      kill "$vpid"; wait "$vpid" 2>/dev/null || true
-      ir=$(grep -h '^summary:' "$out".*.1 | awk '{print $2}')
-      echo "| nginx (yardstick) | access log $log | $n | $(python3 -c "print(f'{$ir / $n:,.0f}')") |"
+      echo "| nginx (yardstick) | access log $log | $(measure "${PIDS[-1]}" "$port" "$out") |"
     done
   fi
   exit 0

@@ -288,24 +288,10 @@ fn seconds_prefix(out: &mut Vec<u8>, second: i64) {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::logfmt::tests::Buf;
 
     /// The line `marina_server::completion` logs through `tracing` for `line`, in `layout`, as
     /// `marina serve` set tracing up before (compact text without colours, or JsonLines).
