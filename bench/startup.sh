@@ -9,7 +9,10 @@
 #     this includes answering one request and the shutdown);
 #   - minor page faults: at the first 200 (/proc/PID/stat) and over the whole run (rusage).
 # Medians are printed, min and max beside them. STATE_BASE: where the fresh state dirs go (default
-# a temporary dir; /dev/shm to take the disk out).
+# a temporary dir; /dev/shm to take the disk out). APPS: the worker dir to serve (it must hold an
+# app `site` answering 200 at /site/; default a one-page static app). SUMMARY=1: only the serve
+# runs, and only "<median> ms median, <min> min, <max> max" of their wall time (what
+# bench/ttl0.sh reports as its cold start).
 #
 # Usage: bench/startup.sh   (RUNS=20; MARINA_BIN=path: that binary instead of a release build)
 # Needs: python3.
@@ -22,16 +25,19 @@ if [ -n "${MARINA_BIN:-}" ]; then BIN="$MARINA_BIN"; else
 fi
 WORK="$(mktemp -d /tmp/marina-startup.XXXXXX)"
 trap 'rm -rf "$WORK" "${STATE_BASE:+$STATE_BASE/marina-startup-states}"' EXIT
-mkdir -p "$WORK/apps/site"
-printf '<!doctype html><title>cold</title>\n' > "$WORK/apps/site/index.html"
+if [ -z "${APPS:-}" ]; then
+  APPS="$WORK/apps"
+  mkdir -p "$APPS/site"
+  printf '<!doctype html><title>cold</title>\n' > "$APPS/site/index.html"
+fi
 STATES="${STATE_BASE:+$STATE_BASE/marina-startup-states}"
 STATES="${STATES:-$WORK/states}"
 
-echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores; $(date -u '+%Y-%m-%d %H:%M UTC')"
-python3 - "$BIN" "$WORK/apps" "$STATES" "$RUNS" <<'PY'
+[ "${SUMMARY:-}" = 1 ] || echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores; $(date -u '+%Y-%m-%d %H:%M UTC')"
+python3 - "$BIN" "$APPS" "$STATES" "$RUNS" "${SUMMARY:-}" <<'PY'
 import http.client, os, signal, socket, statistics, subprocess, sys, time
 
-bin, apps, states, runs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+bin, apps, states, runs, summary = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
 os.makedirs(states, exist_ok=True)
 env = dict(os.environ, RUNTIME_LOG_LEVEL="error")
 PORT = 18310
@@ -70,6 +76,10 @@ for i in range(runs):
     _, status, ru = os.wait4(p.pid, 0)
     p.returncode = status
     serve.append((wall, cpu_ms(ru), faults_ready, ru.ru_minflt))
+if summary:
+    walls = [r[0] for r in serve]
+    print(f"{statistics.median(walls):.1f} ms median, {min(walls):.1f} min, {max(walls):.1f} max")
+    sys.exit(0)
 for _ in range(runs):
     p = subprocess.Popen([bin, "--version"], env=env, stdout=subprocess.DEVNULL)
     _, status, ru = os.wait4(p.pid, 0)

@@ -5,7 +5,7 @@
 #    from /proc: utime+stime of marina and every descendant (exited children through
 #    cutime/cstime, live ones directly), before and after the run. Compared with the CPU of a
 #    bare `bun -e 0` start. Then `wrk -c1`: the latency of one ttl: 0 request at a time.
-# 2. Cold start: spawning `marina serve` with a fresh, empty state dir (a new SQLite database
+# 2. Cold start (bench/startup.sh): spawning `marina serve` with a fresh, empty state dir (a new SQLite database
 #    created and migrated) until the first 200 on a static file; 20 runs, median.
 # 3. marina's RSS idle after start, after the ttl: 0 churn once the workers are gone, and after
 #    a second churn as long (flat means the first one's growth was one-time warm-up), each in
@@ -98,33 +98,8 @@ print(f"{((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime
 PY
 )
 
-cold=$(python3 - "$BIN" "$WORK" <<'PY'
-import http.client, os, socket, statistics, subprocess, sys, time
-bin, work = sys.argv[1], sys.argv[2]
-samples = []
-for i in range(20):
-    env = dict(os.environ, RUNTIME_LOG_LEVEL="error")
-    state = f"{work}/cold{i}"          # fresh: marina creates and migrates a new SQLite database
-    t0 = time.perf_counter()
-    p = subprocess.Popen([bin, "serve", "--port", "18196", "--worker-dirs", f"{work}/apps",
-                          "--state-dir", state], env=env, stderr=subprocess.DEVNULL)
-    while True:
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", 18196, timeout=1)
-            c.request("GET", "/site/")
-            if c.getresponse().status == 200:
-                break
-        except (ConnectionRefusedError, socket.timeout, http.client.RemoteDisconnected, ConnectionResetError):
-            pass
-        if time.perf_counter() - t0 > 10:
-            raise SystemExit("marina did not answer within 10 s")
-        time.sleep(0.0002)
-    samples.append((time.perf_counter() - t0) * 1000)
-    assert os.path.exists(f"{state}/marina.db"), "no fresh database was created"
-    p.terminate(); p.wait()
-print(f"{statistics.median(samples):.1f} ms median, {min(samples):.1f} min, {max(samples):.1f} max")
-PY
-)
+# Cold start: bench/startup.sh's fresh starts (a new SQLite database each), serving these apps.
+cold=$(APPS="$WORK/apps" SUMMARY=1 RUNS=20 MARINA_BIN="$BIN" bench/startup.sh)
 
 {
   echo "ttl: 0 and start-up, $(date -u '+%Y-%m-%d %H:%M UTC'); $(load_line)."
