@@ -554,3 +554,33 @@ fn a_runaway_query_does_not_hold_the_exit() {
     assert_eq!(exit.code(), Some(0));
     assert!(took < Duration::from_secs(2 + 3), "the exit waited for the runaway query: {took:?}");
 }
+
+/// A new marina.db is migrated while marina already starts serving; if its migrations fail
+/// (here the migration lock cannot be opened: a directory has its name), marina stops with
+/// the error and exit status 1, as a failed start does, instead of serving without a schema.
+#[test]
+fn a_new_database_whose_migrations_fail_stops_marina_with_the_error() {
+    let apps = tempfile::tempdir().unwrap();
+    open_to_workers(apps.path());
+    write(&apps.path().join("site/index.html"), "hi");
+    let state = tempfile::tempdir().unwrap();
+    std::fs::create_dir(state.path().join("marina.db.migrate-lock")).unwrap();
+    let mut child = serve(apps.path(), state.path(), free_port(), &[]);
+    let exit = wait_exit(&mut child, Duration::from_secs(20));
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert_eq!(exit.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("marina: cannot open the migration lock"), "{stderr}");
+    assert!(last.contains("marina.db.migrate-lock"), "{stderr}");
+
+    // Once the cause is gone, the next start migrates the database it left.
+    std::fs::remove_dir(state.path().join("marina.db.migrate-lock")).unwrap();
+    let port = free_port();
+    let mut child = serve(apps.path(), state.path(), port, &[]);
+    wait_ready(port);
+    let (status, body) = http_get(port, "/api/keys", Duration::from_secs(5)).unwrap();
+    assert!(status.contains("200"), "{status} {body}");
+    sigterm(&child);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(10)).code(), Some(0));
+}

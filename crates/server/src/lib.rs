@@ -126,11 +126,15 @@ impl Runtime {
 pub struct Server {
     runtime: Arc<Runtime>,
     listener: TcpListener,
+    /// A new marina.db's migrations while they run (see [`Server::run`]).
+    schema: start::Schema,
 }
 
 impl Server {
-    /// Open storage (applying marina's own migrations), scan the worker dirs, start watching
-    /// them, create the worker pool and bind the listener.
+    /// Open storage (applying marina's own migrations; those of a marina.db this start created
+    /// run on a task, which every use of the store waits for, and [`Server::run`] stops marina
+    /// if they fail), scan the worker dirs, start watching them, create the worker pool and
+    /// bind the listener.
     pub async fn bind(config: RuntimeConfig) -> Result<Self, Error> {
         Self::bind_with_catalog(config, Catalog::builtin(), Vec::new()).await
     }
@@ -159,7 +163,7 @@ impl Server {
         // Awaited even when the rest failed, so that no migration is left running detached.
         let store = opening.await.map_err(|e| Error::internal(format!("opening marina's database stopped: {e}")))?;
         let start::Early { registry, watch, listener, local, pool, tokens } = early?;
-        let store = store?;
+        let (store, schema) = store?;
         // One authentication state for everything: the pipeline's first phase, `/api/keys` and
         // the data plugins' admin keys.
         // While no key exists the internal API is open, but never to a worker (docs/security.md).
@@ -243,10 +247,7 @@ impl Server {
         if runtime._watch.is_some() {
             reload::start(&runtime);
         }
-        // A marina.db created by this start was written without fsyncs (Store::open_quick); it
-        // is made durable while the listener answers, ahead of any request's database call.
-        runtime.store.seal_in_background().await;
-        Ok(Self { runtime, listener })
+        Ok(Self { runtime, listener, schema })
     }
 
     /// The address actually bound (useful with port 0).
@@ -262,9 +263,10 @@ impl Server {
     /// Serve until `shutdown` resolves, then exit as [`shutdown`] describes: readiness 503,
     /// `RUNTIME_SHUTDOWN_DELAY` more of serving, stop accepting, in-flight requests finish (or
     /// get 503 `SHUTTING_DOWN` at the deadline), plugins and workers stop; all of it within
-    /// `RUNTIME_SHUTDOWN_TIMEOUT`.
+    /// `RUNTIME_SHUTDOWN_TIMEOUT`. The same exit, with their error, when the migrations of a
+    /// marina.db this start created fail.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-        let Server { runtime, listener } = self;
+        let Server { runtime, listener, schema } = self;
         let mut listener = listen::Listener::new(runtime.clone(), listener);
         tracing::info!(
             addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -272,14 +274,29 @@ impl Server {
             worker_dirs = ?runtime.config.worker_dirs,
             "marina is serving"
         );
-        listener.accept_until(shutdown).await;
+        // A new marina.db whose migrations fail stops marina as a failed start would.
+        let failed = parking_lot::Mutex::new(None);
+        listener
+            .accept_until(async {
+                tokio::select! {
+                    () = shutdown => {}
+                    e = start::schema_failure(schema) => {
+                        tracing::error!(code = e.code(), "marina's new database could not be migrated; stopping: {}", e.message());
+                        *failed.lock() = Some(e);
+                    }
+                }
+            })
+            .await;
         let exit = shutdown::Exit::begin(&runtime);
         listener.accept_until(tokio::time::sleep_until(exit.serve_until())).await;
         let (graceful, hard_stop) = listener.close();
         exit.close_connections(&runtime, graceful, hard_stop).await;
         exit.stop(&runtime).await;
         tracing::info!("marina stopped");
-        Ok(())
+        match failed.into_inner() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 

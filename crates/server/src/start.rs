@@ -44,12 +44,37 @@ fn protect_state_files(state_dir: &std::path::Path) {
     }
 }
 
-/// marina's own database, open and migrated (see [`Server::bind_with_catalog`]).
-pub(crate) async fn open_system_store(url: Option<String>, state_dir: std::path::PathBuf) -> Result<Store, Error> {
+/// marina's own database, open, with its schema: migrated now, or, for a SQLite file this
+/// start created, being migrated on the task returned (every caller of the store waits for it,
+/// see [`Store::migrate_system_in_background`]; [`crate::Server::run`] stops marina if it fails).
+pub(crate) async fn open_system_store(
+    url: Option<String>,
+    state_dir: std::path::PathBuf,
+) -> Result<(Store, Schema), Error> {
     let store = Store::open_quick(url.as_deref(), &state_dir).await?;
-    store.migrate_system().await?;
+    // Before the migrations create `-wal` and `-shm`, which SQLite gives marina.db's mode.
     protect_state_files(&state_dir);
-    Ok(store)
+    let schema = match store.migrate_system_in_background().await {
+        Some(task) => Some(task),
+        None => {
+            store.migrate_system().await?;
+            None
+        }
+    };
+    Ok((store, schema))
+}
+
+/// A new marina.db's migrations, running on their task.
+pub(crate) type Schema = Option<tokio::task::JoinHandle<Result<marina_store::MigrationReport, Error>>>;
+
+/// Resolves if the migrations of a new marina.db fail, with their error; never otherwise.
+pub(crate) async fn schema_failure(schema: Schema) -> Error {
+    let Some(task) = schema else { return std::future::pending().await };
+    match task.await {
+        Ok(Ok(_)) => std::future::pending().await,
+        Ok(Err(e)) => e,
+        Err(e) => Error::internal(format!("migrating marina's new database stopped: {e}")),
+    }
 }
 
 /// What start-up sets up while marina's database is being opened: the registry and its

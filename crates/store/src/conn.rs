@@ -57,6 +57,17 @@ pub(crate) struct SqliteLease {
     here: bool,
 }
 
+impl Conn {
+    /// The SQLite connection's guard, for a call that needs the connection itself (`None` on
+    /// PostgreSQL, or when an interrupted call lost it).
+    pub(crate) fn into_sqlite_guard(self) -> Option<OwnedMutexGuard<rusqlite::Connection>> {
+        match self {
+            Conn::Sqlite(mut lease) => lease.take(),
+            Conn::Postgres(_) => None,
+        }
+    }
+}
+
 impl SqliteLease {
     pub(crate) fn new(guard: OwnedMutexGuard<rusqlite::Connection>) -> Self {
         Self { guard: Some(guard), here: false }

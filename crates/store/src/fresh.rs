@@ -4,12 +4,15 @@
 //! `synchronous = NORMAL` (the rollback journal that writes page 1, its directory, page 1, the
 //! new WAL's header and its directory): a third of a cold start with a fresh state dir. A new
 //! database holds nothing anyone could lose, so marina creates it with `synchronous = OFF` and
-//! automatic checkpoints off, applies its migrations and loads its plugins, and then
-//! [`Store::seal_in_background`](crate::Store::seal_in_background) makes it durable while the
-//! listener already answers: `synchronous = NORMAL`, a `TRUNCATE` checkpoint (which syncs the
-//! WAL before copying it into the file, then the file), an fsync of the directory. The seal
-//! holds the connection, so nothing else is written before it: whatever a request writes is
-//! written with `synchronous = NORMAL`, as always.
+//! automatic checkpoints off, and
+//! [`Store::migrate_system_in_background`](crate::Store::migrate_system_in_background) applies
+//! its migrations and then seals it, on a task, while marina loads its plugins and starts
+//! answering: `synchronous = NORMAL`, a `TRUNCATE` checkpoint (which syncs the WAL before
+//! copying it into the file, then the file), an fsync of the directory. The task leases the
+//! connection from before marina goes on until the seal is done, so every other caller waits
+//! for both: nothing but the migrations is written before the seal, and whatever a request
+//! writes is written with `synchronous = NORMAL`, as always. (The seal alone, for a database
+//! migrated otherwise, is [`Store::seal_in_background`](crate::Store::seal_in_background).)
 //!
 //! Crash safety: a process crash leaves the file to the OS, which writes it. Before the seal
 //! completes the database file is at most page 1 (no checkpoint runs, not even at close after a

@@ -584,10 +584,17 @@ impl<'a> Migrator<'a> {
                 format!("--to {to}: {} has no migration with that id", self.set.source()),
             ));
         }
-        let mut report = self.report(Direction::Up, options.dry_run);
         let mut conn = self.store.conn().await?;
+        self.migrate_on(&mut conn, options).await
+    }
+
+    /// [`Migrator::migrate`] on a connection the caller leased already (a new marina.db is
+    /// migrated on a task that leased it before anyone else could, see
+    /// [`Store::migrate_system_in_background`](crate::Store::migrate_system_in_background)).
+    pub(crate) async fn migrate_on(&self, conn: &mut Conn, options: &MigrateOptions) -> Result<MigrationReport, Error> {
+        let mut report = self.report(Direction::Up, options.dry_run);
         if options.dry_run {
-            let records = read_records(&mut conn, false).await?;
+            let records = read_records(conn, false).await?;
             self.verify(&records)?;
             report.steps = self
                 .pending(&records, options.to)
@@ -595,12 +602,12 @@ impl<'a> Migrator<'a> {
                 .collect();
             return Ok(report);
         }
-        let lock = Lock::acquire(self.store, &mut conn).await?;
+        let lock = Lock::acquire(self.store, conn).await?;
         let to = options.to;
         let result = self
-            .locked(&mut conn, async move |m, conn| m.migrate_locked(conn, to, &mut report).await.map(|()| report))
+            .locked(conn, async move |m, conn| m.migrate_locked(conn, to, &mut report).await.map(|()| report))
             .await;
-        lock.release(&mut conn).await;
+        lock.release(conn).await;
         result
     }
 

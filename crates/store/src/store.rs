@@ -32,8 +32,10 @@ pub const SYSTEM_SCHEMA: &str = "marina";
 pub struct Store {
     backend: Arc<Backend>,
     label: String,
-    /// A SQLite file this store created without fsyncs, until [`Store::seal_in_background`].
-    unsealed: bool,
+    /// A SQLite file this store created without fsyncs, until it is sealed
+    /// ([`Store::seal_in_background`], [`Store::migrate_system_in_background`]). Shared by the
+    /// clones: while it is set, nothing but marina's migrations has written to the file.
+    unsealed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Store {
@@ -57,7 +59,8 @@ impl Store {
 
     /// [`Store::open`] for a server's start: a SQLite file that does not exist yet is created
     /// and migrated without fsyncs, a third of a cold start (see `fresh.rs`); the caller then
-    /// calls [`Store::seal_in_background`] before it accepts requests.
+    /// calls [`Store::migrate_system_in_background`] (or migrates it and calls
+    /// [`Store::seal_in_background`]) before it accepts requests.
     ///
     /// # Errors
     /// As [`Store::open`].
@@ -146,7 +149,7 @@ impl Store {
             }
             DatabaseUrl::Postgres(u) => conn::open_postgres(u, schema, login).await?,
         };
-        Ok(Store { backend: Arc::new(backend), label, unsealed })
+        Ok(Store { backend: Arc::new(backend), label, unsealed: Arc::new(unsealed.into()) })
     }
 
     /// Which driver this store uses.
@@ -261,15 +264,87 @@ impl Store {
     /// power loss in the first seconds).
     pub async fn seal_in_background(&self) -> Option<tokio::task::JoinHandle<()>> {
         let Backend::Sqlite { conn, path: Some(path) } = &*self.backend else { return None };
-        if !self.unsealed {
+        if !self.is_new() {
             return None;
         }
         let guard = conn.clone().lock_owned().await;
-        let path = path.clone();
+        let (path, unsealed) = (path.clone(), self.unsealed.clone());
         Some(tokio::task::spawn_blocking(move || {
             if let Err(e) = crate::fresh::seal(&guard, &path) {
                 tracing::error!("{e}");
             }
+            unsealed.store(false, std::sync::atomic::Ordering::Release);
+        }))
+    }
+
+    /// Whether this start created the database ([`Store::open_quick`]) and it has not been
+    /// sealed yet. Migrated by [`Store::migrate_system_in_background`], which leases the
+    /// connection from before it returns until the seal, such a database holds nothing but what
+    /// marina's migrations write: a plugin reading rows only users add (the proxy's stored
+    /// rules) may skip its query, instead of waiting for the schema on the way to a cold
+    /// start's first answer.
+    pub fn is_new(&self) -> bool {
+        self.unsealed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// [`Store::migrate_system`] and then the seal of [`Store::seal_in_background`], both on a
+    /// task, for a SQLite file this start created ([`Store::open_quick`]). Its connection is
+    /// leased before this returns, so every other caller waits until the schema is there and
+    /// the file is durable, while the caller goes on: a server answers what needs no database
+    /// (a static file) a few milliseconds sooner (BENCHMARKS.md, cold start). The task's result
+    /// is the migrations' (a database whose migrations failed is not sealed: it stays the
+    /// unfinished creation `fresh.rs` describes; a failed seal is logged, as there). `None` for any other store, which this leaves
+    /// alone: migrate it with [`Store::migrate_system`].
+    ///
+    /// # Errors
+    /// As [`Store::migrate_system`], from the task.
+    pub async fn migrate_system_in_background(
+        &self,
+    ) -> Option<tokio::task::JoinHandle<Result<MigrationReport, Error>>> {
+        let Backend::Sqlite { path: Some(path), .. } = &*self.backend else { return None };
+        if !self.is_new() {
+            return None;
+        }
+        let path = path.clone();
+        let store = self.clone();
+        // Taken here, not in the task: a caller of this store that runs before the task would
+        // otherwise find no schema.
+        let leased = self.conn().await;
+        Some(tokio::spawn(async move {
+            let unsealed = store.unsealed.clone();
+            // Whatever happens, the database is no longer new to anyone who leases it next.
+            let migrated = async {
+                let mut conn = leased?;
+                let set = MigrationSet::system()?;
+                let report =
+                    Migrator::new(&store, &set).migrate_on(&mut conn, &Default::default()).await?.into_result()?;
+                Ok::<_, Error>((conn, report))
+            }
+            .await;
+            let (conn, report) = match migrated {
+                Ok(done) => done,
+                Err(e) => {
+                    unsealed.store(false, std::sync::atomic::Ordering::Release);
+                    return Err(e);
+                }
+            };
+            let Some(guard) = conn.into_sqlite_guard() else {
+                return Err(Error::internal("marina's new database lost its connection while it was migrated"));
+            };
+            // As in seal_in_background, a failed seal is logged: the database stays usable.
+            let sealed = tokio::task::spawn_blocking(move || {
+                let sealed = crate::fresh::seal(&guard, &path);
+                // Before the guard goes: the next to lease the connection finds it not new.
+                unsealed.store(false, std::sync::atomic::Ordering::Release);
+                sealed
+            })
+            .await;
+            match sealed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("{e}"),
+                Err(e) => tracing::error!("sealing marina's new database stopped: {e}"),
+            }
+            Ok(report)
         }))
     }
 

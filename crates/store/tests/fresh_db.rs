@@ -115,3 +115,37 @@ async fn a_small_foreign_file_or_a_symlink_is_never_removed() {
     assert!(std::fs::symlink_metadata(dir.path().join("marina.db")).unwrap().file_type().is_symlink(), "still a link");
     assert!(target.is_file(), "the database was created where the link points");
 }
+
+/// A new marina.db migrated and sealed on a task: a caller that comes before the task ran
+/// waits for it and finds the whole schema; the file is durable afterwards.
+#[tokio::test]
+async fn a_new_database_migrated_in_the_background_is_whole_for_every_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_quick(None, dir.path()).await.unwrap();
+    let task = store.migrate_system_in_background().await.expect("a database created now is migrated on a task");
+    // Issued before the task had a chance to run (it was only spawned): it must wait for it.
+    let applied = store.query("SELECT id FROM _marina_migrations", &[]).await.unwrap();
+    assert_eq!(applied.len(), all_migrations(), "the caller saw the schema only once it was all there");
+    assert_eq!(synchronous(&store).await, 1, "and after the seal");
+    assert_eq!(task.await.unwrap().unwrap().steps.len(), all_migrations());
+    assert!(db_len(dir.path()) > 4096, "the seal's checkpoint copied the migrations into the file");
+    drop(store);
+
+    let again = Store::open_quick(None, dir.path()).await.unwrap();
+    assert!(again.migrate_system_in_background().await.is_none(), "an existing database is left to migrate_system");
+    assert!(again.migrate_system().await.unwrap().steps.is_empty());
+}
+
+/// Migrations that fail on the task (here the lock file cannot be opened) are the task's
+/// error, and the database is left unsealed: one page, as after a failed start.
+#[tokio::test]
+async fn a_background_migration_that_fails_is_the_tasks_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("marina.db.migrate-lock")).unwrap();
+    let store = Store::open_quick(None, dir.path()).await.unwrap();
+    let task = store.migrate_system_in_background().await.expect("a database created now is migrated on a task");
+    let e = task.await.unwrap().expect_err("the lock cannot be opened");
+    assert!(e.message().contains("cannot open the migration lock"), "{}", e.message());
+    assert!(e.message().contains("marina.db.migrate-lock"), "{}", e.message());
+    assert!(db_len(dir.path()) <= 4096, "not sealed");
+}

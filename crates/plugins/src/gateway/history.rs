@@ -179,6 +179,17 @@ impl History {
     /// The database's.
     pub async fn attach(&self, db: HistoryDb) -> Result<(), Error> {
         let (stored, last) = db.load(epoch_ms()).await?;
+        self.attach_loaded(db, stored, last);
+        Ok(())
+    }
+
+    /// [`History::attach`] to a database known to hold no history (one this start created):
+    /// nothing to read.
+    pub fn attach_empty(&self, db: HistoryDb) {
+        self.attach_loaded(db, Vec::new(), 0);
+    }
+
+    fn attach_loaded(&self, db: HistoryDb, stored: Vec<Entry>, last: u64) {
         {
             let mut ring = self.ring.lock();
             // What this process sampled before (none: `init` runs first) goes after.
@@ -192,7 +203,6 @@ impl History {
             ring.trim();
         }
         let _ = self.db.set(db);
-        Ok(())
     }
 
     /// Write what is new to the database (when attached). A failure is logged; the snapshots

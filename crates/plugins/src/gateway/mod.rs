@@ -300,6 +300,10 @@ impl Gateway {
     }
 }
 
+fn no_instance_id(e: &Error) {
+    tracing::error!(error = %e, "the gateway's metrics history has no instance id; it is kept in memory only")
+}
+
 #[async_trait]
 impl Plugin for Gateway {
     fn phases(&self) -> Phases {
@@ -318,14 +322,23 @@ impl Plugin for Gateway {
                 }
             }
         }
-        match history_db::instance_id(&st.state_dir) {
-            Ok(id) => {
-                if let Err(e) = st.history.attach(history_db::HistoryDb::new(st.store.clone(), id)).await {
-                    tracing::error!(error = %e, "the gateway's stored metrics history could not be read; it is kept in memory only");
+        if st.store.is_new() {
+            // A marina.db this start created holds no history: nothing to read (its schema may
+            // still be on its way), and the instance file (an fsync in a new state dir) is made
+            // off the start's path; snapshots taken before it is attached are kept.
+            let st = Arc::clone(st);
+            tokio::task::spawn_blocking(move || match history_db::instance_id(&st.state_dir) {
+                Ok(id) => st.history.attach_empty(history_db::HistoryDb::new(st.store.clone(), id)),
+                Err(e) => no_instance_id(&e),
+            });
+        } else {
+            match history_db::instance_id(&st.state_dir) {
+                Ok(id) => {
+                    if let Err(e) = st.history.attach(history_db::HistoryDb::new(st.store.clone(), id)).await {
+                        tracing::error!(error = %e, "the gateway's stored metrics history could not be read; it is kept in memory only");
+                    }
                 }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "the gateway's metrics history has no instance id; it is kept in memory only")
+                Err(e) => no_instance_id(&e),
             }
         }
         let sampler =

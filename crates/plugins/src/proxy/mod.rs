@@ -145,7 +145,8 @@ impl Plugin for ProxyPlugin {
         let store = RuleStore::new(env.store.clone());
         // Listen before reading, so that no change made in between goes unseen.
         let session = follow::listen(&env.store).await;
-        let dynamic = load(&store, &policy).await?;
+        // A marina.db this start created has no stored rules (and is still being migrated).
+        let dynamic = if env.store.is_new() { Vec::new() } else { load(&store, &policy).await? };
         let set = RuleSet::new(statics.clone(), dynamic.clone())
             .map_err(|e| Error::internal(format!("plugin {NAME}: the rules do not compile together: {e}")))?;
         let rules = Arc::new(Rules {
