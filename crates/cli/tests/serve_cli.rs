@@ -563,16 +563,25 @@ fn a_new_database_whose_migrations_fail_stops_marina_with_the_error() {
     let apps = tempfile::tempdir().unwrap();
     open_to_workers(apps.path());
     write(&apps.path().join("site/index.html"), "hi");
-    let state = tempfile::tempdir().unwrap();
-    std::fs::create_dir(state.path().join("marina.db.migrate-lock")).unwrap();
-    let mut child = serve(apps.path(), state.path(), free_port(), &[]);
-    let exit = wait_exit(&mut child, Duration::from_secs(20));
-    let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    assert_eq!(exit.code(), Some(1), "{stderr}");
-    let last = stderr.lines().last().unwrap_or_default();
-    assert!(last.starts_with("marina: cannot open the migration lock"), "{stderr}");
-    assert!(last.contains("marina.db.migrate-lock"), "{stderr}");
+    // Without plugins, and with the bundled ones, some of which read marina's database at start
+    // (the proxy's rules): their failure on the missing tables must not hide the cause.
+    let bundled = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/plugins");
+    let mut states = Vec::new();
+    for plugins in [None, Some(bundled)] {
+        let state = tempfile::tempdir().unwrap();
+        std::fs::create_dir(state.path().join("marina.db.migrate-lock")).unwrap();
+        let env: Vec<(&str, &str)> = plugins.map(|dir| ("RUNTIME_PLUGIN_DIRS", dir)).into_iter().collect();
+        let mut child = serve(apps.path(), state.path(), free_port(), &env);
+        let exit = wait_exit(&mut child, Duration::from_secs(20));
+        let mut stderr = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        assert_eq!(exit.code(), Some(1), "plugins {plugins:?}: {stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(last.starts_with("marina: cannot open the migration lock"), "plugins {plugins:?}: {stderr}");
+        assert!(last.contains("marina.db.migrate-lock"), "plugins {plugins:?}: {stderr}");
+        states.push(state);
+    }
+    let state = &states[0];
 
     // Once the cause is gone, the next start migrates the database it left.
     std::fs::remove_dir(state.path().join("marina.db.migrate-lock")).unwrap();

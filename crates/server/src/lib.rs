@@ -164,90 +164,99 @@ impl Server {
         let store = opening.await.map_err(|e| Error::internal(format!("opening marina's database stopped: {e}")))?;
         let start::Early { registry, watch, listener, local, pool, tokens } = early?;
         let (store, schema) = store?;
-        // One authentication state for everything: the pipeline's first phase, `/api/keys` and
-        // the data plugins' admin keys.
-        // While no key exists the internal API is open, but never to a worker (docs/security.md).
-        let callers = pool.callers();
-        let app_callers: marina_auth::AppCallerCheck =
-            Arc::new(move |c: marina_auth::Connection| match callers.classify(c.peer, c.local) {
-                Caller::Elsewhere | Caller::NotWorker => None,
-                Caller::Worker(why) => Some(why),
-                Caller::Unknown(why) => Some(format!("it may be: {why}")),
+        // A failure from here on most likely followed from the new database's migrations failing
+        // (a plugin that found no table): then their error is the one reported.
+        let bound = async move {
+            // One authentication state for everything: the pipeline's first phase, `/api/keys` and
+            // the data plugins' admin keys.
+            // While no key exists the internal API is open, but never to a worker (docs/security.md).
+            let callers = pool.callers();
+            let app_callers: marina_auth::AppCallerCheck =
+                Arc::new(move |c: marina_auth::Connection| match callers.classify(c.peer, c.local) {
+                    Caller::Elsewhere | Caller::NotWorker => None,
+                    Caller::Worker(why) => Some(why),
+                    Caller::Unknown(why) => Some(format!("it may be: {why}")),
+                });
+            let auth = Arc::new(marina_auth::Auth::new(&config.auth, store.clone())?.with_app_caller_check(app_callers));
+            // marina's own listener is a proxy target no rule may have (it would loop).
+            // The operator's ranges (`RUNTIME_PROXY_ALLOW`/`_DENY`) hold for app and plugin rules alike.
+            // Both were validated with the rest of the configuration.
+            let ranges = |var| config.raw.cidrs(var).map_err(|e| Error::internal(e.to_string()));
+            let policy = marina_proxy::TargetPolicy::new(vec![local], ranges("RUNTIME_PROXY_ALLOW")?)
+                .with_deny(ranges("RUNTIME_PROXY_DENY")?);
+            let remote = Arc::new(marina_proxy::Remote::new(marina_proxy::RemoteConfig {
+                policy,
+                ..marina_proxy::RemoteConfig::default()
+            })?);
+            let plugin_env = PluginEnv {
+                store: store.clone(),
+                registry: registry.clone(),
+                pool: pool.clone(),
+                settings: config.raw.clone(),
+                api_base: config.api_base(),
+                production: config.hides_error_detail(),
+                listen: local,
+                remote: remote.clone(),
+                auth: auth.clone(),
+                tokens,
+                database_url: config.database_url.clone(),
+                state_dir: config.state_dir.clone(),
+                closing: CancellationToken::new(),
+            };
+            // Authentication is built in and runs first, whatever the plugin dirs hold: the internal
+            // API's key requirement must not hang on a manifest, and later hooks (a rate limit by
+            // identity) need the identity it establishes.
+            let auth_plugin = marina_plugins::auth::AuthPlugin::new(auth.clone(), registry.clone(), config.api_base());
+            let plugins: Vec<Loaded> =
+                std::iter::once(Loaded::new(marina_plugins::auth::AuthPlugin::spec(), Arc::new(auth_plugin)))
+                    .chain(plugins)
+                    .collect();
+            if let Some(var) = config.auth.root_key_var {
+                tracing::info!(variable = var, "the internal API requires a key (root key set)");
+            }
+            if config.auth.jwt.is_some() {
+                tracing::info!("app routes require a bearer token, except their publicRoutes");
+            }
+            for p in &plugins {
+                p.plugin
+                    .init(&plugin_env)
+                    .await
+                    .map_err(|e| Error::internal(format!("plugin '{}' failed to start: {e}", p.name)).with_source(e))?;
+            }
+            let set = marina_plugins::loader::load(&config.plugin_dirs, &catalog, &plugin_env, plugins.clone()).await?;
+            tracing::info!(plugins = ?set.plugins().iter().map(|p| p.spec.name.as_str()).collect::<Vec<_>>(), "plugins loaded");
+            // Every manifest is checked now, so its problems are in the log before the first request.
+            let checked = registry.check_all();
+            let bad = checked.iter().filter(|(_, s)| s.state == "invalid").count();
+            tracing::info!(app_versions = checked.len(), invalid = bad, "apps checked");
+            let runtime = Arc::new(Runtime {
+                api_base: config.api_base(),
+                auth,
+                plugin_env,
+                plugins: RwLock::new(Arc::new(set)),
+                catalog,
+                code_plugins: plugins,
+                config,
+                registry,
+                pool,
+                store,
+                remote,
+                migrations: migrations::AppMigrations::default(),
+                draining: AtomicBool::new(false),
+                cut: CancellationToken::new(),
+                stats: completion::Stats::default(),
+                _watch: watch,
             });
-        let auth = Arc::new(marina_auth::Auth::new(&config.auth, store.clone())?.with_app_caller_check(app_callers));
-        // marina's own listener is a proxy target no rule may have (it would loop).
-        // The operator's ranges (`RUNTIME_PROXY_ALLOW`/`_DENY`) hold for app and plugin rules alike.
-        // Both were validated with the rest of the configuration.
-        let ranges = |var| config.raw.cidrs(var).map_err(|e| Error::internal(e.to_string()));
-        let policy = marina_proxy::TargetPolicy::new(vec![local], ranges("RUNTIME_PROXY_ALLOW")?)
-            .with_deny(ranges("RUNTIME_PROXY_DENY")?);
-        let remote = Arc::new(marina_proxy::Remote::new(marina_proxy::RemoteConfig {
-            policy,
-            ..marina_proxy::RemoteConfig::default()
-        })?);
-        let plugin_env = PluginEnv {
-            store: store.clone(),
-            registry: registry.clone(),
-            pool: pool.clone(),
-            settings: config.raw.clone(),
-            api_base: config.api_base(),
-            production: config.hides_error_detail(),
-            listen: local,
-            remote: remote.clone(),
-            auth: auth.clone(),
-            tokens,
-            database_url: config.database_url.clone(),
-            state_dir: config.state_dir.clone(),
-            closing: CancellationToken::new(),
-        };
-        // Authentication is built in and runs first, whatever the plugin dirs hold: the internal
-        // API's key requirement must not hang on a manifest, and later hooks (a rate limit by
-        // identity) need the identity it establishes.
-        let auth_plugin = marina_plugins::auth::AuthPlugin::new(auth.clone(), registry.clone(), config.api_base());
-        let plugins: Vec<Loaded> =
-            std::iter::once(Loaded::new(marina_plugins::auth::AuthPlugin::spec(), Arc::new(auth_plugin)))
-                .chain(plugins)
-                .collect();
-        if let Some(var) = config.auth.root_key_var {
-            tracing::info!(variable = var, "the internal API requires a key (root key set)");
+            if runtime._watch.is_some() {
+                reload::start(&runtime);
+            }
+            Ok::<_, Error>(runtime)
         }
-        if config.auth.jwt.is_some() {
-            tracing::info!("app routes require a bearer token, except their publicRoutes");
+        .await;
+        match bound {
+            Ok(runtime) => Ok(Self { runtime, listener, schema }),
+            Err(e) => Err(start::root_cause(schema, e).await),
         }
-        for p in &plugins {
-            p.plugin
-                .init(&plugin_env)
-                .await
-                .map_err(|e| Error::internal(format!("plugin '{}' failed to start: {e}", p.name)).with_source(e))?;
-        }
-        let set = marina_plugins::loader::load(&config.plugin_dirs, &catalog, &plugin_env, plugins.clone()).await?;
-        tracing::info!(plugins = ?set.plugins().iter().map(|p| p.spec.name.as_str()).collect::<Vec<_>>(), "plugins loaded");
-        // Every manifest is checked now, so its problems are in the log before the first request.
-        let checked = registry.check_all();
-        let bad = checked.iter().filter(|(_, s)| s.state == "invalid").count();
-        tracing::info!(app_versions = checked.len(), invalid = bad, "apps checked");
-        let runtime = Arc::new(Runtime {
-            api_base: config.api_base(),
-            auth,
-            plugin_env,
-            plugins: RwLock::new(Arc::new(set)),
-            catalog,
-            code_plugins: plugins,
-            config,
-            registry,
-            pool,
-            store,
-            remote,
-            migrations: migrations::AppMigrations::default(),
-            draining: AtomicBool::new(false),
-            cut: CancellationToken::new(),
-            stats: completion::Stats::default(),
-            _watch: watch,
-        });
-        if runtime._watch.is_some() {
-            reload::start(&runtime);
-        }
-        Ok(Self { runtime, listener, schema })
     }
 
     /// The address actually bound (useful with port 0).

@@ -67,6 +67,18 @@ pub(crate) async fn open_system_store(
 /// A new marina.db's migrations, running on their task.
 pub(crate) type Schema = Option<tokio::task::JoinHandle<Result<marina_store::MigrationReport, Error>>>;
 
+/// `e`, the error a start failed with, unless the migrations of a new marina.db failed: then
+/// theirs, which `e` most likely followed from (a plugin that found no table).
+pub(crate) async fn root_cause(schema: Schema, e: Error) -> Error {
+    match schema {
+        Some(task) => match task.await {
+            Ok(Err(first)) => first,
+            _ => e,
+        },
+        None => e,
+    }
+}
+
 /// Resolves if the migrations of a new marina.db fail, with their error; never otherwise.
 pub(crate) async fn schema_failure(schema: Schema) -> Error {
     let Some(task) = schema else { return std::future::pending().await };
