@@ -269,12 +269,7 @@ impl Store {
         }
         let guard = conn.clone().lock_owned().await;
         let (path, unsealed) = (path.clone(), self.unsealed.clone());
-        Some(tokio::task::spawn_blocking(move || {
-            if let Err(e) = crate::fresh::seal(&guard, &path) {
-                tracing::error!("{e}");
-            }
-            unsealed.store(false, std::sync::atomic::Ordering::Release);
-        }))
+        Some(tokio::task::spawn_blocking(move || seal(&guard, &path, &unsealed)))
     }
 
     /// Whether this start created the database ([`Store::open_quick`]) and it has not been
@@ -293,8 +288,8 @@ impl Store {
     /// the file is durable, while the caller goes on: a server answers what needs no database
     /// (a static file) a few milliseconds sooner (BENCHMARKS.md, cold start). The task's result
     /// is the migrations' (a database whose migrations failed is not sealed: it stays the
-    /// unfinished creation `fresh.rs` describes; a failed seal is logged, as there). `None` for any other store, which this leaves
-    /// alone: migrate it with [`Store::migrate_system`].
+    /// unfinished creation `fresh.rs` describes; a failed seal is logged, as there). `None` for
+    /// any other store, which this leaves alone: migrate it with [`Store::migrate_system`].
     ///
     /// # Errors
     /// As [`Store::migrate_system`], from the task.
@@ -329,20 +324,11 @@ impl Store {
                 }
             };
             let Some(guard) = conn.into_sqlite_guard() else {
+                unsealed.store(false, std::sync::atomic::Ordering::Release);
                 return Err(Error::internal("marina's new database lost its connection while it was migrated"));
             };
-            // As in seal_in_background, a failed seal is logged: the database stays usable.
-            let sealed = tokio::task::spawn_blocking(move || {
-                let sealed = crate::fresh::seal(&guard, &path);
-                // Before the guard goes: the next to lease the connection finds it not new.
-                unsealed.store(false, std::sync::atomic::Ordering::Release);
-                sealed
-            })
-            .await;
-            match sealed {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!("{e}"),
-                Err(e) => tracing::error!("sealing marina's new database stopped: {e}"),
+            if let Err(e) = tokio::task::spawn_blocking(move || seal(&guard, &path, &unsealed)).await {
+                tracing::error!("sealing marina's new database stopped: {e}");
             }
             Ok(report)
         }))
@@ -357,6 +343,16 @@ impl Store {
         let report = Migrator::new(self, &set).migrate(&Default::default()).await?;
         report.into_result()
     }
+}
+
+/// [`crate::fresh::seal`] on the blocking pool, with the connection's guard held: a failure is
+/// logged (the database stays usable; its durability is then that of a power loss in the first
+/// seconds), and either way the database is no longer new to whoever leases it next.
+fn seal(guard: &rusqlite::Connection, path: &Path, unsealed: &std::sync::atomic::AtomicBool) {
+    if let Err(e) = crate::fresh::seal(guard, path) {
+        tracing::error!("{e}");
+    }
+    unsealed.store(false, std::sync::atomic::Ordering::Release);
 }
 
 /// `{state_dir}/apps/{ident}/app.db`: a directory per app, because the app's workers open the

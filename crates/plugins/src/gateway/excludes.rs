@@ -33,7 +33,12 @@ impl Stored {
     /// # Errors
     /// The database's.
     pub async fn load(store: Store) -> Result<Self, Error> {
-        let rows = store.query("SELECT basename, added_at FROM marina_gateway_shell_excludes", &[]).await?;
+        // A marina.db this start created holds none (and may still be being migrated).
+        let rows = if store.is_new() {
+            Vec::new()
+        } else {
+            store.query("SELECT basename, added_at FROM marina_gateway_shell_excludes", &[]).await?
+        };
         let mut names = BTreeMap::new();
         for row in rows {
             let name: String = row.get("basename")?;

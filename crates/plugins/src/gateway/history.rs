@@ -178,18 +178,8 @@ impl History {
     /// # Errors
     /// The database's.
     pub async fn attach(&self, db: HistoryDb) -> Result<(), Error> {
-        let (stored, last) = db.load(epoch_ms()).await?;
-        self.attach_loaded(db, stored, last);
-        Ok(())
-    }
-
-    /// [`History::attach`] to a database known to hold no history (one this start created):
-    /// nothing to read.
-    pub fn attach_empty(&self, db: HistoryDb) {
-        self.attach_loaded(db, Vec::new(), 0);
-    }
-
-    fn attach_loaded(&self, db: HistoryDb, stored: Vec<Entry>, last: u64) {
+        // A marina.db this start created holds no history (and may still be being migrated).
+        let (stored, last) = if db.store().is_new() { (Vec::new(), 0) } else { db.load(epoch_ms()).await? };
         {
             let mut ring = self.ring.lock();
             // What this process sampled before (none: `init` runs first) goes after.
@@ -203,6 +193,7 @@ impl History {
             ring.trim();
         }
         let _ = self.db.set(db);
+        Ok(())
     }
 
     /// Write what is new to the database (when attached). A failure is logged; the snapshots

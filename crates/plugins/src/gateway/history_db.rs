@@ -149,6 +149,11 @@ impl HistoryDb {
         Self { store, instance }
     }
 
+    /// The database it is stored in.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The instance's name in the table.
     pub fn instance(&self) -> &str {
         &self.instance

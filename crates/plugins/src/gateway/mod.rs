@@ -300,10 +300,6 @@ impl Gateway {
     }
 }
 
-fn no_instance_id(e: &Error) {
-    tracing::error!(error = %e, "the gateway's metrics history has no instance id; it is kept in memory only")
-}
-
 #[async_trait]
 impl Plugin for Gateway {
     fn phases(&self) -> Phases {
@@ -322,24 +318,30 @@ impl Plugin for Gateway {
                 }
             }
         }
-        if st.store.is_new() {
-            // A marina.db this start created holds no history: nothing to read (its schema may
-            // still be on its way), and the instance file (an fsync in a new state dir) is made
-            // off the start's path; snapshots taken before it is attached are kept.
+        // The instance file (an fsync in a new state dir) is made on the blocking pool. On a
+        // marina.db this start created there is no stored history to wait for, so both happen
+        // off the start's path (snapshots taken before the history is attached are kept).
+        let attach = {
             let st = Arc::clone(st);
-            tokio::task::spawn_blocking(move || match history_db::instance_id(&st.state_dir) {
-                Ok(id) => st.history.attach_empty(history_db::HistoryDb::new(st.store.clone(), id)),
-                Err(e) => no_instance_id(&e),
-            });
-        } else {
-            match history_db::instance_id(&st.state_dir) {
-                Ok(id) => {
-                    if let Err(e) = st.history.attach(history_db::HistoryDb::new(st.store.clone(), id)).await {
-                        tracing::error!(error = %e, "the gateway's stored metrics history could not be read; it is kept in memory only");
+            async move {
+                let dir = st.state_dir.clone();
+                match tokio::task::spawn_blocking(move || history_db::instance_id(&dir)).await {
+                    Ok(Ok(id)) => {
+                        if let Err(e) = st.history.attach(history_db::HistoryDb::new(st.store.clone(), id)).await {
+                            tracing::error!(error = %e, "the gateway's stored metrics history could not be read; it is kept in memory only");
+                        }
                     }
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "the gateway's metrics history has no instance id; it is kept in memory only")
+                    }
+                    Err(e) => tracing::error!("reading the gateway's instance id stopped: {e}"),
                 }
-                Err(e) => no_instance_id(&e),
             }
+        };
+        if st.store.is_new() {
+            tokio::spawn(attach);
+        } else {
+            attach.await;
         }
         let sampler =
             history::History::run(Arc::downgrade(st), |s: &State| &s.history, State::snapshot, st.closing.clone());
