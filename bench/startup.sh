@@ -9,8 +9,9 @@
 #     this includes answering one request and the shutdown);
 #   - minor page faults: at the first 200 (/proc/PID/stat) and over the whole run (rusage).
 # Medians are printed, min and max beside them. STATE_BASE: where the fresh state dirs go (default
-# a temporary dir; /dev/shm to take the disk out). APPS: the worker dir to serve (it must hold an
-# app `site` answering 200 at /site/; default a one-page static app). SUMMARY=1: only the serve
+# a temporary dir; /dev/shm to take the disk out). APPS: the worker dir to serve (it must hold a
+# static app `site` whose /site/ is its index.html, checked byte for byte; default a one-page
+# static app). SUMMARY=1: only the serve
 # runs, and only "<median> ms median, <min> min, <max> max" of their wall time (what
 # bench/ttl0.sh reports as its cold start).
 #
@@ -39,6 +40,7 @@ import http.client, os, signal, socket, statistics, subprocess, sys, time
 
 bin, apps, states, runs, summary = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
 os.makedirs(states, exist_ok=True)
+page = open(f"{apps}/site/index.html", "rb").read()
 env = dict(os.environ, RUNTIME_LOG_LEVEL="error")
 PORT = 18310
 
@@ -61,7 +63,12 @@ for i in range(runs):
         try:
             c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=1)
             c.request("GET", "/site/")
-            if c.getresponse().status == 200:
+            r = c.getresponse()
+            if r.status == 200:
+                body = r.read()
+                if body != page:
+                    p.kill()
+                    raise SystemExit(f"/site/ answered 200 with {len(body)} bytes, not its index.html's {len(page)}")
                 break
         except (ConnectionRefusedError, socket.timeout, http.client.RemoteDisconnected, ConnectionResetError):
             pass

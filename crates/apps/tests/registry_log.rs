@@ -8,6 +8,7 @@
 //! test in the process, only this test's thread reaches those callsites.
 
 use std::fs;
+use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,18 +16,6 @@ use marina_apps::registry::Registry;
 
 #[test]
 fn manifest_problems_are_logged_once_per_change() {
-    use std::io::Write;
-    #[derive(Clone, Default)]
-    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
-    impl Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("noisy");
     fs::create_dir_all(&dir).unwrap();
@@ -34,9 +23,9 @@ fn manifest_problems_are_logged_once_per_change() {
     fs::write(dir.join("index.html"), "<h1>hi</h1>").unwrap();
     // A zero cache TTL: every load re-reads the manifest, as a busy server does every second.
     let reg = Registry::new(vec![root.path().to_path_buf()]).with_cache_ttl(Duration::ZERO);
-    let buf = Buf::default();
-    let out = buf.clone();
-    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || out.clone()).finish();
+    // tracing-subscriber writes to an `Arc<File>` as is; the file is read back below.
+    let log = Arc::new(tempfile::tempfile().unwrap());
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(log.clone()).finish();
     tracing::subscriber::with_default(subscriber, || {
         for _ in 0..5 {
             reg.load(&reg.resolve("noisy").unwrap()).unwrap();
@@ -46,7 +35,9 @@ fn manifest_problems_are_logged_once_per_change() {
             assert!(reg.load(&reg.resolve("noisy").unwrap()).is_err());
         }
     });
-    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let mut text = String::new();
+    (&*log).seek(SeekFrom::Start(0)).unwrap();
+    (&*log).read_to_string(&mut text).unwrap();
     assert_eq!(text.matches("unknown key `tll`").count(), 1, "{text}");
     assert_eq!(text.matches("APP_MANIFEST_INVALID").count(), 1, "{text}");
 }
