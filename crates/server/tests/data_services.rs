@@ -100,6 +100,9 @@ impl Srv {
 }
 
 async fn admin_key_in(store: marina_store::Store) -> String {
+    // As `marina keys create` does: a marina.db the server just created may still be being
+    // migrated on its task (the migration lock makes this wait for it).
+    store.migrate_system().await.unwrap();
     let keys = marina_auth::keys::KeyStore::new(store);
     let new =
         marina_auth::keys::NewKey { name: Some("test admin".into()), role: Some("admin".into()), ..Default::default() };

@@ -74,6 +74,8 @@ struct Answer {
 /// environment, not from the test's configuration, so a key in the database serves every API).
 async fn admin_key(state: &Path) -> String {
     let store = marina_store::Store::open(None, state).await.unwrap();
+    // As `marina keys create` does: the server's new marina.db may still be being migrated.
+    store.migrate_system().await.unwrap();
     let keys = marina_auth::keys::KeyStore::new(store);
     let new =
         marina_auth::keys::NewKey { name: Some("admin".into()), role: Some("admin".into()), ..Default::default() };

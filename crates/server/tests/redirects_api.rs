@@ -398,6 +398,8 @@ async fn the_api_is_behind_the_api_keys() {
 
     // Once a key exists, every call needs one; reading takes any key, changing an admin key.
     let store = marina_store::Store::open(None, state.path()).await.unwrap();
+    // As `marina keys create` does: the server's new marina.db may still be being migrated.
+    store.migrate_system().await.unwrap();
     let keys = KeyStore::new(store);
     let key =
         |name: &str, role: &str| NewKey { name: Some(name.into()), role: Some(role.into()), ..Default::default() };

@@ -274,10 +274,12 @@ impl Store {
 
     /// Whether this start created the database ([`Store::open_quick`]) and it has not been
     /// sealed yet. Migrated by [`Store::migrate_system_in_background`], which leases the
-    /// connection from before it returns until the seal, such a database holds nothing but what
-    /// marina's migrations write: a plugin reading rows only users add (the proxy's stored
-    /// rules) may skip its query, instead of waiting for the schema on the way to a cold
-    /// start's first answer.
+    /// connection from before it returns until the seal, such a database holds nothing this
+    /// process wrote but what marina's migrations write: a plugin reading rows only its own API
+    /// adds (the proxy's stored rules) may skip its query, instead of waiting for the schema on
+    /// the way to a cold start's first answer. (Another process sees the tables once the
+    /// migrations are done: `marina keys` and `marina db migrate` migrate first, under the migration
+    /// lock, which waits for them.)
     pub fn is_new(&self) -> bool {
         self.unsealed.load(std::sync::atomic::Ordering::Acquire)
     }
