@@ -78,11 +78,14 @@ print(f"{rps:.0f} {p50:.3f} {p99:.3f} {size / max(n, 1):.0f} {err} {n}")'
 
 # User + system clock ticks a process has used so far (/proc/PID/stat).
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Context switches (voluntary and not) of all of a process's threads so far.
+ctx_switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += $2} END {print n + 0}'; }
 
-# Run the sides alternately; sets RES[name]="rps p50 p99 bytes errors cpu" (medians of the
+# Run the sides alternately; sets RES[name]="rps p50 p99 bytes errors cpu cs" (medians of the
 # rounds). cpu: the server's CPU time (user + system) per request in µs, for a side whose server
 # process is PID_OF[name] (else "-"): when the server is CPU-bound it is what throughput is made
 # of, and steal or wrk's share of the cores move it much less than they move requests/s.
+# cs: that process's context switches per request (else "-").
 # Usage: compare CONNS name1 url1 name2 url2 [name3 url3 ...]
 declare -A RES PID_OF
 compare() {
@@ -95,13 +98,14 @@ compare() {
   for i in "${!names[@]}"; do DURATION=1s wrk_run "$conns" "${urls[$i]}" >/dev/null; done
   for r in $(seq "$ROUNDS"); do
     for i in "${!names[@]}"; do
-      local pid="${PID_OF[${names[$i]}]:-}" t0=0 out
-      [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
+      local pid="${PID_OF[${names[$i]}]:-}" t0=0 c0=0 out
+      [ -n "$pid" ] && t0=$(cpu_ticks "$pid") c0=$(ctx_switches "$pid")
       out=$(wrk_run "$conns" "${urls[$i]}")
       if [ -n "$pid" ]; then
-        out="$out $(awk -v t="$(( $(cpu_ticks "$pid") - t0 ))" -v hz="$(getconf CLK_TCK)" '{printf "%.3f", t * 1e6 / hz / $6}' <<<"$out")"
+        out="$out $(awk -v t="$(( $(cpu_ticks "$pid") - t0 ))" -v c="$(( $(ctx_switches "$pid") - c0 ))" \
+          -v hz="$(getconf CLK_TCK)" '{printf "%.3f %.2f", t * 1e6 / hz / $6, c / $6}' <<<"$out")"
       else
-        out="$out -"
+        out="$out - -"
       fi
       echo "$out" >> "$WORK/res.${names[$i]}"
     done
@@ -113,7 +117,8 @@ rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 cols = list(zip(*rows))
 m = [statistics.median(map(float, c)) for c in cols[:4]]
 cpu = f"{statistics.median(map(float, cols[6])):.3f}" if cols[6][0] != "-" else "-"
-print(f"{m[0]:.0f} {m[1]:.3f} {m[2]:.3f} {m[3]:.0f} {sum(map(int, cols[4]))} {cpu}")' "$WORK/res.${names[$i]}")
+cs = f"{statistics.median(map(float, cols[7])):.2f}" if cols[7][0] != "-" else "-"
+print(f"{m[0]:.0f} {m[1]:.3f} {m[2]:.3f} {m[3]:.0f} {sum(map(int, cols[4]))} {cpu} {cs}")' "$WORK/res.${names[$i]}")
     local errors; errors=$(echo "${RES[${names[$i]}]}" | awk '{print $5}')
     [ "$errors" = 0 ] || echo "WARNING: ${names[$i]} had $errors errors under load" >&2
   done
@@ -124,6 +129,7 @@ rps_of() { field "$1" 1; }
 p50_of() { field "$1" 2; }
 p99_of() { field "$1" 3; }
 cpu_of() { field "$1" 6; }
+cs_of() { field "$1" 7; }
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 
 load_line() { echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"; }

@@ -61,7 +61,8 @@ pub fn run(args: ServeArgs) -> ExitCode {
         }
     };
     init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(config.threads).enable_all().build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("marina: cannot start the async runtime: {e}");

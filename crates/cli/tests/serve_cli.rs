@@ -158,8 +158,40 @@ fn production_logs_are_json_with_one_access_line_per_request() {
     // Lists are arrays, and no line repeats a key (`target` of the line vs a field).
     let serving = lines.iter().find(|l| l["message"] == "marina is serving").expect("a start line");
     assert_eq!(serving["worker_dirs"], serde_json::json!([apps.path().display().to_string()]));
+    // RUNTIME_THREADS unset: half the CPUs, rounded up.
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(serving["threads"], cpus.div_ceil(2), "{serving}");
     for raw in stderr.lines() {
         assert_eq!(raw.matches("\"target\":").count(), 1, "{raw}");
+    }
+}
+
+/// `RUNTIME_THREADS` is the number of threads the async runtime really runs (tokio's own count
+/// in the start line), and marina serves with it, one thread as well as more.
+#[test]
+fn runtime_threads_sets_the_async_threads() {
+    let apps = tempfile::tempdir().unwrap();
+    open_to_workers(apps.path());
+    write(&apps.path().join("site/index.html"), "<p>threads</p>");
+    for threads in ["1", "3"] {
+        let state = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let env = [("NODE_ENV", "production"), ("RUNTIME_THREADS", threads)];
+        let mut child = serve(apps.path(), state.path(), port, &env);
+        wait_ready(port);
+        let (status, body) = http_get(port, "/site/", Duration::from_secs(5)).unwrap();
+        assert!(status.contains("200"), "{status}");
+        assert!(body.contains("<p>threads</p>"), "{body}");
+        sigterm(&child);
+        assert_eq!(wait_exit(&mut child, Duration::from_secs(10)).code(), Some(0));
+        let mut stderr = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        let serving = stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["message"] == "marina is serving")
+            .unwrap_or_else(|| panic!("a start line in {stderr}"));
+        assert_eq!(serving["threads"].to_string(), threads, "{serving}");
     }
 }
 

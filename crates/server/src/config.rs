@@ -60,6 +60,8 @@ pub struct RuntimeConfig {
     pub api_prefix: String,
     /// Upper bound of warm workers (LRU).
     pub pool_size: usize,
+    /// `RUNTIME_THREADS`: the async runtime's worker threads (see [`default_threads`]).
+    pub threads: usize,
     /// `debug`, `info`, `warn` or `error`.
     pub log_level: String,
     /// Text or JSON log lines.
@@ -100,6 +102,18 @@ pub struct RuntimeConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
+/// Half the CPUs this process may run on (its affinity and cgroup quota count), at least one.
+///
+/// marina is the hop in front of its app workers, which are processes of their own doing the
+/// apps' work on the same CPUs. A thread per CPU (tokio's default) makes marina's threads
+/// compete with those workers and wake each other across CPUs (work stealing): on this
+/// project's 2-CPU machine one thread served 1 KiB static files and the JS apps of
+/// `bench/js-hop.sh` faster than two, with fewer context switches per request
+/// (BENCHMARKS.md, "One async thread on 2 CPUs").
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2))
+}
+
 /// The default worker dirs: the bundled examples when run from the repository, else `./apps`.
 pub fn default_worker_dirs(cwd: &Path) -> Vec<PathBuf> {
     let bundled = cwd.join("examples/apps");
@@ -130,6 +144,7 @@ impl RuntimeConfig {
         };
         let api_prefix = raw.get("RUNTIME_API_PREFIX").and_then(normalize_prefix).unwrap_or_default();
         let pool_size = raw.count("RUNTIME_POOL_SIZE", 100)?;
+        let threads = raw.count("RUNTIME_THREADS", default_threads())?;
         let log_level = raw.choice("RUNTIME_LOG_LEVEL")?.unwrap_or_else(|| "info".into());
         let node_env = match raw.choice("NODE_ENV")?.as_deref() {
             Some("production") => NodeEnv::Production,
@@ -181,6 +196,7 @@ impl RuntimeConfig {
             plugin_dirs,
             api_prefix,
             pool_size,
+            threads,
             log_level,
             log_format,
             state_dir,
@@ -273,6 +289,16 @@ mod tests {
         assert_eq!(cfg.log_format, LogFormat::Text);
         assert_eq!(cfg.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(cfg.ephemeral_concurrency, 2);
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(cfg.threads, cpus.div_ceil(2), "half of {cpus} CPUs, rounded up");
+        assert!(cfg.threads >= 1);
+    }
+
+    #[test]
+    fn threads_can_be_set() {
+        let mut r = raw();
+        set(&mut r, "RUNTIME_THREADS", "3");
+        assert_eq!(RuntimeConfig::from_raw(&r, Path::new("/")).unwrap().threads, 3);
     }
 
     #[test]
@@ -288,6 +314,14 @@ mod tests {
             (
                 |r| set(r, "RUNTIME_POOL_SIZE", "many"),
                 "invalid RUNTIME_POOL_SIZE (--pool-size) \"many\": expected a whole number from 1 to 100000",
+            ),
+            (
+                |r| set(r, "RUNTIME_THREADS", "0"),
+                "invalid RUNTIME_THREADS (--threads) \"0\": expected a whole number from 1 to 1024",
+            ),
+            (
+                |r| set(r, "RUNTIME_THREADS", "auto"),
+                "invalid RUNTIME_THREADS (--threads) \"auto\": expected a whole number from 1 to 1024",
             ),
             (
                 |r| set(r, "RUNTIME_LOG_LEVEL", "loud"),

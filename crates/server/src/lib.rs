@@ -281,6 +281,9 @@ impl Server {
             addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             api = %runtime.config.api_base(),
             worker_dirs = ?runtime.config.worker_dirs,
+            // What the runtime really runs with (RUNTIME_THREADS, or tokio's own choice when
+            // marina is embedded in a runtime it did not build).
+            threads = tokio::runtime::Handle::current().metrics().num_workers(),
             "marina is serving"
         );
         // A new marina.db whose migrations fail stops marina as a failed start would.

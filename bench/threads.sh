@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# marina's async threads (`RUNTIME_THREADS`): the same binary with 1 and with 2 threads, side by
+# side in one run, against nginx (static files) and against the Bun app hit directly (the JS
+# hop). For each marina side: requests/s, p50 / p99, and marina's own CPU time and context
+# switches per request (/proc), which show where a thread count's difference comes from.
+#
+# Static: a 1 KiB, a 64 KiB and a 1 MiB file, both servers' logs off (nginx as in
+# bench/static.sh: worker_processes 2, sendfile, open_file_cache). JS: a hello world and a
+# handler doing ~0.2 ms of work (the two of bench/js-hop.sh), one warm Bun worker each.
+#
+# Usage: bench/threads.sh   (DURATION=5s ROUNDS=3 CONNS=32)
+# Needs: wrk, nginx, bun, python3, curl.
+source "$(dirname "$0")/lib.sh"
+need nginx "apt-get install nginx-light"
+need bun "npm i -g bun"
+build_marina
+load_line
+
+SITE="$WORK/apps/site"
+mkdir -p "$SITE" "$WORK/apps/hello" "$WORK/apps/work" "$WORK/nginx"
+printf 'entrypoint: index.html\n' > "$SITE/manifest.yaml"
+printf '<!doctype html><title>bench</title>\n' > "$SITE/index.html"
+for spec in f1k:1024 f64k:65536 f1m:1048576; do
+  python3 -c 'import os,sys; sys.stdout.buffer.write(os.urandom(int(sys.argv[1])))' "${spec#*:}" > "$SITE/${spec%%:*}.bin"
+done
+cat > "$WORK/apps/hello/index.js" <<'JS'
+export default { fetch: () => new Response("hello world\n", { headers: { "content-type": "text/plain" } }) };
+JS
+cat > "$WORK/apps/work/index.js" <<'JS'
+export default {
+  fetch() {
+    const items = [];
+    for (let i = 0; i < 600; i++) items.push({ id: i, name: `item ${i}`, tags: ["a", "b", String(i % 7)] });
+    const body = JSON.stringify(items.filter((x) => x.id % 3 === 0).map((x) => ({ ...x, score: Math.sqrt(x.id) })));
+    return new Response(body, { headers: { "content-type": "application/json" } });
+  },
+};
+JS
+for app in hello work; do printf 'ttl: 5m\nmaxRequests: 100000000\n' > "$WORK/apps/$app/manifest.yaml"; done
+cat > "$WORK/direct.mjs" <<JS
+import hello from "$WORK/apps/hello/index.js";
+import work from "$WORK/apps/work/index.js";
+Bun.serve({ hostname: "127.0.0.1", port: 18201,
+  fetch: (req) => (new URL(req.url).pathname.startsWith("/work") ? work : hello).fetch(req) });
+JS
+chmod -R a+rX "$WORK"   # workers and nginx run unprivileged
+
+cat > "$WORK/nginx.conf" <<CONF
+worker_processes 2;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_requests 1000000;
+  open_file_cache max=1000 inactive=60s;
+  access_log off;
+  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx; fastcgi_temp_path $WORK/nginx;
+  uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
+  server { listen 127.0.0.1:18202; root $WORK/apps; }
+}
+CONF
+nginx -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log"
+bun "$WORK/direct.mjs" & PIDS+=($!)
+for t in 1 2; do
+  RUNTIME_THREADS=$t RUNTIME_LOG_LEVEL=error "$BIN" serve --port "1820$((2 + t))" --worker-dirs "$WORK/apps" \
+    --state-dir "$WORK/state-$t" 2>"$WORK/marina-$t.log" & PIDS+=($!)
+  PID_OF[t$t]=$!
+done
+T1=http://127.0.0.1:18203 T2=http://127.0.0.1:18204 N=http://127.0.0.1:18202 D=http://127.0.0.1:18201
+for u in "$T1" "$T2" "$N"; do
+  wait_ok "$u/site/f1k.bin"
+  for f in f1k f64k f1m; do verify_file "$u/site/$f.bin" "$SITE/$f.bin"; done
+done
+wait_ok "$D/"
+for u in "$T1/hello/" "$T2/hello/" "$D/"; do wait_ok "$u"; verify_text "$u" $'hello world\n'; done
+w=$(curl -s "$D/work"); [ "${#w}" -gt 1000 ] || { echo "FAIL: /work answered '${w:0:80}'" >&2; exit 1; }
+for u in "$T1/work/" "$T2/work/"; do verify_text "$u" "$w"; done
+
+rows=()
+side() { echo "$(rps_of "$1") | $(p50_of "$1") / $(p99_of "$1") | $(cpu_of "$1") | $(cs_of "$1")"; }
+for f in f1k f64k f1m; do
+  compare "$CONNS" t1 "$T1/site/$f.bin" t2 "$T2/site/$f.bin" other "$N/site/$f.bin"
+  rows+=("| static $f | $(side t1) | $(side t2) | $(rps_of other) | **$(ratio "$(rps_of t1)" "$(rps_of t2)")** | $(ratio "$(rps_of t1)" "$(rps_of other)") / $(ratio "$(rps_of t2)" "$(rps_of other)") |")
+done
+for h in hello work; do
+  compare "$CONNS" t1 "$T1/$h/" t2 "$T2/$h/" other "$D/$h"
+  rows+=("| JS $h | $(side t1) | $(side t2) | $(rps_of other) | **$(ratio "$(rps_of t1)" "$(rps_of t2)")** | $(ratio "$(rps_of t1)" "$(rps_of other)") / $(ratio "$(rps_of t2)" "$(rps_of other)") |")
+done
+
+{
+  echo "marina with RUNTIME_THREADS=1 vs =2 (the same binary), keep-alive, \`wrk -t1 -c$CONNS -d$DURATION\`, $ROUNDS alternating rounds (median), $(date -u '+%Y-%m-%d %H:%M UTC'); $(load_line)."
+  echo "Command: \`bench/threads.sh\`. The other side: nginx (static; worker_processes 2, sendfile, access log off) or the Bun app direct (JS). marina at \`error\`."
+  echo
+  echo "| load | 1 thread req/s \| p50 / p99 ms \| CPU µs/req \| switches/req | 2 threads req/s \| p50 / p99 ms \| CPU µs/req \| switches/req | other req/s | 1 ÷ 2 threads | 1 / 2 threads ÷ other |"
+  echo "|---|---|---|---|---|---|"
+  printf '%s\n' "${rows[@]}"
+} | tee /dev/stderr > "${OUT:-/dev/null}"
