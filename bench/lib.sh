@@ -133,3 +133,9 @@ cs_of() { field "$1" 7; }
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 
 load_line() { echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"; }
+# The share of all CPUs' time the hypervisor took away (steal) since `steal_mark` ran: on a VM
+# it is noise no alternation removes, so a run with much of it is worth repeating.
+steal_mark() { STEAL0=$(awk '/^cpu /{print $9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat); }
+steal_since() {
+  awk -v a="$STEAL0" '/^cpu /{split(a, s, " "); printf "%.1f%%", 100 * ($9 - s[1]) / ($2+$3+$4+$5+$6+$7+$8+$9 - s[2])}' /proc/stat
+}

@@ -77,6 +77,7 @@ for u in "$T1/hello/" "$T2/hello/" "$D/"; do wait_ok "$u"; verify_text "$u" $'he
 w=$(curl -s "$D/work"); [ "${#w}" -gt 1000 ] || { echo "FAIL: /work answered '${w:0:80}'" >&2; exit 1; }
 for u in "$T1/work/" "$T2/work/"; do verify_text "$u" "$w"; done
 
+steal_mark
 rows=()
 side() { echo "$(rps_of "$1") | $(p50_of "$1") / $(p99_of "$1") | $(cpu_of "$1") | $(cs_of "$1")"; }
 for f in f1k f64k f1m; do
@@ -87,6 +88,13 @@ for h in hello work; do
   compare "$CONNS" t1 "$T1/$h/" t2 "$T2/$h/" other "$D/$h"
   rows+=("| JS $h | $(side t1) | $(side t2) | $(rps_of other) | **$(ratio "$(rps_of t1)" "$(rps_of t2)")** | $(ratio "$(rps_of t1)" "$(rps_of other)") / $(ratio "$(rps_of t2)" "$(rps_of other)") |")
 done
+# The hop's latency at the same offered load for all three (as in bench/js-hop.sh: a pause of
+# PAUSE_MS between each connection's requests, far below each side's capacity).
+PAUSE_MS="${PAUSE_MS:-5}"
+printf 'function delay() return %s end\n' "$PAUSE_MS" > "$WORK/pause.lua"
+WRK_SCRIPT="$WORK/pause.lua" compare "$CONNS" t1 "$T1/hello/" t2 "$T2/hello/" other "$D/"
+paced="| JS hello, same offered load ($PAUSE_MS ms pause) | $(side t1) | $(side t2) | $(rps_of other) \| $(p50_of other) / $(p99_of other) | p99 ÷ direct's: **$(ratio "$(p99_of t1)" "$(p99_of other)")** / $(ratio "$(p99_of t2)" "$(p99_of other)") | |"
+rows+=("$paced")
 
 {
   echo "marina with RUNTIME_THREADS=1 vs =2 (the same binary), keep-alive, \`wrk -t1 -c$CONNS -d$DURATION\`, $ROUNDS alternating rounds (median), $(date -u '+%Y-%m-%d %H:%M UTC'); $(load_line)."
@@ -95,4 +103,6 @@ done
   echo "| load | 1 thread req/s \| p50 / p99 ms \| CPU µs/req \| switches/req | 2 threads req/s \| p50 / p99 ms \| CPU µs/req \| switches/req | other req/s | 1 ÷ 2 threads | 1 / 2 threads ÷ other |"
   echo "|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
+  echo
+  echo "CPU steal during the run: $(steal_since) of the cores' time."
 } | tee /dev/stderr > "${OUT:-/dev/null}"

@@ -158,9 +158,9 @@ fn production_logs_are_json_with_one_access_line_per_request() {
     // Lists are arrays, and no line repeats a key (`target` of the line vs a field).
     let serving = lines.iter().find(|l| l["message"] == "marina is serving").expect("a start line");
     assert_eq!(serving["worker_dirs"], serde_json::json!([apps.path().display().to_string()]));
-    // RUNTIME_THREADS unset: half the CPUs, rounded up.
+    // RUNTIME_THREADS unset: one per CPU.
     let cpus = std::thread::available_parallelism().unwrap().get();
-    assert_eq!(serving["threads"], cpus.div_ceil(2), "{serving}");
+    assert_eq!(serving["threads"], cpus, "{serving}");
     for raw in stderr.lines() {
         assert_eq!(raw.matches("\"target\":").count(), 1, "{raw}");
     }

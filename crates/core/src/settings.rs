@@ -169,8 +169,8 @@ pub static SETTINGS: &[Setting] = &[
     Setting {
         var: "RUNTIME_THREADS",
         flag: "threads",
-        default: "half the CPUs marina may use, at least 1",
-        help: "threads serving connections and requests (SQLite and file work run on a separate pool); the app workers, separate processes, share the CPUs with them: on 2 CPUs one thread leaves the other to the workers ([BENCHMARKS.md](BENCHMARKS.md#one-async-thread-on-2-cpus))",
+        default: "one per CPU marina may use",
+        help: "threads serving connections and requests (SQLite and file work run on a separate pool); on 2 CPUs `1` serves small static files and busy JS apps faster but adds latency to proxied requests ([BENCHMARKS.md](BENCHMARKS.md#one-async-thread-on-2-cpus))",
         check: Check::Count { min: 1, max: 1024 },
     },
     Setting {

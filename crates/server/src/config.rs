@@ -102,16 +102,17 @@ pub struct RuntimeConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
-/// Half the CPUs this process may run on (its affinity and cgroup quota count), at least one.
+/// One thread per CPU this process may run on (its affinity and cgroup quota count), as tokio
+/// and nginx's `worker_processes auto` choose.
 ///
-/// marina is the hop in front of its app workers, which are processes of their own doing the
-/// apps' work on the same CPUs. A thread per CPU (tokio's default) makes marina's threads
-/// compete with those workers and wake each other across CPUs (work stealing): on this
-/// project's 2-CPU machine one thread served 1 KiB static files and the JS apps of
-/// `bench/js-hop.sh` faster than two, with fewer context switches per request
+/// Fewer can be faster: marina's app workers are processes doing the apps' work on the same
+/// CPUs, and on this project's 2-CPU machine one thread served 1 KiB static files and a JS app
+/// doing ~0.2 ms of work per request faster than two, with fewer context switches per request.
+/// It is not the default because the same single thread added 330–400 µs at p50 to a proxied
+/// request sent one at a time (two threads: 83–97 µs) and made a bursty load's latency worse
 /// (BENCHMARKS.md, "One async thread on 2 CPUs").
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2))
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The default worker dirs: the bundled examples when run from the repository, else `./apps`.
@@ -290,7 +291,7 @@ mod tests {
         assert_eq!(cfg.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(cfg.ephemeral_concurrency, 2);
         let cpus = std::thread::available_parallelism().unwrap().get();
-        assert_eq!(cfg.threads, cpus.div_ceil(2), "half of {cpus} CPUs, rounded up");
+        assert_eq!(cfg.threads, cpus, "one per CPU");
         assert!(cfg.threads >= 1);
     }
 
