@@ -6,7 +6,9 @@
 #
 # Static: a 1 KiB, a 64 KiB and a 1 MiB file, both servers' logs off (nginx as in
 # bench/static.sh: worker_processes 2, sendfile, open_file_cache). JS: a hello world and a
-# handler doing ~0.2 ms of work (the two of bench/js-hop.sh), one warm Bun worker each.
+# handler doing ~0.2 ms of work (the two of bench/js-hop.sh), one warm Bun worker each. Then
+# latency: a proxy plugin rule to the nginx (the 1 KiB file) one request at a time (`-c1`), and
+# the JS hello at the same offered load for all sides (32 connections with a 5 ms pause each).
 #
 # Usage: bench/threads.sh   (DURATION=5s ROUNDS=3 CONNS=32)
 # Needs: wrk, nginx, bun, python3, curl.
@@ -17,7 +19,15 @@ build_marina
 load_line
 
 SITE="$WORK/apps/site"
-mkdir -p "$SITE" "$WORK/apps/hello" "$WORK/apps/work" "$WORK/nginx"
+mkdir -p "$SITE" "$WORK/apps/hello" "$WORK/apps/work" "$WORK/nginx" "$WORK/plugins/proxy"
+cat > "$WORK/plugins/proxy/manifest.yaml" <<'YAML'
+name: "@buntime/plugin-proxy"
+base: /redirects
+rules:
+  - pattern: "^/via-plugin/(.*)$"
+    target: http://127.0.0.1:18202
+    rewrite: /site/$1
+YAML
 printf 'entrypoint: index.html\n' > "$SITE/manifest.yaml"
 printf '<!doctype html><title>bench</title>\n' > "$SITE/index.html"
 for spec in f1k:1024 f64k:65536 f1m:1048576; do
@@ -64,7 +74,7 @@ nginx -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log"
 bun "$WORK/direct.mjs" & PIDS+=($!)
 for t in 1 2; do
   RUNTIME_THREADS=$t RUNTIME_LOG_LEVEL=error "$BIN" serve --port "1820$((2 + t))" --worker-dirs "$WORK/apps" \
-    --state-dir "$WORK/state-$t" 2>"$WORK/marina-$t.log" & PIDS+=($!)
+    --plugin-dirs "$WORK/plugins" --state-dir "$WORK/state-$t" 2>"$WORK/marina-$t.log" & PIDS+=($!)
   PID_OF[t$t]=$!
 done
 T1=http://127.0.0.1:18203 T2=http://127.0.0.1:18204 N=http://127.0.0.1:18202 D=http://127.0.0.1:18201
@@ -72,6 +82,7 @@ for u in "$T1" "$T2" "$N"; do
   wait_ok "$u/site/f1k.bin"
   for f in f1k f64k f1m; do verify_file "$u/site/$f.bin" "$SITE/$f.bin"; done
 done
+for u in "$T1" "$T2"; do verify_file "$u/via-plugin/f1k.bin" "$SITE/f1k.bin"; done
 wait_ok "$D/"
 for u in "$T1/hello/" "$T2/hello/" "$D/"; do wait_ok "$u"; verify_text "$u" $'hello world\n'; done
 w=$(curl -s "$D/work"); [ "${#w}" -gt 1000 ] || { echo "FAIL: /work answered '${w:0:80}'" >&2; exit 1; }
@@ -88,6 +99,9 @@ for h in hello work; do
   compare "$CONNS" t1 "$T1/$h/" t2 "$T2/$h/" other "$D/$h"
   rows+=("| JS $h | $(side t1) | $(side t2) | $(rps_of other) | **$(ratio "$(rps_of t1)" "$(rps_of t2)")** | $(ratio "$(rps_of t1)" "$(rps_of other)") / $(ratio "$(rps_of t2)" "$(rps_of other)") |")
 done
+# A proxied request one at a time: the latency each thread count adds over the backend direct.
+compare 1 t1 "$T1/via-plugin/f1k.bin" t2 "$T2/via-plugin/f1k.bin" other "$N/site/f1k.bin"
+rows+=("| proxy rule, one connection (\`-c1\`) | $(side t1) | $(side t2) | $(rps_of other) \\| $(p50_of other) / $(p99_of other) | p50 added: **$(python3 -c "print(round(($(p50_of t1) - $(p50_of other)) * 1000))")** / $(python3 -c "print(round(($(p50_of t2) - $(p50_of other)) * 1000))") µs | |")
 # The hop's latency at the same offered load for all three (as in bench/js-hop.sh: a pause of
 # PAUSE_MS between each connection's requests, far below each side's capacity).
 PAUSE_MS="${PAUSE_MS:-5}"

@@ -170,7 +170,7 @@ pub static SETTINGS: &[Setting] = &[
         var: "RUNTIME_THREADS",
         flag: "threads",
         default: "one per CPU marina may use",
-        help: "threads serving connections and requests (SQLite and file work run on a separate pool); on 2 CPUs `1` serves small static files and busy JS apps faster but adds latency to proxied requests ([BENCHMARKS.md](BENCHMARKS.md#one-async-thread-on-2-cpus))",
+        help: "threads serving connections and requests (SQLite and file work run on a separate pool); on 2 CPUs `1` serves small static files and busy JS apps faster but bursts of requests slower ([BENCHMARKS.md](BENCHMARKS.md#one-async-thread-on-2-cpus))",
         check: Check::Count { min: 1, max: 1024 },
     },
     Setting {

@@ -108,8 +108,8 @@ pub struct RuntimeConfig {
 /// Fewer can be faster: marina's app workers are processes doing the apps' work on the same
 /// CPUs, and on this project's 2-CPU machine one thread served 1 KiB static files and a JS app
 /// doing ~0.2 ms of work per request faster than two, with fewer context switches per request.
-/// It is not the default because the same single thread added 330–400 µs at p50 to a proxied
-/// request sent one at a time (two threads: 83–97 µs) and made a bursty load's latency worse
+/// It is not the default because one thread serves a burst of requests one after the other:
+/// with 32 requests arriving together every 5 ms its p50 was 1.78 ms against 1.27 with two
 /// (BENCHMARKS.md, "One async thread on 2 CPUs").
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
