@@ -24,27 +24,8 @@ need bun "npm i -g bun"
 build_marina
 load_line
 
-mkdir -p "$WORK/apps/hello" "$WORK/apps/work" "$WORK/nginx"
-cat > "$WORK/apps/hello/index.js" <<'JS'
-export default { fetch: () => new Response("hello world\n", { headers: { "content-type": "text/plain" } }) };
-JS
-cat > "$WORK/apps/work/index.js" <<'JS'
-export default {
-  fetch() {
-    const items = [];
-    for (let i = 0; i < 600; i++) items.push({ id: i, name: `item ${i}`, tags: ["a", "b", String(i % 7)] });
-    const body = JSON.stringify(items.filter((x) => x.id % 3 === 0).map((x) => ({ ...x, score: Math.sqrt(x.id) })));
-    return new Response(body, { headers: { "content-type": "application/json" } });
-  },
-};
-JS
-for app in hello work; do printf 'ttl: 5m\nmaxRequests: 100000000\n' > "$WORK/apps/$app/manifest.yaml"; done
-cat > "$WORK/direct.mjs" <<JS
-import hello from "$WORK/apps/hello/index.js";
-import work from "$WORK/apps/work/index.js";
-Bun.serve({ hostname: "127.0.0.1", port: 18191,
-  fetch: (req) => (new URL(req.url).pathname.startsWith("/work") ? work : hello).fetch(req) });
-JS
+mkdir -p "$WORK/nginx"
+js_hop_apps 18191
 chmod -R a+rX "$WORK"   # workers and nginx run unprivileged
 
 cat > "$WORK/nginx.conf" <<CONF

@@ -139,3 +139,56 @@ steal_mark() { STEAL0=$(awk '/^cpu /{print $9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/s
 steal_since() {
   awk -v a="$STEAL0" '/^cpu /{split(a, s, " "); printf "%.1f%%", 100 * ($9 - s[1]) / ($2+$3+$4+$5+$6+$7+$8+$9 - s[2])}' /proc/stat
 }
+
+# The two JS apps of the hop benchmarks, in $WORK/apps (a hello world, and `work`: ~0.2 ms of
+# work per request), with recycling out of the way, and $WORK/direct.mjs serving both modules
+# with Bun.serve on 127.0.0.1:PORT (`/work…` to the second) for the app-direct side.
+js_hop_apps() { # port
+  mkdir -p "$WORK/apps/hello" "$WORK/apps/work"
+  cat > "$WORK/apps/hello/index.js" <<'JS'
+export default { fetch: () => new Response("hello world\n", { headers: { "content-type": "text/plain" } }) };
+JS
+  cat > "$WORK/apps/work/index.js" <<'JS'
+export default {
+  fetch() {
+    const items = [];
+    for (let i = 0; i < 600; i++) items.push({ id: i, name: `item ${i}`, tags: ["a", "b", String(i % 7)] });
+    const body = JSON.stringify(items.filter((x) => x.id % 3 === 0).map((x) => ({ ...x, score: Math.sqrt(x.id) })));
+    return new Response(body, { headers: { "content-type": "application/json" } });
+  },
+};
+JS
+  for app in hello work; do printf 'ttl: 5m\nmaxRequests: 100000000\n' > "$WORK/apps/$app/manifest.yaml"; done
+  cat > "$WORK/direct.mjs" <<JS
+import hello from "$WORK/apps/hello/index.js";
+import work from "$WORK/apps/work/index.js";
+Bun.serve({ hostname: "127.0.0.1", port: $1,
+  fetch: (req) => (new URL(req.url).pathname.startsWith("/work") ? work : hello).fetch(req) });
+JS
+}
+
+# FILE: an nginx config for a production static server: PROCESSES workers (1: in the
+# foreground, no master, as profilers need), sendfile, tcp_nopush, open_file_cache, its MIME
+# types, pid file FILE.pid; each further argument is one `server { … }` block.
+nginx_static_conf() { # file processes server-block...
+  local file="$1" processes="$2" one=""; shift 2
+  [ "$processes" = 1 ] && one="master_process off; daemon off;"
+  mkdir -p "$WORK/nginx"
+  {
+    cat <<CONF
+worker_processes $processes; $one
+pid $file.pid;
+error_log $WORK/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_requests 1000000;
+  open_file_cache max=1000 inactive=60s;
+  include /etc/nginx/mime.types;
+  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx; fastcgi_temp_path $WORK/nginx;
+  uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
+CONF
+    printf '  %s\n' "$@"
+    echo "}"
+  } > "$file"
+}

@@ -36,23 +36,7 @@ done
 chmod -R a+rX "$WORK"
 
 nginx_conf() { # file port processes
-  local one=""
-  [ "$3" = 1 ] && one="master_process off; daemon off;"
-  cat > "$1" <<CONF
-worker_processes $3; $one
-pid $1.pid;
-error_log $WORK/nginx/error.log;
-events { worker_connections 4096; }
-http {
-  sendfile on; tcp_nopush on; tcp_nodelay on;
-  keepalive_requests 1000000;
-  open_file_cache max=1000 inactive=60s;
-  include /etc/nginx/mime.types;
-  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx; fastcgi_temp_path $WORK/nginx;
-  uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
-  server { listen 127.0.0.1:$2; root $WORK/apps; access_log off; }
-}
-CONF
+  nginx_static_conf "$1" "$3" "server { listen 127.0.0.1:$2; root $WORK/apps; access_log off; }"
 }
 
 # Instructions per request of one server started by CMD under callgrind.

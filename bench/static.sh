@@ -24,22 +24,8 @@ for spec in f1k:1024 f64k:65536 f1m:1048576; do
 done
 chmod -R a+rX "$WORK"   # nginx's workers run unprivileged
 
-cat > "$WORK/nginx.conf" <<CONF
-worker_processes 2;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx/error.log;
-events { worker_connections 4096; }
-http {
-  sendfile on; tcp_nopush on; tcp_nodelay on;
-  keepalive_requests 1000000;
-  open_file_cache max=1000 inactive=60s;
-  include /etc/nginx/mime.types;
-  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx; fastcgi_temp_path $WORK/nginx;
-  uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
-  server { listen 127.0.0.1:18181; root $WORK/apps; access_log off; }
-  server { listen 127.0.0.1:18182; root $WORK/apps; access_log $WORK/nginx/access.log; }
-}
-CONF
+nginx_static_conf "$WORK/nginx.conf" 2 "server { listen 127.0.0.1:18181; root $WORK/apps; access_log off; }" \
+  "server { listen 127.0.0.1:18182; root $WORK/apps; access_log $WORK/nginx/access.log; }"
 nginx -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log"
 
 RUNTIME_LOG_LEVEL=error "$BIN" serve --port 18183 --worker-dirs "$WORK/apps" --state-dir "$WORK/state-q" \

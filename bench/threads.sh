@@ -19,7 +19,7 @@ build_marina
 load_line
 
 SITE="$WORK/apps/site"
-mkdir -p "$SITE" "$WORK/apps/hello" "$WORK/apps/work" "$WORK/nginx" "$WORK/plugins/proxy"
+mkdir -p "$SITE" "$WORK/nginx" "$WORK/plugins/proxy"
 cat > "$WORK/plugins/proxy/manifest.yaml" <<'YAML'
 name: "@buntime/plugin-proxy"
 base: /redirects
@@ -33,43 +33,10 @@ printf '<!doctype html><title>bench</title>\n' > "$SITE/index.html"
 for spec in f1k:1024 f64k:65536 f1m:1048576; do
   python3 -c 'import os,sys; sys.stdout.buffer.write(os.urandom(int(sys.argv[1])))' "${spec#*:}" > "$SITE/${spec%%:*}.bin"
 done
-cat > "$WORK/apps/hello/index.js" <<'JS'
-export default { fetch: () => new Response("hello world\n", { headers: { "content-type": "text/plain" } }) };
-JS
-cat > "$WORK/apps/work/index.js" <<'JS'
-export default {
-  fetch() {
-    const items = [];
-    for (let i = 0; i < 600; i++) items.push({ id: i, name: `item ${i}`, tags: ["a", "b", String(i % 7)] });
-    const body = JSON.stringify(items.filter((x) => x.id % 3 === 0).map((x) => ({ ...x, score: Math.sqrt(x.id) })));
-    return new Response(body, { headers: { "content-type": "application/json" } });
-  },
-};
-JS
-for app in hello work; do printf 'ttl: 5m\nmaxRequests: 100000000\n' > "$WORK/apps/$app/manifest.yaml"; done
-cat > "$WORK/direct.mjs" <<JS
-import hello from "$WORK/apps/hello/index.js";
-import work from "$WORK/apps/work/index.js";
-Bun.serve({ hostname: "127.0.0.1", port: 18201,
-  fetch: (req) => (new URL(req.url).pathname.startsWith("/work") ? work : hello).fetch(req) });
-JS
+js_hop_apps 18201
 chmod -R a+rX "$WORK"   # workers and nginx run unprivileged
 
-cat > "$WORK/nginx.conf" <<CONF
-worker_processes 2;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx/error.log;
-events { worker_connections 4096; }
-http {
-  sendfile on; tcp_nopush on; tcp_nodelay on;
-  keepalive_requests 1000000;
-  open_file_cache max=1000 inactive=60s;
-  access_log off;
-  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx; fastcgi_temp_path $WORK/nginx;
-  uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
-  server { listen 127.0.0.1:18202; root $WORK/apps; }
-}
-CONF
+nginx_static_conf "$WORK/nginx.conf" 2 "server { listen 127.0.0.1:18202; root $WORK/apps; access_log off; }"
 nginx -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log"
 bun "$WORK/direct.mjs" & PIDS+=($!)
 for t in 1 2; do
