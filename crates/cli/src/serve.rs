@@ -61,8 +61,12 @@ pub fn run(args: ServeArgs) -> ExitCode {
         }
     };
     init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(config.threads).enable_all().build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // Unset: tokio's default, one worker per CPU marina may run on (RUNTIME_THREADS's row).
+    if let Some(threads) = config.threads {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("marina: cannot start the async runtime: {e}");

@@ -169,8 +169,8 @@ pub static SETTINGS: &[Setting] = &[
     Setting {
         var: "RUNTIME_THREADS",
         flag: "threads",
-        default: "one per CPU marina may use",
-        help: "threads serving connections and requests (SQLite and file work run on a separate pool); on 2 CPUs `1` serves small static files and busy JS apps faster but bursts of requests slower ([BENCHMARKS.md](BENCHMARKS.md#one-async-thread-on-2-cpus))",
+        default: "one per CPU marina may use (tokio's default)",
+        help: "threads serving connections and requests (accepting them runs on the main thread; SQLite and file work run on a separate pool); on 2 CPUs `1` serves small static files and busy JS apps faster but bursts of requests slower ([BENCHMARKS.md](BENCHMARKS.md#one-async-thread-on-2-cpus))",
         check: Check::Count { min: 1, max: 1024 },
     },
     Setting {

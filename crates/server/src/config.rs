@@ -60,8 +60,16 @@ pub struct RuntimeConfig {
     pub api_prefix: String,
     /// Upper bound of warm workers (LRU).
     pub pool_size: usize,
-    /// `RUNTIME_THREADS`: the async runtime's worker threads (see [`default_threads`]).
-    pub threads: usize,
+    /// `RUNTIME_THREADS`: the async runtime's worker threads; `None` leaves tokio's default, one
+    /// per CPU this process may run on (its affinity and cgroup quota count).
+    ///
+    /// Fewer can be faster: marina's app workers are processes doing the apps' work on the same
+    /// CPUs, and on this project's 2-CPU machine one thread served 1 KiB static files and a JS
+    /// app doing ~0.2 ms of work per request faster than two, with fewer context switches per
+    /// request. It is not the default because one thread serves a burst of requests one after
+    /// the other: with 32 requests arriving together every 5 ms its p50 was 1.78 ms against 1.27
+    /// with two (BENCHMARKS.md, "One async thread on 2 CPUs").
+    pub threads: Option<usize>,
     /// `debug`, `info`, `warn` or `error`.
     pub log_level: String,
     /// Text or JSON log lines.
@@ -102,19 +110,6 @@ pub struct RuntimeConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
-/// One thread per CPU this process may run on (its affinity and cgroup quota count), as tokio
-/// and nginx's `worker_processes auto` choose.
-///
-/// Fewer can be faster: marina's app workers are processes doing the apps' work on the same
-/// CPUs, and on this project's 2-CPU machine one thread served 1 KiB static files and a JS app
-/// doing ~0.2 ms of work per request faster than two, with fewer context switches per request.
-/// It is not the default because one thread serves a burst of requests one after the other:
-/// with 32 requests arriving together every 5 ms its p50 was 1.78 ms against 1.27 with two
-/// (BENCHMARKS.md, "One async thread on 2 CPUs").
-pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 /// The default worker dirs: the bundled examples when run from the repository, else `./apps`.
 pub fn default_worker_dirs(cwd: &Path) -> Vec<PathBuf> {
     let bundled = cwd.join("examples/apps");
@@ -145,7 +140,7 @@ impl RuntimeConfig {
         };
         let api_prefix = raw.get("RUNTIME_API_PREFIX").and_then(normalize_prefix).unwrap_or_default();
         let pool_size = raw.count("RUNTIME_POOL_SIZE", 100)?;
-        let threads = raw.count("RUNTIME_THREADS", default_threads())?;
+        let threads = raw.get("RUNTIME_THREADS").map(|_| raw.count("RUNTIME_THREADS", 1)).transpose()?;
         let log_level = raw.choice("RUNTIME_LOG_LEVEL")?.unwrap_or_else(|| "info".into());
         let node_env = match raw.choice("NODE_ENV")?.as_deref() {
             Some("production") => NodeEnv::Production,
@@ -290,16 +285,14 @@ mod tests {
         assert_eq!(cfg.log_format, LogFormat::Text);
         assert_eq!(cfg.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(cfg.ephemeral_concurrency, 2);
-        let cpus = std::thread::available_parallelism().unwrap().get();
-        assert_eq!(cfg.threads, cpus, "one per CPU");
-        assert!(cfg.threads >= 1);
+        assert_eq!(cfg.threads, None, "tokio's default: one per CPU");
     }
 
     #[test]
     fn threads_can_be_set() {
         let mut r = raw();
         set(&mut r, "RUNTIME_THREADS", "3");
-        assert_eq!(RuntimeConfig::from_raw(&r, Path::new("/")).unwrap().threads, 3);
+        assert_eq!(RuntimeConfig::from_raw(&r, Path::new("/")).unwrap().threads, Some(3));
     }
 
     #[test]

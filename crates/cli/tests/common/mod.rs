@@ -50,6 +50,8 @@ pub fn serve_command(apps: &Path, state: &Path, port: u16, env: &[(&str, &str)])
         .env_remove("DATABASE_URL")
         .env_remove("NODE_ENV")
         .env_remove("RUST_LOG")
+        .env_remove("RUNTIME_THREADS")
+        .env_remove("TOKIO_WORKER_THREADS")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     for (k, v) in env {
