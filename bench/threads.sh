@@ -10,7 +10,11 @@
 # latency: a proxy plugin rule to the nginx (the 1 KiB file) one request at a time (`-c1`), and
 # the JS hello at the same offered load for all sides (32 connections with a 5 ms pause each).
 #
-# Usage: bench/threads.sh   (DURATION=5s ROUNDS=3 CONNS=32)
+# The two sides are settings given as `VAR=value` words: SIDE1 (default `RUNTIME_THREADS=1`)
+# and SIDE2 (default `RUNTIME_THREADS=2`); e.g. SIDE1="RUNTIME_SCHEDULER=per-thread" compares
+# per-thread scheduling with the shared runtime, both on two threads.
+#
+# Usage: bench/threads.sh   (DURATION=5s ROUNDS=3 CONNS=32 SIDE1=… SIDE2=…)
 # Needs: wrk, nginx, bun, python3, curl.
 source "$(dirname "$0")/lib.sh"
 need nginx "apt-get install nginx-light"
@@ -39,8 +43,11 @@ chmod -R a+rX "$WORK"   # workers and nginx run unprivileged
 nginx_static_conf "$WORK/nginx.conf" 2 "server { listen 127.0.0.1:18202; root $WORK/apps; access_log off; }"
 nginx -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log"
 bun "$WORK/direct.mjs" & PIDS+=($!)
+SIDE1="${SIDE1:-RUNTIME_THREADS=1}" SIDE2="${SIDE2:-RUNTIME_THREADS=2}"
 for t in 1 2; do
-  RUNTIME_THREADS=$t RUNTIME_LOG_LEVEL=error "$BIN" serve --port "1820$((2 + t))" --worker-dirs "$WORK/apps" \
+  side_env="SIDE$t"
+  # shellcheck disable=SC2086 # the side's settings are words on purpose
+  env ${!side_env} RUNTIME_LOG_LEVEL=error "$BIN" serve --port "1820$((2 + t))" --worker-dirs "$WORK/apps" \
     --plugin-dirs "$WORK/plugins" --state-dir "$WORK/state-$t" 2>"$WORK/marina-$t.log" & PIDS+=($!)
   PID_OF[t$t]=$!
 done
@@ -78,10 +85,10 @@ paced="| JS hello, same offered load ($PAUSE_MS ms pause) | $(side t1) | $(side 
 rows+=("$paced")
 
 {
-  echo "marina with RUNTIME_THREADS=1 vs =2 (the same binary), keep-alive, \`wrk -t1 -c$CONNS -d$DURATION\`, $ROUNDS alternating rounds (median), $(date -u '+%Y-%m-%d %H:%M UTC'); $(load_line)."
-  echo "Command: \`bench/threads.sh\`. The other side: nginx (static; worker_processes 2, sendfile, access log off) or the Bun app direct (JS). marina at \`error\`."
+  echo "marina with \`$SIDE1\` (side 1) vs \`$SIDE2\` (side 2), the same binary, keep-alive, \`wrk -t1 -c$CONNS -d$DURATION\`, $ROUNDS alternating rounds (median), $(date -u '+%Y-%m-%d %H:%M UTC'); $(load_line)."
+  echo "Command: \`SIDE1='$SIDE1' SIDE2='$SIDE2' bench/threads.sh\`. The other side: nginx (static; worker_processes 2, sendfile, access log off) or the Bun app direct (JS). marina at \`error\`."
   echo
-  echo "| load | 1 thread req/s \| p50 / p99 ms \| CPU µs/req \| switches/req | 2 threads req/s \| p50 / p99 ms \| CPU µs/req \| switches/req | other req/s | 1 ÷ 2 threads | 1 / 2 threads ÷ other |"
+  echo "| load | side 1 req/s \| p50 / p99 ms \| CPU µs/req \| switches/req | side 2 req/s \| p50 / p99 ms \| CPU µs/req \| switches/req | other req/s | side 1 ÷ side 2 | side 1 / side 2 ÷ other |"
   echo "|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
   echo

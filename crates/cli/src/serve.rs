@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Arg, ArgMatches, Args, Command, FromArgMatches};
 use marina_core::settings::{SETTINGS, help_text};
-use marina_server::{LogFormat, RawConfig, RuntimeConfig, Server};
+use marina_server::{LogFormat, RawConfig, RuntimeConfig, Scheduler, Server};
 use tracing_subscriber::EnvFilter;
 
 /// Flags of `marina serve`, generated from [`SETTINGS`]: each `--flag` falls back to its
@@ -62,9 +62,18 @@ pub fn run(args: ServeArgs) -> ExitCode {
     };
     init_logging(&config);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    // Unset: tokio's default, one worker per CPU marina may run on (RUNTIME_THREADS's row).
-    if let Some(threads) = config.threads {
-        builder.worker_threads(threads);
+    match config.scheduler {
+        // Unset: tokio's default, one worker per CPU marina may run on (RUNTIME_THREADS's row).
+        Scheduler::Shared => {
+            if let Some(threads) = config.threads {
+                builder.worker_threads(threads);
+            }
+        }
+        // Connections run on their own threads (RUNTIME_THREADS of them); what is left here is
+        // accepting and background work: worker lifecycles, plugins' timers, reloads.
+        Scheduler::PerThread => {
+            builder.worker_threads(1);
+        }
     }
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,

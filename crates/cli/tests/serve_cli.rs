@@ -195,6 +195,69 @@ fn runtime_threads_sets_the_async_threads() {
     }
 }
 
+/// `RUNTIME_SCHEDULER=per-thread`: connections are spread over the connection threads, and
+/// each thread opens its own connections to a worker (a socket belongs to the thread whose
+/// I/O driver registered it); many concurrent requests to a JS app and a static app all get
+/// their own answer.
+#[test]
+fn per_thread_scheduling_serves_concurrent_connections_on_its_threads() {
+    let apps = tempfile::tempdir().unwrap();
+    open_to_workers(apps.path());
+    napper_app(apps.path());
+    write(&apps.path().join("site/index.html"), "<p>per thread</p>");
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let env = [("NODE_ENV", "production"), ("RUNTIME_SCHEDULER", "per-thread"), ("RUNTIME_THREADS", "2")];
+    let mut child = serve(apps.path(), state.path(), port, &env);
+    wait_ready(port);
+    let comms: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
+    for name in ["marina-conn-1", "marina-conn-2"] {
+        assert!(comms.iter().any(|c| c == name), "no thread {name} among {comms:?}");
+    }
+    assert!(http_get(port, "/napper/", Duration::from_secs(15)).unwrap().0.contains("200"));
+    // Six clients at once, each request on its own connection: the connections land on both
+    // threads, and requests overlap (20 ms each) so each thread needs its own worker connections.
+    let clients: Vec<_> = (0..6)
+        .map(|c| {
+            std::thread::spawn(move || {
+                (0..15)
+                    .map(|i| {
+                        let (path, want) = match (c + i) % 3 {
+                            0 => (format!("/napper/?ms=20&n={c}-{i}"), "slept 20".to_string()),
+                            1 => (format!("/napper/?ms={}", c + 1), format!("slept {}", c + 1)),
+                            _ => ("/site/".to_string(), "<p>per thread</p>".to_string()),
+                        };
+                        let text = http_get_raw(port, &path, Duration::from_secs(20)).unwrap_or_default();
+                        (path, want, text)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for (path, want, text) in clients.into_iter().flat_map(|c| c.join().unwrap()) {
+        assert!(text.starts_with("HTTP/1.1 200") && text.ends_with(&want), "{path}: wanted {want:?}, got {text}");
+    }
+    sigterm(&child);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(15)).code(), Some(0));
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let serving = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "marina is serving")
+        .unwrap_or_else(|| panic!("a start line in {stderr}"));
+    assert_eq!(
+        (serving["threads"].as_u64(), serving["scheduler"].as_str()),
+        (Some(2), Some("per-thread")),
+        "{serving}"
+    );
+    assert!(stderr.lines().any(|l| l.contains("marina stopped")), "{stderr}");
+}
+
 #[test]
 fn check_prints_manifest_errors_and_exits_1() {
     let apps = tempfile::tempdir().unwrap();
@@ -280,13 +343,24 @@ fn sigterm_flips_readiness_then_serves_through_the_delay_and_runs_on_terminate()
 
 #[test]
 fn the_shutdown_timeout_bounds_the_exit_and_cut_requests_get_503_shutting_down() {
+    shutdown_timeout_bounds_the_exit("shared");
+}
+
+/// The exit reaches connections on every connection thread, and the workers started from them.
+#[test]
+fn the_shutdown_timeout_bounds_the_exit_with_per_thread_scheduling() {
+    shutdown_timeout_bounds_the_exit("per-thread");
+}
+
+fn shutdown_timeout_bounds_the_exit(scheduler: &str) {
     let apps = tempfile::tempdir().unwrap();
     open_to_workers(apps.path());
     let state = tempfile::tempdir().unwrap();
     napper_app(apps.path());
     let port = free_port();
     let timeout = Duration::from_secs(4);
-    let mut child = serve(apps.path(), state.path(), port, &[("RUNTIME_SHUTDOWN_TIMEOUT", "4s")]);
+    let env = [("RUNTIME_SHUTDOWN_TIMEOUT", "4s"), ("RUNTIME_SCHEDULER", scheduler), ("RUNTIME_THREADS", "2")];
+    let mut child = serve(apps.path(), state.path(), port, &env);
     wait_ready(port);
     assert!(http_get(port, "/napper/", Duration::from_secs(15)).unwrap().0.contains("200"));
 
@@ -377,12 +451,22 @@ fn h2_connection_watch(port: u16) -> std::sync::mpsc::Receiver<Result<(), String
 
 #[test]
 fn sigterm_under_load_with_a_2s_timeout_fails_no_request_that_finishes_in_time() {
+    sigterm_under_load("shared");
+}
+
+#[test]
+fn sigterm_under_load_with_per_thread_scheduling_fails_no_request_that_finishes_in_time() {
+    sigterm_under_load("per-thread");
+}
+
+fn sigterm_under_load(scheduler: &str) {
     let apps = tempfile::tempdir().unwrap();
     open_to_workers(apps.path());
     let state = tempfile::tempdir().unwrap();
     napper_app(apps.path());
     let port = free_port();
-    let mut child = serve(apps.path(), state.path(), port, &[("RUNTIME_SHUTDOWN_TIMEOUT", "2s")]);
+    let env = [("RUNTIME_SHUTDOWN_TIMEOUT", "2s"), ("RUNTIME_SCHEDULER", scheduler), ("RUNTIME_THREADS", "2")];
+    let mut child = serve(apps.path(), state.path(), port, &env);
     wait_ready(port);
     assert!(http_get(port, "/napper/", Duration::from_secs(15)).unwrap().0.contains("200"));
     let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -8,6 +8,7 @@
 //!   worker's streamed response and an API's JSON all travel the same way.
 //! - [`settings`]: the one table of configuration variables (env var, flag, default, help,
 //!   validation) that `marina serve`'s flags and the README's table are generated from.
+//! - [`shard`]: which connection thread a caller runs on (per-thread scheduling).
 //! - [`units`]: durations (`"30s"`, a number = seconds) and sizes (`"10mb"`), parsed the way
 //!   Buntime manifests write them.
 //! - [`zerocopy`]: file bodies that a plain HTTP/1.1 connection sends with `sendfile(2)`.
@@ -17,6 +18,7 @@ pub mod body;
 pub mod error;
 pub mod headers;
 pub mod settings;
+pub mod shard;
 pub mod units;
 pub mod zerocopy;
 

@@ -174,6 +174,13 @@ pub static SETTINGS: &[Setting] = &[
         check: Check::Count { min: 1, max: 1024 },
     },
     Setting {
+        var: "RUNTIME_SCHEDULER",
+        flag: "scheduler",
+        default: "`shared`",
+        help: "`shared`: connections are tasks of one work-stealing runtime; `per-thread`: each connection stays on one of `RUNTIME_THREADS` single-threaded runtimes, with its hops to workers (fewer hand-offs between threads, no stealing) ([BENCHMARKS.md](BENCHMARKS.md#per-thread-scheduling))",
+        check: Check::OneOf(&["shared", "per-thread"]),
+    },
+    Setting {
         var: "RUNTIME_LOG_LEVEL",
         flag: "log-level",
         default: "`info`",

@@ -130,10 +130,20 @@ enum Settled {
     Ended,
 }
 
+struct Idle<T: Read + Write + Unpin> {
+    conn: Conn<T>,
+    since: Instant,
+    shard: usize,
+}
+
 /// Idle connections to one upstream: the most recently used is taken first (its buffers and
 /// the upstream's side are the warmest), and the oldest go first when the pool is full.
+///
+/// Each idle connection is marked with the connection thread it was opened on
+/// ([`marina_core::shard`]) and is only taken by a request on that thread: its socket belongs
+/// to that thread's I/O driver.
 pub struct Pool<T: Read + Write + Unpin> {
-    idle: Mutex<Vec<(Conn<T>, Instant)>>,
+    idle: Mutex<Vec<Idle<T>>>,
     max_idle: usize,
     idle_timeout: Option<Duration>,
 }
@@ -150,8 +160,13 @@ where
     /// An idle connection that is still open, if there is one.
     pub fn take(&self) -> Option<Conn<T>> {
         let mut cx = Context::from_waker(Waker::noop());
+        let shard = marina_core::shard::current();
         loop {
-            let (mut conn, since) = self.idle.lock().pop()?;
+            let Idle { mut conn, since, .. } = {
+                let mut idle = self.idle.lock();
+                let i = idle.iter().rposition(|e| e.shard == shard)?;
+                idle.remove(i)
+            };
             if self.idle_timeout.is_some_and(|t| since.elapsed() >= t) {
                 continue;
             }
@@ -172,20 +187,20 @@ where
         }
         let mut idle = self.idle.lock();
         if let Some(timeout) = self.idle_timeout {
-            while idle.first().is_some_and(|(_, since)| since.elapsed() >= timeout) {
+            while idle.first().is_some_and(|e| e.since.elapsed() >= timeout) {
                 idle.remove(0);
             }
         }
         if idle.len() >= self.max_idle {
             idle.remove(0);
         }
-        idle.push((conn, Instant::now()));
+        idle.push(Idle { conn, since: Instant::now(), shard: marina_core::shard::current() });
     }
 
     /// Drops the connections idle for longer than the idle timeout (all of them: `None`).
     pub fn expire(&self, older_than: Option<Duration>) {
         let now = Instant::now();
-        self.idle.lock().retain(|(_, since)| older_than.is_some_and(|t| now.duration_since(*since) < t));
+        self.idle.lock().retain(|e| older_than.is_some_and(|t| now.duration_since(e.since) < t));
     }
 
     /// How many connections are idle.

@@ -36,6 +36,17 @@ impl NodeEnv {
     }
 }
 
+/// `RUNTIME_SCHEDULER`: where a connection's work runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheduler {
+    /// Every connection is a task of one work-stealing runtime of `RUNTIME_THREADS` threads.
+    Shared,
+    /// Each connection stays on one of `RUNTIME_THREADS` single-threaded runtimes (the
+    /// module doc of `conn_threads` says why); background work runs on a shared runtime of one
+    /// thread.
+    PerThread,
+}
+
 /// The log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -70,6 +81,8 @@ pub struct RuntimeConfig {
     /// the other: with 32 requests arriving together every 5 ms its p50 was 1.78 ms against 1.27
     /// with two (BENCHMARKS.md, "One async thread on 2 CPUs").
     pub threads: Option<usize>,
+    /// `RUNTIME_SCHEDULER`: how connections are spread over the threads.
+    pub scheduler: Scheduler,
     /// `debug`, `info`, `warn` or `error`.
     pub log_level: String,
     /// Text or JSON log lines.
@@ -141,6 +154,10 @@ impl RuntimeConfig {
         let api_prefix = raw.get("RUNTIME_API_PREFIX").and_then(normalize_prefix).unwrap_or_default();
         let pool_size = raw.count("RUNTIME_POOL_SIZE", 100)?;
         let threads = raw.get("RUNTIME_THREADS").map(|_| raw.count("RUNTIME_THREADS", 1)).transpose()?;
+        let scheduler = match raw.choice("RUNTIME_SCHEDULER")?.as_deref() {
+            Some("per-thread") => Scheduler::PerThread,
+            _ => Scheduler::Shared,
+        };
         let log_level = raw.choice("RUNTIME_LOG_LEVEL")?.unwrap_or_else(|| "info".into());
         let node_env = match raw.choice("NODE_ENV")?.as_deref() {
             Some("production") => NodeEnv::Production,
@@ -193,6 +210,7 @@ impl RuntimeConfig {
             api_prefix,
             pool_size,
             threads,
+            scheduler,
             log_level,
             log_format,
             state_dir,
@@ -286,6 +304,7 @@ mod tests {
         assert_eq!(cfg.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(cfg.ephemeral_concurrency, 2);
         assert_eq!(cfg.threads, None, "tokio's default: one per CPU");
+        assert_eq!(cfg.scheduler, Scheduler::Shared);
     }
 
     #[test]
@@ -293,6 +312,15 @@ mod tests {
         let mut r = raw();
         set(&mut r, "RUNTIME_THREADS", "3");
         assert_eq!(RuntimeConfig::from_raw(&r, Path::new("/")).unwrap().threads, Some(3));
+    }
+
+    #[test]
+    fn the_scheduler_can_be_per_thread() {
+        let mut r = raw();
+        set(&mut r, "RUNTIME_SCHEDULER", "Per-Thread");
+        assert_eq!(RuntimeConfig::from_raw(&r, Path::new("/")).unwrap().scheduler, Scheduler::PerThread);
+        set(&mut r, "RUNTIME_SCHEDULER", "shared");
+        assert_eq!(RuntimeConfig::from_raw(&r, Path::new("/")).unwrap().scheduler, Scheduler::Shared);
     }
 
     #[test]
@@ -316,6 +344,10 @@ mod tests {
             (
                 |r| set(r, "RUNTIME_THREADS", "auto"),
                 "invalid RUNTIME_THREADS (--threads) \"auto\": expected a whole number from 1 to 1024",
+            ),
+            (
+                |r| set(r, "RUNTIME_SCHEDULER", "per-core"),
+                "invalid RUNTIME_SCHEDULER (--scheduler) \"per-core\": expected shared or per-thread",
             ),
             (
                 |r| set(r, "RUNTIME_LOG_LEVEL", "loud"),

@@ -24,6 +24,7 @@ mod body_timeout;
 pub mod client_ip;
 pub mod completion;
 pub mod config;
+mod conn_threads;
 mod dispatch;
 pub mod edge;
 mod host;
@@ -57,7 +58,7 @@ use route::Target;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{LogFormat, NodeEnv, RawConfig, RuntimeConfig};
+pub use config::{LogFormat, NodeEnv, RawConfig, RuntimeConfig, Scheduler};
 
 /// Everything a request needs, shared by all connections.
 pub struct Runtime {
@@ -276,14 +277,30 @@ impl Server {
     /// marina.db this start created fail.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let Server { runtime, listener, schema } = self;
-        let mut listener = listen::Listener::new(runtime.clone(), listener);
+        let conn_threads = match runtime.config.scheduler {
+            config::Scheduler::Shared => None,
+            config::Scheduler::PerThread => {
+                let n = runtime
+                    .config
+                    .threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+                let threads = conn_threads::ConnThreads::start(n)
+                    .map_err(|e| Error::internal(format!("cannot start {n} connection threads: {e}")).with_source(e))?;
+                Some(Arc::new(threads))
+            }
+        };
+        let mut listener = listen::Listener::new(runtime.clone(), listener, conn_threads.clone());
         tracing::info!(
             addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             api = %runtime.config.api_base(),
             worker_dirs = ?runtime.config.worker_dirs,
             // What the runtime really runs with (RUNTIME_THREADS, or tokio's own choice when
             // marina is embedded in a runtime it did not build).
-            threads = tokio::runtime::Handle::current().metrics().num_workers(),
+            threads = conn_threads.as_ref().map_or_else(|| tokio::runtime::Handle::current().metrics().num_workers(), |t| t.len()),
+            scheduler = match runtime.config.scheduler {
+                config::Scheduler::Shared => "shared",
+                config::Scheduler::PerThread => "per-thread",
+            },
             "marina is serving"
         );
         // A new marina.db whose migrations fail stops marina as a failed start would.
@@ -304,6 +321,11 @@ impl Server {
         let (graceful, hard_stop) = listener.close();
         exit.close_connections(&runtime, graceful, hard_stop).await;
         exit.stop(&runtime).await;
+        // The workers are gone (their exits were watched on the threads that started them);
+        // the connection threads' runtimes end now.
+        if let Some(threads) = conn_threads {
+            let _ = tokio::task::spawn_blocking(move || drop(threads)).await;
+        }
         tracing::info!("marina stopped");
         match failed.into_inner() {
             Some(e) => Err(e),

@@ -17,18 +17,19 @@ use std::time::{Duration, Instant};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::Runtime;
+use crate::conn_threads::ConnThreads;
 
 /// The accept loop's state, shared by every connection it starts.
 pub(crate) struct Listener {
     runtime: Arc<Runtime>,
     listener: TcpListener,
-    builder: auto::Builder<TokioExecutor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
     api_router: axum::Router,
     /// Tells every connection to finish gracefully; its `shutdown` resolves when all have.
     pub graceful: GracefulShutdown,
@@ -41,10 +42,13 @@ pub(crate) struct Listener {
     refused: RateLog,
     /// Time to the first request's headers (`None`: no limit).
     first_request: Option<Duration>,
+    /// Per-thread scheduling's connection threads; `None`: connections are tasks of the shared
+    /// runtime.
+    threads: Option<Arc<ConnThreads>>,
 }
 
 impl Listener {
-    pub fn new(runtime: Arc<Runtime>, listener: TcpListener) -> Self {
+    pub fn new(runtime: Arc<Runtime>, listener: TcpListener, threads: Option<Arc<ConnThreads>>) -> Self {
         let first_request = Some(runtime.config.header_timeout).filter(|t| !t.is_zero());
         let connections = Arc::new(Semaphore::new(runtime.config.max_connections));
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -70,7 +74,7 @@ impl Listener {
         Self {
             runtime,
             listener,
-            builder,
+            builder: Arc::new(builder),
             api_router,
             graceful: GracefulShutdown::new(),
             hard_stop: CancellationToken::new(),
@@ -78,6 +82,7 @@ impl Listener {
             connections,
             refused: RateLog::default(),
             first_request,
+            threads,
         }
     }
 
@@ -130,56 +135,98 @@ impl Listener {
 
     fn serve(&self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
         let _ = stream.set_nodelay(true);
+        let conn = Connection {
+            runtime: self.runtime.clone(),
+            api_router: self.api_router.clone(),
+            builder: self.builder.clone(),
+            graceful: self.graceful.watcher(),
+            close: self.hard_stop.child_token(),
+            first_request: self.first_request,
+            permit,
+            peer,
+        };
+        match self.threads.as_ref().and_then(|t| t.pick()) {
+            None => {
+                tokio::spawn(conn.serve(stream));
+            }
+            Some((thread, open)) => {
+                // Moved to the thread's own I/O driver: deregistered here, registered there.
+                let stream = match stream.into_std() {
+                    Ok(stream) => stream,
+                    Err(e) => return tracing::debug!(error = %e, %peer, "connection lost before it was served"),
+                };
+                thread.spawn(async move {
+                    let _open = open;
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => conn.serve(stream).await,
+                        Err(e) => tracing::debug!(error = %e, %peer, "connection lost before it was served"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// One accepted connection and what serving it needs; [`Connection::serve`] is its whole life,
+/// on whichever runtime it is spawned.
+struct Connection {
+    runtime: Arc<Runtime>,
+    api_router: axum::Router,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    graceful: Watcher,
+    /// Cancelled to close this connection at once (a client that stopped reading). A child of
+    /// the hard stop, so that the connection's task waits on one token, not two: each wait is
+    /// polled every time the task runs (~3 times a proxied request, ~150 instructions a poll,
+    /// callgrind on `bench/proxy.sh`).
+    close: CancellationToken,
+    first_request: Option<Duration>,
+    permit: OwnedSemaphorePermit,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream) {
+        let Connection { runtime: rt, api_router, builder, graceful, close, first_request, permit, peer } = self;
+        let _permit = permit;
         let local = stream.local_addr().ok();
         let stream = crate::zerocopy::Stream::new(stream);
         let sink = stream.sink();
         let clock = stream.clock();
-        let rt = self.runtime.clone();
-        let api_router = self.api_router.clone();
         // Set by the first request's arrival: from then on hyper's timeouts apply.
         let spoke = Arc::new(AtomicBool::new(false));
         let heard = spoke.clone();
-        // Its close token is cancelled to close this connection at once (a client that stopped
-        // reading). A child of the hard stop, so that the connection's task waits on one token,
-        // not two: each wait is polled every time the task runs (~3 times a proxied request,
-        // ~150 instructions a poll, callgrind on `bench/proxy.sh`).
-        let watch = crate::send_timeout::Conn { close: self.hard_stop.child_token(), clock };
-        let close = watch.close.clone();
+        let watch = crate::send_timeout::Conn { close: close.clone(), clock };
         let service = service_fn(move |req| {
             heard.store(true, Ordering::Relaxed);
             crate::handle(rt.clone(), api_router.clone(), req, peer, local, watch.clone(), sink.clone())
         });
-        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = self.graceful.watch(conn.into_owned());
-        let first_request = self.first_request;
-        tokio::spawn(async move {
-            let _permit = permit;
-            tokio::pin!(conn);
-            // Until the first request, nothing in hyper bounds the wait (HTTP/1.1 or HTTP/2 is
-            // not even known yet): a connection that sends nothing, or only part of a request,
-            // is closed here.
-            let silent = async {
-                match first_request {
-                    Some(limit) => {
-                        tokio::time::sleep(limit).await;
-                        if spoke.load(Ordering::Relaxed) {
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                result = &mut conn => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::pin!(conn);
+        // Until the first request, nothing in hyper bounds the wait (HTTP/1.1 or HTTP/2 is
+        // not even known yet): a connection that sends nothing, or only part of a request,
+        // is closed here.
+        let silent = async {
+            match first_request {
+                Some(limit) => {
+                    tokio::time::sleep(limit).await;
+                    if spoke.load(Ordering::Relaxed) {
+                        std::future::pending::<()>().await;
                     }
                 }
-                () = silent => tracing::debug!(%peer, "no request within RUNTIME_HEADER_TIMEOUT; connection closed"),
-                // Also the exit's deadline: `close` is a child of the hard stop.
-                () = close.cancelled() => {}
+                None => std::future::pending().await,
             }
-        });
+        };
+        tokio::select! {
+            result = &mut conn => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                }
+            }
+            () = silent => tracing::debug!(%peer, "no request within RUNTIME_HEADER_TIMEOUT; connection closed"),
+            // Also the exit's deadline: `close` is a child of the hard stop.
+            () = close.cancelled() => {}
+        }
     }
 }
 

@@ -51,6 +51,7 @@ pub fn serve_command(apps: &Path, state: &Path, port: u16, env: &[(&str, &str)])
         .env_remove("NODE_ENV")
         .env_remove("RUST_LOG")
         .env_remove("RUNTIME_THREADS")
+        .env_remove("RUNTIME_SCHEDULER")
         .env_remove("TOKIO_WORKER_THREADS")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

@@ -122,3 +122,20 @@ async fn a_full_pool_drops_its_oldest_connection() {
     closed(&mut peer_a, "the oldest connection of a full pool").await;
     assert!(open(&peer_b) && open(&peer_c));
 }
+
+#[tokio::test]
+async fn a_connection_is_only_taken_on_the_connection_thread_that_opened_it() {
+    // Per-thread scheduling: a socket is registered with the I/O driver of the thread that
+    // opened it, so another thread must open its own rather than take this one.
+    let pool = Arc::new(Pool::new(4, None));
+    marina_core::shard::enter(1);
+    let (a, _peer) = conn().await;
+    pool.recycle(a);
+    assert_eq!(pool.idle(), 1);
+    marina_core::shard::enter(2);
+    assert!(pool.take().is_none(), "thread 2 was given thread 1's connection");
+    assert_eq!(pool.idle(), 1, "looking did not drop it");
+    marina_core::shard::enter(1);
+    assert!(pool.take().is_some(), "thread 1 did not get its own connection back");
+    marina_core::shard::enter(0);
+}
