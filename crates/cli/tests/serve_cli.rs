@@ -182,17 +182,24 @@ fn runtime_threads_sets_the_async_threads() {
         let (status, body) = http_get(port, "/site/", Duration::from_secs(5)).unwrap();
         assert!(status.contains("200"), "{status}");
         assert!(body.contains("<p>threads</p>"), "{body}");
-        sigterm(&child);
-        assert_eq!(wait_exit(&mut child, Duration::from_secs(10)).code(), Some(0));
-        let mut stderr = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-        let serving = stderr
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|l| l["message"] == "marina is serving")
-            .unwrap_or_else(|| panic!("a start line in {stderr}"));
+        let (serving, _) = stop_for_start_line(&mut child);
         assert_eq!(serving["threads"].to_string(), threads, "{serving}");
     }
+}
+
+/// Stops a marina started with JSON logs (SIGTERM, exit 0 expected) and returns its
+/// `marina is serving` line and its whole stderr.
+fn stop_for_start_line(child: &mut Child) -> (serde_json::Value, String) {
+    sigterm(child);
+    assert_eq!(wait_exit(child, Duration::from_secs(15)).code(), Some(0));
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let serving = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "marina is serving")
+        .unwrap_or_else(|| panic!("a start line in {stderr}"));
+    (serving, stderr)
 }
 
 /// `RUNTIME_SCHEDULER=per-thread`: connections are spread over the connection threads, and
@@ -241,15 +248,7 @@ fn per_thread_scheduling_serves_concurrent_connections_on_its_threads() {
     for (path, want, text) in clients.into_iter().flat_map(|c| c.join().unwrap()) {
         assert!(text.starts_with("HTTP/1.1 200") && text.ends_with(&want), "{path}: wanted {want:?}, got {text}");
     }
-    sigterm(&child);
-    assert_eq!(wait_exit(&mut child, Duration::from_secs(15)).code(), Some(0));
-    let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    let serving = stderr
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|l| l["message"] == "marina is serving")
-        .unwrap_or_else(|| panic!("a start line in {stderr}"));
+    let (serving, stderr) = stop_for_start_line(&mut child);
     assert_eq!(
         (serving["threads"].as_u64(), serving["scheduler"].as_str()),
         (Some(2), Some("per-thread")),
