@@ -100,7 +100,11 @@ compare() {
     for i in "${!names[@]}"; do
       local pid="${PID_OF[${names[$i]}]:-}" t0=0 c0=0 out
       [ -n "$pid" ] && t0=$(cpu_ticks "$pid") c0=$(ctx_switches "$pid")
+      # AROUND: a function run as `AROUND start NAME` before each side's run and `AROUND stop
+      # NAME` after it (background load that only that side should see).
+      [ -n "${AROUND:-}" ] && "$AROUND" start "${names[$i]}"
       out=$(wrk_run "$conns" "${urls[$i]}")
+      [ -n "${AROUND:-}" ] && "$AROUND" stop "${names[$i]}"
       if [ -n "$pid" ]; then
         out="$out $(awk -v t="$(( $(cpu_ticks "$pid") - t0 ))" -v c="$(( $(ctx_switches "$pid") - c0 ))" \
           -v hz="$(getconf CLK_TCK)" '{printf "%.3f %.2f", t * 1e6 / hz / $6, c / $6}' <<<"$out")"

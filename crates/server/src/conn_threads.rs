@@ -4,15 +4,16 @@
 //! Why: on a small machine the shared runtime's threads hand work to each other. A request that
 //! wakes on one thread often has its next step stolen by another, idle threads spin looking for
 //! work before they sleep, and every hand-off is a wake-up of a sleeping thread (measured: 1.6–2.9
-//! context switches per proxied request with two threads on 2 CPUs, and ~30% more CPU per static
+//! context switches per request to a JS app with two threads on 2 CPUs, and ~30% more CPU per static
 //! request than one thread; BENCHMARKS.md, "One async thread on 2 CPUs"). Here a connection
 //! stays on the thread it was given, with everything it starts (the hop to a worker, its
 //! timers), and a thread sleeps only in its own `epoll_wait`. The cost is no stealing: a thread
 //! busy with one slow request delays the other connections on it.
 //!
-//! The accept loop stays on the shared runtime and hands each connection to the thread with
-//! the fewest open connections. Everything else (worker lifecycles, plugins, the store) stays
-//! on the shared runtime too.
+//! The accept loop (on the main thread) hands each connection to the thread with the fewest
+//! open connections. Work a request starts stays on its thread too: a worker process booted
+//! for it is spawned, watched and its output read there. marina's own background work (the
+//! reload watcher, the worker pool's housekeeping tick, plugins' timers) runs on the shared runtime.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
