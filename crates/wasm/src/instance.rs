@@ -114,7 +114,13 @@ impl WasmInstance {
             if ctx.data().deadline.running(Instant::now()) {
                 Err(wasmtime::Error::msg(DEADLINE_TRAP))
             } else {
-                Ok(UpdateDeadline::Yield(1))
+                // Through tokio's `yield_now`, which resumes the guest only after the runtime
+                // has polled its timers and I/O. wasmtime's own `Yield` wakes the task at once,
+                // so a single-threaded runtime (a per-thread scheduling connection thread, or
+                // RUNTIME_THREADS=1) would look at I/O only every 61st tick (tokio's
+                // event_interval): 610 ms of stalled requests beside a computing guest, measured
+                // by bench/no-steal.sh.
+                Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
             }
         });
         store

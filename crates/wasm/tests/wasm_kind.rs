@@ -105,6 +105,36 @@ async fn an_endless_loop_is_a_504_within_the_deadline() {
     pool.shutdown(Duration::from_secs(2)).await;
 }
 
+/// A guest computing without pause yields every tick in a way that lets the thread's timers
+/// and I/O run before it resumes: on a single-threaded runtime (per-thread scheduling's
+/// connection threads, `RUNTIME_THREADS=1`) the other requests on the thread go on. With a
+/// yield that only re-queues the guest, tokio looks at timers and I/O every 61st tick: 610 ms.
+#[tokio::test(flavor = "current_thread")]
+async fn a_computing_guest_lets_the_thread_s_timers_and_io_run() {
+    let state = tempfile::tempdir().unwrap();
+    let pool = pool(state.path(), |_| {});
+    let app = wasm_app(state.path(), "loop", guest(), |c| c.timeout = Duration::from_secs(4));
+    get(&pool, &app, "/").await; // compiled and warm
+    let looping = tokio::spawn({
+        let (pool, app) = (pool.clone(), app.clone());
+        async move { get_err(&pool, &app, "/loop").await }
+    });
+    // Until the guest is running (its request is in flight), then a few short timers beside it.
+    assert!(eventually(Duration::from_secs(10), || pool.workers().iter().any(|w| w.in_flight > 0)).await);
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        slowest = slowest.max(t0.elapsed());
+    }
+    assert!(!looping.is_finished(), "the guest stopped computing before the timers were measured");
+    // 20 ms asked; 10 ms ticks; the bound is generous for a loaded machine and far under 610 ms.
+    assert!(slowest < Duration::from_millis(300), "a 20 ms timer beside a computing guest took {slowest:?}");
+    let e = looping.await.unwrap();
+    assert_eq!(e.status(), StatusCode::GATEWAY_TIMEOUT, "{} {}", e.code(), e.message());
+    pool.shutdown(Duration::from_secs(2)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_bomb_is_stopped_at_max_memory() {
     let state = tempfile::tempdir().unwrap();
