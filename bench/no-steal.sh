@@ -43,12 +43,14 @@ spin() { # start|stop side
   if [ "$1" = start ]; then
     local i
     for i in $(seq "$SPINNERS"); do
-      (while :; do curl -s -o /dev/null "http://127.0.0.1:${PORT_OF[$2]}/spin/loop"; done) & SPIN_PIDS+=($!)
+      (while :; do curl -s -o /dev/null "http://127.0.0.1:${PORT_OF[$2]}/spin/loop"; done) &
+      SPIN_PIDS+=($!) PIDS+=($!) # PIDS: stopped by the exit's cleanup too
     done
     sleep 0.2 # the guests are computing before the measured run starts
   else
     local p
-    for p in "${SPIN_PIDS[@]}"; do pkill -P "$p" 2>/dev/null; kill "$p" 2>/dev/null; done
+    # The loop first, then its curl (none between two requests: pkill finding nothing is fine).
+    for p in "${SPIN_PIDS[@]}"; do kill "$p" 2>/dev/null || true; pkill -P "$p" 2>/dev/null || true; done
     SPIN_PIDS=()
     sleep 1.2 # a guest whose client left computes until its 1 s timeout: not into the next run
   fi
