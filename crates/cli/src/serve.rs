@@ -69,8 +69,9 @@ pub fn run(args: ServeArgs) -> ExitCode {
                 builder.worker_threads(threads);
             }
         }
-        // Connections run on their own threads (RUNTIME_THREADS of them); what is left here is
-        // accepting and background work: worker lifecycles, plugins' timers, reloads.
+        // Connections, and the workers their requests boot, run on their own threads
+        // (RUNTIME_THREADS of them); what is left here is background work: the pool's
+        // housekeeping, plugins' timers, reloads (accepting runs on the main thread).
         Scheduler::PerThread => {
             builder.worker_threads(1);
         }

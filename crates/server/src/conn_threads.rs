@@ -48,10 +48,15 @@ impl Drop for Open {
 impl ConnThreads {
     /// Starts `n` connection threads.
     pub fn start(n: usize) -> std::io::Result<Self> {
-        let mut threads = Vec::with_capacity(n);
+        // Built into `this`, so that a failure half way stops the threads already started.
+        let mut this = Self { threads: Vec::with_capacity(n) };
+        // tokio's cap on blocking threads (512) is per runtime: split, so that N connection
+        // threads cannot grow N times the shared runtime's ceiling under a flood of file reads.
+        let blocking = (512 / n).max(8);
         for index in 1..=n {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .max_blocking_threads(blocking)
                 // Its blocking threads (file reads, SQLite calls) run in this runtime's context:
                 // a socket opened there would be this thread's, so they are in its shard too.
                 .thread_name(format!("marina-blk-{index}"))
@@ -68,9 +73,9 @@ impl ConnThreads {
                 // as on the shared runtime.
                 runtime.shutdown_timeout(Duration::from_millis(200));
             })?;
-            threads.push(Thread { handle, open: Arc::default(), stop: Some(stop), join: Some(join) });
+            this.threads.push(Thread { handle, open: Arc::default(), stop: Some(stop), join: Some(join) });
         }
-        Ok(Self { threads })
+        Ok(this)
     }
 
     /// How many threads serve connections.
