@@ -37,6 +37,7 @@ pub mod route;
 mod send_timeout;
 mod shutdown;
 mod start;
+mod unread_body;
 mod zerocopy;
 
 use std::convert::Infallible;
@@ -353,7 +354,9 @@ async fn handle(
     let version = req.version();
     let mut record = completion::Record::new(ctx, &rt.stats);
     let ctx = &mut record.ctx;
-    let mut req = req.map(body::boxed);
+    let (parts, incoming) = req.into_parts();
+    let (incoming, unread) = unread_body::watch(incoming, version);
+    let mut req = Request::from_parts(parts, incoming);
     // Only an authentication plugin may say who is calling; a client cannot claim it.
     req.headers_mut().remove(IDENTITY_HEADER);
     let plugins = rt.plugins();
@@ -377,6 +380,9 @@ async fn handle(
     let head = record.ctx.method == http::Method::HEAD;
     if head {
         without_body(&mut resp);
+    }
+    if let Some(unread) = &unread {
+        unread.close_if_unread(&mut resp);
     }
     record.finish(&mut resp);
     zerocopy::use_sendfile(&sink, version, head, &mut resp);

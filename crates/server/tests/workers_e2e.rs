@@ -112,6 +112,9 @@ async fn bodies_over_max_body_size_get_413() {
     let resp =
         client.post(format!("{}/small/count", srv.base)).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
     assert_eq!(resp.status(), 413);
+    // The rest of the body is not read, so the connection closes after the answer, and the
+    // answer says so: the client does not send its next request on it (RFC 9112 §9.6).
+    assert_eq!(resp.headers()["connection"], "close");
     let resp = client.post(format!("{}/small/count", srv.base)).body(vec![b'x'; 512]).send().await.unwrap();
     assert_eq!(resp.json::<Value>().await.unwrap()["bytes"], 512);
     srv.stop().await;
