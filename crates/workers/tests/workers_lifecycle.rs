@@ -276,6 +276,53 @@ async fn instances_spread_concurrent_requests() {
     assert!(w.iter().all(|w| w.requests >= 1), "{w:?}");
 }
 
+/// A failed reload's error stays while the old workers serve, and goes once a worker of the
+/// same app starts from newer files: here one the slot adds under load, after the code was
+/// fixed and before any reload of that fix (live_reload's broken-edit test once saw `v3`
+/// served with the broken edit's error still shown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_after_a_failed_reload_clears_its_error() {
+    let state = tempfile::tempdir().unwrap();
+    let code = tempfile::tempdir().unwrap();
+    let entry = code.path().join("index.js");
+    let serving = |v: &str| {
+        format!(
+            "export default {{ async fetch(req) {{ const ms = Number(new URL(req.url).searchParams.get('ms') ?? 0); \
+             await new Promise((r) => setTimeout(r, ms)); return new Response('{v}'); }} }};\n"
+        )
+    };
+    std::fs::write(&entry, serving("v1")).unwrap();
+    let pool = pool(state.path(), Some("node"), |_| {});
+    let app = js_app_in("fixable", code.path().to_path_buf(), "index.js", |c| {
+        c.instances = marina_apps::manifest::Instances { min: 1, max: 2 };
+    });
+    assert_eq!(get(&pool, &app, "/").await.text, "v1");
+
+    std::fs::write(&entry, "export default { fetch( ").unwrap();
+    pool.reload(app.clone(), "index.js changed");
+    assert!(
+        eventually(Duration::from_secs(10), || pool.reload_error(app.key()).is_some()).await,
+        "the broken edit's reload fails"
+    );
+    assert_eq!(get(&pool, &app, "/").await.text, "v1", "the old worker keeps serving");
+    assert!(pool.reload_error(app.key()).is_some(), "a request to the old worker does not clear it");
+
+    // Fixed, but no reload yet: a second request while the first worker is busy starts a
+    // worker, which reads the fixed code.
+    std::fs::write(&entry, serving("v2")).unwrap();
+    let busy = {
+        let (p, a) = (pool.clone(), app.clone());
+        tokio::spawn(async move { call(&p, &a, "GET", "/?ms=1500", "").await.unwrap().text })
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || pool.workers().iter().any(|w| w.app == "fixable" && w.in_flight > 0))
+            .await
+    );
+    assert_eq!(get(&pool, &app, "/").await.text, "v2");
+    assert_eq!(pool.reload_error(app.key()), None, "the error of the broken edit is cleared");
+    assert_eq!(busy.await.unwrap(), "v1");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_runs_on_terminate_drains_and_kills() {
     let state = tempfile::tempdir().unwrap();

@@ -13,13 +13,14 @@
 //! brings an `App` whose manifest or `.env` differs from the one the slot's workers run.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::future::select_ok;
 use marina_apps::App;
 use marina_core::Error;
 use parking_lot::Mutex;
 
-use super::worker::Worker;
+use super::worker::{Phase, Worker};
 use super::{Inner, Slot, SlotState, WorkerPool};
 
 /// A reload in progress: the app it switches to and the workers started for it.
@@ -33,6 +34,9 @@ pub(super) struct Reload {
 pub(super) struct FailedReload {
     pub app: Arc<App>,
     pub message: String,
+    /// When its last worker was spawned: a worker of the same app spawned later read newer
+    /// files, and its start says the failure is out of date.
+    pub spawned: Instant,
 }
 
 impl Inner {
@@ -89,6 +93,22 @@ impl Inner {
         slot.clone()
     }
 
+    /// A worker started: when it runs the app a failed reload tried, and was spawned after that
+    /// reload's workers, the files it read load, so the failure is no longer news. (The slot
+    /// may have grown by a worker under load, or replaced one, after an edit fixed the code and
+    /// before the watcher's reload of that edit ran.)
+    pub(crate) fn on_started(&self, worker: &Arc<Worker>) {
+        if worker.ephemeral {
+            return;
+        }
+        let Some(slot) = self.slots.lock().peek(&worker.key).cloned() else { return };
+        let mut st = slot.st.lock();
+        if st.failed_reload.as_ref().is_some_and(|f| worker.created > f.spawned && f.app.same_as(&worker.app)) {
+            tracing::info!(app = %worker.key, worker = %worker.id, "a worker started after the failed reload: its error is cleared");
+            st.failed_reload = None;
+        }
+    }
+
     /// The first new worker is ready (or none could start): switch, or keep the old workers.
     fn finish_reload(&self, slot: &Arc<Slot>, first: &Arc<Worker>, result: Result<(), Error>) {
         let mut st = slot.st.lock();
@@ -118,7 +138,15 @@ impl Inner {
             }
             Err(e) => {
                 let message = e.message().to_string();
-                st.failed_reload = Some(FailedReload { app: reload.app.clone(), message: message.clone() });
+                let spawned = reload.workers.iter().map(|w| w.created).max().unwrap_or_else(Instant::now);
+                // Out of date already when a worker of the same app spawned later has started
+                // (it read newer files); otherwise [`Inner::on_started`] clears it later.
+                let outdated = reload.app.same_as(&slot.app)
+                    && st.workers.iter().chain(&st.successor).any(|w| w.created > spawned && w.phase() == Phase::Ready);
+                if !outdated {
+                    st.failed_reload =
+                        Some(FailedReload { app: reload.app.clone(), message: message.clone(), spawned });
+                }
                 drop(st);
                 for w in &reload.workers {
                     w.kill();

@@ -306,6 +306,9 @@ impl Worker {
                 });
                 self.touch();
                 self.set_phase(Phase::Ready);
+                if let Some(pool) = self.pool.upgrade() {
+                    pool.on_started(&self);
+                }
                 self.boot.send_replace(Boot::Ready);
             }
             Err(e) => {

@@ -18,9 +18,13 @@ pub fn fixture(name: &str) -> PathBuf {
 
 /// A JS app from `tests/apps/{fixture}/{entry}` with `ttl: 30s` and whatever `tweak` changes.
 pub fn js_app(name: &str, fixture_dir: &str, entry: &str, tweak: impl FnOnce(&mut AppConfig)) -> Arc<App> {
+    js_app_in(name, fixture(fixture_dir), entry, tweak)
+}
+
+/// A JS app in `dir` (one a test writes itself) with `ttl: 30s` and whatever `tweak` changes.
+pub fn js_app_in(name: &str, dir: PathBuf, entry: &str, tweak: impl FnOnce(&mut AppConfig)) -> Arc<App> {
     let mut config = AppConfig { ttl: Duration::from_secs(30), ..AppConfig::default() };
     tweak(&mut config);
-    let dir = fixture(fixture_dir);
     Arc::new(App {
         name: name.into(),
         version: "1.0.0".into(),
