@@ -28,6 +28,7 @@ mod conn_threads;
 mod dispatch;
 pub mod edge;
 mod host;
+mod linger;
 mod listen;
 pub mod migrations;
 pub mod openapi;
@@ -381,8 +382,10 @@ async fn handle(
     if head {
         without_body(&mut resp);
     }
-    if let Some(unread) = &unread {
-        unread.close_if_unread(&mut resp);
+    if let Some(unread) = &unread
+        && unread.close_if_unread(&mut resp)
+    {
+        conn.linger.request();
     }
     record.finish(&mut resp);
     zerocopy::use_sendfile(&sink, version, head, &mut resp);

@@ -187,15 +187,16 @@ struct Connection {
 impl Connection {
     async fn serve(self, stream: TcpStream) {
         let Connection { runtime: rt, api_router, builder, graceful, close, first_request, permit, peer } = self;
-        let _permit = permit;
         let local = stream.local_addr().ok();
-        let stream = crate::zerocopy::Stream::new(stream);
+        let mut stream = crate::zerocopy::Stream::new(stream);
+        stream.hold(permit);
         let sink = stream.sink();
         let clock = stream.clock();
+        let linger = stream.linger();
         // Set by the first request's arrival: from then on hyper's timeouts apply.
         let spoke = Arc::new(AtomicBool::new(false));
         let heard = spoke.clone();
-        let watch = crate::send_timeout::Conn { close: close.clone(), clock };
+        let watch = crate::send_timeout::Conn { close: close.clone(), clock, linger };
         let service = service_fn(move |req| {
             heard.store(true, Ordering::Relaxed);
             crate::handle(rt.clone(), api_router.clone(), req, peer, local, watch.clone(), sink.clone())

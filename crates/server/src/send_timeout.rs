@@ -126,13 +126,16 @@ impl WriteClock {
     }
 }
 
-/// What a response's watchdog needs of its connection.
+/// What a request needs of its connection: the response's watchdog, its close and clock; the
+/// request side, whether to linger at the close ([`crate::linger`]).
 #[derive(Clone)]
 pub struct Conn {
     /// Cancelled to close the connection at once.
     pub close: CancellationToken,
     /// The connection writer's clock.
     pub clock: WriteClock,
+    /// Set when the client is still sending the body of a request already answered.
+    pub linger: crate::linger::Linger,
 }
 
 /// Wraps `resp`'s body when it streams, so that a client not taking more of it for `limit`

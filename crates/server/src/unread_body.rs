@@ -25,11 +25,14 @@ use marina_core::body::{self, Body};
 pub struct Ended(Arc<AtomicBool>);
 
 impl Ended {
-    /// Say `Connection: close` in `resp` when the body was not read to its end.
-    pub fn close_if_unread<B>(&self, resp: &mut Response<B>) {
-        if !self.0.load(Ordering::Acquire) && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+    /// Say `Connection: close` in `resp` when the body was not read to its end; `true` then
+    /// (the connection lingers at its close: [`crate::linger`]).
+    pub fn close_if_unread<B>(&self, resp: &mut Response<B>) -> bool {
+        let unread = !self.0.load(Ordering::Acquire) && resp.status() != StatusCode::SWITCHING_PROTOCOLS;
+        if unread {
             resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        unread
     }
 }
 

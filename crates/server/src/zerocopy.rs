@@ -22,6 +22,9 @@ use marina_core::zerocopy::{FileRegion, Sink, placeholder_offset, short_file};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::linger::{self, Linger};
 use crate::send_timeout::WriteClock;
 
 /// An accepted connection. Reads pass through; writes of placeholder slices become
@@ -30,12 +33,27 @@ pub struct Stream {
     inner: TcpStream,
     sink: Sink,
     clock: WriteClock,
+    /// Whether hyper shut the write side (an orderly close, after which [`linger`] may run).
+    shut: bool,
+    linger: Linger,
+    /// The connection's place in `RUNTIME_MAX_CONNECTIONS`, kept while the socket lingers.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Stream {
     pub fn new(inner: TcpStream) -> Self {
         let clock = WriteClock::for_socket(std::os::fd::AsRawFd::as_raw_fd(&inner));
-        Self { inner, sink: Sink::default(), clock }
+        Self { inner, sink: Sink::default(), clock, shut: false, linger: Linger::default(), permit: None }
+    }
+
+    /// Holds `permit` until the socket is closed, lingering included.
+    pub fn hold(&mut self, permit: OwnedSemaphorePermit) {
+        self.permit = Some(permit);
+    }
+
+    /// Where the request side says the client is still sending (see [`linger`]).
+    pub fn linger(&self) -> Linger {
+        self.linger.clone()
     }
 
     /// When the connection's writes last found the socket full (for `RUNTIME_SEND_TIMEOUT`).
@@ -140,7 +158,19 @@ impl AsyncWrite for Stream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let shut = ready!(Pin::new(&mut self.inner).poll_shutdown(cx));
+        self.shut = shut.is_ok();
+        Poll::Ready(shut)
+    }
+}
+
+impl Drop for Stream {
+    /// After an orderly close, lingers while the client is still sending a body; a connection
+    /// closed at once (the exit's deadline, a client that stopped reading) does not.
+    fn drop(&mut self) {
+        if self.shut {
+            linger::after_close(&self.inner, &self.linger, self.permit.take());
+        }
     }
 }
 

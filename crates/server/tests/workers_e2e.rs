@@ -120,6 +120,43 @@ async fn bodies_over_max_body_size_get_413() {
     srv.stop().await;
 }
 
+/// A client that writes its whole body before it reads (Python's `http.client` does) still gets
+/// the 413 answered at the start: marina reads and drops the rest after its answer (lingering
+/// close) instead of closing on unread bytes, which resets the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_its_whole_body_before_reading_gets_the_413() {
+    let (srv, _apps) = start().await;
+    for chunked in [false, true] {
+        let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+        let len = 8 << 20;
+        let framing = if chunked { "transfer-encoding: chunked".to_string() } else { format!("content-length: {len}") };
+        let head = format!("POST /small/count HTTP/1.1\r\nhost: t\r\n{framing}\r\n\r\n");
+        let mut body = Vec::new();
+        if chunked {
+            for _ in 0..len / 65536 {
+                body.extend_from_slice(b"10000\r\n");
+                body.extend_from_slice(&[b'z'; 65536]);
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(b"0\r\n\r\n");
+        } else {
+            body = vec![b'z'; len];
+        }
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&body).await.unwrap_or_else(|e| panic!("chunked={chunked}: the body could not be sent: {e}"));
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut answer))
+            .await
+            .expect("the connection is closed after the answer")
+            .unwrap_or_else(|e| panic!("chunked={chunked}: the answer could not be read: {e}"));
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 413"), "chunked={chunked}: {answer}");
+        assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+        assert!(answer.contains("PAYLOAD_TOO_LARGE"), "{answer}");
+    }
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashes_and_timeouts_are_json_errors_and_the_app_recovers() {
     let (srv, _apps) = start().await;
