@@ -352,6 +352,15 @@ fn a_malformed_chunked_body_is_400_and_not_the_workers_fault() {
         Duration::from_secs(20),
     );
     assert_eq!(body(&ok), "5", "{ok}");
+    // A coding marina does not decode before the chunking: the app would count the still
+    // gzip-coded bytes as the body. 501, and the worker never sees it.
+    let gzip = exchange(
+        m.port,
+        b"POST /echo/count HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        Duration::from_secs(20),
+    );
+    assert!(gzip.starts_with("HTTP/1.1 501"), "{gzip}");
+    assert!(gzip.contains("\"code\":\"TRANSFER_CODING_UNSUPPORTED\""), "{gzip}");
     assert_eq!(body(&get(m.port, "/echo/pid")), pid);
     let w = m.workers();
     let echo = w["workers"].as_array().unwrap().iter().find(|w| w["app"] == "echo").unwrap().clone();

@@ -38,6 +38,7 @@ pub mod route;
 mod send_timeout;
 mod shutdown;
 mod start;
+mod transfer_coding;
 mod unread_body;
 mod zerocopy;
 
@@ -426,6 +427,7 @@ async fn pipeline(
     mut req: Request<Body>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, Error> {
+    transfer_coding::check(req.headers())?;
     host::settle(&mut req)?;
     if !plugins.is_empty()
         && let Some(resp) = plugins.on_request(&mut req, ctx).await?
