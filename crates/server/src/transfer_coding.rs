@@ -6,20 +6,26 @@
 //! gzip-coded, and the app got those bytes as the body with nothing saying so (the header is
 //! hop-by-hop, dropped on the way to the worker). `chunked, chunked` likewise left one layer of
 //! chunking in the body. RFC 9112 §6.1: a server that receives a transfer coding it does not
-//! understand SHOULD answer 501, and a sender MUST NOT apply `chunked` more than once; nginx
-//! answers 501 to anything but `chunked`. So before anything else reads the request:
+//! understand SHOULD answer 501, and a sender MUST NOT apply `chunked` more than once. nginx
+//! 1.22 answers 501 to a `Transfer-Encoding` line that is not exactly `chunked` (`gzip, chunked`,
+//! `chunked, chunked`) and 400 to a second line. So before anything else reads the request:
 //!
 //! - a coding other than `chunked` (`gzip`, `deflate`, `compress`, `identity`, a parameter) is
 //!   501 `TRANSFER_CODING_UNSUPPORTED`;
 //! - `chunked` more than once (in one header or across several) is 400 `TRANSFER_CODING_INVALID`.
 //!
 //! Both are answered before the body is read, so the connection is closed after the answer
-//! (`unread_body`): nothing the client sent after the head is taken for a next request.
+//! (`unread_body`): nothing the client sent after the head is taken for a next request. The
+//! message and `data` quote the header clipped to [`SHOWN`] characters: a head may be 64 KiB.
 //! HTTP/2 has no transfer codings (h2 refuses the header), so this only ever sees HTTP/1.x.
 
 use http::header::TRANSFER_ENCODING;
 use http::{HeaderMap, StatusCode};
 use marina_core::Error;
+use marina_core::error::clipped;
+
+/// The most characters of the header (and of the coding) an error quotes.
+const SHOWN: usize = 200;
 
 /// Check the request's `Transfer-Encoding` (see the module docs).
 ///
@@ -35,7 +41,7 @@ pub fn check(headers: &HeaderMap) -> Result<(), Error> {
             if coding.eq_ignore_ascii_case("chunked") {
                 chunked += 1;
             } else {
-                return Err(unsupported(coding, headers));
+                return Err(unsupported(&clipped(coding, SHOWN), headers));
             }
         }
     }
@@ -63,11 +69,11 @@ fn unsupported(coding: &str, headers: &HeaderMap) -> Error {
     .with_data(serde_json::json!({ "transferEncoding": got, "coding": coding }))
 }
 
-/// Every `Transfer-Encoding` line, joined as one list.
+/// Every `Transfer-Encoding` line, joined as one list, clipped to [`SHOWN`] characters.
 fn all(headers: &HeaderMap) -> String {
     let lines: Vec<_> =
         headers.get_all(TRANSFER_ENCODING).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect();
-    lines.join(", ")
+    clipped(&lines.join(", "), SHOWN).into_owned()
 }
 
 #[cfg(test)]
@@ -109,6 +115,16 @@ mod tests {
         let err = check(&with(&["gzip", "chunked"])).unwrap_err();
         assert!(err.to_string().contains("\"gzip, chunked\""), "{err}");
         assert!(err.to_string().contains("coding \"gzip\""), "{err}");
+    }
+
+    #[test]
+    fn a_huge_header_is_quoted_clipped() {
+        let huge = format!("{}, chunked", "gzip".repeat(15_000));
+        let err = check(&with(&[&huge])).unwrap_err();
+        assert_eq!(err.status().as_u16(), 501);
+        assert!(err.message().len() < 1_000, "{} bytes of message", err.message().len());
+        assert!(err.data().unwrap().to_string().len() < 1_000, "data: {} bytes", err.data().unwrap().to_string().len());
+        assert!(err.message().contains("…"), "{}", err.message());
     }
 
     #[test]
