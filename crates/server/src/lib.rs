@@ -4,8 +4,9 @@
 //! Request pipeline, in order (DESIGN.md; the plugin phases are drawn in `marina_plugins`):
 //! 1. accept: a [`RequestContext`] (request id echoed or a new UUIDv7, start time, the
 //!    real client address ([`client_ip`]: `X-Forwarded-For` only from `RUNTIME_TRUSTED_PROXIES`),
-//!    identity and extension slots); an incoming `x-identity` is dropped; the request's host is
-//!    settled once ([`host`]: one valid `Host`, the target's authority winning);
+//!    identity and extension slots); an incoming `x-identity` is dropped; the request's transfer
+//!    codings are checked ([`transfer_coding`]: `chunked` once, or none) and its host is settled
+//!    once ([`host`]: one valid `Host`, the target's authority winning);
 //! 2. the plugins' admission hooks (`early_request`: authentication, then the gateway's rate
 //!    limits, which count refused requests too), then their `on_request` hooks, in load order
 //!    (fail-closed, per-hook timeout);
